@@ -1,0 +1,302 @@
+//! Encoding and decoding of frames.
+
+use std::io::{self, Read};
+
+use crate::PROTOCOL_VERSION;
+use crate::message::{Frame, FrameKind};
+
+pub const MAGIC: [u8; 2] = *b"RC";
+pub const HEADER_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("bad frame magic {0:02x?}: the peer does not speak the Runner Codes protocol")]
+    BadMagic([u8; 2]),
+    #[error("protocol version {got} is not {expected}: host and agent are from different builds")]
+    Version { got: u8, expected: u8 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooLarge { len: u32, max: u32 },
+    #[error("{kind:?} frame must be empty, has {len} bytes")]
+    UnexpectedPayload { kind: FrameKind, len: usize },
+    #[error("malformed {kind:?} frame")]
+    Json {
+        kind: FrameKind,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("reading a frame")]
+    Io(#[source] io::Error),
+}
+
+/// Appends the encoded `frame` to `out`.
+///
+/// # Panics
+/// If a JSON payload cannot be serialised, which the message types rule out.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    out.push(frame.kind() as u8);
+    out.extend_from_slice(&[0; 4]);
+    fn json<T: serde::Serialize>(out: &mut Vec<u8>, message: &T) {
+        serde_json::to_writer(out, message).expect("protocol messages always serialise");
+    }
+    match frame {
+        Frame::Hello(m) => json(out, m),
+        Frame::Exec(m) => json(out, m),
+        Frame::StageEnd(m) => json(out, m),
+        Frame::Error(m) => json(out, m),
+        Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
+        Frame::Done => {}
+    }
+    let len = u32::try_from(out.len() - start - HEADER_LEN).expect("frame over 4 GiB");
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes frames, refusing any whose payload is over `max_len` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoder {
+    max_len: u32,
+}
+
+impl Decoder {
+    pub fn new(max_len: u32) -> Self {
+        Self { max_len }
+    }
+
+    /// Validates a header and returns the frame kind and payload length.
+    pub fn header(&self, header: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32), ProtocolError> {
+        let magic = [header[0], header[1]];
+        if magic != MAGIC {
+            return Err(ProtocolError::BadMagic(magic));
+        }
+        if header[2] != PROTOCOL_VERSION {
+            return Err(ProtocolError::Version {
+                got: header[2],
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        let kind = FrameKind::from_u8(header[3]).ok_or(ProtocolError::UnknownKind(header[3]))?;
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > self.max_len {
+            return Err(ProtocolError::TooLarge {
+                len,
+                max: self.max_len,
+            });
+        }
+        Ok((kind, len))
+    }
+
+    /// Builds a frame from its kind and payload.
+    pub fn payload(&self, kind: FrameKind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
+        fn json<T: serde::de::DeserializeOwned>(
+            kind: FrameKind,
+            payload: &[u8],
+        ) -> Result<T, ProtocolError> {
+            serde_json::from_slice(payload).map_err(|source| ProtocolError::Json { kind, source })
+        }
+        Ok(match kind {
+            FrameKind::Hello => Frame::Hello(json(kind, &payload)?),
+            FrameKind::Exec => Frame::Exec(json(kind, &payload)?),
+            FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
+            FrameKind::Error => Frame::Error(json(kind, &payload)?),
+            FrameKind::Stdout => Frame::Stdout(payload),
+            FrameKind::Stderr => Frame::Stderr(payload),
+            FrameKind::Done if payload.is_empty() => Frame::Done,
+            FrameKind::Done => {
+                return Err(ProtocolError::UnexpectedPayload {
+                    kind,
+                    len: payload.len(),
+                });
+            }
+        })
+    }
+
+    /// Decodes the first frame of `buf`. Returns the frame and the bytes it
+    /// used, or `None` if `buf` does not hold a whole frame yet.
+    pub fn decode(&self, buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
+        let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let (kind, len) = self.header(header)?;
+        let end = HEADER_LEN + len as usize;
+        let Some(payload) = buf.get(HEADER_LEN..end) else {
+            return Ok(None);
+        };
+        Ok(Some((self.payload(kind, payload.to_vec())?, end)))
+    }
+
+    /// Reads one frame from a blocking reader. `Ok(None)` on a clean end of
+    /// stream before the first header byte.
+    pub fn read<R: Read>(&self, reader: &mut R) -> Result<Option<Frame>, ProtocolError> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut filled = 0;
+        while filled < HEADER_LEN {
+            match reader.read(&mut header[filled..]) {
+                Ok(0) if filled == 0 => return Ok(None),
+                Ok(0) => return Err(ProtocolError::Truncated),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProtocolError::Io(e)),
+            }
+        }
+        let (kind, len) = self.header(&header)?;
+        let mut payload = vec![0; len as usize];
+        reader
+            .read_exact(&mut payload)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+                _ => ProtocolError::Io(e),
+            })?;
+        self.payload(kind, payload).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::message::*;
+
+    fn roundtrip(frame: Frame) {
+        let mut buf = Vec::new();
+        encode(&frame, &mut buf);
+        let (decoded, used) = Decoder::new(u32::MAX).decode(&buf).unwrap().unwrap();
+        assert_eq!(decoded, frame);
+        assert_eq!(used, buf.len());
+        let mut reader = &buf[..];
+        assert_eq!(
+            Decoder::new(u32::MAX).read(&mut reader).unwrap(),
+            Some(frame)
+        );
+        assert!(Decoder::new(u32::MAX).read(&mut reader).unwrap().is_none());
+    }
+
+    fn exec() -> ExecRequest {
+        ExecRequest {
+            language: "python".into(),
+            files: vec![File {
+                name: "main.py".into(),
+                content: b"print(1)\n\xff".to_vec(),
+            }],
+            stages: vec![StageSpec {
+                name: "run".into(),
+                argv: vec!["python3".into(), "main.py".into()],
+                stdin: true,
+                limits: Limits {
+                    wall_ms: 1000,
+                    output_bytes: 1 << 20,
+                },
+            }],
+            stdin: vec![0, 1, 2, 255],
+            env: BTreeMap::from([("A".into(), "b".into())]),
+        }
+    }
+
+    #[test]
+    fn every_kind_roundtrips() {
+        roundtrip(Frame::Hello(Hello {
+            agent_version: "1.0".into(),
+            uptime_ms: 12,
+        }));
+        roundtrip(Frame::Exec(exec()));
+        roundtrip(Frame::Stdout(b"out".to_vec()));
+        roundtrip(Frame::Stderr(vec![]));
+        roundtrip(Frame::StageEnd(StageReport {
+            name: "run".into(),
+            exit_code: Some(3),
+            ..Default::default()
+        }));
+        roundtrip(Frame::Done);
+        roundtrip(Frame::Error(AgentFailure {
+            message: "no".into(),
+        }));
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut buf = Vec::new();
+        encode(&Frame::Stdout(b"hello".to_vec()), &mut buf);
+        for cut in 0..buf.len() {
+            assert!(Decoder::new(64).decode(&buf[..cut]).unwrap().is_none());
+        }
+        let mut reader = &buf[..buf.len() - 1];
+        assert!(matches!(
+            Decoder::new(64).read(&mut reader),
+            Err(ProtocolError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn bad_headers_are_rejected() {
+        let mut buf = Vec::new();
+        encode(&Frame::Stdout(vec![7; 100]), &mut buf);
+        let decoder = Decoder::new(1 << 10);
+
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            decoder.decode(&bad),
+            Err(ProtocolError::BadMagic(_))
+        ));
+
+        let mut bad = buf.clone();
+        bad[2] = PROTOCOL_VERSION + 1;
+        assert!(matches!(
+            decoder.decode(&bad),
+            Err(ProtocolError::Version { .. })
+        ));
+
+        let mut bad = buf.clone();
+        bad[3] = 200;
+        assert!(matches!(
+            decoder.decode(&bad),
+            Err(ProtocolError::UnknownKind(200))
+        ));
+
+        // The length is checked from the header alone, before any payload is
+        // buffered: an oversized frame fails fast.
+        assert!(matches!(
+            Decoder::new(99).decode(&buf[..HEADER_LEN]),
+            Err(ProtocolError::TooLarge { len: 100, max: 99 })
+        ));
+    }
+
+    #[test]
+    fn malformed_payloads_are_rejected() {
+        let decoder = Decoder::new(1 << 10);
+        for kind in [
+            FrameKind::Hello,
+            FrameKind::Exec,
+            FrameKind::StageEnd,
+            FrameKind::Error,
+        ] {
+            let err = decoder.payload(kind, b"{not json".to_vec()).unwrap_err();
+            assert!(matches!(err, ProtocolError::Json { .. }), "{err}");
+        }
+        // Unknown fields are refused: host and agent share one version.
+        let err = decoder
+            .payload(
+                FrameKind::Hello,
+                br#"{"agent_version":"1","uptime_ms":1,"x":1}"#.to_vec(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::Json { .. }));
+        // Invalid base64 in a file is refused, not turned into garbage.
+        let mut json = serde_json::to_value(exec()).unwrap();
+        json["stdin"] = "***".into();
+        let err = decoder
+            .payload(FrameKind::Exec, serde_json::to_vec(&json).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::Json { .. }));
+        assert!(matches!(
+            decoder.payload(FrameKind::Done, vec![1]),
+            Err(ProtocolError::UnexpectedPayload { .. })
+        ));
+    }
+}

@@ -1,0 +1,41 @@
+//! The host↔guest protocol of Runner Codes.
+//!
+//! Every message is a frame: an 8-byte header followed by a payload.
+//!
+//! ```text
+//! +------+------+---------+------+-------------------+
+//! | 'R'  | 'C'  | version | kind | payload length    |
+//! | u8   | u8   | u8      | u8   | u32 little-endian |
+//! +------+------+---------+------+-------------------+
+//! ```
+//!
+//! Control frames (hello, exec, stage end, error) carry JSON; output frames
+//! carry the raw bytes the program wrote. A frame whose magic, version, kind or
+//! length is wrong, or whose JSON does not parse, is rejected with a
+//! [`ProtocolError`]; the decoder never panics on any input.
+//!
+//! The conversation is always the same: the agent sends [`Hello`] as soon as
+//! it is ready, the host sends one [`ExecRequest`], the agent streams
+//! [`Frame::Stdout`] / [`Frame::Stderr`] chunks and one [`Frame::StageEnd`] per
+//! stage it ran, then [`Frame::Done`]. A VM serves exactly one execution.
+
+mod codec;
+mod message;
+
+pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
+pub use message::{
+    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, StageReport, StageSpec,
+};
+
+/// Version of the frame format and messages. Host and agent must agree exactly.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame the host sends (an exec request carries the source files).
+pub const MAX_HOST_FRAME: u32 = 16 << 20;
+
+/// Largest frame the agent sends; the host refuses bigger ones, so that a
+/// compromised guest cannot make the host allocate without bound.
+pub const MAX_AGENT_FRAME: u32 = 256 << 10;
+
+/// Name of the virtio-serial port the agent talks on.
+pub const AGENT_PORT_NAME: &str = "runner.agent";

@@ -1,0 +1,167 @@
+//! The messages carried by frames.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Frame kind, the fourth header byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Hello = 1,
+    Exec = 2,
+    Stdout = 3,
+    Stderr = 4,
+    StageEnd = 5,
+    Done = 6,
+    Error = 7,
+}
+
+impl FrameKind {
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Hello,
+            2 => Self::Exec,
+            3 => Self::Stdout,
+            4 => Self::Stderr,
+            5 => Self::StageEnd,
+            6 => Self::Done,
+            7 => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Agent → host: the agent is up and waits for its one request.
+    Hello(Hello),
+    /// Host → agent: what to run.
+    Exec(ExecRequest),
+    /// Agent → host: bytes the current stage wrote to stdout.
+    Stdout(Vec<u8>),
+    /// Agent → host: bytes the current stage wrote to stderr.
+    Stderr(Vec<u8>),
+    /// Agent → host: the current stage finished; output frames that follow
+    /// belong to the next stage.
+    StageEnd(StageReport),
+    /// Agent → host: every stage that was going to run has run.
+    Done,
+    /// Agent → host: the agent could not do what was asked (our fault, not
+    /// the program's).
+    Error(AgentFailure),
+}
+
+impl Frame {
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Frame::Hello(_) => FrameKind::Hello,
+            Frame::Exec(_) => FrameKind::Exec,
+            Frame::Stdout(_) => FrameKind::Stdout,
+            Frame::Stderr(_) => FrameKind::Stderr,
+            Frame::StageEnd(_) => FrameKind::StageEnd,
+            Frame::Done => FrameKind::Done,
+            Frame::Error(_) => FrameKind::Error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Version of the agent binary (its crate version).
+    pub agent_version: String,
+    /// Milliseconds since the guest kernel started, when the agent said hello.
+    pub uptime_ms: u64,
+}
+
+/// A source file, written into the working directory before the first stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Relative path inside the working directory, without `..`.
+    pub name: String,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+}
+
+/// Limits of one stage, enforced by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock limit in milliseconds; the whole process tree is killed at it.
+    pub wall_ms: u64,
+    /// Bytes of stdout plus stderr kept; the program is killed past it.
+    pub output_bytes: u64,
+}
+
+/// One stage of an execution: a command run in the working directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// "compile" or "run"; reported back in [`StageReport::name`].
+    pub name: String,
+    pub argv: Vec<String>,
+    /// Whether the request's stdin is fed to this stage (else it reads EOF).
+    pub stdin: bool,
+    pub limits: Limits,
+}
+
+/// Everything the agent needs to run one execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// For the agent's log only: the agent itself knows no languages.
+    pub language: String,
+    pub files: Vec<File>,
+    /// Run in order; a stage that does not exit 0 stops the ones after it.
+    pub stages: Vec<StageSpec>,
+    #[serde(with = "base64_bytes")]
+    pub stdin: Vec<u8>,
+    /// Added to the fixed base environment (PATH, HOME, LANG).
+    pub env: BTreeMap<String, String>,
+}
+
+/// How one stage ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StageReport {
+    pub name: String,
+    /// Exit code, when the process exited on its own.
+    pub exit_code: Option<i32>,
+    /// Signal number, when the process was killed by a signal (including
+    /// the agent's own kill at a limit).
+    pub signal: Option<i32>,
+    /// The wall-time limit was reached and the process tree killed.
+    pub timed_out: bool,
+    /// The output limit was reached: output was cut there and the process
+    /// tree killed.
+    pub output_truncated: bool,
+    /// From spawn to exit, in microseconds.
+    pub wall_time_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFailure {
+    pub message: String,
+}
+
+/// Bytes as base64 in JSON, so that binary stdin or files cost 4/3, not 4x.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
