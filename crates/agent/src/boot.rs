@@ -1,0 +1,153 @@
+//! PID 1 duties: bring up the machine, then reap.
+
+use std::ffi::CString;
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::kmod::init_module;
+use nix::mount::{MsFlags, mount};
+use nix::sys::reboot::{RebootMode, reboot};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, chdir, chroot};
+
+/// What the host asked for on the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Normal VM: mount the root filesystem and serve one execution.
+    Serve,
+    /// Acceleration probe (`runner.probe`): no disk, just say hello.
+    Probe,
+}
+
+/// Where the host's initramfs puts the modules and their load order.
+const MODULE_DIR: &str = "/lib/modules";
+const MODULE_ORDER: &str = "/etc/runner/modules";
+const ROOT_DEVICE: &str = "/dev/vda";
+
+pub fn init() -> Result<Mode, String> {
+    mount_fs("proc", "/proc", "proc", MsFlags::empty(), None)?;
+    mount_fs("sysfs", "/sys", "sysfs", MsFlags::empty(), None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None)?;
+    load_modules()?;
+
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|arg| arg == "runner.probe") {
+        return Ok(Mode::Probe);
+    }
+
+    wait_for(ROOT_DEVICE, Duration::from_secs(10))?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+    mount_fs(ROOT_DEVICE, "/mnt/lower", "ext4", ro, None)?;
+    mount_fs(
+        "tmpfs",
+        "/mnt/upper",
+        "tmpfs",
+        MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    for dir in ["/mnt/upper/data", "/mnt/upper/work"] {
+        fs::create_dir(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    }
+    mount_fs(
+        "overlay",
+        "/mnt/root",
+        "overlay",
+        MsFlags::MS_NODEV,
+        Some("lowerdir=/mnt/lower,upperdir=/mnt/upper/data,workdir=/mnt/upper/work"),
+    )?;
+    for dir in ["/dev", "/proc", "/sys"] {
+        let target = format!("/mnt/root{dir}");
+        mount_fs(dir, &target, "", MsFlags::MS_MOVE, None)?;
+    }
+    // The classic switch_root: the initramfs cannot be pivoted away from, so
+    // move the new root over `/` and chroot into it.
+    chdir("/mnt/root").map_err(|e| format!("chdir /mnt/root: {e}"))?;
+    mount_fs(".", "/", "", MsFlags::MS_MOVE, None)?;
+    chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
+    // Controllers for the per-stage cgroups; a kernel without one of them
+    // still runs programs, with fewer limits.
+    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
+    let _ = nix::unistd::sethostname("runner");
+    Ok(Mode::Serve)
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let _ = fs::create_dir_all(target);
+    let fstype = (!fstype.is_empty()).then_some(fstype);
+    mount(Some(source), target, fstype, flags, data)
+        .map_err(|e| format!("mount {source} on {target}: {e}"))
+}
+
+fn load_modules() -> Result<(), String> {
+    let order = match fs::read_to_string(MODULE_ORDER) {
+        Ok(order) => order,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("read {MODULE_ORDER}: {e}")),
+    };
+    let no_params = CString::default();
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = Path::new(MODULE_DIR).join(format!("{name}.ko"));
+        let image = fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        match init_module(&image, &no_params) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("load module {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Device nodes appear when the driver has probed, which may be after its
+/// module finished loading.
+pub fn wait_for(path: &str, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    while !Path::new(path).exists() {
+        if start.elapsed() > timeout {
+            return Err(format!("{path} did not appear within {timeout:?}"));
+        }
+        sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// PID 1 after the fork: reap every process that ends (the server's own
+/// children are reaped by the server; orphans land here), and power off when
+/// the server itself ends.
+pub fn reap_until(server: Pid) -> ! {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) if pid == server => {
+                power_off()
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::ECHILD) => power_off(),
+            Err(e) => {
+                eprintln!("runner-agent: waitpid: {e}");
+                sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_POWER_OFF);
+    // reboot(2) only returns on error; PID 1 must never exit.
+    loop {
+        sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,186 @@
+//! The server: say hello on the agent port, take one request, run it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use runner_protocol::{
+    AGENT_PORT_NAME, AgentFailure, Decoder, ExecRequest, Frame, Hello, MAX_HOST_FRAME, encode,
+};
+
+use crate::boot::Mode;
+use crate::stage;
+
+/// The unprivileged user every program runs as.
+pub const RUN_UID: u32 = 1000;
+pub const RUN_GID: u32 = 1000;
+pub const WORK_DIR: &str = "/home/runner";
+
+pub fn run(mode: Mode) -> Result<(), String> {
+    let path = find_port()?;
+    let port = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut out = Port {
+        file: port.try_clone().map_err(|e| format!("dup port: {e}"))?,
+        buf: Vec::new(),
+    };
+    out.send(&Frame::Hello(Hello {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms: uptime_ms(),
+    }))?;
+    if mode == Mode::Probe {
+        return Ok(());
+    }
+
+    let decoder = Decoder::new(MAX_HOST_FRAME);
+    let mut reader = port;
+    let mut served = false;
+    loop {
+        let frame = match decoder.read(&mut reader) {
+            Ok(Some(frame)) => frame,
+            // The host hung up: the VM is about to be destroyed.
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                out.fail(format!("bad frame from host: {e}"))?;
+                return Err(e.to_string());
+            }
+        };
+        match frame {
+            Frame::Exec(_) if served => {
+                out.fail("this VM has served its one execution; start a new VM".into())?
+            }
+            Frame::Exec(request) => {
+                served = true;
+                if let Err(message) = execute(&request, &mut out) {
+                    out.fail(message)?;
+                }
+            }
+            other => out.fail(format!("unexpected {:?} frame from host", other.kind()))?,
+        }
+    }
+}
+
+/// The write side of the agent port.
+pub struct Port {
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl Port {
+    pub fn send(&mut self, frame: &Frame) -> Result<(), String> {
+        self.buf.clear();
+        encode(frame, &mut self.buf);
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| format!("write to host: {e}"))
+    }
+
+    fn fail(&mut self, message: String) -> Result<(), String> {
+        eprintln!("runner-agent: {message}");
+        self.send(&Frame::Error(AgentFailure { message }))
+    }
+}
+
+fn execute(request: &ExecRequest, out: &mut Port) -> Result<(), String> {
+    prepare_work_dir(request)?;
+    for spec in &request.stages {
+        let report = stage::run(spec, &request.stdin, &request.env, out)?;
+        let failed = report.exit_code != Some(0);
+        out.send(&Frame::StageEnd(report))?;
+        if failed {
+            break;
+        }
+    }
+    out.send(&Frame::Done)
+}
+
+/// A fresh working directory owned by the run user, holding the request's
+/// files.
+fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
+    let work = Path::new(WORK_DIR);
+    let _ = fs::remove_dir_all(work);
+    fs::create_dir_all(work).map_err(|e| format!("create {WORK_DIR}: {e}"))?;
+    chown_run_user(work)?;
+    fs::set_permissions(work, fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("chmod {WORK_DIR}: {e}"))?;
+    for file in &request.files {
+        let relative = safe_relative(&file.name)?;
+        let mut dir = work.to_path_buf();
+        for part in relative.parent().into_iter().flat_map(Path::components) {
+            dir.push(part);
+            if !dir.exists() {
+                fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+                chown_run_user(&dir)?;
+            }
+        }
+        let path = work.join(&relative);
+        fs::write(&path, &file.content).map_err(|e| format!("write {}: {e}", file.name))?;
+        chown_run_user(&path)?;
+    }
+    Ok(())
+}
+
+fn chown_run_user(path: &Path) -> Result<(), String> {
+    chown(path, Some(RUN_UID), Some(RUN_GID)).map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
+/// The host checks names too; the agent does not trust it blindly.
+fn safe_relative(name: &str) -> Result<PathBuf, String> {
+    let path = Path::new(name);
+    let ok = !name.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if ok {
+        Ok(path.to_path_buf())
+    } else {
+        Err(format!(
+            "file name {name:?} is not a relative path inside the working directory"
+        ))
+    }
+}
+
+/// The port device is `/dev/vportNpM`; its name is in sysfs.
+fn find_port() -> Result<PathBuf, String> {
+    for _ in 0..2000 {
+        if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == AGENT_PORT_NAME {
+                    let dev = Path::new("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(format!("no virtio-serial port named {AGENT_PORT_NAME}"))
+}
+
+fn uptime_ms() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
+    ts.map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_relative;
+
+    #[test]
+    fn file_names_stay_inside_the_work_dir() {
+        assert!(safe_relative("main.py").is_ok());
+        assert!(safe_relative("src/lib.rs").is_ok());
+        assert!(safe_relative("./a").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/.."] {
+            assert!(safe_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+}
