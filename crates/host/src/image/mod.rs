@@ -1,0 +1,415 @@
+//! Guest images: kernel, initramfs and one root filesystem per language,
+//! built from Debian packages and cached, content-addressed, under the state
+//! directory.
+//!
+//! Every image has a *recipe* (what it is made of); its id is a hash of the
+//! recipe, so an image is rebuilt exactly when its recipe changes. Images are
+//! built in a scratch directory and renamed into place, under a lock, so that
+//! concurrent runners never see or build a half-made image.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+mod rootfs;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::lang::Language;
+
+pub use kernel::KernelImage;
+
+/// Bump when the way images are built changes in a way recipes do not show.
+const BUILDER_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{tool} not found: install the Debian package {package}")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error(
+        "not enough disk space in {path}: {free_mib} MiB free, building needs {need_mib} MiB; \
+         free some space or point RUNNER_HOME at a bigger disk"
+    )]
+    NoSpace {
+        path: PathBuf,
+        free_mib: u64,
+        need_mib: u64,
+    },
+    #[error("{command} failed ({status}): {output}")]
+    CommandFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { what, path, source }
+    }
+}
+
+/// Where to get Debian packages from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DebianSource {
+    pub suite: String,
+    pub mirror: String,
+}
+
+impl Default for DebianSource {
+    fn default() -> Self {
+        Self {
+            suite: "trixie".into(),
+            mirror: std::env::var("RUNNER_DEBIAN_MIRROR")
+                .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
+        }
+    }
+}
+
+/// What `image list` shows about a built image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    pub kind: String,
+    /// The language for root filesystems.
+    pub name: Option<String>,
+    pub recipe: serde_json::Value,
+    /// Kernel release or language version, as found in the image.
+    pub version: String,
+    pub size_bytes: u64,
+    pub built_at: u64,
+    pub build_seconds: f64,
+}
+
+/// The three files a VM boots from.
+#[derive(Debug, Clone)]
+pub struct GuestImages {
+    pub kernel: KernelImage,
+    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
+    pub rootfs_manifest: Manifest,
+}
+
+/// Reports what a build is doing, for a progress display.
+pub trait Progress: Sync {
+    fn step(&self, message: &str);
+}
+
+impl Progress for () {
+    fn step(&self, _: &str) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+    source: DebianSource,
+}
+
+impl ImageStore {
+    pub fn new(dir: impl Into<PathBuf>, source: DebianSource) -> Self {
+        Self {
+            dir: dir.into(),
+            source,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kernel, initramfs and the language's root filesystem, building
+    /// whatever is missing.
+    pub fn ensure(
+        &self,
+        language: &Language,
+        agent: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<GuestImages, ImageError> {
+        let kernel = self.kernel(progress)?;
+        let initramfs = self.initramfs(&kernel, agent, progress)?;
+        let (rootfs, rootfs_manifest) = self.rootfs(language, progress)?;
+        Ok(GuestImages {
+            kernel,
+            initramfs,
+            rootfs,
+            rootfs_manifest,
+        })
+    }
+
+    pub fn kernel(&self, progress: &dyn Progress) -> Result<KernelImage, ImageError> {
+        let recipe = kernel::recipe(&self.source);
+        let dir = self.build("kernel", None, &recipe, progress, |scratch| {
+            kernel::build(&self.source, scratch, progress)
+        })?;
+        KernelImage::open(&dir)
+    }
+
+    pub fn initramfs(
+        &self,
+        kernel: &KernelImage,
+        agent: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<PathBuf, ImageError> {
+        let recipe = initramfs::recipe(&kernel.id, agent);
+        let dir = self.build("initramfs", None, &recipe, progress, |scratch| {
+            initramfs::build(kernel, agent, scratch)
+        })?;
+        Ok(dir.join(initramfs::FILE))
+    }
+
+    pub fn rootfs(
+        &self,
+        language: &Language,
+        progress: &dyn Progress,
+    ) -> Result<(PathBuf, Manifest), ImageError> {
+        let recipe = rootfs::recipe(&self.source, language);
+        let dir = self.build(
+            "rootfs",
+            Some(&language.name),
+            &recipe,
+            progress,
+            |scratch| rootfs::build(&self.source, language, scratch, progress),
+        )?;
+        Ok((dir.join(rootfs::FILE), read_manifest(&dir)?))
+    }
+
+    /// The images this build of Runner Codes uses for `languages`, each with
+    /// whether it is built, without building anything.
+    pub fn status(&self, languages: &[Language], agent: &[u8]) -> Vec<(String, bool)> {
+        let (kernel, _) = image_id("kernel", None, &kernel::recipe(&self.source));
+        let (initramfs, _) = image_id("initramfs", None, &initramfs::recipe(&kernel, agent));
+        let mut ids = vec![kernel, initramfs];
+        for language in languages {
+            let recipe = rootfs::recipe(&self.source, language);
+            ids.push(image_id("rootfs", Some(&language.name), &recipe).0);
+        }
+        ids.into_iter()
+            .map(|id| {
+                let built = self.dir.join(&id).join(MANIFEST).exists();
+                (id, built)
+            })
+            .collect()
+    }
+
+    /// The kernel and initramfs, if both are built.
+    pub fn boot_files(&self, agent: &[u8]) -> Option<(PathBuf, PathBuf)> {
+        let status = self.status(&[], agent);
+        if status.iter().all(|(_, built)| *built) {
+            let kernel = self.dir.join(&status[0].0).join(kernel::VMLINUX);
+            let initramfs = self.dir.join(&status[1].0).join(initramfs::FILE);
+            Some((kernel, initramfs))
+        } else {
+            None
+        }
+    }
+
+    /// Every built image, oldest first.
+    pub fn list(&self) -> Result<Vec<Manifest>, ImageError> {
+        let mut list = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(list),
+            Err(e) => return Err(ImageError::io("read", &self.dir)(e)),
+        };
+        for entry in entries.flatten() {
+            if entry.path().join(MANIFEST).exists() {
+                list.push(read_manifest(&entry.path())?);
+            }
+        }
+        list.sort_by_key(|m| m.built_at);
+        Ok(list)
+    }
+
+    /// Returns the directory of the image with this recipe, building it with
+    /// `make` first if it does not exist. `make` fills a scratch directory and
+    /// returns the image's version string.
+    fn build<R: Serialize>(
+        &self,
+        kind: &str,
+        name: Option<&str>,
+        recipe: &R,
+        progress: &dyn Progress,
+        make: impl FnOnce(&Path) -> Result<String, ImageError>,
+    ) -> Result<PathBuf, ImageError> {
+        let (id, recipe) = image_id(kind, name, recipe);
+        let dir = self.dir.join(&id);
+        if dir.join(MANIFEST).exists() {
+            return Ok(dir);
+        }
+        fs::create_dir_all(&self.dir).map_err(ImageError::io("create", &self.dir))?;
+        let lock_path = self.dir.join(format!(".{id}.lock"));
+        let lock = File::create(&lock_path).map_err(ImageError::io("create", &lock_path))?;
+        let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::io("lock", &lock_path)(e.into()))?;
+        if dir.join(MANIFEST).exists() {
+            // Another runner built it while we waited for the lock.
+            return Ok(dir);
+        }
+
+        progress.step(&format!("building {id}"));
+        let started = Instant::now();
+        let scratch = Scratch::new(self.dir.join(format!(".build-{id}")))?;
+        let version = make(scratch.path())?;
+        let manifest = Manifest {
+            id: id.clone(),
+            kind: kind.to_string(),
+            name: name.map(str::to_string),
+            recipe,
+            version,
+            size_bytes: dir_size(scratch.path()),
+            built_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+            build_seconds: started.elapsed().as_secs_f64(),
+        };
+        let manifest_path = scratch.path().join(MANIFEST);
+        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        fs::write(&manifest_path, text).map_err(ImageError::io("write", &manifest_path))?;
+        scratch.persist(&dir)?;
+        tracing::info!(image = %id, seconds = manifest.build_seconds, "image built");
+        Ok(dir)
+    }
+}
+
+/// The id of the image with this recipe, and the full recipe it hashes.
+fn image_id<R: Serialize>(
+    kind: &str,
+    name: Option<&str>,
+    recipe: &R,
+) -> (String, serde_json::Value) {
+    let recipe = serde_json::json!({
+        "builder": BUILDER_VERSION,
+        "kind": kind,
+        "recipe": recipe,
+    });
+    let hash = hex::encode(Sha256::digest(recipe.to_string()));
+    let id = match name {
+        Some(name) => format!("{kind}-{name}-{}", &hash[..16]),
+        None => format!("{kind}-{}", &hash[..16]),
+    };
+    (id, recipe)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, ImageError> {
+    let path = dir.join(MANIFEST);
+    let text = fs::read(&path).map_err(ImageError::io("read", &path))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// A build directory that is removed unless the build succeeds.
+struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(path: PathBuf) -> Result<Self, ImageError> {
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
+        Ok(Self { path, keep: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn persist(mut self, dest: &Path) -> Result<(), ImageError> {
+        fs::rename(&self.path, dest).map_err(ImageError::io("rename", dest))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Fails with a clear message when `tool` is not installed.
+fn require_tool(tool: &'static str, package: &'static str) -> Result<(), ImageError> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(ImageError::MissingTool { tool, package })
+    }
+}
+
+/// Fails with a clear message when `dir` has less than `need_mib` free.
+fn require_space(dir: &Path, need_mib: u64) -> Result<(), ImageError> {
+    let stat =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| ImageError::io("statvfs", dir)(e.into()))?;
+    let free_mib = stat.blocks_available() * stat.fragment_size() / (1 << 20);
+    if free_mib < need_mib {
+        return Err(ImageError::NoSpace {
+            path: dir.to_path_buf(),
+            free_mib,
+            need_mib,
+        });
+    }
+    Ok(())
+}
+
+/// Runs a command to completion, turning a failure into an error that
+/// carries the end of its output.
+fn run(command: &mut Command) -> Result<String, ImageError> {
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|e| ImageError::CommandFailed {
+        command: shown.clone(),
+        status: "could not start".into(),
+        output: e.to_string(),
+    })?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text += &String::from_utf8_lossy(&output.stdout);
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(ImageError::CommandFailed {
+            command: shown,
+            status: output.status.to_string(),
+            output: tail.join("\n"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -1,0 +1,173 @@
+//! One root filesystem per language: Debian's Essential packages plus the
+//! language's own, trimmed, with an unprivileged `runner` user, written as an
+//! ext4 image by `mkfs.ext4 -d` (no loop mount, no root needed for it).
+//!
+//! The guest mounts it read-only under a tmpfs overlay, so one image serves
+//! every VM of the language and is never modified.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+
+use super::{DebianSource, ImageError, Progress, dir_size, require_space, require_tool, run};
+use crate::lang::Language;
+
+pub const FILE: &str = "rootfs.ext4";
+
+/// Left out at unpack time by dpkg, so they never take space: the seed's
+/// "no docs, man pages, locales".
+const EXCLUDED: &[&str] = &[
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+];
+
+/// Removed after the install: package lists, caches and logs.
+const TRIMMED: &[&str] = &[
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "var/log",
+];
+
+/// The user programs run as. The agent uses the numbers; the names are for
+/// programs that look themselves up.
+const PASSWD_LINE: &str = "runner:x:1000:1000:Runner Codes:/home/runner:/bin/sh\n";
+const GROUP_LINE: &str = "runner:x:1000:\n";
+
+#[derive(Serialize)]
+struct Recipe<'a> {
+    suite: &'a str,
+    variant: &'a str,
+    packages: &'a [String],
+    excluded: &'a [&'a str],
+    trimmed: &'a [&'a str],
+    passwd: &'a str,
+    version_command: &'a [String],
+}
+
+pub(super) fn recipe<'a>(source: &'a DebianSource, language: &'a Language) -> impl Serialize + 'a {
+    Recipe {
+        suite: &source.suite,
+        variant: "essential",
+        packages: &language.packages,
+        excluded: EXCLUDED,
+        trimmed: TRIMMED,
+        passwd: PASSWD_LINE,
+        version_command: &language.version,
+    }
+}
+
+pub(super) fn build(
+    source: &DebianSource,
+    language: &Language,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<String, ImageError> {
+    require_tool("mmdebstrap", "mmdebstrap")?;
+    require_tool("mkfs.ext4", "e2fsprogs")?;
+    require_space(out, 2048)?;
+    let tree = out.join("tree");
+    let packages = language.packages.join(",");
+    progress.step(&format!(
+        "installing Debian {} {} into the {} root filesystem",
+        source.suite,
+        if packages.is_empty() {
+            "base"
+        } else {
+            &packages
+        },
+        language.name
+    ));
+    let mut command = Command::new("mmdebstrap");
+    command.args(["--variant=essential", "--format=directory", "--quiet"]);
+    if !packages.is_empty() {
+        command.arg(format!("--include={packages}"));
+    }
+    for pattern in EXCLUDED {
+        command.arg(format!("--dpkgopt=path-exclude={pattern}"));
+    }
+    command
+        .arg("--aptopt=Acquire::Languages \"none\"")
+        .arg(&source.suite)
+        .arg(&tree)
+        .arg(&source.mirror);
+    run(&mut command)?;
+
+    progress.step(&format!("trimming the {} root filesystem", language.name));
+    for dir in TRIMMED {
+        let path = tree.join(dir);
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(ImageError::io("remove", &path))?;
+            fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
+        }
+    }
+    append(&tree.join("etc/passwd"), PASSWD_LINE)?;
+    append(&tree.join("etc/group"), GROUP_LINE)?;
+    for dir in ["home", "sys/fs/cgroup", "dev/shm"] {
+        let path = tree.join(dir);
+        fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
+    }
+
+    let version = run(Command::new("chroot").arg(&tree).args(&language.version))?
+        .trim()
+        .to_string();
+
+    progress.step(&format!("writing {FILE} for {}", language.name));
+    make_ext4(&tree, &out.join(FILE))?;
+    fs::remove_dir_all(&tree).map_err(ImageError::io("remove", &tree))?;
+    Ok(version)
+}
+
+fn append(path: &Path, line: &str) -> Result<(), ImageError> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(ImageError::io("open", path))?;
+    file.write_all(line.as_bytes())
+        .map_err(ImageError::io("write", path))
+}
+
+/// An ext4 image just big enough for `tree`: no journal (it is mounted
+/// read-only), no reserved blocks.
+fn make_ext4(tree: &Path, image: &Path) -> Result<(), ImageError> {
+    let bytes = dir_size(tree);
+    let inodes = count_inodes(tree) * 5 / 4 + 1024;
+    // Room for ext4's own metadata (inode tables: 256 bytes each), block
+    // rounding of small files and directories.
+    let size_kib = (bytes / 1024) * 5 / 4 + inodes * 4 / 4 + 16 * 1024;
+    run(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "runner-root",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+        ])
+        .args(["-E", "root_owner=0:0", "-N", &inodes.to_string(), "-d"])
+        .arg(tree)
+        .arg(image)
+        .arg(format!("{size_kib}K")))?;
+    Ok(())
+}
+
+fn count_inodes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 1;
+    };
+    1 + entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_inodes(&e.path()),
+            _ => 1,
+        })
+        .sum::<u64>()
+}

@@ -1,0 +1,108 @@
+//! The languages Runner Codes runs, loaded from the TOML files under
+//! `languages/` that are embedded at build time.
+
+use serde::{Deserialize, Serialize};
+
+include!(concat!(env!("OUT_DIR"), "/languages.rs"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LanguageError {
+    #[error("unknown language {name:?}: known languages are {known}")]
+    Unknown { name: String, known: String },
+    #[error("language file {file}")]
+    Parse {
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// One language: its root filesystem and how code in it is built and run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Language {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Debian packages installed into the language's root filesystem.
+    pub packages: Vec<String>,
+    /// The file name the code is saved as, e.g. `main.py`.
+    pub source_file: String,
+    /// Command that compiles the sources, if the language has a compile step.
+    #[serde(default)]
+    pub compile: Option<Vec<String>>,
+    /// Command that runs the program; the request's args are appended.
+    pub run: Vec<String>,
+    /// Command that prints the installed version.
+    pub version: Vec<String>,
+    /// Default VM memory.
+    pub memory_mib: u32,
+    /// The least memory a request may ask for.
+    pub min_memory_mib: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Languages {
+    list: Vec<Language>,
+}
+
+impl Languages {
+    /// The languages compiled into this binary.
+    pub fn builtin() -> Result<Self, LanguageError> {
+        let list = LANGUAGE_FILES
+            .iter()
+            .map(|(file, text)| {
+                toml::from_str(text).map_err(|source| LanguageError::Parse {
+                    file: (*file).to_string(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<Language>, _>>()?;
+        Ok(Self { list })
+    }
+
+    pub fn all(&self) -> &[Language] {
+        &self.list
+    }
+
+    /// Finds a language by name or alias, case-insensitively.
+    pub fn get(&self, name: &str) -> Result<&Language, LanguageError> {
+        let wanted = name.trim().to_ascii_lowercase();
+        self.list
+            .iter()
+            .find(|l| l.name == wanted || l.aliases.contains(&wanted))
+            .ok_or_else(|| LanguageError::Unknown {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.list.iter().map(|l| l.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_languages_parse_and_resolve() {
+        let languages = Languages::builtin().unwrap();
+        assert!(languages.names().contains(&"python"));
+        assert_eq!(languages.get("py").unwrap().name, "python");
+        assert_eq!(languages.get(" Python ").unwrap().name, "python");
+        for language in languages.all() {
+            assert!(!language.run.is_empty(), "{}", language.name);
+            assert!(language.min_memory_mib <= language.memory_mib);
+        }
+    }
+
+    #[test]
+    fn unknown_language_names_the_known_ones() {
+        let languages = Languages::builtin().unwrap();
+        let message = languages.get("cobol").unwrap_err().to_string();
+        assert!(message.contains("\"cobol\""), "{message}");
+        assert!(message.contains("python"), "{message}");
+    }
+}

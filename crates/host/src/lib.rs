@@ -1,0 +1,16 @@
+//! The Runner Codes host library.
+//!
+//! - [`lang`]: the languages, as data;
+//! - [`image`]: guest kernel, initramfs and root filesystems, built from
+//!   Debian packages and cached by content;
+//! - [`vmm`]: virtual machine monitors behind one trait (QEMU today);
+//! - [`exec`]: one execution, from request to result, in a fresh VM;
+//! - [`state`]: where all of it lives on the host.
+
+pub mod exec;
+pub mod image;
+pub mod lang;
+pub mod state;
+pub mod vmm;
+
+pub use exec::{ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Runner};

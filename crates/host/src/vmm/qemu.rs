@@ -1,0 +1,304 @@
+//! The QEMU backend: `qemu-system-x86_64` from Debian, KVM where a probe shows
+//! it works, TCG elsewhere.
+//!
+//! The agent talks over a virtio-serial port whose QEMU end connects to a Unix
+//! socket the host listens on before QEMU starts, so there is no wait for a
+//! socket file to appear; the file is unlinked as soon as QEMU connected. The
+//! VM has no network device and its root disk is read-only.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+
+use super::{Accel, AgentChannel, Backend, BackendInfo, Vm, VmSpec, VmmError};
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// How long QEMU may take to start and connect to the agent socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bytes of console output kept for error reports.
+const CONSOLE_KEEP: usize = 16 << 10;
+
+/// Kernel arguments for every VM: console on the serial port (kept for error
+/// reports), quiet, and a panic ends the VM at once (`-no-reboot` turns the
+/// reboot into a QEMU exit).
+const KERNEL_ARGS: &[&str] = &[
+    "console=ttyS0",
+    "quiet",
+    "loglevel=3",
+    "panic=-1",
+    "rdinit=/init",
+];
+
+pub struct QemuBackend {
+    binary: PathBuf,
+    info: BackendInfo,
+}
+
+impl QemuBackend {
+    /// Finds QEMU on `PATH` (or at `RUNNER_QEMU`).
+    pub fn locate() -> Result<PathBuf, VmmError> {
+        if let Some(path) = std::env::var_os("RUNNER_QEMU") {
+            return Ok(PathBuf::from(path));
+        }
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(QEMU_BINARY))
+                    .find(|p| p.is_file())
+            })
+            .ok_or_else(|| VmmError::QemuMissing(QEMU_BINARY.into()))
+    }
+
+    /// `qemu-system-x86_64 --version`, first line.
+    pub async fn version(binary: &Path) -> Result<String, VmmError> {
+        let output = Command::new(binary)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|source| VmmError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        Ok(text.lines().next().unwrap_or("unknown").to_string())
+    }
+
+    pub fn new(binary: PathBuf, version: String, accel: Accel, reason: String) -> Self {
+        Self {
+            binary,
+            info: BackendInfo {
+                name: "qemu",
+                version,
+                accel,
+                reason,
+            },
+        }
+    }
+
+    fn command(&self, spec: &VmSpec, socket: &Path) -> Command {
+        let mut command = Command::new(&self.binary);
+        let (accel, cpu) = match self.info.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        let mut kernel_args: Vec<&str> = KERNEL_ARGS.to_vec();
+        kernel_args.extend(spec.kernel_args.iter().map(String::as_str));
+        // For experiments with boot options, not for production use.
+        let extra = std::env::var("RUNNER_KERNEL_ARGS").unwrap_or_default();
+        kernel_args.extend(extra.split_whitespace());
+        command
+            .arg("-name")
+            .arg(format!("runner-{}", spec.id))
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
+            // QEMU's seccomp filter: no new processes, no privilege changes.
+            .args([
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ])
+            .args(["-machine", &format!("q35,accel={accel},smm=off,vmport=off")])
+            .args(["-cpu", cpu])
+            .args(["-smp", &spec.vcpus.to_string()])
+            .args(["-m", &format!("{}M", spec.memory_mib)])
+            .arg("-kernel")
+            .arg(&spec.kernel)
+            .arg("-initrd")
+            .arg(&spec.initramfs)
+            .args(["-append", &kernel_args.join(" ")])
+            .args(["-serial", "stdio"])
+            .args(["-nic", "none"])
+            .args(["-device", "virtio-serial-pci,id=serial0"])
+            .arg("-chardev")
+            .arg(format!("socket,id=agent,path={}", socket.display()))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=serial0.0,chardev=agent,name={}",
+                runner_protocol::AGENT_PORT_NAME
+            ))
+            .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
+            .args(["-device", "virtio-rng-pci,rng=rng0"]);
+        if let Some(rootfs) = &spec.rootfs {
+            command
+                .arg("-drive")
+                .arg(format!(
+                    "if=none,id=root,format=raw,readonly=on,file={}",
+                    rootfs.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=root"]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                // If the runner dies without cleaning up, so does its VM.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+        let run_dir = RunDir::create(spec.run_dir.clone())?;
+        let socket = run_dir.path.join("agent.sock");
+        let listener = UnixListener::bind(&socket).map_err(|source| VmmError::Io {
+            what: "listen on",
+            path: socket.clone(),
+            source,
+        })?;
+        let mut child = self
+            .command(&spec, &socket)
+            .spawn()
+            .map_err(|source| VmmError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        let console = Console::default();
+        console.capture(child.stdout.take());
+        console.capture(child.stderr.take());
+
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(|source| VmmError::Io {
+                what: "accept on",
+                path: socket.clone(),
+                source,
+            })?,
+            status = child.wait() => {
+                return Err(VmmError::ExitedEarly {
+                    status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    console: console.settle_and_tail().await,
+                });
+            }
+            () = tokio::time::sleep(CONNECT_TIMEOUT) => {
+                return Err(VmmError::ConnectTimeout {
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                    console: console.tail(),
+                });
+            }
+        };
+        // Connected: the socket file has served its purpose.
+        drop(listener);
+        let _ = fs::remove_file(&socket);
+        Ok(Box::new(QemuVm {
+            child,
+            channel: AgentChannel::new(accepted.0),
+            console,
+            _run_dir: run_dir,
+        }))
+    }
+}
+
+struct QemuVm {
+    child: Child,
+    channel: AgentChannel,
+    console: Console,
+    // Dropped after `child` (fields drop in order): QEMU is killed first.
+    _run_dir: RunDir,
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn channel(&mut self) -> &mut AgentChannel {
+        &mut self.channel
+    }
+
+    fn console_tail(&self) -> String {
+        self.console.tail()
+    }
+
+    async fn destroy(mut self: Box<Self>) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The VM's directory under the state dir; removed with everything in it
+/// when dropped, whatever path the execution took.
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create(path: PathBuf) -> Result<Self, VmmError> {
+        fs::create_dir_all(&path).map_err(|source| VmmError::Io {
+            what: "create",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The last [`CONSOLE_KEEP`] bytes QEMU and the guest printed.
+#[derive(Clone, Default)]
+struct Console {
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    readers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Console {
+    fn capture(&self, pipe: Option<impl AsyncRead + Unpin + Send + 'static>) {
+        let Some(mut pipe) = pipe else { return };
+        let tail = self.tail.clone();
+        let handle = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut tail = tail.lock().unwrap();
+                tail.extend(&buf[..n]);
+                let excess = tail.len().saturating_sub(CONSOLE_KEEP);
+                tail.drain(..excess);
+            }
+        });
+        self.readers.lock().unwrap().push(handle);
+    }
+
+    fn tail(&self) -> String {
+        let tail = self.tail.lock().unwrap();
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+
+    /// After the process exited: let the readers take in its last words.
+    async fn settle_and_tail(&self) -> String {
+        let readers: Vec<_> = self.readers.lock().unwrap().drain(..).collect();
+        for reader in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
+        self.tail()
+    }
+}
