@@ -1,0 +1,174 @@
+//! Shared fixtures for the black-box tests: they run the real `runner`
+//! binary, which boots real VMs.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn runner() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+    command.env("RUNNER_LOG", "info");
+    command
+}
+
+/// The state directory the runner under test uses.
+pub fn state_dir() -> PathBuf {
+    match std::env::var_os("RUNNER_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home),
+        _ if nix::unistd::geteuid().is_root() => PathBuf::from("/var/lib/runner"),
+        _ => PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runner"),
+    }
+}
+
+pub struct Finished {
+    pub pid: u32,
+    pub output: Output,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// The result printed by `--json`.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+
+    /// The run stage of a `--json` result.
+    pub fn run_stage(&self) -> Value {
+        let json = self.json();
+        let stages = json["stages"].as_array().expect("stages").clone();
+        stages.last().expect("a stage ran").clone()
+    }
+}
+
+/// Runs `runner` with `args`, feeding `stdin`, and checks afterwards that the
+/// execution left nothing behind.
+pub fn run(args: &[&str], stdin: &[u8]) -> Finished {
+    let started = Instant::now();
+    let mut child = start(args);
+    let pid = child.id();
+    {
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let finished = Finished {
+        pid,
+        output,
+        elapsed: started.elapsed(),
+    };
+    assert_clean(pid);
+    finished
+}
+
+/// Starts `runner` with stdin open for the caller to write (and close).
+fn start(args: &[&str]) -> Child {
+    runner()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `runner` with an empty stdin, for tests that stop it themselves.
+pub fn spawn(args: &[&str]) -> Child {
+    let mut child = start(args);
+    drop(child.stdin.take());
+    child
+}
+
+/// The run directory prefix of executions of the runner process `pid`.
+fn run_prefix(pid: u32) -> String {
+    format!("{pid}.")
+}
+
+/// Processes whose command line mentions a run directory of `pid` (QEMU has
+/// its socket path there).
+pub fn vm_processes(pid: u32) -> Vec<String> {
+    let needle = format!("/run/{}", run_prefix(pid));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+pub fn run_dirs(pid: u32) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir().join("run")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&run_prefix(pid))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// No VM process and no run directory of runner process `pid` remain.
+pub fn assert_clean(pid: u32) {
+    // A killed QEMU may take a moment to be reaped once its parent is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !vm_processes(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        vm_processes(pid),
+        Vec::<String>::new(),
+        "VM processes left behind"
+    );
+    assert_eq!(
+        run_dirs(pid),
+        Vec::<PathBuf>::new(),
+        "run directories left behind"
+    );
+}
+
+/// Waits until the program in `child`'s VM printed its first line, so that
+/// the VM is booted and the program running.
+pub fn wait_for_first_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    // Keep reading in the background so the runner never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line
+}

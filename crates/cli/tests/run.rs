@@ -1,0 +1,307 @@
+//! `runner run` end to end: each test boots a real VM and runs a real
+//! interpreter in it, then checks that nothing is left on the host.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_clean, run, run_dirs, spawn, vm_processes, wait_for_first_line};
+
+#[test]
+fn bash_hello_world() {
+    let done = run(&["run", "--lang", "bash", "-c", "echo hello world"], b"");
+    assert_eq!(done.stdout(), "hello world\n", "stderr: {}", done.stderr());
+    assert_eq!(done.code(), Some(0));
+}
+
+#[test]
+fn python_hello_world_with_timings() {
+    let done = run(
+        &["run", "--json", "--lang", "python", "-c", "print(6*7)"],
+        b"",
+    );
+    assert_eq!(done.code(), Some(0), "stderr: {}", done.stderr());
+    let json = done.json();
+    let stage = done.run_stage();
+    assert_eq!(stage["stdout"], "42\n");
+    assert_eq!(stage["exit_code"], 0);
+    let metrics = &json["metrics"];
+    assert_eq!(metrics["language"], "python");
+    assert_eq!(metrics["trace_id"], json["trace_id"]);
+    assert_eq!(metrics["trace_id"].as_str().unwrap().len(), 32);
+    for phase in ["vm_boot_time", "ready_time", "execution_time", "total_time"] {
+        let ms = metrics[phase].as_f64().unwrap_or_else(|| panic!("{phase}"));
+        assert!(ms > 0.0, "{phase} = {ms}");
+    }
+    let total = metrics["total_time"].as_f64().unwrap();
+    let parts = ["vm_boot_time", "ready_time", "execution_time"]
+        .iter()
+        .map(|p| metrics[p].as_f64().unwrap())
+        .sum::<f64>();
+    assert!(
+        parts <= total,
+        "phases {parts} ms add up to more than the total {total} ms"
+    );
+
+    // The one structured log line of the execution, on stderr.
+    let log_line = done
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "execution finished")
+        .unwrap_or_else(|| panic!("no execution log line in:\n{}", done.stderr()));
+    assert_eq!(log_line["trace_id"], json["trace_id"]);
+    assert_eq!(log_line["language"], "python");
+    assert!(log_line["total_time"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn stdin_is_passed_through() {
+    let done = run(
+        &[
+            "run",
+            "--lang",
+            "python",
+            "-c",
+            "import sys\nprint(sys.stdin.read().upper(), end='')",
+        ],
+        b"some input\nline two\n",
+    );
+    assert_eq!(
+        done.stdout(),
+        "SOME INPUT\nLINE TWO\n",
+        "stderr: {}",
+        done.stderr()
+    );
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let done = run(&["run", "--lang", "bash", "-c", "cat"], &binary);
+    assert_eq!(done.output.stdout, binary);
+}
+
+#[test]
+fn nonzero_exit_code_comes_back() {
+    let done = run(&["run", "--lang", "bash", "-c", "exit 3"], b"");
+    assert_eq!(done.code(), Some(3), "stderr: {}", done.stderr());
+
+    let done = run(&["run", "--json", "--lang", "bash", "-c", "exit 42"], b"");
+    assert_eq!(done.code(), Some(42));
+    assert_eq!(done.run_stage()["exit_code"], 42);
+}
+
+#[test]
+fn stderr_is_kept_apart_from_stdout() {
+    let code = "import sys\nprint('to out')\nprint('to err', file=sys.stderr)\nprint('out again')";
+    let done = run(&["run", "--json", "--lang", "python", "-c", code], b"");
+    let stage = done.run_stage();
+    assert_eq!(stage["stdout"], "to out\nout again\n");
+    assert_eq!(stage["stderr"], "to err\n");
+
+    // Streamed (not --json): the program's stderr goes to our stderr only.
+    let done = run(
+        &["run", "--lang", "bash", "-c", "echo one; echo two >&2"],
+        b"",
+    );
+    assert_eq!(done.stdout(), "one\n");
+    assert!(done.stderr().contains("two\n"), "stderr: {}", done.stderr());
+    assert!(!done.stdout().contains("two"));
+}
+
+#[test]
+fn program_killed_by_a_signal_reports_it() {
+    let done = run(
+        &["run", "--json", "--lang", "bash", "-c", "kill -SEGV $$"],
+        b"",
+    );
+    let stage = done.run_stage();
+    assert_eq!(stage["signal"], 11, "{stage}");
+    assert_eq!(stage["exit_code"], serde_json::Value::Null);
+    assert_eq!(stage["timed_out"], false);
+    // Like a shell: 128 + signal number.
+    assert_eq!(done.code(), Some(128 + 11));
+}
+
+#[test]
+fn endless_loop_is_stopped_at_the_wall_limit() {
+    let done = run(
+        &[
+            "run",
+            "--json",
+            "--timeout",
+            "2",
+            "--lang",
+            "bash",
+            "-c",
+            "while :; do :; done",
+        ],
+        b"",
+    );
+    let stage = done.run_stage();
+    assert_eq!(stage["timed_out"], true, "{stage}");
+    assert_eq!(stage["signal"], 9);
+    let wall = stage["wall_time"].as_f64().unwrap();
+    assert!(
+        (2000.0..=3000.0).contains(&wall),
+        "stopped after {wall} ms, limit 2000 ms"
+    );
+    assert_eq!(done.code(), Some(124));
+}
+
+#[test]
+fn background_processes_do_not_outlive_the_timeout() {
+    // A child in its own session, holding stdout open: the cgroup kill must
+    // still end the stage at the limit.
+    let code = "setsid bash -c 'while :; do sleep 1; done' & sleep 600";
+    let done = run(
+        &[
+            "run",
+            "--json",
+            "--timeout",
+            "1",
+            "--lang",
+            "bash",
+            "-c",
+            code,
+        ],
+        b"",
+    );
+    let stage = done.run_stage();
+    assert_eq!(stage["timed_out"], true, "{stage}");
+    assert!(stage["wall_time"].as_f64().unwrap() < 2500.0, "{stage}");
+}
+
+#[test]
+fn output_flood_is_cut_at_the_cap() {
+    let code = "while True:\n    print('x' * 999)";
+    let done = run(
+        &[
+            "run",
+            "--json",
+            "--output-limit",
+            "10000",
+            "--lang",
+            "python",
+            "-c",
+            code,
+        ],
+        b"",
+    );
+    let stage = done.run_stage();
+    assert_eq!(stage["output_truncated"], true, "{stage}");
+    assert_eq!(stage["stdout"].as_str().unwrap().len(), 10000);
+    assert_eq!(stage["timed_out"], false);
+}
+
+#[test]
+fn program_runs_unprivileged_without_network() {
+    let code = "id -u; id -g; ls /sys/class/net; cat /proc/sys/kernel/hostname";
+    let done = run(&["run", "--lang", "bash", "-c", code], b"");
+    // Only the loopback interface exists: the VM has no network device.
+    assert_eq!(
+        done.stdout(),
+        "1000\n1000\nlo\nrunner\n",
+        "stderr: {}",
+        done.stderr()
+    );
+
+    let done = run(&["run", "--lang", "bash", "-c", "touch /etc/x"], b"");
+    assert_ne!(done.code(), Some(0), "the run user could write to /etc");
+}
+
+#[test]
+fn args_and_env_reach_the_program() {
+    let done = run(
+        &[
+            "run",
+            "--lang",
+            "bash",
+            "-e",
+            "GREETING=hi",
+            "-c",
+            "echo $GREETING \"$1\" $#",
+            "--",
+            "a b",
+            "c",
+        ],
+        b"",
+    );
+    assert_eq!(done.stdout(), "hi a b 2\n", "stderr: {}", done.stderr());
+}
+
+#[test]
+fn unknown_language_is_a_clear_error() {
+    let done = run(&["run", "--lang", "cobol", "-c", "DISPLAY 'HI'."], b"");
+    assert_eq!(done.code(), Some(125));
+    let stderr = done.stderr();
+    assert!(stderr.contains("unknown language \"cobol\""), "{stderr}");
+    assert!(
+        stderr.contains("python"),
+        "names the known languages: {stderr}"
+    );
+    assert!(done.elapsed < Duration::from_secs(5), "nothing should boot");
+}
+
+#[test]
+fn bad_limits_are_refused_before_booting() {
+    for args in [
+        &["run", "--lang", "bash", "--timeout", "0", "-c", "true"][..],
+        &["run", "--lang", "bash", "--timeout", "-1", "-c", "true"],
+        &["run", "--lang", "bash", "--timeout", "100000", "-c", "true"],
+        &["run", "--lang", "bash", "--output-limit", "0", "-c", "true"],
+    ] {
+        let done = run(args, b"");
+        assert_eq!(done.code(), Some(125), "{args:?}: {}", done.stderr());
+        assert!(
+            done.stderr().contains("limit") || done.stderr().contains("timeout"),
+            "{}",
+            done.stderr()
+        );
+        assert!(
+            done.elapsed < Duration::from_secs(5),
+            "{args:?} booted a VM"
+        );
+    }
+}
+
+#[test]
+fn interrupt_kills_the_vm_and_removes_its_files() {
+    let mut child = spawn(&["run", "--lang", "bash", "-c", "echo running; sleep 600"]);
+    let pid = child.id();
+    assert_eq!(wait_for_first_line(&mut child), "running\n");
+    assert!(!vm_processes(pid).is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert_clean(pid);
+}
+
+#[test]
+fn a_killed_runner_takes_its_vm_with_it() {
+    let mut child = spawn(&["run", "--lang", "bash", "-c", "echo running; sleep 600"]);
+    let pid = child.id();
+    assert_eq!(wait_for_first_line(&mut child), "running\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // QEMU dies with its parent (PDEATHSIG) ...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !vm_processes(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            vm_processes(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... and the next runner sweeps the run directory the killed one left.
+    assert!(
+        !run_dirs(pid).is_empty(),
+        "SIGKILL leaves the directory to sweep"
+    );
+    let status = common::runner().arg("languages").output().unwrap();
+    assert!(status.status.success());
+    assert_clean(pid);
+}
