@@ -182,10 +182,8 @@ fn enter_sandbox(cgroup_procs: Option<i32>) -> std::io::Result<()> {
     // SAFETY: plain system calls on integers and a static buffer; all are
     // async-signal-safe.
     unsafe {
-        if let Some(fd) = cgroup_procs
-            && libc::write(fd, b"0".as_ptr().cast(), 1) < 0
-        {
-            return Err(std::io::Error::last_os_error());
+        if let Some(fd) = cgroup_procs {
+            check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
         }
         check(libc::setsid())?;
         let no_core = libc::rlimit {

@@ -59,7 +59,7 @@ struct RunArgs {
     /// A file with the code to run.
     file: Option<PathBuf>,
     /// Wall-clock limit in seconds.
-    #[arg(short, long, value_name = "SECONDS")]
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
     /// Bytes of output kept (stdout and stderr together); the program is
     /// stopped past it.
@@ -328,17 +328,15 @@ fn age(seconds: u64) -> String {
 }
 
 fn languages(runner: Runner) -> anyhow::Result<ExitCode> {
-    let built = runner.images().list()?;
     println!(
         "{:<10} {:<24} {:<10} VERSION",
         "LANGUAGE", "ALIASES", "MEMORY"
     );
     for language in runner.languages().all() {
-        let version = built
-            .iter()
-            .rev()
-            .find(|m| m.kind == "rootfs" && m.name.as_deref() == Some(&language.name))
-            .map(|m| m.version.clone())
+        let version = runner
+            .images()
+            .rootfs_manifest(language)
+            .map(|m| m.version)
             .unwrap_or_else(|| "(image not built: runner image build)".into());
         println!(
             "{:<10} {:<24} {:<10} {}",

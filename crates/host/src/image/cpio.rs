@@ -61,7 +61,7 @@ impl Archive {
     }
 
     fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
+        while self.buf.len() % 4 != 0 {
             self.buf.push(0);
         }
     }

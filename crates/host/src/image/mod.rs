@@ -45,6 +45,11 @@ pub enum ImageError {
         free_mib: u64,
         need_mib: u64,
     },
+    #[error(
+        "building guest images needs root (mmdebstrap, chroot, file ownership in the image): \
+         run `sudo RUNNER_HOME={state} runner image build` once; running code does not need root"
+    )]
+    NeedsRoot { state: String },
     #[error("{command} failed ({status}): {output}")]
     CommandFailed {
         command: String,
@@ -211,6 +216,16 @@ impl ImageStore {
             .collect()
     }
 
+    /// The manifest of the root filesystem `language` uses, if it is built.
+    pub fn rootfs_manifest(&self, language: &Language) -> Option<Manifest> {
+        let (id, _) = image_id(
+            "rootfs",
+            Some(&language.name),
+            &rootfs::recipe(&self.source, language),
+        );
+        read_manifest(&self.dir.join(id)).ok()
+    }
+
     /// The kernel and initramfs, if both are built.
     pub fn boot_files(&self, agent: &[u8]) -> Option<(PathBuf, PathBuf)> {
         let status = self.status(&[], agent);
@@ -266,6 +281,12 @@ impl ImageStore {
             return Ok(dir);
         }
 
+        if !nix::unistd::geteuid().is_root() {
+            let state = self.dir.parent().unwrap_or(&self.dir);
+            return Err(ImageError::NeedsRoot {
+                state: state.display().to_string(),
+            });
+        }
         progress.step(&format!("building {id}"));
         let started = Instant::now();
         let scratch = Scratch::new(self.dir.join(format!(".build-{id}")))?;
