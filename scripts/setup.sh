@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sets up Runner Codes on Debian 12 (bookworm) or 13 (trixie), as root:
+# installs QEMU and the image tools, builds `runner`, builds the guest images
+# and runs a first program. Safe to run again; it only does what is missing.
+#
+#   scripts/setup.sh            set up and run print(6*7) in a microVM
+#   scripts/setup.sh --no-run   set up only (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh installs packages and builds images: run it as root (sudo $0)" >&2
+    exit 1
+fi
+. /etc/os-release
+export DEBIAN_FRONTEND=noninteractive
+
+qemu_suite=()
+if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+    # Bookworm's QEMU is 7.2; backports has 10.0, whose migration features the
+    # snapshot code uses.
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        cat > /etc/apt/sources.list.d/runner-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    qemu_suite=(-t bookworm-backports)
+fi
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
+# mmdebstrap builds the trixie guests (the keyring has trixie's keys);
+# e2fsprogs writes ext4 images; xz unpacks kernel modules; gcc and
+# libc6-dev (libc.a) link the static guest agent.
+apt-get install -y -q --no-install-recommends \
+    mmdebstrap debian-archive-keyring e2fsprogs xz-utils ca-certificates \
+    gcc libc6-dev
+
+if ! command -v cargo >/dev/null; then
+    if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+        echo "Rust is missing and bookworm's is too old: install it with rustup (https://rustup.rs)" >&2
+        exit 1
+    fi
+    apt-get install -y -q --no-install-recommends cargo rustc
+fi
+
+cargo build --release --locked
+install -m 0755 target/release/runner /usr/local/bin/runner
+runner image build
+runner doctor
+
+if [ "${1:-}" != --no-run ]; then
+    runner run --lang python -c 'print(6*7)'
+fi
