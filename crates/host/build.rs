@@ -79,7 +79,15 @@ fn agent(root: &Path, out_dir: &Path) {
         .arg(root.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+        // Source paths remapped so that every checkout builds the same agent
+        // and shares one initramfs image.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!(
+                "-Ctarget-feature=+crt-static\x1f--remap-path-prefix={}=/runner",
+                root.display()
+            ),
+        )
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET")
