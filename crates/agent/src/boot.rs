@@ -71,8 +71,18 @@ pub fn init() -> Result<Mode, String> {
 
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
-    mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
     mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
+    // Where programs can write: each its own tmpfs, so that the size of
+    // files a stage writes can be capped (see stage::Scratch).
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    mount_fs("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777"))?;
+    mount_fs(
+        "tmpfs",
+        "/home/runner",
+        "tmpfs",
+        nosuid,
+        Some("mode=0700,uid=1000,gid=1000"),
+    )?;
     // Controllers for the per-stage cgroups; a kernel without one of them
     // still runs programs, with fewer limits.
     let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");

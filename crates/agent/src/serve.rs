@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::chown;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -99,15 +99,10 @@ fn execute(request: &ExecRequest, out: &mut Port) -> Result<(), String> {
     out.send(&Frame::Done)
 }
 
-/// A fresh working directory owned by the run user, holding the request's
-/// files.
+/// The request's files in the working directory, owned by the run user.
 fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
+    // A tmpfs mounted at boot, owned by the run user: fresh in every VM.
     let work = Path::new(WORK_DIR);
-    let _ = fs::remove_dir_all(work);
-    fs::create_dir_all(work).map_err(|e| format!("create {WORK_DIR}: {e}"))?;
-    chown_run_user(work)?;
-    fs::set_permissions(work, fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("chmod {WORK_DIR}: {e}"))?;
     for file in &request.files {
         let relative = safe_relative(&file.name)?;
         let mut dir = work.to_path_buf();

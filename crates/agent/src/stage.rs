@@ -1,6 +1,16 @@
 //! Running one stage: a command, as the run user, in its own cgroup and
-//! process group, with its output streamed to the host and its limits
-//! enforced.
+//! session, with its output streamed to the host and its limits enforced.
+//!
+//! | limit       | enforced by                                             |
+//! |-------------|---------------------------------------------------------|
+//! | wall time   | the agent's clock; cgroup.kill                          |
+//! | CPU time    | the cgroup's cpu.stat, polled; RLIMIT_CPU as a backstop |
+//! | memory      | cgroup memory.max (OOM kills the whole group)           |
+//! | processes   | cgroup pids.max                                         |
+//! | output      | the agent counts bytes; cgroup.kill                     |
+//! | file size   | RLIMIT_FSIZE per file; tmpfs size for all files         |
+//!
+//! The VM's own memory is the outer wall.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -15,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use runner_protocol::{Frame, StageReport, StageSpec};
+use runner_protocol::{Frame, Limits, StageReport, StageSpec};
 
 use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
 
 /// How long to wait for the pipes to close once the process tree was killed.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How often the CPU time of the stage is checked against its limit.
+const CPU_POLL: Duration = Duration::from_millis(20);
 const CHUNK: usize = 32 << 10;
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -39,7 +51,9 @@ pub fn run(
     let Some(program) = spec.argv.first() else {
         return Err(format!("stage {} has an empty command", spec.name));
     };
-    let cgroup = Cgroup::create(&spec.name);
+    let limits = spec.limits;
+    let scratch = Scratch::cap(limits.file_size_bytes)?;
+    let cgroup = Cgroup::create(&spec.name, &limits)?;
     let mut command = Command::new(program);
     command
         .args(&spec.argv[1..])
@@ -58,17 +72,21 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let cgroup_procs = cgroup.as_ref().map(|c| c.procs.as_raw_fd());
+    let cgroup_procs = cgroup.procs.as_raw_fd();
     // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls on memory owned by this stack frame.
+    // async-signal-safe system calls on values copied into it.
     unsafe {
-        command.pre_exec(move || enter_sandbox(cgroup_procs));
+        command.pre_exec(move || enter_sandbox(cgroup_procs, &limits));
     }
 
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("start {program}: {e}"))?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            cgroup.remove();
+            return Err(format!("start {program}: {e}"));
+        }
+    };
     let pgid = Pid::from_raw(child.id() as i32);
 
     let (tx, rx) = mpsc::channel();
@@ -88,21 +106,25 @@ pub fn run(
     });
 
     let kill = || {
-        if let Some(cgroup) = &cgroup {
-            cgroup.kill();
-        }
+        cgroup.kill();
         let _ = killpg(pgid, Signal::SIGKILL);
     };
     let mut report = StageReport {
         name: spec.name.clone(),
         ..Default::default()
     };
-    let mut budget = spec.limits.output_bytes;
+    let mut budget = limits.output_bytes;
     let mut open_pipes = 2;
     let mut exited = false;
-    let mut deadline = started + Duration::from_millis(spec.limits.wall_ms);
+    let mut killed = false;
+    let mut deadline = started + Duration::from_millis(limits.wall_ms);
     while !(exited && open_pipes == 0) {
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let wait = if killed {
+            deadline.saturating_duration_since(now)
+        } else {
+            deadline.saturating_duration_since(now).min(CPU_POLL)
+        };
         match rx.recv_timeout(wait) {
             Ok(Event::Output { stderr, mut bytes }) => {
                 if report.output_truncated {
@@ -111,6 +133,7 @@ pub fn run(
                 if bytes.len() as u64 > budget {
                     bytes.truncate(budget as usize);
                     report.output_truncated = true;
+                    killed = true;
                     kill();
                 }
                 budget -= bytes.len() as u64;
@@ -130,23 +153,46 @@ pub fn run(
                 report.signal = status.signal();
                 // The stage is over when its main process is: whatever it
                 // left running goes too, which also closes the pipes.
-                kill();
-                deadline = Instant::now() + DRAIN;
+                if !killed {
+                    killed = true;
+                    kill();
+                    deadline = Instant::now() + DRAIN;
+                }
             }
-            Err(RecvTimeoutError::Timeout) if !exited => {
+            Err(RecvTimeoutError::Timeout) if killed && Instant::now() >= deadline => {
+                // Pipes still open after the drain time: a process escaped
+                // the kill. Stop waiting; the VM is destroyed after this.
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) if killed => {}
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
                 report.timed_out = true;
+                killed = true;
                 kill();
                 deadline = Instant::now() + DRAIN;
             }
-            // Pipes still open after the drain time: a process escaped the
-            // kill. Stop waiting; the VM is destroyed after this execution.
-            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if cgroup.cpu_usage_us() >= limits.cpu_ms * 1000 {
+                    report.cpu_time_exceeded = true;
+                    killed = true;
+                    kill();
+                    deadline = Instant::now() + DRAIN;
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    if let Some(cgroup) = cgroup {
-        cgroup.remove();
+    let usage = cgroup.usage();
+    report.cpu_time_us = usage.cpu_us;
+    report.memory_peak_bytes = usage.memory_peak;
+    report.memory_exceeded = usage.oom_kills > 0;
+    report.process_limit_hit = usage.pids_max_hits > 0;
+    // The per-process backstop fired before our poll saw the total.
+    if report.signal == Some(libc::SIGXCPU) {
+        report.cpu_time_exceeded = true;
     }
+    report.file_size_exceeded = report.signal == Some(libc::SIGXFSZ) || scratch.any_full();
+    cgroup.remove();
     Ok(report)
 }
 
@@ -169,9 +215,9 @@ fn forward(mut pipe: impl Read + Send + 'static, stderr: bool, tx: Sender<Event>
 }
 
 /// Runs in the child between fork and exec: join the stage's cgroup, start a
-/// new session (so the process group can be killed as one), and drop to the
-/// run user for good.
-fn enter_sandbox(cgroup_procs: Option<i32>) -> std::io::Result<()> {
+/// new session (so the process group can be killed as one), set the rlimits
+/// and drop to the run user for good.
+fn enter_sandbox(cgroup_procs: i32, limits: &Limits) -> std::io::Result<()> {
     fn check(ret: libc::c_int) -> std::io::Result<()> {
         if ret < 0 {
             Err(std::io::Error::last_os_error())
@@ -179,18 +225,31 @@ fn enter_sandbox(cgroup_procs: Option<i32>) -> std::io::Result<()> {
             Ok(())
         }
     }
-    // SAFETY: plain system calls on integers and a static buffer; all are
-    // async-signal-safe.
-    unsafe {
-        if let Some(fd) = cgroup_procs {
-            check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
-        }
-        check(libc::setsid())?;
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+    fn rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
         };
-        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        // SAFETY: setrlimit reads the struct on this stack frame.
+        check(unsafe { libc::setrlimit(resource, &limit) })
+    }
+    // SAFETY: a write from a static buffer to a file descriptor this process
+    // owns; async-signal-safe.
+    check(unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } as libc::c_int)?;
+    // SAFETY: setsid takes no arguments and is async-signal-safe.
+    check(unsafe { libc::setsid() })?;
+    rlimit(libc::RLIMIT_CORE, 0, 0)?;
+    rlimit(
+        libc::RLIMIT_FSIZE,
+        limits.file_size_bytes,
+        limits.file_size_bytes,
+    )?;
+    // A backstop for a single process; the cgroup poll covers the tree. The
+    // soft limit sends SIGXCPU, the hard one SIGKILL a second later.
+    let cpu_seconds = limits.cpu_ms.div_ceil(1000) + 1;
+    rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+    // SAFETY: plain system calls on integers; all are async-signal-safe.
+    unsafe {
         check(libc::setgroups(0, std::ptr::null()))?;
         check(libc::setresgid(RUN_GID, RUN_GID, RUN_GID))?;
         check(libc::setresuid(RUN_UID, RUN_UID, RUN_UID))?;
@@ -199,23 +258,81 @@ fn enter_sandbox(cgroup_procs: Option<i32>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A cgroup v2 group holding every process of one stage.
+/// The places a program can write, each a tmpfs mounted at boot. Before a
+/// stage each is resized to what it holds plus the stage's file limit, so
+/// that the stage writes at most that much there; one left full at the end
+/// means the stage hit the limit (a program that gets ENOSPC or EFBIG may
+/// carry on, so the exit status alone does not tell).
+struct Scratch;
+
+const SCRATCH_DIRS: &[&str] = &[WORK_DIR, "/tmp", "/dev/shm"];
+const PAGE: u64 = 4096;
+
+impl Scratch {
+    fn cap(limit: u64) -> Result<Self, String> {
+        for dir in SCRATCH_DIRS {
+            let stat =
+                nix::sys::statvfs::statvfs(*dir).map_err(|e| format!("statvfs {dir}: {e}"))?;
+            let used = (stat.blocks() - stat.blocks_free()) * stat.fragment_size();
+            let size = (used + limit).div_ceil(PAGE) * PAGE;
+            nix::mount::mount(
+                None::<&str>,
+                *dir,
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT
+                    | nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV,
+                Some(format!("size={size}").as_str()),
+            )
+            .map_err(|e| format!("resize {dir} to {size} bytes: {e}"))?;
+        }
+        Ok(Scratch)
+    }
+
+    fn any_full(&self) -> bool {
+        SCRATCH_DIRS.iter().any(|dir| {
+            nix::sys::statvfs::statvfs(*dir)
+                .map(|s| s.blocks_available() * s.fragment_size() < PAGE)
+                .unwrap_or(false)
+        })
+    }
+}
+
+/// A cgroup v2 group holding every process of one stage, with its limits.
 struct Cgroup {
     path: PathBuf,
     /// `cgroup.procs`, opened before the fork so that the child only writes.
     procs: File,
 }
 
+#[derive(Default)]
+struct Usage {
+    cpu_us: u64,
+    memory_peak: u64,
+    oom_kills: u64,
+    pids_max_hits: u64,
+}
+
 impl Cgroup {
-    fn create(stage: &str) -> Option<Self> {
+    fn create(stage: &str, limits: &Limits) -> Result<Self, String> {
         let path = PathBuf::from(format!("/sys/fs/cgroup/stage-{stage}"));
-        let _ = fs::create_dir(&path);
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).map_err(|e| format!("create cgroup {}: {e}", path.display()))?;
+        let set = |file: &str, value: String| {
+            fs::write(path.join(file), &value)
+                .map_err(|e| format!("set {file} = {value} in {}: {e}", path.display()))
+        };
+        set("memory.max", limits.memory_bytes.to_string())?;
+        // No swap in the VM, but say so: the limit must be the whole limit.
+        let _ = set("memory.swap.max", "0".into());
+        // An OOM kill takes the whole stage, not one process of it.
+        set("memory.oom.group", "1".into())?;
+        set("pids.max", limits.processes.to_string())?;
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))
-            .map_err(|e| eprintln!("runner-agent: no cgroup for stage {stage}: {e}"))
-            .ok()?;
-        Some(Self { path, procs })
+            .map_err(|e| format!("open cgroup.procs of {}: {e}", path.display()))?;
+        Ok(Self { path, procs })
     }
 
     /// Kills every process in the group, however it forked or set its session.
@@ -223,12 +340,53 @@ impl Cgroup {
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
     }
 
+    fn cpu_usage_us(&self) -> u64 {
+        let stat = fs::read_to_string(self.path.join("cpu.stat")).unwrap_or_default();
+        field(&stat, "usage_usec")
+    }
+
+    fn usage(&self) -> Usage {
+        let read = |file: &str| fs::read_to_string(self.path.join(file)).unwrap_or_default();
+        Usage {
+            cpu_us: self.cpu_usage_us(),
+            memory_peak: read("memory.peak").trim().parse().unwrap_or(0),
+            oom_kills: field(&read("memory.events"), "oom_kill"),
+            pids_max_hits: field(&read("pids.events"), "max"),
+        }
+    }
+
     fn remove(self) {
-        for _ in 0..100 {
+        for _ in 0..200 {
             if fs::remove_dir(&self.path).is_ok() {
                 return;
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The value of `key` in a cgroup "key value" file.
+fn field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn cgroup_fields_are_read_by_key() {
+        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 1\n";
+        assert_eq!(field(events, "oom_kill"), 1);
+        assert_eq!(field(events, "max"), 3);
+        assert_eq!(field(events, "missing"), 0);
+        assert_eq!(
+            field("usage_usec 1234\nuser_usec 1000\n", "usage_usec"),
+            1234
+        );
     }
 }

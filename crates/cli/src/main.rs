@@ -10,11 +10,13 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use runner_host::exec::{ExecutionRequest, ExecutionResult, OutputChunk, SourceFile};
+use runner_host::exec::{
+    ExecutionRequest, ExecutionResult, OutputChunk, SourceFile, StageLimits, Status,
+};
 use runner_host::state::StateDir;
 use runner_host::{LimitPolicy, Runner};
 use tokio::sync::mpsc;
@@ -36,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run code in a fresh microVM and exit with its exit status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Build or list the guest images.
     Image {
         #[command(subcommand)]
@@ -53,22 +55,39 @@ struct RunArgs {
     /// Language of the code (see `runner languages`).
     #[arg(short, long)]
     lang: String,
-    /// The code to run, instead of a file.
-    #[arg(short = 'c', long = "code", conflicts_with = "file")]
+    /// The code to run, instead of files.
+    #[arg(short = 'c', long = "code", conflicts_with = "files")]
     code: Option<String>,
-    /// A file with the code to run.
-    file: Option<PathBuf>,
-    /// Wall-clock limit in seconds.
+    /// Files of the program. The entry point is the one named as the
+    /// language expects (main.py, index.js, main.go, main.rs, main.sh), else
+    /// the first file, which is then given that name.
+    files: Vec<PathBuf>,
+    /// Wall-clock limit of the run stage, in seconds.
     #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
+    /// CPU-time limit of the run stage, in seconds.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    cpu_time: Option<f64>,
+    /// Memory limit of the run stage, in MiB (the VM gets 64 MiB more).
+    #[arg(short, long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Processes and threads the run stage may have at once.
+    #[arg(long, value_name = "N")]
+    processes: Option<u32>,
     /// Bytes of output kept (stdout and stderr together); the program is
     /// stopped past it.
     #[arg(long, value_name = "BYTES")]
     output_limit: Option<u64>,
+    /// Largest file the program may write, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    file_size_limit: Option<u64>,
+    /// Wall-clock limit of the compile stage, in seconds.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    compile_timeout: Option<f64>,
     /// Environment variable for the program, NAME=value (repeatable).
     #[arg(short, long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
-    /// Print the result as JSON (output, exit status, timings) instead of
+    /// Print the result as JSON (status, stages, timings) instead of
     /// streaming the program's output.
     #[arg(long)]
     json: bool,
@@ -126,7 +145,7 @@ fn init_logging() {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let runner = || Runner::new(StateDir::from_env(), LimitPolicy::default());
     match cli.command {
-        Command::Run(args) => run(runner()?, args).await,
+        Command::Run(args) => run(runner()?, *args).await,
         Command::Image { command } => image(runner()?, command).await,
         Command::Languages => languages(runner()?),
         Command::Doctor => doctor::doctor(runner()?).await,
@@ -135,12 +154,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     let language = runner.languages().get(&args.lang)?.clone();
-    let code = match (&args.code, &args.file) {
-        (Some(code), _) => code.clone().into_bytes(),
-        (None, Some(file)) => {
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
-        }
-        (None, None) => bail!("give the code with -c CODE or as a file"),
+    let files = match &args.code {
+        Some(code) => vec![SourceFile {
+            name: language.source_file.clone(),
+            content: code.clone().into_bytes(),
+        }],
+        None if args.files.is_empty() => bail!("give the code with -c CODE or as files"),
+        None => read_files(&args.files, &language.source_file)?,
     };
     let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
@@ -149,24 +169,24 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         env.insert(name.to_string(), value.to_string());
     }
-    let wall_limit = match args.timeout {
-        Some(s) if !(s.is_finite() && s > 0.0) => {
-            bail!("--timeout must be a positive number of seconds")
-        }
-        Some(s) => Some(Duration::try_from_secs_f64(s).context("--timeout is too large")?),
-        None => None,
-    };
     let request = ExecutionRequest {
         language: language.name.clone(),
-        files: vec![SourceFile {
-            name: language.source_file.clone(),
-            content: code,
-        }],
+        files,
         stdin: read_stdin()?,
         args: args.args,
         env,
-        wall_limit,
-        output_limit: args.output_limit,
+        compile_limits: StageLimits {
+            wall_time_ms: millis("--compile-timeout", args.compile_timeout)?,
+            ..Default::default()
+        },
+        run_limits: StageLimits {
+            wall_time_ms: millis("--timeout", args.timeout)?,
+            cpu_time_ms: millis("--cpu-time", args.cpu_time)?,
+            memory_mib: args.memory,
+            processes: args.processes,
+            output_bytes: args.output_limit,
+            file_size_bytes: args.file_size_limit,
+        },
         trace_id: None,
     };
     // Refuse a bad request before building or booting anything.
@@ -175,16 +195,18 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         .prepare(&language, Arc::new(progress::Spinner::new()))
         .await?;
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel::<OutputChunk>();
     let printer = (!args.json).then(|| {
         tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
-                // A closed stdout (e.g. `| head`) must not fail the run.
-                let _ = match chunk {
-                    OutputChunk::Stdout(b) => std::io::stdout()
-                        .write_all(&b)
-                        .and_then(|_| std::io::stdout().flush()),
-                    OutputChunk::Stderr(b) => std::io::stderr().write_all(&b),
+                // The program's stdout is ours; the compiler's output is
+                // diagnostics, so it goes to stderr. A closed stdout (e.g.
+                // `| head`) must not fail the run.
+                let _ = if chunk.stage == "run" && !chunk.stderr {
+                    let mut out = std::io::stdout();
+                    out.write_all(&chunk.bytes).and_then(|()| out.flush())
+                } else {
+                    std::io::stderr().write_all(&chunk.bytes)
                 };
             }
         })
@@ -202,10 +224,44 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        warn_about_limits(&result);
+    } else if result.status != Status::Ok {
+        match &result.message {
+            Some(message) => eprintln!("runner: {}: {message}", result.status),
+            None => eprintln!("runner: {}", result.status),
+        }
     }
     Ok(exit_code(&result))
+}
+
+/// Reads the program's files; the entry point gets the name the language
+/// expects.
+fn read_files(paths: &[PathBuf], entry: &str) -> anyhow::Result<Vec<SourceFile>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let content =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} is not a file", path.display()))?
+            .to_string_lossy()
+            .into_owned();
+        files.push(SourceFile { name, content });
+    }
+    if !files.iter().any(|f| f.name == entry) {
+        files[0].name = entry.to_string();
+    }
+    Ok(files)
+}
+
+/// Seconds from a flag as milliseconds; zero and negative values are passed
+/// on, for the limit policy to refuse with its message.
+fn millis(flag: &str, seconds: Option<f64>) -> anyhow::Result<Option<u64>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if !s.is_finite() || s <= 0.0 => Ok(Some(0)),
+        Some(s) if s > 1e9 => bail!("{flag} {s} is too large"),
+        Some(s) => Ok(Some((s * 1000.0).round().max(1.0) as u64)),
+    }
 }
 
 fn read_stdin() -> anyhow::Result<Vec<u8>> {
@@ -244,30 +300,19 @@ fn signal_number(name: &str) -> u8 {
     }
 }
 
-fn warn_about_limits(result: &ExecutionResult) {
-    let Some(stage) = result.last_stage() else {
-        return;
-    };
-    if stage.timed_out {
-        eprintln!(
-            "runner: time limit reached after {:.0} ms; the program was killed",
-            stage.wall_time
-        );
-    }
-    if stage.output_truncated {
-        eprintln!("runner: output limit reached; output was cut and the program was killed");
-    }
-}
-
-/// The program's exit status, as a shell would report it.
+/// The program's exit status, as a shell would report it; 124 for a time
+/// limit (as timeout(1)), 1 for a compile error, 125 for our own failure.
 fn exit_code(result: &ExecutionResult) -> ExitCode {
-    let Some(stage) = result.last_stage() else {
+    match result.status {
+        Status::InternalError => return ExitCode::from(EXIT_RUNNER_FAILED),
+        Status::TimeLimitExceeded => return ExitCode::from(EXIT_TIMED_OUT),
+        Status::CompileError => return ExitCode::from(1),
+        _ => {}
+    }
+    let Some(run) = &result.run else {
         return ExitCode::from(EXIT_RUNNER_FAILED);
     };
-    if stage.timed_out {
-        return ExitCode::from(EXIT_TIMED_OUT);
-    }
-    match (stage.exit_code, stage.signal) {
+    match (run.exit_code, run.signal) {
         (Some(code), _) => ExitCode::from(code as u8),
         (None, Some(signal)) => ExitCode::from(128u8.saturating_add(signal as u8)),
         (None, None) => ExitCode::from(EXIT_RUNNER_FAILED),

@@ -1,6 +1,8 @@
 //! The languages Runner Codes runs, loaded from the TOML files under
 //! `languages/` that are embedded at build time.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 include!(concat!(env!("OUT_DIR"), "/languages.rs"));
@@ -35,6 +37,14 @@ pub struct Language {
     pub run: Vec<String>,
     /// Command that prints the installed version.
     pub version: Vec<String>,
+    /// Environment of every stage (and of `prepare`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Shell command run as root in the root filesystem at image build time,
+    /// to do once what every execution would otherwise do (e.g. compile a
+    /// standard library).
+    #[serde(default)]
+    pub prepare: Option<String>,
     /// Default VM memory.
     pub memory_mib: u32,
     /// The least memory a request may ask for.

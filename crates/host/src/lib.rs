@@ -13,4 +13,6 @@ pub mod lang;
 pub mod state;
 pub mod vmm;
 
-pub use exec::{ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Runner};
+pub use exec::{
+    ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Runner, Status,
+};

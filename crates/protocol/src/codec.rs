@@ -190,7 +190,11 @@ mod tests {
                 stdin: true,
                 limits: Limits {
                     wall_ms: 1000,
+                    cpu_ms: 1000,
+                    memory_bytes: 256 << 20,
+                    processes: 64,
                     output_bytes: 1 << 20,
+                    file_size_bytes: 1 << 20,
                 },
             }],
             stdin: vec![0, 1, 2, 255],

@@ -28,7 +28,7 @@ pub use message::{
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

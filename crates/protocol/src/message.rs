@@ -90,10 +90,19 @@ pub struct File {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Wall-clock limit in milliseconds; the whole process tree is killed at it.
+    /// Wall-clock time in milliseconds; the whole process tree is killed at it.
     pub wall_ms: u64,
+    /// CPU time of all the stage's processes together, in milliseconds.
+    pub cpu_ms: u64,
+    /// Memory of all the stage's processes together (cgroup `memory.max`).
+    pub memory_bytes: u64,
+    /// Processes and threads alive at once (cgroup `pids.max`).
+    pub processes: u32,
     /// Bytes of stdout plus stderr kept; the program is killed past it.
     pub output_bytes: u64,
+    /// Bytes of files the stage may write: per file (`RLIMIT_FSIZE`) and in
+    /// each writable place together (the size of its tmpfs).
+    pub file_size_bytes: u64,
 }
 
 /// One stage of an execution: a command run in the working directory.
@@ -135,11 +144,24 @@ pub struct StageReport {
     pub signal: Option<i32>,
     /// The wall-time limit was reached and the process tree killed.
     pub timed_out: bool,
+    /// The CPU-time limit was reached and the process tree killed.
+    pub cpu_time_exceeded: bool,
+    /// The kernel's OOM killer ended the stage at its memory limit.
+    pub memory_exceeded: bool,
     /// The output limit was reached: output was cut there and the process
     /// tree killed.
     pub output_truncated: bool,
+    /// A fork or thread creation failed at the process limit.
+    pub process_limit_hit: bool,
+    /// A file reached the file-size limit, or the stage's files together
+    /// filled the space the limit gave them.
+    pub file_size_exceeded: bool,
     /// From spawn to exit, in microseconds.
     pub wall_time_us: u64,
+    /// CPU time of all the stage's processes, in microseconds.
+    pub cpu_time_us: u64,
+    /// Peak memory of all the stage's processes together, in bytes.
+    pub memory_peak_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

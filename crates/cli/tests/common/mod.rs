@@ -58,9 +58,25 @@ impl Finished {
     /// The run stage of a `--json` result.
     pub fn run_stage(&self) -> Value {
         let json = self.json();
-        let stages = json["stages"].as_array().expect("stages").clone();
-        stages.last().expect("a stage ran").clone()
+        assert!(json["run"].is_object(), "no run stage in {json:#}");
+        json["run"].clone()
     }
+
+    /// The status of a `--json` result.
+    pub fn status(&self) -> String {
+        self.json()["status"].as_str().expect("status").to_string()
+    }
+}
+
+/// The path of a program under `programs/`.
+pub fn program(path: &str) -> String {
+    format!("{}/../../programs/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether VMs run under KVM here (else TCG), as `runner doctor` says.
+pub fn kvm() -> bool {
+    let output = runner().arg("doctor").output().unwrap();
+    String::from_utf8_lossy(&output.stdout).contains("acceleration   kvm")
 }
 
 /// Runs `runner` with `args`, feeding `stdin`, and checks afterwards that the

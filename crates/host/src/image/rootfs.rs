@@ -5,6 +5,7 @@
 //! The guest mounts it read-only under a tmpfs overlay, so one image serves
 //! every VM of the language and is never modified.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -49,6 +50,8 @@ struct Recipe<'a> {
     trimmed: &'a [&'a str],
     passwd: &'a str,
     version_command: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    prepare: &'a Option<String>,
 }
 
 pub(super) fn recipe<'a>(source: &'a DebianSource, language: &'a Language) -> impl Serialize + 'a {
@@ -60,6 +63,8 @@ pub(super) fn recipe<'a>(source: &'a DebianSource, language: &'a Language) -> im
         trimmed: TRIMMED,
         passwd: PASSWD_LINE,
         version_command: &language.version,
+        env: &language.env,
+        prepare: &language.prepare,
     }
 }
 
@@ -114,7 +119,18 @@ pub(super) fn build(
         fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
     }
 
-    let version = run(Command::new("chroot").arg(&tree).args(&language.version))?
+    if let Some(prepare) = &language.prepare {
+        progress.step(&format!(
+            "preparing the {} root filesystem: {prepare}",
+            language.name
+        ));
+        run(&mut in_chroot(
+            &tree,
+            language,
+            &["/bin/sh", "-ec", prepare],
+        ))?;
+    }
+    let version = run(&mut in_chroot(&tree, language, &language.version))?
         .trim()
         .to_string();
 
@@ -122,6 +138,20 @@ pub(super) fn build(
     make_ext4(&tree, &out.join(FILE))?;
     fs::remove_dir_all(&tree).map_err(ImageError::io("remove", &tree))?;
     Ok(version)
+}
+
+/// A command in the root filesystem, as root, with the language's
+/// environment (as the stages will have it).
+fn in_chroot<S: AsRef<std::ffi::OsStr>>(tree: &Path, language: &Language, argv: &[S]) -> Command {
+    let mut command = Command::new("chroot");
+    command
+        .arg(tree)
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", "/root")
+        .envs(&language.env);
+    command
 }
 
 fn append(path: &Path, line: &str) -> Result<(), ImageError> {

@@ -1,15 +1,26 @@
 //! One execution, end to end: check the request, make sure the images exist,
 //! boot a fresh VM, hand the agent the request, collect what comes back,
 //! destroy the VM.
+//!
+//! A request that is wrong (unknown language, limits out of range, bad file
+//! names) is refused with an [`ExecError`] before anything is built or
+//! booted. Once a request is accepted it always gets an [`ExecutionResult`]:
+//! if Runner Codes fails along the way, the status is `internal_error`, the
+//! message says why, and whatever output had come back is kept.
+
+mod limits;
+mod result;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner_protocol::{ExecRequest, File, Frame, Limits, StageReport, StageSpec};
-use serde::{Serialize, Serializer};
+use runner_protocol::{ExecRequest, File, Frame, StageSpec};
 use tokio::sync::{OnceCell, mpsc};
+
+pub use limits::{LimitPolicy, LimitSet, StageLimits};
+pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 
 use crate::image::{DebianSource, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::{Language, LanguageError, Languages};
@@ -19,6 +30,10 @@ use crate::vmm::{Accel, Backend, ChannelError, Vm, VmSpec, VmmError, accel};
 
 /// The guest agent, built static by this crate's build script.
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runner-agent"));
+
+/// Memory the VM has beyond its program's limit: the guest kernel, the agent
+/// and the page cache of the interpreter.
+const GUEST_RESERVE_MIB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -48,28 +63,16 @@ pub enum ExecError {
     Unresponsive { seconds: u64, console: String },
 }
 
-/// Bounds on what a request may ask for, and the defaults it gets.
-#[derive(Debug, Clone)]
-pub struct LimitPolicy {
-    pub default_wall: Duration,
-    pub max_wall: Duration,
-    pub default_output_bytes: u64,
-    pub max_output_bytes: u64,
-}
-
-impl Default for LimitPolicy {
-    fn default() -> Self {
-        Self {
-            default_wall: Duration::from_secs(10),
-            max_wall: Duration::from_secs(300),
-            default_output_bytes: 1 << 20,
-            max_output_bytes: 64 << 20,
-        }
+impl ExecError {
+    /// Whether the caller caused this (and should change the request), as
+    /// opposed to Runner Codes failing.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, ExecError::Language(_) | ExecError::Invalid(_))
     }
 }
 
 /// A file of the request. The entry point is named like the language's
-/// `source_file` (`main.py`, `main.sh`).
+/// `source_file` (`main.py`, `main.go`, ...).
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     pub name: String,
@@ -84,76 +87,28 @@ pub struct ExecutionRequest {
     /// Appended to the run command.
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub wall_limit: Option<Duration>,
-    pub output_limit: Option<u64>,
+    pub compile_limits: StageLimits,
+    pub run_limits: StageLimits,
     /// Given by the caller (e.g. from a `traceparent` header), else made up.
     pub trace_id: Option<String>,
 }
 
 /// Output as it is produced, for callers that stream it.
 #[derive(Debug, Clone)]
-pub enum OutputChunk {
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
+pub struct OutputChunk {
+    /// "compile" or "run".
+    pub stage: String,
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StageResult {
-    pub name: String,
-    #[serde(serialize_with = "lossy")]
-    pub stdout: Vec<u8>,
-    #[serde(serialize_with = "lossy")]
-    pub stderr: Vec<u8>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub timed_out: bool,
-    pub output_truncated: bool,
-    /// Milliseconds from spawn to exit, measured in the guest.
-    pub wall_time: f64,
-}
-
-/// How the VM of an execution was obtained.
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartKind {
-    Cold,
-}
-
-/// The seed's `ExecutionMetrics`; durations in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct ExecutionMetrics {
-    pub trace_id: String,
-    pub language: String,
-    pub start: StartKind,
-    /// Starting the VMM until its devices are up (the agent channel connects).
-    pub vm_boot_time: f64,
-    /// From then until the agent said hello: kernel boot and init.
-    pub ready_time: f64,
-    /// From sending the request until the last stage reported.
-    pub execution_time: f64,
-    /// From taking the request until the result was ready.
-    pub total_time: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ExecutionResult {
-    pub trace_id: String,
-    pub language: String,
-    pub stages: Vec<StageResult>,
-    pub metrics: ExecutionMetrics,
-    pub backend: &'static str,
-    pub accel: Accel,
-}
-
-impl ExecutionResult {
-    /// The stage whose exit decides the outcome: the last one that ran.
-    pub fn last_stage(&self) -> Option<&StageResult> {
-        self.stages.last()
-    }
-}
-
-fn lossy<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&String::from_utf8_lossy(bytes))
+/// An accepted request, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub language: Language,
+    pub exec: ExecRequest,
+    /// The VM's memory: the largest stage limit plus the guest's reserve.
+    pub vm_memory_mib: u32,
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -195,6 +150,10 @@ impl Runner {
         &self.images
     }
 
+    pub fn limits(&self) -> &LimitPolicy {
+        &self.limits
+    }
+
     /// Builds whatever image `language` is missing.
     pub async fn prepare(
         &self,
@@ -231,10 +190,12 @@ impl Runner {
                 )
                 .await;
                 tracing::info!(backend = "qemu", %version, accel = %choice.accel, reason = %choice.reason, "backend chosen");
-                Ok::<_, ExecError>(
-                    Arc::new(QemuBackend::new(binary, version, choice.accel, choice.reason))
-                        as Arc<dyn Backend>,
-                )
+                Ok::<_, ExecError>(Arc::new(QemuBackend::new(
+                    binary,
+                    version,
+                    choice.accel,
+                    choice.reason,
+                )) as Arc<dyn Backend>)
             })
             .await?;
         Ok(backend.clone())
@@ -242,24 +203,8 @@ impl Runner {
 
     /// Checks a request against the language and the limit policy, before
     /// anything is built or booted.
-    pub fn plan(&self, request: &ExecutionRequest) -> Result<(Language, ExecRequest), ExecError> {
+    pub fn plan(&self, request: &ExecutionRequest) -> Result<Plan, ExecError> {
         let language = self.languages.get(&request.language)?.clone();
-        let wall = request.wall_limit.unwrap_or(self.limits.default_wall);
-        if wall.is_zero() || wall > self.limits.max_wall {
-            return Err(ExecError::Invalid(format!(
-                "time limit must be above 0 and at most {} s",
-                self.limits.max_wall.as_secs_f64()
-            )));
-        }
-        let output = request
-            .output_limit
-            .unwrap_or(self.limits.default_output_bytes);
-        if output == 0 || output > self.limits.max_output_bytes {
-            return Err(ExecError::Invalid(format!(
-                "output limit must be above 0 and at most {} bytes",
-                self.limits.max_output_bytes
-            )));
-        }
         if !request.files.iter().any(|f| f.name == language.source_file) {
             return Err(ExecError::Invalid(format!(
                 "no {} among the files: {} code goes in {}",
@@ -269,6 +214,14 @@ impl Runner {
         for file in &request.files {
             check_file_name(&file.name)?;
         }
+        if request
+            .files
+            .iter()
+            .enumerate()
+            .any(|(i, f)| request.files[..i].iter().any(|g| g.name == f.name))
+        {
+            return Err(ExecError::Invalid("two files have the same name".into()));
+        }
         for (key, value) in &request.env {
             if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
                 return Err(ExecError::Invalid(format!(
@@ -276,27 +229,41 @@ impl Runner {
                 )));
             }
         }
-        let limits = Limits {
-            wall_ms: wall.as_millis() as u64,
-            output_bytes: output,
-        };
         let mut stages = Vec::new();
         if let Some(compile) = &language.compile {
-            stages.push(StageSpec {
-                name: "compile".into(),
-                argv: compile.clone(),
-                stdin: false,
+            let limits = self
+                .limits
+                .resolve("compile", &request.compile_limits, &language)
+                .map_err(ExecError::Invalid)?;
+            stages.push((
                 limits,
-            });
+                StageSpec {
+                    name: "compile".into(),
+                    argv: compile.clone(),
+                    stdin: false,
+                    limits: limits.to_protocol(),
+                },
+            ));
         }
+        let limits = self
+            .limits
+            .resolve("run", &request.run_limits, &language)
+            .map_err(ExecError::Invalid)?;
         let mut run = language.run.clone();
         run.extend(request.args.iter().cloned());
-        stages.push(StageSpec {
-            name: "run".into(),
-            argv: run,
-            stdin: true,
+        stages.push((
             limits,
-        });
+            StageSpec {
+                name: "run".into(),
+                argv: run,
+                stdin: true,
+                limits: limits.to_protocol(),
+            },
+        ));
+        let largest = stages.iter().map(|(l, _)| l.memory_mib).max().unwrap_or(0);
+        // The language's environment, then the request's on top.
+        let mut env = language.env.clone();
+        env.extend(request.env.clone());
         let exec = ExecRequest {
             language: language.name.clone(),
             files: request
@@ -307,34 +274,56 @@ impl Runner {
                     content: f.content.clone(),
                 })
                 .collect(),
-            stages,
+            stages: stages.into_iter().map(|(_, spec)| spec).collect(),
             stdin: request.stdin.clone(),
-            env: request.env.clone(),
+            env,
         };
-        Ok((language, exec))
+        Ok(Plan {
+            language,
+            exec,
+            vm_memory_mib: (largest + GUEST_RESERVE_MIB) as u32,
+        })
     }
 
     /// Runs one execution in a fresh VM. If `output` is given, stdout and
     /// stderr chunks are sent there as they arrive. Dropping the returned
     /// future kills the VM and removes its files.
+    ///
+    /// Errors only for requests that are wrong; every accepted request gets
+    /// a result, `internal_error` included.
     pub async fn execute(
         &self,
         request: ExecutionRequest,
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
     ) -> Result<ExecutionResult, ExecError> {
         let received = Instant::now();
-        let (language, exec) = self.plan(&request)?;
-        let images = self.prepare(&language, Arc::new(())).await?;
+        let plan = self.plan(&request)?;
+        let trace_id = request.trace_id.clone().unwrap_or_else(new_trace_id);
+        let mut transcript = Transcript::new(output);
+        let outcome = self.boot_and_run(&plan, &trace_id, &mut transcript).await;
+        let result = transcript.finish(&plan, trace_id, received, outcome);
+        log_execution(&result);
+        Ok(result)
+    }
+
+    async fn boot_and_run(
+        &self,
+        plan: &Plan,
+        trace_id: &str,
+        transcript: &mut Transcript,
+    ) -> Result<(), ExecError> {
+        let images = self.prepare(&plan.language, Arc::new(())).await?;
+        transcript.version = images.rootfs_manifest.version.clone();
         let backend = self
             .backend(&images.kernel.vmlinux, &images.initramfs)
             .await?;
-        let trace_id = request.trace_id.clone().unwrap_or_else(new_trace_id);
+        transcript.backend = Some((backend.info().name, backend.info().accel));
         let spec = VmSpec {
-            id: trace_id.clone(),
+            id: trace_id.to_string(),
             kernel: images.kernel.vmlinux.clone(),
             initramfs: images.initramfs.clone(),
             rootfs: Some(images.rootfs.clone()),
-            memory_mib: language.memory_mib,
+            memory_mib: plan.vm_memory_mib,
             vcpus: 1,
             kernel_args: Vec::new(),
             run_dir: self
@@ -342,37 +331,17 @@ impl Runner {
                 .runs()
                 .join(format!("{}.{trace_id}", std::process::id())),
         };
-
         let boot_started = Instant::now();
         let mut vm = backend.start(spec).await?;
-        let vm_boot = boot_started.elapsed();
+        transcript.vm_started = Some(boot_started);
+        transcript.vm_up = Some(Instant::now());
         let boot_timeout = match backend.info().accel {
             Accel::Kvm => Duration::from_secs(20),
             Accel::Tcg => Duration::from_secs(90),
         };
-        let outcome = converse(&mut *vm, &exec, boot_timeout, output).await;
+        let outcome = converse(&mut *vm, &plan.exec, boot_timeout, transcript).await;
         vm.destroy().await;
-        let conversation = outcome?;
-
-        let metrics = ExecutionMetrics {
-            trace_id: trace_id.clone(),
-            language: language.name.clone(),
-            start: StartKind::Cold,
-            vm_boot_time: ms(vm_boot),
-            ready_time: ms(conversation.ready_at - boot_started - vm_boot),
-            execution_time: ms(conversation.done_at - conversation.ready_at),
-            total_time: ms(conversation.done_at - received),
-        };
-        let result = ExecutionResult {
-            trace_id,
-            language: language.name,
-            stages: conversation.stages,
-            metrics,
-            backend: backend.info().name,
-            accel: backend.info().accel,
-        };
-        log_execution(&result);
-        Ok(result)
+        outcome
     }
 }
 
@@ -392,10 +361,93 @@ fn check_file_name(name: &str) -> Result<(), ExecError> {
     }
 }
 
-struct Conversation {
-    ready_at: Instant,
-    done_at: Instant,
-    stages: Vec<StageResult>,
+/// Everything that came back so far, kept even when the execution fails.
+struct Transcript {
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    version: String,
+    backend: Option<(&'static str, Accel)>,
+    vm_started: Option<Instant>,
+    vm_up: Option<Instant>,
+    ready_at: Option<Instant>,
+    done_at: Option<Instant>,
+    stages: Vec<(String, StageResult)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Transcript {
+    fn new(output: Option<mpsc::UnboundedSender<OutputChunk>>) -> Self {
+        Self {
+            output,
+            version: String::new(),
+            backend: None,
+            vm_started: None,
+            vm_up: None,
+            ready_at: None,
+            done_at: None,
+            stages: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+
+    fn finish(
+        mut self,
+        plan: &Plan,
+        trace_id: String,
+        received: Instant,
+        outcome: Result<(), ExecError>,
+    ) -> ExecutionResult {
+        let now = Instant::now();
+        let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+            (Some(from), Some(to)) => ms(to - from),
+            _ => 0.0,
+        };
+        let metrics = ExecutionMetrics {
+            trace_id: trace_id.clone(),
+            language: plan.language.name.clone(),
+            start: StartKind::Cold,
+            vm_boot_time: span(self.vm_started, self.vm_up),
+            ready_time: span(self.vm_up, self.ready_at),
+            execution_time: span(self.ready_at, self.done_at),
+            total_time: ms(self.done_at.unwrap_or(now) - received),
+        };
+        let mut take = |name: &str| {
+            let index = self.stages.iter().position(|(n, _)| n == name)?;
+            Some(self.stages.remove(index).1)
+        };
+        let compile = take("compile");
+        let run = take("run");
+        let (status, message) = match outcome {
+            Ok(()) => ExecutionResult::verdict(compile.as_ref(), run.as_ref()),
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message += &format!(": {cause}");
+                    source = cause.source();
+                }
+                tracing::error!(trace_id = %trace_id, error = %message, "execution failed");
+                (Status::InternalError, Some(message))
+            }
+        };
+        let (backend, accel) = match self.backend {
+            Some((name, accel)) => (name, Some(accel)),
+            None => ("qemu", None),
+        };
+        ExecutionResult {
+            trace_id,
+            language: plan.language.name.clone(),
+            version: self.version,
+            status,
+            message,
+            compile,
+            run,
+            metrics,
+            backend,
+            accel,
+        }
+    }
 }
 
 /// Hello, request, output until done.
@@ -403,8 +455,8 @@ async fn converse(
     vm: &mut dyn Vm,
     exec: &ExecRequest,
     boot_timeout: Duration,
-    output: Option<mpsc::UnboundedSender<OutputChunk>>,
-) -> Result<Conversation, ExecError> {
+    transcript: &mut Transcript,
+) -> Result<(), ExecError> {
     let lost = |vm: &dyn Vm| {
         let console = vm.console_tail();
         move |source| ExecError::AgentLost { source, console }
@@ -425,7 +477,7 @@ async fn converse(
             });
         }
     }
-    let ready_at = Instant::now();
+    transcript.ready_at = Some(Instant::now());
     if let Err(e) = vm.channel().send(&Frame::Exec(exec.clone())).await {
         return Err(lost(vm)(e));
     }
@@ -439,8 +491,6 @@ async fn converse(
         .map(|s| Duration::from_millis(s.limits.wall_ms) + GRACE)
         .sum();
     let deadline = tokio::time::Instant::now() + budget;
-    let mut stages = Vec::new();
-    let mut current = StageResult::empty();
     loop {
         let frame = match tokio::time::timeout_at(deadline, vm.channel().recv()).await {
             Ok(Ok(frame)) => frame,
@@ -452,41 +502,30 @@ async fn converse(
                 });
             }
         };
-        // The agent cuts output at the limit; a guest that does not is not
-        // allowed to fill the host's memory.
-        let room = exec.stages.get(stages.len()).map_or(0, |spec| {
-            (spec.limits.output_bytes as usize)
-                .saturating_sub(current.stdout.len() + current.stderr.len())
-        });
+        let spec = exec.stages.get(transcript.stages.len());
         match frame {
-            Frame::Stdout(mut bytes) => {
-                bytes.truncate(room);
-                current.stdout.extend_from_slice(&bytes);
-                if let Some(tx) = &output {
-                    let _ = tx.send(OutputChunk::Stdout(bytes));
-                }
+            Frame::Stdout(bytes) | Frame::Stderr(bytes) if spec.is_none() => {
+                let _ = bytes;
+                return Err(ExecError::Protocol("output after the last stage".into()));
             }
-            Frame::Stderr(mut bytes) => {
-                bytes.truncate(room);
-                current.stderr.extend_from_slice(&bytes);
-                if let Some(tx) = &output {
-                    let _ = tx.send(OutputChunk::Stderr(bytes));
-                }
-            }
-            Frame::StageEnd(_) if stages.len() == exec.stages.len() => {
+            Frame::Stdout(bytes) => transcript.output(spec.unwrap(), false, bytes),
+            Frame::Stderr(bytes) => transcript.output(spec.unwrap(), true, bytes),
+            Frame::StageEnd(_) if spec.is_none() => {
                 return Err(ExecError::Protocol(
                     "more stages ended than were asked for".into(),
                 ));
             }
             Frame::StageEnd(report) => {
-                stages.push(std::mem::replace(&mut current, StageResult::empty()).finish(report));
+                let stdout = std::mem::take(&mut transcript.stdout);
+                let stderr = std::mem::take(&mut transcript.stderr);
+                let name = spec.unwrap().name.clone();
+                transcript
+                    .stages
+                    .push((name, StageResult::new(stdout, stderr, report)));
             }
             Frame::Done => {
-                return Ok(Conversation {
-                    ready_at,
-                    done_at: Instant::now(),
-                    stages,
-                });
+                transcript.done_at = Some(Instant::now());
+                return Ok(());
             }
             Frame::Error(failure) => return Err(ExecError::Agent(failure.message)),
             other => {
@@ -499,29 +538,24 @@ async fn converse(
     }
 }
 
-impl StageResult {
-    fn empty() -> Self {
-        Self {
-            name: String::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            exit_code: None,
-            signal: None,
-            timed_out: false,
-            output_truncated: false,
-            wall_time: 0.0,
+impl Transcript {
+    /// Keeps and forwards output of the current stage. The agent cuts output
+    /// at the limit; a guest that does not may not fill the host's memory.
+    fn output(&mut self, spec: &StageSpec, stderr: bool, mut bytes: Vec<u8>) {
+        let room = (spec.limits.output_bytes as usize)
+            .saturating_sub(self.stdout.len() + self.stderr.len());
+        bytes.truncate(room);
+        if stderr {
+            self.stderr.extend_from_slice(&bytes);
+        } else {
+            self.stdout.extend_from_slice(&bytes);
         }
-    }
-
-    fn finish(self, report: StageReport) -> Self {
-        Self {
-            name: report.name,
-            exit_code: report.exit_code,
-            signal: report.signal,
-            timed_out: report.timed_out,
-            output_truncated: report.output_truncated,
-            wall_time: report.wall_time_us as f64 / 1e3,
-            ..self
+        if let Some(tx) = &self.output {
+            let _ = tx.send(OutputChunk {
+                stage: spec.name.clone(),
+                stderr,
+                bytes,
+            });
         }
     }
 }
@@ -534,21 +568,19 @@ pub fn new_trace_id() -> String {
 /// The one structured log line of an execution.
 fn log_execution(result: &ExecutionResult) {
     let m = &result.metrics;
-    let last = result.last_stage();
     tracing::info!(
         target: "runner::execution",
         trace_id = %m.trace_id,
         language = %m.language,
+        status = %result.status,
         start = ?m.start,
         vm_boot_time = m.vm_boot_time,
         ready_time = m.ready_time,
         execution_time = m.execution_time,
         total_time = m.total_time,
-        exit_code = last.and_then(|s| s.exit_code),
-        signal = last.and_then(|s| s.signal),
-        timed_out = last.is_some_and(|s| s.timed_out),
-        output_truncated = last.is_some_and(|s| s.output_truncated),
-        accel = %result.accel,
+        exit_code = result.run.as_ref().and_then(|s| s.exit_code),
+        signal = result.run.as_ref().and_then(|s| s.signal),
+        accel = result.accel.map(|a| a.to_string()),
         "execution finished"
     );
 }
