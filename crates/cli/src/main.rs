@@ -105,6 +105,8 @@ enum ImageCommand {
     },
     /// List built images with their size, hash and age.
     List,
+    /// Remove images the current recipes no longer use.
+    Prune,
 }
 
 fn main() -> ExitCode {
@@ -338,6 +340,16 @@ async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode
                     language.name, images.rootfs_manifest.version, images.rootfs_manifest.id
                 );
             }
+        }
+        ImageCommand::Prune => {
+            let languages = runner.languages().all().to_vec();
+            let removed = runner
+                .images()
+                .prune(&languages, runner_host::exec::AGENT_BINARY)?;
+            for id in &removed {
+                println!("removed {id}");
+            }
+            println!("{} image(s) removed", removed.len());
         }
         ImageCommand::List => {
             let now = SystemTime::now()

@@ -226,6 +226,46 @@ impl ImageStore {
         read_manifest(&self.dir.join(id)).ok()
     }
 
+    /// Removes every image that this build of Runner Codes no longer uses
+    /// for `languages` (older recipes, older agents) and leftover build
+    /// directories. Returns what was removed. Images are only ever replaced
+    /// by new ids, so a runner still using an old one keeps its open files.
+    pub fn prune(&self, languages: &[Language], agent: &[u8]) -> Result<Vec<String>, ImageError> {
+        let keep: Vec<String> = self
+            .status(languages, agent)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut removed = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(ImageError::io("read", &self.dir)(e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || name.ends_with(".lock") {
+                continue;
+            }
+            let path = entry.path();
+            if name.starts_with(".build-") {
+                // A build in progress holds the image's lock; skip those.
+                let id = name.trim_start_matches(".build-");
+                let lock = File::create(self.dir.join(format!(".{id}.lock")))
+                    .map_err(ImageError::io("create", &self.dir))?;
+                if Flock::lock(lock, FlockArg::LockExclusiveNonblock).is_err() {
+                    continue;
+                }
+            } else if !path.join(MANIFEST).exists() {
+                continue;
+            }
+            fs::remove_dir_all(&path).map_err(ImageError::io("remove", &path))?;
+            removed.push(name);
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     /// The kernel and initramfs, if both are built.
     pub fn boot_files(&self, agent: &[u8]) -> Option<(PathBuf, PathBuf)> {
         let status = self.status(&[], agent);
