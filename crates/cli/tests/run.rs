@@ -253,7 +253,7 @@ fn bad_limits_are_refused_before_booting() {
         assert_eq!(done.code(), Some(125), "{args:?}: {}", done.stderr());
         assert!(run_dirs(done.pid).is_empty());
         assert!(
-            done.stderr().contains("limit") || done.stderr().contains("timeout"),
+            done.stderr().contains("invalid request: run."),
             "{}",
             done.stderr()
         );

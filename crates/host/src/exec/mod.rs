@@ -502,23 +502,20 @@ async fn converse(
                 });
             }
         };
-        let spec = exec.stages.get(transcript.stages.len());
+        // Output and stage ends belong to the stage the agent is running.
+        let current = exec.stages.get(transcript.stages.len());
+        let kind = frame.kind();
+        let stage = || {
+            current
+                .ok_or_else(|| ExecError::Protocol(format!("{kind:?} frame after the last stage")))
+        };
         match frame {
-            Frame::Stdout(bytes) | Frame::Stderr(bytes) if spec.is_none() => {
-                let _ = bytes;
-                return Err(ExecError::Protocol("output after the last stage".into()));
-            }
-            Frame::Stdout(bytes) => transcript.output(spec.unwrap(), false, bytes),
-            Frame::Stderr(bytes) => transcript.output(spec.unwrap(), true, bytes),
-            Frame::StageEnd(_) if spec.is_none() => {
-                return Err(ExecError::Protocol(
-                    "more stages ended than were asked for".into(),
-                ));
-            }
+            Frame::Stdout(bytes) => transcript.output(stage()?, false, bytes),
+            Frame::Stderr(bytes) => transcript.output(stage()?, true, bytes),
             Frame::StageEnd(report) => {
+                let name = stage()?.name.clone();
                 let stdout = std::mem::take(&mut transcript.stdout);
                 let stderr = std::mem::take(&mut transcript.stderr);
-                let name = spec.unwrap().name.clone();
                 transcript
                     .stages
                     .push((name, StageResult::new(stdout, stderr, report)));
