@@ -306,3 +306,61 @@ fn a_killed_runner_takes_its_vm_with_it() {
     assert!(status.status.success());
     assert_clean(pid);
 }
+
+#[test]
+fn missing_qemu_says_what_to_install() {
+    // An empty PATH: the images are there, QEMU is not.
+    let empty = tempfile::tempdir().unwrap();
+    let output = common::runner()
+        .env("PATH", empty.path())
+        .args(["run", "--lang", "bash", "-c", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("qemu-system-x86_64 not found: install the Debian package qemu-system-x86"),
+        "{stderr}"
+    );
+
+    let output = common::runner()
+        .env("RUNNER_QEMU", "/nonexistent/qemu")
+        .args(["run", "--lang", "bash", "-c", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RUNNER_QEMU=/nonexistent/qemu not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_disk_space_says_so_before_building() {
+    // A state directory on a 16 MiB tmpfs: too small to build any image.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(
+        mount.success(),
+        "mounting a tmpfs needs root, as the tests do"
+    );
+    let output = common::runner()
+        .env("RUNNER_HOME", dir.path())
+        .args(["image", "build", "--lang", "bash"])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("umount")
+        .arg(dir.path())
+        .status();
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not enough disk space in"), "{stderr}");
+    assert!(stderr.contains("MiB free, building needs"), "{stderr}");
+    assert!(stderr.contains("RUNNER_HOME"), "says what to do: {stderr}");
+}

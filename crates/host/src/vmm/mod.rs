@@ -20,7 +20,7 @@ pub use channel::{AgentChannel, ChannelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("{0} not found: install the Debian package qemu-system-x86")]
+    #[error("{0} not found: install the Debian package qemu-system-x86 (or set RUNNER_QEMU)")]
     QemuMissing(String),
     #[error("starting {binary}")]
     Spawn {

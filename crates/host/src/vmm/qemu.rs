@@ -46,7 +46,15 @@ impl QemuBackend {
     /// Finds QEMU on `PATH` (or at `RUNNER_QEMU`).
     pub fn locate() -> Result<PathBuf, VmmError> {
         if let Some(path) = std::env::var_os("RUNNER_QEMU") {
-            return Ok(PathBuf::from(path));
+            let path = PathBuf::from(path);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(VmmError::QemuMissing(format!(
+                    "RUNNER_QEMU={}",
+                    path.display()
+                )))
+            };
         }
         std::env::var_os("PATH")
             .and_then(|paths| {
