@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use runner_host::Runner;
-use runner_host::exec::AGENT_BINARY;
+use runner_host::exec::agent;
 use runner_host::vmm::accel;
 use runner_host::vmm::qemu::QemuBackend;
 
@@ -59,7 +59,7 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let boot_files = runner.images().boot_files(AGENT_BINARY);
+    let boot_files = runner.images().boot_files(agent());
     let acceleration = match (accel::preflight(), &boot_files, qemu) {
         (Some(choice), _, _) => format!("{}: {}", choice.accel, choice.reason),
         (None, Some((kernel, initramfs)), true) => {
@@ -77,7 +77,7 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
     println!("acceleration   {acceleration}");
 
     let names: Vec<_> = runner.languages().all().to_vec();
-    for (id, built) in runner.images().status(&names, AGENT_BINARY) {
+    for (id, built) in runner.images().status(&names, agent()) {
         println!(
             "image          {id} {}",
             if built {

@@ -345,7 +345,7 @@ async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode
             let languages = runner.languages().all().to_vec();
             let removed = runner
                 .images()
-                .prune(&languages, runner_host::exec::AGENT_BINARY)?;
+                .prune(&languages, runner_host::exec::agent())?;
             for id in &removed {
                 println!("removed {id}");
             }

@@ -13,7 +13,7 @@ mod result;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use runner_protocol::{ExecRequest, File, Frame, StageSpec};
@@ -22,7 +22,7 @@ use tokio::sync::{OnceCell, mpsc};
 pub use limits::{LimitPolicy, LimitSet, StageLimits};
 pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 
-use crate::image::{DebianSource, GuestImages, ImageError, ImageStore, Progress};
+use crate::image::{Agent, DebianSource, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::{Language, LanguageError, Languages};
 use crate::state::StateDir;
 use crate::vmm::qemu::QemuBackend;
@@ -30,6 +30,12 @@ use crate::vmm::{Accel, Backend, ChannelError, Vm, VmSpec, VmmError, accel};
 
 /// The guest agent, built static by this crate's build script.
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runner-agent"));
+
+/// [`AGENT_BINARY`] with its digest, taken on first use.
+pub fn agent() -> &'static Agent {
+    static AGENT: LazyLock<Agent> = LazyLock::new(|| Agent::new(AGENT_BINARY));
+    &AGENT
+}
 
 /// Memory the VM has beyond its program's limit: the guest kernel, the agent
 /// and the page cache of the interpreter.
@@ -162,7 +168,7 @@ impl Runner {
     ) -> Result<GuestImages, ExecError> {
         let images = self.images.clone();
         let language = language.clone();
-        tokio::task::spawn_blocking(move || images.ensure(&language, AGENT_BINARY, &*progress))
+        tokio::task::spawn_blocking(move || images.ensure(&language, agent(), &*progress))
             .await
             .expect("image build does not panic")
             .map_err(ExecError::from)

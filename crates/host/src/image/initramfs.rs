@@ -5,10 +5,9 @@ use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::cpio::Archive;
-use super::{ImageError, KernelImage};
+use super::{Agent, ImageError, KernelImage};
 
 pub const FILE: &str = "initramfs.cpio";
 
@@ -18,14 +17,14 @@ struct Recipe {
     agent_sha256: String,
 }
 
-pub(super) fn recipe(kernel_id: &str, agent: &[u8]) -> impl Serialize {
+pub(super) fn recipe(kernel_id: &str, agent: &Agent) -> impl Serialize {
     Recipe {
         kernel: kernel_id.to_string(),
-        agent_sha256: hex::encode(Sha256::digest(agent)),
+        agent_sha256: agent.sha256().to_string(),
     }
 }
 
-pub(super) fn build(kernel: &KernelImage, agent: &[u8], out: &Path) -> Result<String, ImageError> {
+pub(super) fn build(kernel: &KernelImage, agent: &Agent, out: &Path) -> Result<String, ImageError> {
     let mut archive = Archive::default();
     for dir in [
         "dev",
@@ -41,7 +40,7 @@ pub(super) fn build(kernel: &KernelImage, agent: &[u8], out: &Path) -> Result<St
     }
     // The kernel opens /dev/console for init's stdio before anything mounts.
     archive.char_device("dev/console", 0o600, 5, 1);
-    archive.file("init", 0o755, agent);
+    archive.file("init", 0o755, agent.bytes());
     let mut order = String::new();
     for (name, path) in kernel.modules()? {
         let image = fs::read(&path).map_err(ImageError::io("read", &path))?;

@@ -106,6 +106,32 @@ pub struct Manifest {
     pub build_seconds: f64,
 }
 
+/// The guest agent an initramfs is built around, with its SHA-256, which
+/// names the initramfs. Hashing 1.4 MB on every execution's image check
+/// would be work repeated on the hot path, so the digest is taken once.
+#[derive(Debug)]
+pub struct Agent {
+    bytes: &'static [u8],
+    sha256: String,
+}
+
+impl Agent {
+    pub fn new(bytes: &'static [u8]) -> Self {
+        Self {
+            bytes,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    pub fn bytes(&self) -> &'static [u8] {
+        self.bytes
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
 /// The three files a VM boots from.
 #[derive(Debug, Clone)]
 pub struct GuestImages {
@@ -147,7 +173,7 @@ impl ImageStore {
     pub fn ensure(
         &self,
         language: &Language,
-        agent: &[u8],
+        agent: &Agent,
         progress: &dyn Progress,
     ) -> Result<GuestImages, ImageError> {
         let kernel = self.kernel(progress)?;
@@ -172,7 +198,7 @@ impl ImageStore {
     pub fn initramfs(
         &self,
         kernel: &KernelImage,
-        agent: &[u8],
+        agent: &Agent,
         progress: &dyn Progress,
     ) -> Result<PathBuf, ImageError> {
         let recipe = initramfs::recipe(&kernel.id, agent);
@@ -200,7 +226,7 @@ impl ImageStore {
 
     /// The images this build of Runner Codes uses for `languages`, each with
     /// whether it is built, without building anything.
-    pub fn status(&self, languages: &[Language], agent: &[u8]) -> Vec<(String, bool)> {
+    pub fn status(&self, languages: &[Language], agent: &Agent) -> Vec<(String, bool)> {
         let (kernel, _) = image_id("kernel", None, &kernel::recipe(&self.source));
         let (initramfs, _) = image_id("initramfs", None, &initramfs::recipe(&kernel, agent));
         let mut ids = vec![kernel, initramfs];
@@ -230,7 +256,7 @@ impl ImageStore {
     /// for `languages` (older recipes, older agents) and leftover build
     /// directories. Returns what was removed. Images are only ever replaced
     /// by new ids, so a runner still using an old one keeps its open files.
-    pub fn prune(&self, languages: &[Language], agent: &[u8]) -> Result<Vec<String>, ImageError> {
+    pub fn prune(&self, languages: &[Language], agent: &Agent) -> Result<Vec<String>, ImageError> {
         let keep: Vec<String> = self
             .status(languages, agent)
             .into_iter()
@@ -267,7 +293,7 @@ impl ImageStore {
     }
 
     /// The kernel and initramfs, if both are built.
-    pub fn boot_files(&self, agent: &[u8]) -> Option<(PathBuf, PathBuf)> {
+    pub fn boot_files(&self, agent: &Agent) -> Option<(PathBuf, PathBuf)> {
         let status = self.status(&[], agent);
         if status.iter().all(|(_, built)| *built) {
             let kernel = self.dir.join(&status[0].0).join(kernel::VMLINUX);
