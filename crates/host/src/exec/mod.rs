@@ -47,6 +47,12 @@ pub enum ExecError {
     Language(#[from] LanguageError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("cannot create the state directory {path} (set RUNNER_HOME to move it)")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("preparing guest images")]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -132,8 +138,9 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(state: StateDir, limits: LimitPolicy) -> Result<Self, ExecError> {
-        state.create().map_err(|e| {
-            ExecError::Invalid(format!("cannot create {}: {e}", state.root().display()))
+        state.create().map_err(|source| ExecError::StateDir {
+            path: state.root().to_path_buf(),
+            source,
         })?;
         let swept = state.sweep_stale_runs();
         if swept > 0 {
