@@ -44,7 +44,7 @@ impl LimitSet {
 }
 
 /// The server's rules: defaults per stage and maximums for any stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitPolicy {
     pub compile: LimitSet,

@@ -12,11 +12,14 @@ mod limits;
 mod result;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use runner_protocol::{ExecRequest, File, Frame, StageSpec};
+use runner_protocol::{ExecRequest, File, Frame, StageReport, StageSpec};
 use tokio::sync::{OnceCell, mpsc};
 
 pub use limits::{LimitPolicy, LimitSet, StageLimits};
@@ -73,6 +76,9 @@ pub enum ExecError {
         "the agent gave no result within {seconds} s of the time limit; the VM was killed; console:\n{console}"
     )]
     Unresponsive { seconds: u64, console: String },
+    /// The caller stopped the execution (see [`Runner::execute_until`]).
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
 
 impl ExecError {
@@ -134,7 +140,27 @@ pub struct Runner {
     images: ImageStore,
     limits: LimitPolicy,
     backend: OnceCell<Arc<dyn Backend>>,
+    vms_running: Arc<AtomicUsize>,
 }
+
+/// Counts a VM as running while it lives.
+struct RunningVm(Arc<AtomicUsize>);
+
+impl RunningVm {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What stops an execution early, with the reason to report.
+type Stop<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
 
 impl Runner {
     pub fn new(state: StateDir, limits: LimitPolicy) -> Result<Self, ExecError> {
@@ -152,6 +178,7 @@ impl Runner {
             state,
             limits,
             backend: OnceCell::new(),
+            vms_running: Arc::default(),
         })
     }
 
@@ -165,6 +192,20 @@ impl Runner {
 
     pub fn limits(&self) -> &LimitPolicy {
         &self.limits
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The backend, if one has been chosen (see [`Runner::backend`]).
+    pub fn backend_info(&self) -> Option<crate::vmm::BackendInfo> {
+        self.backend.get().map(|b| b.info().clone())
+    }
+
+    /// VMs started by this runner and not yet destroyed.
+    pub fn vms_running(&self) -> usize {
+        self.vms_running.load(Ordering::Relaxed)
     }
 
     /// Builds whatever image `language` is missing.
@@ -309,11 +350,27 @@ impl Runner {
         request: ExecutionRequest,
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
     ) -> Result<ExecutionResult, ExecError> {
+        self.execute_until(request, output, std::future::pending())
+            .await
+    }
+
+    /// [`Runner::execute`], stopped early when `stop` completes: the VM is
+    /// destroyed and the result is `internal_error` with `stop`'s reason in
+    /// its message, keeping the output that came back until then.
+    pub async fn execute_until(
+        &self,
+        request: ExecutionRequest,
+        output: Option<mpsc::UnboundedSender<OutputChunk>>,
+        stop: impl Future<Output = String> + Send,
+    ) -> Result<ExecutionResult, ExecError> {
         let received = Instant::now();
         let plan = self.plan(&request)?;
         let trace_id = request.trace_id.clone().unwrap_or_else(new_trace_id);
         let mut transcript = Transcript::new(output);
-        let outcome = self.boot_and_run(&plan, &trace_id, &mut transcript).await;
+        let mut stop = std::pin::pin!(stop);
+        let outcome = self
+            .boot_and_run(&plan, &trace_id, &mut transcript, stop.as_mut())
+            .await;
         let result = transcript.finish(&plan, trace_id, received, outcome);
         log_execution(&result);
         Ok(result)
@@ -324,8 +381,12 @@ impl Runner {
         plan: &Plan,
         trace_id: &str,
         transcript: &mut Transcript,
+        mut stop: Stop<'_>,
     ) -> Result<(), ExecError> {
-        let images = self.prepare(&plan.language, Arc::new(())).await?;
+        let images = tokio::select! {
+            images = self.prepare(&plan.language, Arc::new(())) => images?,
+            reason = &mut stop => return Err(ExecError::Stopped(reason)),
+        };
         transcript.version = images.rootfs_manifest.version.clone();
         let backend = self
             .backend(&images.kernel.vmlinux, &images.initramfs)
@@ -345,14 +406,21 @@ impl Runner {
                 .join(format!("{}.{trace_id}", std::process::id())),
         };
         let boot_started = Instant::now();
-        let mut vm = backend.start(spec).await?;
+        let mut vm = tokio::select! {
+            vm = backend.start(spec) => vm?,
+            reason = &mut stop => return Err(ExecError::Stopped(reason)),
+        };
+        let _running = RunningVm::new(&self.vms_running);
         transcript.vm_started = Some(boot_started);
         transcript.vm_up = Some(Instant::now());
         let boot_timeout = match backend.info().accel {
             Accel::Kvm => Duration::from_secs(20),
             Accel::Tcg => Duration::from_secs(90),
         };
-        let outcome = converse(&mut *vm, &plan.exec, boot_timeout, transcript).await;
+        let outcome = tokio::select! {
+            outcome = converse(&mut *vm, &plan.exec, boot_timeout, transcript) => outcome,
+            reason = &mut stop => Err(ExecError::Stopped(reason)),
+        };
         vm.destroy().await;
         outcome
     }
@@ -382,6 +450,8 @@ struct Transcript {
     vm_started: Option<Instant>,
     vm_up: Option<Instant>,
     ready_at: Option<Instant>,
+    /// When the stage the agent is running began (as the host saw it).
+    stage_started: Option<Instant>,
     done_at: Option<Instant>,
     stages: Vec<(String, StageResult)>,
     stdout: Vec<u8>,
@@ -397,6 +467,7 @@ impl Transcript {
             vm_started: None,
             vm_up: None,
             ready_at: None,
+            stage_started: None,
             done_at: None,
             stages: Vec::new(),
             stdout: Vec::new(),
@@ -422,9 +493,23 @@ impl Transcript {
             start: StartKind::Cold,
             vm_boot_time: span(self.vm_started, self.vm_up),
             ready_time: span(self.vm_up, self.ready_at),
-            execution_time: span(self.ready_at, self.done_at),
+            execution_time: span(self.ready_at, self.done_at.or(Some(now))),
             total_time: ms(self.done_at.unwrap_or(now) - received),
         };
+        // A stage cut short by a failure keeps the output it had produced.
+        let unfinished = plan.exec.stages.get(self.stages.len());
+        if let (Err(_), Some(started), Some(spec)) = (&outcome, self.stage_started, unfinished) {
+            let report = StageReport {
+                name: spec.name.clone(),
+                wall_time_us: (now - started).as_micros() as u64,
+                ..StageReport::default()
+            };
+            let stdout = std::mem::take(&mut self.stdout);
+            let stderr = std::mem::take(&mut self.stderr);
+            let mut stage = StageResult::new(stdout, stderr, report);
+            stage.status = Status::InternalError;
+            self.stages.push((spec.name.clone(), stage));
+        }
         let mut take = |name: &str| {
             let index = self.stages.iter().position(|(n, _)| n == name)?;
             Some(self.stages.remove(index).1)
@@ -440,7 +525,11 @@ impl Transcript {
                     message += &format!(": {cause}");
                     source = cause.source();
                 }
-                tracing::error!(trace_id = %trace_id, error = %message, "execution failed");
+                if matches!(e, ExecError::Stopped(_)) {
+                    tracing::info!(trace_id = %trace_id, reason = %message, "execution stopped");
+                } else {
+                    tracing::error!(trace_id = %trace_id, error = %message, "execution failed");
+                }
                 (Status::InternalError, Some(message))
             }
         };
@@ -491,6 +580,7 @@ async fn converse(
         }
     }
     transcript.ready_at = Some(Instant::now());
+    transcript.stage_started = transcript.ready_at;
     if let Err(e) = vm.channel().send(&Frame::Exec(exec.clone())).await {
         return Err(lost(vm)(e));
     }
@@ -532,6 +622,7 @@ async fn converse(
                 transcript
                     .stages
                     .push((name, StageResult::new(stdout, stderr, report)));
+                transcript.stage_started = Some(Instant::now());
             }
             Frame::Done => {
                 transcript.done_at = Some(Instant::now());
@@ -583,7 +674,7 @@ fn log_execution(result: &ExecutionResult) {
         trace_id = %m.trace_id,
         language = %m.language,
         status = %result.status,
-        start = ?m.start,
+        start = m.start.as_str(),
         vm_boot_time = m.vm_boot_time,
         ready_time = m.ready_time,
         execution_time = m.execution_time,

@@ -147,6 +147,14 @@ pub enum StartKind {
     Cold,
 }
 
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+        }
+    }
+}
+
 /// The seed's `ExecutionMetrics`; durations in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExecutionMetrics {
