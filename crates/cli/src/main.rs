@@ -48,6 +48,49 @@ enum Command {
     Languages,
     /// Say which backend and acceleration would be used, and what is missing.
     Doctor,
+    /// Serve the HTTP API (see openapi.json) until SIGTERM.
+    Serve(Box<ServeArgs>),
+}
+
+/// Flags of `runner serve`. Each setting can also come from the
+/// configuration file and from `RUNNER_<KEY>` variables; flags win, then
+/// variables, then the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file [default: /etc/runner/config.toml if it
+    /// exists; env RUNNER_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// State directory (images, run directories).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<String>,
+    /// Languages to serve, comma-separated [default: all].
+    #[arg(long, value_name = "LIST")]
+    languages: Option<String>,
+    /// Host memory kept out of the VMs' budget, in MiB [default: 2048].
+    #[arg(long, value_name = "MIB")]
+    reserved_memory_mib: Option<String>,
+    /// VMs at once; 0 for one per CPU [default: 0].
+    #[arg(long, value_name = "N")]
+    max_vms: Option<String>,
+    /// Requests that may wait for a VM [default: 64].
+    #[arg(long, value_name = "N")]
+    queue_size: Option<String>,
+    /// How long a request may wait for a VM, in ms [default: 60000].
+    #[arg(long, value_name = "MS")]
+    queue_timeout_ms: Option<String>,
+    /// After SIGTERM, how long executions may go on, in ms [default: 30000].
+    #[arg(long, value_name = "MS")]
+    shutdown_timeout_ms: Option<String>,
+    /// Any setting by its key, e.g. limits.run.wall_time_ms=5000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the configuration these sources give, and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(clap::Args)]
@@ -111,7 +154,12 @@ enum ImageCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The server logs a line per execution; the other commands only warn.
+    init_logging(if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -132,9 +180,9 @@ fn main() -> ExitCode {
 }
 
 /// JSON lines on stderr; `RUNNER_LOG` sets the filter (default: warnings).
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -151,7 +199,58 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image { command } => image(runner()?, command).await,
         Command::Languages => languages(runner()?),
         Command::Doctor => doctor::doctor(runner()?).await,
+        Command::Serve(args) => serve(*args).await,
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let named = [
+        ("listen", args.listen),
+        ("state_dir", args.state_dir),
+        ("languages", args.languages),
+        ("reserved_memory_mib", args.reserved_memory_mib),
+        ("max_vms", args.max_vms),
+        ("queue_size", args.queue_size),
+        ("queue_timeout_ms", args.queue_timeout_ms),
+        ("shutdown_timeout_ms", args.shutdown_timeout_ms),
+    ];
+    let mut flags: Vec<(String, String)> = named
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_string(), value?)))
+        .collect();
+    for set in args.set {
+        let Some((key, value)) = set.split_once('=') else {
+            return Err(runner_api::ConfigError::Set(set).into());
+        };
+        flags.push((key.trim().to_string(), value.to_string()));
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let config = runner_api::Config::load(runner_api::Sources {
+        file: args.config,
+        env: &env,
+        flags,
+    })?;
+    if args.print_config {
+        let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.max_vms)
+            .map_err(anyhow::Error::msg)?;
+        let vm = u64::from(
+            runner_host::lang::Languages::builtin()?
+                .get("python")?
+                .memory_mib,
+        ) + 64;
+        println!(
+            "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
+            capacity.vms_of(vm),
+            capacity.cpus,
+            capacity.max_vms,
+            capacity.vm_memory_budget_mib,
+            capacity.vm_memory_budget_mib / vm,
+        );
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    runner_api::serve(config).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,124 @@
+//! Errors a request can get: a status code and a JSON body with a stable
+//! `code`, a `message` for people, and the trace id.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use runner_host::ExecError;
+use serde::Serialize;
+
+use crate::admission::Rejection;
+
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip)]
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            trace_id: None,
+            retry_after_s: None,
+        }
+    }
+
+    pub fn traced(mut self, trace_id: &str) -> Self {
+        self.trace_id = Some(trace_id.to_string());
+        self
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// A request that is wrong: the caller should change it.
+    pub fn from_exec(error: ExecError) -> Self {
+        match error {
+            ExecError::Language(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_language",
+                e.to_string(),
+            ),
+            ExecError::Invalid(message) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+            }
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                other.to_string(),
+            ),
+        }
+    }
+
+    pub fn from_rejection(rejection: Rejection) -> Self {
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        let code = rejection.reason();
+        let (error, retry) = match rejection {
+            Rejection::QueueFull { retry_after_s } => (
+                Self::new(
+                    too_many,
+                    code,
+                    "every VM is busy and the queue is full; retry later",
+                ),
+                Some(retry_after_s),
+            ),
+            Rejection::QueueTimeout { retry_after_s } => (
+                Self::new(
+                    too_many,
+                    code,
+                    "every VM stayed busy for the queue's whole timeout; retry later",
+                ),
+                Some(retry_after_s),
+            ),
+            Rejection::TooLarge {
+                vm_memory_mib,
+                budget_mib,
+            } => (
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    code,
+                    format!(
+                        "this request needs a VM of {vm_memory_mib} MiB, more than the {budget_mib} MiB this server has for all VMs; ask for less memory"
+                    ),
+                ),
+                None,
+            ),
+            Rejection::ShuttingDown => (
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "the server is shutting down",
+                ),
+                Some(5),
+            ),
+        };
+        Self {
+            retry_after_s: retry,
+            ..error
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let retry = self.retry_after_s;
+        let mut response = (status, Json(self)).into_response();
+        if let Some(seconds) = retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,452 @@
+//! `POST /v1/executions` and `POST /v1/executions/stream`.
+//!
+//! Both take the same request. The first answers with the result once the
+//! execution is over. The second answers with NDJSON (one JSON object per
+//! line) as things happen: `started`, then `output` events with stdout and
+//! stderr as the program writes them, then one `result` with the same result
+//! the first would give. A streaming client that disconnects stops the
+//! execution and frees its VM.
+//!
+//! Every check happens before anything starts, and before waiting for
+//! capacity: a request is refused whole or run whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use runner_host::exec::{OutputChunk, SourceFile, StageLimits};
+use runner_host::{ExecutionRequest, ExecutionResult};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::App;
+use crate::admission::Permit;
+use crate::error::ApiError;
+use crate::trace::TraceId;
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionBody {
+    pub language: String,
+    pub files: Vec<FileBody>,
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsBody,
+}
+
+/// A file. The entry point is the file named as the language expects
+/// (`main.py`, ...); if there is none, the first file is given that name, as
+/// is a first file without one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub content: String,
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    #[serde(default)]
+    pub compile: StageLimits,
+    #[serde(default)]
+    pub run: StageLimits,
+}
+
+/// One line of a stream.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event<'a> {
+    Started {
+        trace_id: &'a str,
+        language: &'a str,
+    },
+    Output {
+        stage: &'a str,
+        stream: &'static str,
+        data: &'a str,
+    },
+    Result {
+        result: &'a ExecutionResult,
+    },
+}
+
+impl Event<'_> {
+    fn line(&self) -> Bytes {
+        let mut line = serde_json::to_vec(self).expect("events serialize");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (request, permit) = app
+        .accept(body, &trace_id)
+        .await
+        .map_err(|e| e.traced(&trace_id))?;
+    let stopping = app.stopping();
+    let language = request.language.clone();
+    let guard = Unfinished::new(&app, &trace_id, &language);
+    let outcome = app.runner.execute_until(request, None, stopping).await;
+    guard.finish();
+    drop(permit);
+    let result = outcome.map_err(|e| ApiError::from_exec(e).traced(&trace_id))?;
+    app.metrics.record(&result, false);
+    Ok(axum::Json(result).into_response())
+}
+
+pub async fn stream(
+    State(app): State<Arc<App>>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (request, permit) = app
+        .accept(body, &trace_id)
+        .await
+        .map_err(|e| e.traced(&trace_id))?;
+    let (lines, body_lines) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(run_streaming(app, request, permit, trace_id, lines));
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(body_lines).map(Ok::<_, Infallible>),
+    );
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Runs an accepted request, writing its events to `lines` until the client
+/// goes away (the receiver is dropped), which stops the execution.
+async fn run_streaming(
+    app: Arc<App>,
+    request: ExecutionRequest,
+    _permit: Permit,
+    trace_id: String,
+    lines: mpsc::Sender<Bytes>,
+) {
+    let language = request.language.clone();
+    let _ = lines
+        .send(
+            Event::Started {
+                trace_id: &trace_id,
+                language: &language,
+            }
+            .line(),
+        )
+        .await;
+    let (chunks, mut chunk_rx) = mpsc::unbounded_channel::<OutputChunk>();
+    let gone = lines.clone();
+    let shutdown = app.stopping();
+    let stop = async move {
+        tokio::select! {
+            reason = shutdown => reason,
+            () = gone.closed() => "the client disconnected".to_string(),
+        }
+    };
+    let execution = app.runner.execute_until(request, Some(chunks), stop);
+    let forward = async {
+        let mut text = Utf8Streams::default();
+        while let Some(chunk) = chunk_rx.recv().await {
+            let stream = if chunk.stderr { "stderr" } else { "stdout" };
+            let data = text.push(&chunk.stage, stream, &chunk.bytes);
+            if !data.is_empty() {
+                let event = Event::Output {
+                    stage: &chunk.stage,
+                    stream,
+                    data: &data,
+                };
+                let _ = lines.send(event.line()).await;
+            }
+        }
+        for ((stage, stream), data) in text.finish() {
+            let event = Event::Output {
+                stage: &stage,
+                stream,
+                data: &data,
+            };
+            let _ = lines.send(event.line()).await;
+        }
+    };
+    let (outcome, ()) = tokio::join!(execution, forward);
+    match outcome {
+        Ok(result) => {
+            let cancelled = lines.is_closed();
+            if cancelled {
+                tracing::info!(trace_id = %trace_id, "client disconnected; execution stopped and its VM destroyed");
+            }
+            app.metrics.record(&result, cancelled);
+            let _ = lines.send(Event::Result { result: &result }.line()).await;
+        }
+        Err(e) => {
+            // Requests are checked before the stream starts; this is a bug.
+            tracing::error!(trace_id = %trace_id, error = %e, "execution refused after acceptance");
+        }
+    }
+}
+
+impl App {
+    /// Reads and checks a request, then waits for capacity. Nothing has
+    /// started when this fails.
+    async fn accept(
+        &self,
+        body: Body,
+        trace_id: &str,
+    ) -> Result<(ExecutionRequest, Permit), ApiError> {
+        let bytes = axum::body::to_bytes(body, self.config.max_body_bytes)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "the request body is over the limit of {} bytes",
+                        self.config.max_body_bytes
+                    ),
+                )
+            })?;
+        let body = parse(&bytes)?;
+        let request = self.to_request(body, trace_id)?;
+        let plan = self.runner.plan(&request).map_err(ApiError::from_exec)?;
+        let permit = self
+            .admission
+            .admit(plan.vm_memory_mib, self.draining())
+            .await
+            .map_err(|rejection| {
+                self.metrics.reject(rejection.reason());
+                ApiError::from_rejection(rejection)
+            })?;
+        Ok((request, permit))
+    }
+
+    fn to_request(
+        &self,
+        body: ExecutionBody,
+        trace_id: &str,
+    ) -> Result<ExecutionRequest, ApiError> {
+        let invalid = |message: String| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        };
+        let language = self.runner.languages().get(&body.language).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_language",
+                e.to_string(),
+            )
+        })?;
+        if !self.serves(&language.name) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_language",
+                format!(
+                    "{} is not served here; this server runs {}",
+                    language.name,
+                    self.languages().join(", ")
+                ),
+            ));
+        }
+        if body.files.is_empty() {
+            return Err(invalid("files is empty: send at least the program".into()));
+        }
+        let entry = &language.source_file;
+        let has_entry = body.files.iter().any(|f| f.name.as_ref() == Some(entry));
+        let mut files = Vec::with_capacity(body.files.len());
+        for (i, file) in body.files.into_iter().enumerate() {
+            let name = match file.name {
+                Some(name) if has_entry || i > 0 => name,
+                _ if i == 0 => entry.clone(),
+                _ => {
+                    return Err(invalid(format!(
+                        "files[{i}] has no name; only the first file may leave it out"
+                    )));
+                }
+            };
+            let content = match file.encoding {
+                Encoding::Utf8 => file.content.into_bytes(),
+                Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                    .decode(file.content.as_bytes())
+                    .map_err(|e| {
+                        invalid(format!("files[{i}] ({name}) is not valid base64: {e}"))
+                    })?,
+            };
+            files.push(SourceFile { name, content });
+        }
+        Ok(ExecutionRequest {
+            language: language.name.clone(),
+            files,
+            stdin: body.stdin.into_bytes(),
+            args: body.args,
+            env: body.env,
+            compile_limits: body.limits.compile,
+            run_limits: body.limits.run,
+            trace_id: Some(trace_id.to_string()),
+        })
+    }
+}
+
+/// The body as an [`ExecutionBody`], or why not, in terms a client can fix.
+fn parse(bytes: &[u8]) -> Result<ExecutionBody, ApiError> {
+    let bad = |code, message: String| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(bad(
+            "invalid_utf8",
+            format!(
+                "the body is not UTF-8: invalid byte at offset {}",
+                e.valid_up_to()
+            ),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => bad(
+            "invalid_request",
+            format!("the body does not fit the request schema: {e}"),
+        ),
+        _ => bad("malformed_json", format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// Logs and counts an execution whose request went away before its result
+/// (the client disconnected and the server dropped the handler).
+struct Unfinished<'a> {
+    app: &'a App,
+    trace_id: &'a str,
+    language: &'a str,
+    finished: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(app: &'a App, trace_id: &'a str, language: &'a str) -> Self {
+        Self {
+            app,
+            trace_id,
+            language,
+            finished: false,
+        }
+    }
+
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.app.metrics.cancelled(self.language);
+            tracing::info!(trace_id = %self.trace_id, "client disconnected; execution stopped and its VM destroyed");
+        }
+    }
+}
+
+/// Turns output chunks into text without splitting a UTF-8 character that
+/// spans two chunks; bytes that are not UTF-8 become U+FFFD.
+#[derive(Default)]
+struct Utf8Streams {
+    pending: HashMap<(String, &'static str), Vec<u8>>,
+}
+
+impl Utf8Streams {
+    fn push(&mut self, stage: &str, stream: &'static str, bytes: &[u8]) -> String {
+        let buffer = self.pending.entry((stage.to_string(), stream)).or_default();
+        buffer.extend_from_slice(bytes);
+        let mut text = String::new();
+        loop {
+            match std::str::from_utf8(buffer) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    buffer.clear();
+                    return text;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    text.push_str(std::str::from_utf8(&buffer[..valid]).expect("checked"));
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for more.
+                        None => {
+                            buffer.drain(..valid);
+                            return text;
+                        }
+                        Some(bad) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            buffer.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What is left at the end, lossily.
+    fn finish(self) -> Vec<((String, &'static str), String)> {
+        self.pending
+            .into_iter()
+            .filter(|(_, rest)| !rest.is_empty())
+            .map(|(key, rest)| (key, String::from_utf8_lossy(&rest).into_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_across_chunks_stay_whole() {
+        let mut streams = Utf8Streams::default();
+        let snowman = "☃".as_bytes();
+        assert_eq!(streams.push("run", "stdout", &[b'a', snowman[0]]), "a");
+        assert_eq!(streams.push("run", "stderr", b"e"), "e");
+        assert_eq!(streams.push("run", "stdout", &snowman[1..]), "☃");
+        assert_eq!(streams.push("run", "stdout", b"\xffb"), "\u{fffd}b");
+        assert_eq!(streams.push("run", "stdout", &snowman[..2]), "");
+        assert_eq!(
+            streams.finish(),
+            vec![(("run".into(), "stdout"), "\u{fffd}".into())]
+        );
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let code = |body: &[u8]| parse(body).unwrap_err().code;
+        assert_eq!(code(b"{"), "malformed_json");
+        assert_eq!(code(b"\xff{}"), "invalid_utf8");
+        assert_eq!(
+            code(br#"{"language":"python","files":[],"colour":1}"#),
+            "invalid_request"
+        );
+        assert_eq!(code(br#"{"language":3,"files":[]}"#), "invalid_request");
+        assert!(parse(br#"{"language":"python","files":[{"content":"print(1)"}]}"#).is_ok());
+    }
+}

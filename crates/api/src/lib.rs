@@ -1,0 +1,409 @@
+//! `runner serve`: the HTTP API of Runner Codes.
+//!
+//! - [`config`]: settings from defaults, a TOML file, the environment and
+//!   flags;
+//! - [`admission`]: how many VMs run at once and the queue before them;
+//! - `executions`: the execution endpoints, plain and streaming;
+//! - `metrics`: Prometheus metrics;
+//! - `trace`: trace ids from `traceparent` or `X-Request-Id`.
+//!
+//! The routes are listed in [`router`] and described in `openapi.json`,
+//! which the server also serves.
+
+pub mod admission;
+pub mod config;
+mod error;
+mod executions;
+mod metrics;
+mod trace;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use runner_host::Runner;
+use runner_host::image::Progress;
+use runner_host::state::StateDir;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use admission::Capacity;
+pub use config::{Config, ConfigError, Sources};
+
+use admission::Admission;
+use error::ApiError;
+use metrics::Metrics;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Capacity(String),
+    #[error(transparent)]
+    Runner(#[from] runner_host::ExecError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the handlers share.
+pub struct App {
+    config: Config,
+    runner: Runner,
+    admission: Admission,
+    metrics: Metrics,
+    /// Per language, what the start-up image build is doing, if anything.
+    preparing: Mutex<BTreeMap<String, String>>,
+    backend_error: Mutex<Option<String>>,
+    /// Cancelled on SIGTERM: no new work.
+    draining: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: running executions stop.
+    killing: CancellationToken,
+    /// Executions stopped at the shutdown deadline.
+    killed: Arc<AtomicUsize>,
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<Self, ServeError> {
+        let capacity = Capacity::of_host(config.reserved_memory_mib, config.max_vms)
+            .map_err(ServeError::Capacity)?;
+        let runner = Runner::new(StateDir::new(&config.state_dir), config.limits.clone())?;
+        for name in &config.languages {
+            runner
+                .languages()
+                .get(name)
+                .map_err(|e| ServeError::Config(format!("languages: {e}")))?;
+        }
+        let admission = Admission::new(
+            capacity,
+            config.queue_size,
+            Duration::from_millis(config.queue_timeout_ms),
+        );
+        let mut app = Self {
+            metrics: Metrics::new(&[], capacity.max_vms),
+            config,
+            runner,
+            admission,
+            preparing: Mutex::default(),
+            backend_error: Mutex::default(),
+            draining: CancellationToken::new(),
+            killing: CancellationToken::new(),
+            killed: Arc::default(),
+        };
+        app.metrics = Metrics::new(&app.languages(), capacity.max_vms);
+        Ok(app)
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        self.admission.capacity()
+    }
+
+    /// The languages served, by their names.
+    fn languages(&self) -> Vec<String> {
+        self.runner
+            .languages()
+            .all()
+            .iter()
+            .map(|l| l.name.clone())
+            .filter(|name| self.serves(name))
+            .collect()
+    }
+
+    fn serves(&self, name: &str) -> bool {
+        self.config.languages.is_empty()
+            || self
+                .config
+                .languages
+                .iter()
+                .any(|l| self.runner.languages().get(l).is_ok_and(|l| l.name == name))
+    }
+
+    /// Completes, with the reason, when running executions must stop.
+    fn stopping(&self) -> impl Future<Output = String> + Send + 'static {
+        let killing = self.killing.clone();
+        let deadline = self.config.shutdown_timeout_ms;
+        let killed = self.killed.clone();
+        async move {
+            killing.cancelled().await;
+            killed.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "the server shut down and its {deadline} ms deadline for running executions passed"
+            )
+        }
+    }
+
+    /// Completes when the server stops taking work.
+    fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.draining.clone().cancelled_owned()
+    }
+
+    /// Builds the images of every language served, then chooses the
+    /// backend, recording progress for `/readyz`.
+    async fn prepare(self: Arc<Self>) {
+        for name in self.languages() {
+            let language = self.runner.languages().get(&name).expect("served").clone();
+            if self.runner.images().rootfs_manifest(&language).is_some()
+                && self
+                    .runner
+                    .images()
+                    .boot_files(runner_host::exec::agent())
+                    .is_some()
+            {
+                continue;
+            }
+            if !self.config.prepare_images {
+                continue;
+            }
+            self.set_preparing(&name, Some("building".into()));
+            tracing::info!(language = %name, "building images");
+            match self
+                .runner
+                .prepare(&language, Arc::new(()) as Arc<dyn Progress + Send>)
+                .await
+            {
+                Ok(_) => self.set_preparing(&name, None),
+                Err(e) => {
+                    let message = error_chain(&e);
+                    tracing::error!(language = %name, error = %message, "image build failed");
+                    self.set_preparing(&name, Some(format!("failed: {message}")));
+                }
+            }
+        }
+        let Some((kernel, initramfs)) = self.runner.images().boot_files(runner_host::exec::agent())
+        else {
+            *self.backend_error.lock().unwrap() =
+                Some("no kernel and initramfs: run `runner image build`".into());
+            return;
+        };
+        match self.runner.backend(&kernel, &initramfs).await {
+            Ok(_) => *self.backend_error.lock().unwrap() = None,
+            Err(e) => *self.backend_error.lock().unwrap() = Some(error_chain(&e)),
+        }
+    }
+
+    fn set_preparing(&self, language: &str, state: Option<String>) {
+        let mut preparing = self.preparing.lock().unwrap();
+        match state {
+            Some(state) => preparing.insert(language.to_string(), state),
+            None => preparing.remove(language),
+        };
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message += &format!(": {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+/// Every route of the API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/executions", post(executions::create))
+        .route("/v1/executions/stream", post(executions::stream))
+        .route("/v1/languages", get(languages))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(trace::layer))
+        .with_state(app)
+}
+
+async fn languages(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let list: Vec<_> = app
+        .languages()
+        .iter()
+        .map(|name| {
+            let language = app.runner.languages().get(name).expect("served");
+            let version = app
+                .runner
+                .images()
+                .rootfs_manifest(language)
+                .map(|m| m.version);
+            json!({
+                "language": language.name,
+                "aliases": language.aliases,
+                "version": version,
+                "source_file": language.source_file,
+                "compiled": language.compile.is_some(),
+                "memory_mib": language.memory_mib,
+                "min_memory_mib": language.min_memory_mib,
+                "ready": version.is_some(),
+            })
+        })
+        .collect();
+    Json(json!(list))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the server takes work, the backend is chosen and usable, and
+/// every language served has its images.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let preparing = app.preparing.lock().unwrap().clone();
+    let boot_files = app
+        .runner
+        .images()
+        .boot_files(runner_host::exec::agent())
+        .is_some();
+    let mut languages = serde_json::Map::new();
+    let mut all_built = boot_files;
+    for name in app.languages() {
+        let language = app.runner.languages().get(&name).expect("served");
+        let state = match (
+            preparing.get(&name),
+            app.runner.images().rootfs_manifest(language),
+        ) {
+            (Some(state), _) => state.clone(),
+            (None, Some(_)) if boot_files => "ready".into(),
+            _ => "missing: run `runner image build`".into(),
+        };
+        all_built &= state == "ready";
+        languages.insert(name, json!(state));
+    }
+    let backend = app.runner.backend_info();
+    let backend_error = app.backend_error.lock().unwrap().clone();
+    let draining = app.draining.is_cancelled();
+    let ready = all_built && backend.is_some() && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "backend": backend,
+        "backend_error": backend_error,
+        "languages": languages,
+        "capacity": app.capacity(),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app
+        .metrics
+        .encode(app.runner.vms_running(), app.admission.queue_length());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: {}; see /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take this method; see /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down: no new connections or
+/// requests, running executions get `shutdown_timeout_ms` to finish, then
+/// are stopped (their clients get a result saying so) and their VMs
+/// destroyed.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let addr = config.listen;
+    let app = Arc::new(App::new(config)?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    let capacity = *app.capacity();
+    tracing::info!(
+        addr = %local,
+        max_vms = capacity.max_vms,
+        vm_memory_budget_mib = capacity.vm_memory_budget_mib,
+        queue_size = app.config.queue_size,
+        languages = %app.languages().join(","),
+        "listening"
+    );
+    tokio::spawn(app.clone().prepare());
+
+    let shutdown = {
+        let app = app.clone();
+        async move {
+            let signal = terminated().await;
+            let running = app.runner.vms_running();
+            let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
+            tracing::info!(
+                signal,
+                running,
+                deadline_ms = app.config.shutdown_timeout_ms,
+                "shutting down: no new requests; running executions may finish until the deadline"
+            );
+            app.draining.cancel();
+            let killing = app.killing.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                killing.cancel();
+            });
+        }
+    };
+    axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)?;
+    let killed = app.killed.load(Ordering::Relaxed);
+    tracing::info!(
+        killed,
+        vms_running = app.runner.vms_running(),
+        "shutdown complete"
+    );
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

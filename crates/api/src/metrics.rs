@@ -1,0 +1,187 @@
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
+//!
+//! The seed's names use hyphens (`infra-operator_vm_boot_seconds`), which
+//! Prometheus does not allow; ours are `runner_...` with the seed's buckets.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use runner_host::ExecutionResult;
+
+/// The seed's `vmBootDuration` buckets, in seconds.
+const BOOT_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
+/// The seed's `codeExecutionDuration` buckets, in seconds.
+const EXECUTION_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LanguageLabel {
+    language: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecutionLabels {
+    language: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+type HistogramFamily = Family<LanguageLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    vm_boot: Histogram,
+    code_execution: HistogramFamily,
+    total: HistogramFamily,
+    executions: Family<ExecutionLabels, Counter>,
+    rejections: Family<ReasonLabel, Counter>,
+    vms_running: Gauge,
+    queue_length: Gauge,
+}
+
+/// The status label of an execution whose client went away before the end.
+pub const CANCELLED: &str = "cancelled";
+
+impl Metrics {
+    pub fn new(languages: &[String], max_vms: usize) -> Self {
+        let mut registry = Registry::default();
+        let vm_boot = Histogram::new(BOOT_BUCKETS);
+        registry.register(
+            "runner_vm_boot_seconds",
+            "Time from starting a VM until its agent is ready to run code",
+            vm_boot.clone(),
+        );
+        let code_execution: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(EXECUTION_BUCKETS));
+        registry.register(
+            "runner_code_execution_seconds",
+            "Code execution time by language (compile and run stages, in the VM)",
+            code_execution.clone(),
+        );
+        let total: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(EXECUTION_BUCKETS));
+        registry.register(
+            "runner_execution_total_seconds",
+            "Time from admitting a request until its result, by language",
+            total.clone(),
+        );
+        let executions = Family::<ExecutionLabels, Counter>::default();
+        registry.register(
+            "runner_executions",
+            "Executions finished, by language and status (cancelled: the client went away)",
+            executions.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "runner_admission_rejections",
+            "Requests refused for want of capacity, by reason",
+            rejections.clone(),
+        );
+        let warm_pool = Family::<LanguageLabel, Gauge>::default();
+        registry.register(
+            "runner_warm_pool_size",
+            "Ready VMs waiting in the warm pool, by language",
+            warm_pool.clone(),
+        );
+        let vms_running = Gauge::default();
+        registry.register("runner_vms_running", "VMs running now", vms_running.clone());
+        let queue_length = Gauge::default();
+        registry.register(
+            "runner_queue_length",
+            "Requests waiting for capacity",
+            queue_length.clone(),
+        );
+        let capacity: Gauge = Gauge::default();
+        registry.register(
+            "runner_capacity_vms",
+            "VMs that may run at once (max_vms, or one per CPU)",
+            capacity.clone(),
+        );
+        capacity.set(max_vms as i64);
+        for language in languages {
+            // No warm pools yet: every VM boots cold, so the pools hold 0.
+            let _ = warm_pool.get_or_create(&LanguageLabel {
+                language: language.clone(),
+            });
+        }
+        for reason in ["queue_full", "queue_timeout"] {
+            let _ = rejections.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        Self {
+            registry,
+            vm_boot,
+            code_execution,
+            total,
+            executions,
+            rejections,
+            vms_running,
+            queue_length,
+        }
+    }
+
+    /// Counts a finished execution; `cancelled` when its client went away.
+    pub fn record(&self, result: &ExecutionResult, cancelled: bool) {
+        let m = &result.metrics;
+        let language = LanguageLabel {
+            language: result.language.clone(),
+        };
+        let status = if cancelled {
+            CANCELLED
+        } else {
+            result.status.as_str()
+        };
+        self.executions
+            .get_or_create(&ExecutionLabels {
+                language: result.language.clone(),
+                status: status.into(),
+            })
+            .inc();
+        if m.ready_time > 0.0 {
+            self.vm_boot.observe((m.vm_boot_time + m.ready_time) / 1e3);
+        }
+        if m.execution_time > 0.0 {
+            self.code_execution
+                .get_or_create(&language)
+                .observe(m.execution_time / 1e3);
+        }
+        self.total
+            .get_or_create(&language)
+            .observe(m.total_time / 1e3);
+    }
+
+    /// Counts an execution dropped with its request, before any result.
+    pub fn cancelled(&self, language: &str) {
+        self.executions
+            .get_or_create(&ExecutionLabels {
+                language: language.into(),
+                status: CANCELLED.into(),
+            })
+            .inc();
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn encode(&self, vms_running: usize, queue_length: usize) -> String {
+        self.vms_running.set(vms_running as i64);
+        self.queue_length.set(queue_length as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}

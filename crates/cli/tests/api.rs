@@ -1,0 +1,807 @@
+//! `runner serve` on loopback: real HTTP, real VMs. Every response is checked
+//! against the OpenAPI document the server serves.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+
+use common::{assert_clean, runner, vm_processes};
+
+/// A `runner serve` process, stopped with SIGTERM (and checked to leave
+/// nothing behind) by [`Server::stop`], killed on drop otherwise.
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+    client: Client,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = runner()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                        if event["message"] == "listening" {
+                            let _ = addr_tx.send(event["addr"].as_str().unwrap().to_string());
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no listening line; log: {:?}", log.lock().unwrap()));
+        let server = Server {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            client: Client::builder()
+                .timeout(Duration::from_secs(900))
+                .build()
+                .unwrap(),
+        };
+        // Ready once the start-up checks are done (images are cached).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let response = server.get("/readyz");
+            if response.status() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready: {}",
+                response.text().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .unwrap()
+    }
+
+    fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    }
+
+    /// Runs `request` and returns the checked result.
+    fn execute(&self, request: &Value) -> Value {
+        let response = self.post("/v1/executions", request.to_string());
+        let status = response.status();
+        let trace = header(&response, "x-request-id");
+        let body: Value = response.json().unwrap();
+        assert_eq!(status, 200, "{body:#}");
+        check("ExecutionResult", &body);
+        assert_eq!(body["trace_id"], trace.as_str(), "header and body agree");
+        body
+    }
+
+    fn metrics(&self) -> String {
+        let response = self.get("/metrics");
+        assert_eq!(response.status(), 200);
+        response.text().unwrap()
+    }
+
+    /// The value of the sample `name` (with its labels, as printed), or 0
+    /// when there is no such sample yet.
+    fn metric(&self, sample: &str) -> f64 {
+        metric(&self.metrics(), sample)
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then checks that the server exits 0 within `within` and left
+    /// no VM and no run directory.
+    fn stop(mut self, within: Duration) {
+        let pid = self.pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still running after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "server exited with {status}; log: {:?}",
+            self.log.lock().unwrap()
+        );
+        assert_clean(pid);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn openapi() -> Value {
+    let text = include_str!("../../api/openapi.json");
+    serde_json::from_str(text).unwrap()
+}
+
+/// Checks `value` against the schema `name` of the OpenAPI document.
+fn check(name: &str, value: &Value) {
+    let mut root = openapi();
+    root["$ref"] = json!(format!("#/components/schemas/{name}"));
+    let validator = jsonschema::draft202012::new(&root).expect("the schemas compile");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} does not match the OpenAPI document: {errors:#?}\n{value:#}"
+    );
+}
+
+fn python(code: &str) -> Value {
+    json!({ "language": "python", "files": [{ "content": code }] })
+}
+
+#[test]
+fn every_language_over_http() {
+    // Compiles take tens of seconds under TCG: let the queue wait for them.
+    let server = Server::start(&["--queue-timeout-ms", "900000"]);
+    let cases = [
+        ("python", "main.py", "print(input()[::-1])"),
+        (
+            "node",
+            "index.js",
+            "const s = require('fs').readFileSync(0, 'utf8'); console.log(s.trim().split('').reverse().join(''))",
+        ),
+        ("bash", "main.sh", "read s; rev <<< \"$s\""),
+        (
+            "go",
+            "main.go",
+            "package main\nimport (\"bufio\";\"fmt\";\"os\")\nfunc main() { s, _ := bufio.NewReader(os.Stdin).ReadString('\\n'); r := []rune(s[:len(s)-1]); for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 { r[i], r[j] = r[j], r[i] }; fmt.Println(string(r)) }",
+        ),
+        (
+            "rust",
+            "main.rs",
+            "fn main() { let mut s = String::new(); std::io::stdin().read_line(&mut s).unwrap(); println!(\"{}\", s.trim().chars().rev().collect::<String>()); }",
+        ),
+    ];
+    let languages: Value = server.get("/v1/languages").json().unwrap();
+    for language in languages.as_array().unwrap() {
+        check("Language", language);
+    }
+    let results: Vec<(String, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(language, file, code)| {
+                let server = &server;
+                scope.spawn(move || {
+                    let request = json!({
+                        "language": language,
+                        "files": [{ "name": file, "content": code }],
+                        "stdin": "stressed\n",
+                        // Generous: five VMs share two cores under TCG here.
+                        "limits": { "run": { "wall_time_ms": 120_000, "cpu_time_ms": 120_000 } },
+                    });
+                    (language.to_string(), server.execute(&request))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (language, result) in &results {
+        assert_eq!(result["status"], "ok", "{language}: {result:#}");
+        assert_eq!(
+            result["run"]["stdout"], "desserts\n",
+            "{language}: {result:#}"
+        );
+        let listed = languages
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["language"] == language.as_str())
+            .unwrap();
+        assert_eq!(result["version"], listed["version"]);
+        assert_eq!(
+            result["compile"].is_object(),
+            listed["compiled"].as_bool().unwrap(),
+            "{language} compiles iff it says so"
+        );
+    }
+
+    // The metrics moved with the executions.
+    let metrics = server.metrics();
+    for (language, _, _) in cases {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("runner_executions_total{{language=\"{language}\",status=\"ok\"}}")
+            ),
+            1.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("runner_code_execution_seconds_count{{language=\"{language}\"}}")
+            ),
+            1.0
+        );
+    }
+    assert_eq!(metric(&metrics, "runner_vm_boot_seconds_count"), 5.0);
+    // The seed's buckets.
+    assert!(
+        metrics.contains("runner_vm_boot_seconds_bucket{le=\"3.0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runner_code_execution_seconds_bucket{le=\"60.0\",language=\"go\"}"),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "runner_vms_running"), 0.0);
+    assert_eq!(metric(&metrics, "runner_queue_length"), 0.0);
+    assert_eq!(
+        metric(&metrics, "runner_warm_pool_size{language=\"python\"}"),
+        0.0
+    );
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn health_readiness_and_the_openapi_document() {
+    let server = Server::start(&["--languages", "python,bash"]);
+    let health = server.get("/healthz");
+    assert_eq!(health.status(), 200);
+    check("Health", &health.json().unwrap());
+    let ready: Value = server.get("/readyz").json().unwrap();
+    check("Readiness", &ready);
+    assert_eq!(ready["ready"], true);
+    assert_eq!(
+        ready["languages"],
+        json!({ "bash": "ready", "python": "ready" })
+    );
+    let languages: Value = server.get("/v1/languages").json().unwrap();
+    let names: Vec<&str> = languages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["language"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bash", "python"], "only the languages served");
+    let served: Value = server.get("/openapi.json").json().unwrap();
+    assert_eq!(served, openapi());
+    // Every path in the document answers something other than 404.
+    for (path, operations) in openapi()["paths"].as_object().unwrap() {
+        if operations.get("get").is_some() {
+            assert_ne!(server.get(path).status(), 404, "{path}");
+        }
+    }
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn bad_requests_are_refused_and_start_nothing() {
+    let server = Server::start(&["--set", "max_body_bytes=4096", "--languages", "python,bash"]);
+    let long_code = "#".repeat(5000);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed JSON", b"{\"language\": ".to_vec(), 400, "malformed_json"),
+        ("not JSON at all", b"print(1)".to_vec(), 400, "malformed_json"),
+        ("invalid UTF-8", b"{\"language\": \"python\xff\", \"files\": []}".to_vec(), 400, "invalid_utf8"),
+        ("unknown field", python("print(1)").to_string().replace("\"files\"", "\"colour\":1,\"files\"").into_bytes(), 400, "invalid_request"),
+        ("wrong type", br#"{"language": "python", "files": "print(1)"}"#.to_vec(), 400, "invalid_request"),
+        ("missing files", br#"{"language": "python"}"#.to_vec(), 400, "invalid_request"),
+        ("body too large", python(&long_code).to_string().into_bytes(), 413, "body_too_large"),
+        ("unknown language", br#"{"language": "cobol", "files": [{"content": "x"}]}"#.to_vec(), 422, "unknown_language"),
+        ("language not served", br#"{"language": "go", "files": [{"content": "x"}]}"#.to_vec(), 422, "unknown_language"),
+        ("limit of zero", json!({"language": "python", "files": [{"content": "1"}], "limits": {"run": {"wall_time_ms": 0}}}).to_string().into_bytes(), 422, "invalid_request"),
+        ("limit over the maximum", json!({"language": "python", "files": [{"content": "1"}], "limits": {"run": {"memory_mib": 1_000_000}}}).to_string().into_bytes(), 422, "invalid_request"),
+        ("unknown limit", json!({"language": "python", "files": [{"content": "1"}], "limits": {"run": {"wall_time": 5}}}).to_string().into_bytes(), 400, "invalid_request"),
+        ("no files", json!({"language": "python", "files": []}).to_string().into_bytes(), 422, "invalid_request"),
+        ("file outside", json!({"language": "python", "files": [{"content": "1"}, {"name": "../x", "content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("unnamed second file", json!({"language": "python", "files": [{"content": "1"}, {"content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("bad base64", json!({"language": "python", "files": [{"content": "!!", "encoding": "base64"}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("bad encoding", json!({"language": "python", "files": [{"content": "1", "encoding": "rot13"}]}).to_string().into_bytes(), 400, "invalid_request"),
+    ];
+    for (what, body, status, code) in cases {
+        for path in ["/v1/executions", "/v1/executions/stream"] {
+            let response = server.post(path, body.clone());
+            assert_eq!(response.status(), status, "{what} on {path}");
+            let trace = header(&response, "x-request-id");
+            let error: Value = response.json().unwrap();
+            check("Error", &error);
+            assert_eq!(error["code"], code, "{what}: {error}");
+            assert_eq!(error["trace_id"], trace.as_str(), "{what}");
+            assert!(
+                error["message"].as_str().unwrap().len() > 10,
+                "{what}: {error}"
+            );
+        }
+    }
+    let response = server.get("/v1/executions");
+    assert_eq!(response.status(), 405);
+    check("Error", &response.json().unwrap());
+    let response = server.get("/v2/nothing");
+    assert_eq!(response.status(), 404);
+    check("Error", &response.json().unwrap());
+
+    // Nothing booted.
+    let metrics = server.metrics();
+    assert_eq!(
+        metric(&metrics, "runner_vm_boot_seconds_count"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("runner_executions_total{"), "{metrics}");
+    assert!(vm_processes(server.pid()).is_empty());
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn twenty_requests_at_once() {
+    // Twenty cold boots take minutes on two cores under TCG: let them wait.
+    let server = Server::start(&["--languages", "bash", "--queue-timeout-ms", "900000"]);
+    let results: Vec<(u32, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..=20u32)
+            .map(|n| {
+                let server = &server;
+                scope.spawn(move || {
+                    let request = json!({
+                        "language": "bash",
+                        "files": [{ "content": "read n; echo $((n * n)) $1" }],
+                        "stdin": format!("{n}\n"),
+                        "args": [format!("arg{n}")],
+                    });
+                    (n, server.execute(&request))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut traces = std::collections::HashSet::new();
+    for (n, result) in &results {
+        assert_eq!(result["status"], "ok", "{result:#}");
+        assert_eq!(result["run"]["stdout"], format!("{} arg{n}\n", n * n));
+        assert!(traces.insert(result["trace_id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(
+        server.metric("runner_executions_total{language=\"bash\",status=\"ok\"}"),
+        20.0
+    );
+    // One log line per execution, with the seed's ExecutionMetrics.
+    let finished: Vec<Value> = server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "execution finished")
+        .collect();
+    assert_eq!(finished.len(), 20);
+    for line in &finished {
+        assert!(traces.contains(line["trace_id"].as_str().unwrap()));
+        for field in ["vm_boot_time", "ready_time", "execution_time", "total_time"] {
+            assert!(line[field].as_f64().unwrap() > 0.0, "{field} in {line}");
+        }
+    }
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn trace_ids_come_from_the_caller() {
+    let server = Server::start(&["--languages", "bash"]);
+    let request = json!({ "language": "bash", "files": [{ "content": "echo hi" }] });
+    let response = server
+        .client
+        .post(format!("{}/v1/executions", server.base))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(request.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(
+        header(&response, "x-request-id"),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let result: Value = response.json().unwrap();
+    assert_eq!(result["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        result["metrics"]["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let logged = server.log_lines().into_iter().any(|l| {
+        l["message"] == "execution finished" && l["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    });
+    assert!(
+        logged,
+        "the execution's log line carries the caller's trace id"
+    );
+
+    // X-Request-Id, on an error too.
+    let response = server
+        .client
+        .post(format!("{}/v1/executions", server.base))
+        .header("x-request-id", "req-42")
+        .body("{")
+        .send()
+        .unwrap();
+    assert_eq!(header(&response, "x-request-id"), "req-42");
+    assert_eq!(response.json::<Value>().unwrap()["trace_id"], "req-42");
+    server.stop(Duration::from_secs(10));
+}
+
+/// Reads NDJSON events from a streaming response, checking each.
+struct Events(BufReader<Response>);
+
+impl Events {
+    fn next(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        if self.0.read_line(&mut line).unwrap() == 0 {
+            return None;
+        }
+        let event: Value = serde_json::from_str(&line).unwrap();
+        check("StreamEvent", &event);
+        Some(event)
+    }
+}
+
+fn stream(server: &Server, request: &Value) -> Events {
+    let response = server.post("/v1/executions/stream", request.to_string());
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+    Events(BufReader::new(response))
+}
+
+#[test]
+fn streaming_gives_output_as_it_comes_then_the_result() {
+    let server = Server::start(&["--languages", "python"]);
+    let code = "import sys, time\nfor i in range(3):\n    print('line', i, '☃', flush=True)\n    time.sleep(0.5)\nprint('oops', file=sys.stderr)\nsys.exit(3)\n";
+    let mut events = stream(&server, &python(code));
+    let started = events.next().unwrap();
+    assert_eq!(started["type"], "started");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let result = loop {
+        let event = events.next().expect("a result before the end");
+        match event["type"].as_str().unwrap() {
+            "output" if event["stream"] == "stdout" => stdout += event["data"].as_str().unwrap(),
+            "output" => stderr += event["data"].as_str().unwrap(),
+            "result" => break event["result"].clone(),
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert!(events.next().is_none(), "nothing after the result");
+    assert_eq!(stdout, "line 0 ☃\nline 1 ☃\nline 2 ☃\n");
+    assert_eq!(stderr, "oops\n");
+    assert_eq!(result["status"], "runtime_error");
+    assert_eq!(result["run"]["exit_code"], 3);
+    assert_eq!(result["run"]["stdout"], stdout.as_str());
+    assert_eq!(result["trace_id"], started["trace_id"]);
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn a_disconnecting_stream_frees_its_vm() {
+    let server = Server::start(&["--languages", "python"]);
+    let code = "import time\nprint('running', flush=True)\ntime.sleep(120)\n";
+    let mut request = python(code);
+    request["limits"] = json!({ "run": { "wall_time_ms": 150_000 } });
+    let mut events = stream(&server, &request);
+    assert_eq!(events.next().unwrap()["type"], "started");
+    let output = events.next().unwrap();
+    assert_eq!(
+        output["data"], "running\n",
+        "the VM is up and the program runs"
+    );
+    assert_eq!(server.metric("runner_vms_running"), 1.0);
+    drop(events);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("runner_vms_running") != 0.0 {
+        assert!(Instant::now() < deadline, "the VM outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_clean(server.pid());
+    assert_eq!(
+        server.metric("runner_executions_total{language=\"python\",status=\"cancelled\"}"),
+        1.0
+    );
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn a_burst_beyond_capacity_gets_429_and_every_accepted_run_completes() {
+    // One VM at a time, one request waiting.
+    let server = Server::start(&["--languages", "bash", "--max-vms", "1", "--queue-size", "1"]);
+    let responses: Vec<(u16, Option<String>, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    let request = json!({ "language": "bash", "files": [{ "content": format!("echo {i}") }] });
+                    let response = server.post("/v1/executions", request.to_string());
+                    let status = response.status().as_u16();
+                    let retry = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (status, retry, response.json().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: Vec<_> = responses.iter().filter(|(s, _, _)| *s == 200).collect();
+    let refused: Vec<_> = responses.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(
+        accepted.len(),
+        2,
+        "one running and one queued: {responses:#?}"
+    );
+    assert_eq!(refused.len(), 4, "{responses:#?}");
+    for (_, _, result) in &accepted {
+        check("ExecutionResult", result);
+        assert_eq!(result["status"], "ok");
+    }
+    for (_, retry, error) in &refused {
+        check("Error", error);
+        assert_eq!(error["code"], "queue_full");
+        let retry: u64 = retry.as_ref().expect("Retry-After").parse().unwrap();
+        assert!(retry >= 1);
+    }
+    let metrics = server.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "runner_admission_rejections_total{reason=\"queue_full\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "runner_executions_total{language=\"bash\",status=\"ok\"}"
+        ),
+        2.0
+    );
+    assert_eq!(metric(&metrics, "runner_capacity_vms"), 1.0);
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn a_request_that_waits_too_long_gets_429() {
+    let server = Server::start(&[
+        "--languages",
+        "python",
+        "--max-vms",
+        "1",
+        "--queue-timeout-ms",
+        "1000",
+    ]);
+    let mut request = python("import time\nprint('busy', flush=True)\ntime.sleep(120)\n");
+    request["limits"] = json!({ "run": { "wall_time_ms": 150_000 } });
+    let mut busy = stream(&server, &request);
+    busy.next().unwrap();
+    let started = Instant::now();
+    let response = server.post("/v1/executions", python("print(1)").to_string());
+    assert_eq!(response.status(), 429);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(response.headers().contains_key("retry-after"));
+    let error: Value = response.json().unwrap();
+    assert_eq!(error["code"], "queue_timeout");
+    assert_eq!(
+        server.metric("runner_admission_rejections_total{reason=\"queue_timeout\"}"),
+        1.0
+    );
+    drop(busy);
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn sigterm_lets_running_executions_finish_then_stops_the_rest() {
+    let server = Server::start(&[
+        "--languages",
+        "python,bash",
+        "--shutdown-timeout-ms",
+        "25000",
+    ]);
+    let mut request = python("import time\nprint('before', flush=True)\ntime.sleep(120)\n");
+    request["limits"] = json!({ "run": { "wall_time_ms": 150_000 } });
+    let mut long = stream(&server, &request);
+    long.next().unwrap();
+    assert_eq!(long.next().unwrap()["data"], "before\n");
+
+    std::thread::scope(|scope| {
+        let short = scope.spawn(|| {
+            server.execute(
+                &json!({ "language": "bash", "files": [{ "content": "sleep 1; echo done" }] }),
+            )
+        });
+        // Let the short one be admitted, then ask the server to stop.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.metric("runner_vms_running") < 2.0 {
+            assert!(Instant::now() < deadline, "the short request never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let result = short.join().unwrap();
+        assert_eq!(
+            result["status"], "ok",
+            "a running execution finishes: {result:#}"
+        );
+        assert_eq!(result["run"]["stdout"], "done\n");
+    });
+    // No new work once draining.
+    let fresh = Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert!(
+        fresh
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .is_err(),
+        "the server no longer accepts connections"
+    );
+    // The long one is stopped at the deadline, and says so, with its output.
+    let result = loop {
+        let event = long.next().expect("a result event");
+        if event["type"] == "result" {
+            break event["result"].clone();
+        }
+    };
+    assert_eq!(result["status"], "internal_error");
+    assert!(
+        result["message"].as_str().unwrap().contains("shut down"),
+        "{result:#}"
+    );
+    assert_eq!(result["run"]["stdout"], "before\n");
+    let pid = server.pid();
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success());
+    assert_clean(pid);
+    let log = server.log_lines();
+    let complete = log
+        .iter()
+        .find(|l| l["message"] == "shutdown complete")
+        .expect("logged");
+    assert_eq!(complete["killed"], 1);
+}
+
+#[test]
+fn print_config_shows_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:1111\"\nqueue_size = 3\nmax_vms = 5\n[limits.run]\nwall_time_ms = 2000\n").unwrap();
+    let output = runner()
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--queue-size", "9", "--set", "limits.run.cpu_time_ms=1500"])
+        .env("RUNNER_QUEUE_SIZE", "7")
+        .env("RUNNER_MAX_VMS", "4")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let config: toml::Table = text.parse().unwrap();
+    assert_eq!(config["listen"].as_str(), Some("127.0.0.1:1111"), "file");
+    assert_eq!(
+        config["max_vms"].as_integer(),
+        Some(4),
+        "environment over file"
+    );
+    assert_eq!(
+        config["queue_size"].as_integer(),
+        Some(9),
+        "flag over environment"
+    );
+    assert_eq!(
+        config["limits"]["run"]["wall_time_ms"].as_integer(),
+        Some(2000)
+    );
+    assert_eq!(
+        config["limits"]["run"]["cpu_time_ms"].as_integer(),
+        Some(1500)
+    );
+    assert!(text.starts_with("# capacity: 4 VMs at once"), "{text}");
+
+    let output = runner()
+        .args(["serve", "--print-config", "--set", "queue_sise=1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("queue_sise") && stderr.contains("queue_size"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_schema_check_catches_what_does_not_match() {
+    let wrong = [
+        ("Error", json!({ "code": "queue_full" })),
+        ("Error", json!({ "code": "nope", "message": "m" })),
+        (
+            "Error",
+            json!({ "code": "queue_full", "message": "m", "extra": 1 }),
+        ),
+        (
+            "StreamEvent",
+            json!({ "type": "output", "stage": "run", "stream": "stdout" }),
+        ),
+        ("Health", json!({ "status": "fine" })),
+    ];
+    for (schema, value) in wrong {
+        let caught = std::panic::catch_unwind(|| check(schema, &value));
+        assert!(caught.is_err(), "{schema} accepted {value}");
+    }
+}
