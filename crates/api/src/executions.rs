@@ -108,10 +108,7 @@ pub async fn create(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (request, permit) = app
-        .accept(body, &trace_id)
-        .await
-        .map_err(|e| e.traced(&trace_id))?;
+    let (request, permit) = app.accept(body, &trace_id).await?;
     let stopping = app.stopping();
     let language = request.language.clone();
     let guard = Unfinished::new(&app, &trace_id, &language);
@@ -128,10 +125,7 @@ pub async fn stream(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (request, permit) = app
-        .accept(body, &trace_id)
-        .await
-        .map_err(|e| e.traced(&trace_id))?;
+    let (request, permit) = app.accept(body, &trace_id).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
     tokio::spawn(run_streaming(app, request, permit, trace_id, lines));
     let body = Body::from_stream(
@@ -221,6 +215,16 @@ impl App {
     /// Reads and checks a request, then waits for capacity. Nothing has
     /// started when this fails.
     async fn accept(
+        &self,
+        body: Body,
+        trace_id: &str,
+    ) -> Result<(ExecutionRequest, Permit), ApiError> {
+        self.check_and_admit(body, trace_id)
+            .await
+            .map_err(|e| e.traced(trace_id))
+    }
+
+    async fn check_and_admit(
         &self,
         body: Body,
         trace_id: &str,

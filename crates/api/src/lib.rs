@@ -95,8 +95,9 @@ impl App {
             config.queue_size,
             Duration::from_millis(config.queue_timeout_ms),
         );
-        let mut app = Self {
-            metrics: Metrics::new(&[], capacity.max_vms),
+        let served = served(&runner, &config.languages);
+        Ok(Self {
+            metrics: Metrics::new(&served, capacity.max_vms),
             config,
             runner,
             admission,
@@ -105,9 +106,7 @@ impl App {
             draining: CancellationToken::new(),
             killing: CancellationToken::new(),
             killed: Arc::default(),
-        };
-        app.metrics = Metrics::new(&app.languages(), capacity.max_vms);
-        Ok(app)
+        })
     }
 
     pub fn capacity(&self) -> &Capacity {
@@ -116,22 +115,11 @@ impl App {
 
     /// The languages served, by their names.
     fn languages(&self) -> Vec<String> {
-        self.runner
-            .languages()
-            .all()
-            .iter()
-            .map(|l| l.name.clone())
-            .filter(|name| self.serves(name))
-            .collect()
+        served(&self.runner, &self.config.languages)
     }
 
     fn serves(&self, name: &str) -> bool {
-        self.config.languages.is_empty()
-            || self
-                .config
-                .languages
-                .iter()
-                .any(|l| self.runner.languages().get(l).is_ok_and(|l| l.name == name))
+        self.languages().iter().any(|served| served == name)
     }
 
     /// Completes, with the reason, when running executions must stop.
@@ -204,6 +192,23 @@ impl App {
             None => preparing.remove(language),
         };
     }
+}
+
+/// The names of the languages `configured` (names or aliases; empty for
+/// all), in the runner's order.
+fn served(runner: &Runner, configured: &[String]) -> Vec<String> {
+    runner
+        .languages()
+        .all()
+        .iter()
+        .map(|l| l.name.clone())
+        .filter(|name| {
+            configured.is_empty()
+                || configured
+                    .iter()
+                    .any(|c| runner.languages().get(c).is_ok_and(|l| &l.name == name))
+        })
+        .collect()
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
