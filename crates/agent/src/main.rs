@@ -10,6 +10,7 @@
 mod boot;
 mod serve;
 mod stage;
+mod wake;
 
 use std::process::ExitCode;
 

@@ -29,10 +29,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
         file: port.try_clone().map_err(|e| format!("dup port: {e}"))?,
         buf: Vec::new(),
     };
-    out.send(&Frame::Hello(Hello {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        uptime_ms: uptime_ms(),
-    }))?;
+    out.hello()?;
     if mode == Mode::Probe {
         return Ok(());
     }
@@ -60,6 +57,20 @@ pub fn run(mode: Mode) -> Result<(), String> {
                     out.fail(message)?;
                 }
             }
+            // Warming and waking happen before the one execution.
+            Frame::Warm(_) | Frame::Wake(_) if served => {
+                out.fail("this VM has served its one execution; start a new VM".into())?
+            }
+            Frame::Warm(request) => {
+                let warmed = execute(&request, &mut out).and_then(|()| clear_scratch());
+                if let Err(message) = warmed {
+                    out.fail(message)?;
+                }
+            }
+            Frame::Wake(wake) => match crate::wake::wake(&wake) {
+                Ok(()) => out.hello()?,
+                Err(message) => out.fail(message)?,
+            },
             other => out.fail(format!("unexpected {:?} frame from host", other.kind()))?,
         }
     }
@@ -72,6 +83,13 @@ pub struct Port {
 }
 
 impl Port {
+    fn hello(&mut self) -> Result<(), String> {
+        self.send(&Frame::Hello(Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: uptime_ms(),
+        }))
+    }
+
     pub fn send(&mut self, frame: &Frame) -> Result<(), String> {
         self.buf.clear();
         encode(frame, &mut self.buf);
@@ -116,6 +134,23 @@ fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
         let path = work.join(&relative);
         fs::write(&path, &file.content).map_err(|e| format!("write {}: {e}", file.name))?;
         chown_run_user(&path)?;
+    }
+    Ok(())
+}
+
+/// After a warm-up: nothing of it stays where the execution will look.
+fn clear_scratch() -> Result<(), String> {
+    for dir in [WORK_DIR, "/tmp", "/dev/shm"] {
+        let entries = fs::read_dir(dir).map_err(|e| format!("read {dir}: {e}"))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let removed = if path.is_dir() && !path.is_symlink() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }

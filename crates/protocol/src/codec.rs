@@ -47,7 +47,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     }
     match frame {
         Frame::Hello(m) => json(out, m),
-        Frame::Exec(m) => json(out, m),
+        Frame::Exec(m) | Frame::Warm(m) => json(out, m),
+        Frame::Wake(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -102,6 +103,8 @@ impl Decoder {
         Ok(match kind {
             FrameKind::Hello => Frame::Hello(json(kind, &payload)?),
             FrameKind::Exec => Frame::Exec(json(kind, &payload)?),
+            FrameKind::Warm => Frame::Warm(json(kind, &payload)?),
+            FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
             FrameKind::Stdout => Frame::Stdout(payload),
@@ -209,6 +212,11 @@ mod tests {
             uptime_ms: 12,
         }));
         roundtrip(Frame::Exec(exec()));
+        roundtrip(Frame::Warm(exec()));
+        roundtrip(Frame::Wake(Wake {
+            entropy: vec![0, 1, 255],
+            unix_time_ns: 1_795_000_000_000_000_000,
+        }));
         roundtrip(Frame::Stdout(b"out".to_vec()));
         roundtrip(Frame::Stderr(vec![]));
         roundtrip(Frame::StageEnd(StageReport {

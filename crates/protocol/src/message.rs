@@ -15,6 +15,8 @@ pub enum FrameKind {
     StageEnd = 5,
     Done = 6,
     Error = 7,
+    Wake = 8,
+    Warm = 9,
 }
 
 impl FrameKind {
@@ -27,6 +29,8 @@ impl FrameKind {
             5 => Self::StageEnd,
             6 => Self::Done,
             7 => Self::Error,
+            8 => Self::Wake,
+            9 => Self::Warm,
             _ => return None,
         })
     }
@@ -51,6 +55,15 @@ pub enum Frame {
     /// Agent → host: the agent could not do what was asked (our fault, not
     /// the program's).
     Error(AgentFailure),
+    /// Host → agent, first thing in a VM restored from a snapshot: make this
+    /// VM unique (fresh entropy, the host's clock); the agent answers with a
+    /// new [`Frame::Hello`].
+    Wake(Wake),
+    /// Host → agent, in a VM about to be snapshotted: run these stages to
+    /// warm the page cache (the interpreter's files), then forget them. Not
+    /// the VM's one execution; answered like one, with
+    /// [`Frame::StageEnd`]s and [`Frame::Done`].
+    Warm(ExecRequest),
 }
 
 impl Frame {
@@ -63,6 +76,8 @@ impl Frame {
             Frame::StageEnd(_) => FrameKind::StageEnd,
             Frame::Done => FrameKind::Done,
             Frame::Error(_) => FrameKind::Error,
+            Frame::Wake(_) => FrameKind::Wake,
+            Frame::Warm(_) => FrameKind::Warm,
         }
     }
 }
@@ -162,6 +177,18 @@ pub struct StageReport {
     pub cpu_time_us: u64,
     /// Peak memory of all the stage's processes together, in bytes.
     pub memory_peak_bytes: u64,
+}
+
+/// What makes a restored VM unique.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wake {
+    /// Fresh random bytes from the host, mixed into the guest kernel's pool
+    /// and credited, which reseeds its generator.
+    #[serde(with = "base64_bytes")]
+    pub entropy: Vec<u8>,
+    /// The host's wall clock, nanoseconds since the Unix epoch.
+    pub unix_time_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
