@@ -45,6 +45,11 @@ pub struct Language {
     /// standard library).
     #[serde(default)]
     pub prepare: Option<String>,
+    /// A tiny program run once in a VM before it is snapshotted, so that
+    /// the runtime's files are in the snapshot's page cache (and compilers'
+    /// caches warm). No warm-up when absent.
+    #[serde(default)]
+    pub warm: Option<String>,
     /// Default VM memory.
     pub memory_mib: u32,
     /// The least memory a request may ask for.

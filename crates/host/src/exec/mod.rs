@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use runner_protocol::{ExecRequest, File, Frame, StageReport, StageSpec};
+use runner_protocol::{ExecRequest, File, Frame, StageReport, StageSpec, Wake};
 use tokio::sync::{OnceCell, mpsc};
 
 pub use limits::{LimitPolicy, LimitSet, StageLimits};
@@ -27,9 +27,10 @@ pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Stat
 
 use crate::image::{Agent, DebianSource, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::{Language, LanguageError, Languages};
+use crate::snapshot::{Snapshot, SnapshotKey, SnapshotStore};
 use crate::state::StateDir;
 use crate::vmm::qemu::QemuBackend;
-use crate::vmm::{Accel, Backend, ChannelError, Vm, VmSpec, VmmError, accel};
+use crate::vmm::{Accel, Backend, ChannelError, Memory, Vm, VmSpec, VmmError, accel};
 
 /// The guest agent, built static by this crate's build script.
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runner-agent"));
@@ -70,6 +71,8 @@ pub enum ExecError {
     },
     #[error("the agent failed: {0}")]
     Agent(String),
+    #[error("warming {language} before its snapshot failed: {message}")]
+    Warm { language: String, message: String },
     #[error("the agent broke the protocol: {0}")]
     Protocol(String),
     #[error(
@@ -138,6 +141,10 @@ pub struct Runner {
     state: StateDir,
     languages: Languages,
     images: ImageStore,
+    snapshots: SnapshotStore,
+    /// Restore from snapshots where they exist (`RUNNER_SNAPSHOTS=off` boots
+    /// every VM cold).
+    use_snapshots: bool,
     limits: LimitPolicy,
     backend: OnceCell<Arc<dyn Backend>>,
     vms_running: Arc<AtomicUsize>,
@@ -174,6 +181,11 @@ impl Runner {
         }
         Ok(Self {
             images: ImageStore::new(state.images(), DebianSource::default()),
+            snapshots: SnapshotStore::new(state.root().join("snapshots")),
+            use_snapshots: !matches!(
+                std::env::var("RUNNER_SNAPSHOTS").as_deref(),
+                Ok("off" | "0" | "false")
+            ),
             languages: Languages::builtin()?,
             state,
             limits,
@@ -192,6 +204,10 @@ impl Runner {
 
     pub fn limits(&self) -> &LimitPolicy {
         &self.limits
+    }
+
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
     }
 
     pub fn state(&self) -> &StateDir {
@@ -392,19 +408,25 @@ impl Runner {
             .backend(&images.kernel.vmlinux, &images.initramfs)
             .await?;
         transcript.backend = Some((backend.info().name, backend.info().accel));
-        let spec = VmSpec {
-            id: trace_id.to_string(),
-            kernel: images.kernel.vmlinux.clone(),
-            initramfs: images.initramfs.clone(),
-            rootfs: Some(images.rootfs.clone()),
-            memory_mib: plan.vm_memory_mib,
-            vcpus: 1,
-            kernel_args: Vec::new(),
-            run_dir: self
-                .state
-                .runs()
-                .join(format!("{}.{trace_id}", std::process::id())),
-        };
+        let mut spec = self.vm_spec(&images, plan.vm_memory_mib, trace_id);
+        // A snapshot's VM may be bigger than the request needs: the cgroup
+        // limits inside are what the program gets.
+        let snapshot = self
+            .use_snapshots
+            .then(|| {
+                self.snapshots
+                    .find(&self.snapshot_key(&plan.language, &images, &*backend))
+            })
+            .flatten()
+            .filter(|s| s.memory_mib() >= plan.vm_memory_mib);
+        if let Some(snapshot) = &snapshot {
+            spec.memory_mib = snapshot.memory_mib();
+            spec.memory = Memory::Restore {
+                path: snapshot.memory(),
+                state: snapshot.state(),
+            };
+            transcript.start = StartKind::Snapshot;
+        }
         let boot_started = Instant::now();
         let mut vm = tokio::select! {
             vm = backend.start(spec) => vm?,
@@ -417,12 +439,169 @@ impl Runner {
             Accel::Kvm => Duration::from_secs(20),
             Accel::Tcg => Duration::from_secs(90),
         };
+        let wake = snapshot.is_some().then(wake);
         let outcome = tokio::select! {
-            outcome = converse(&mut *vm, &plan.exec, boot_timeout, transcript) => outcome,
+            outcome = converse(&mut *vm, &plan.exec, wake, boot_timeout, transcript) => outcome,
             reason = &mut stop => Err(ExecError::Stopped(reason)),
         };
         vm.destroy().await;
         outcome
+    }
+}
+
+impl Runner {
+    fn vm_spec(&self, images: &GuestImages, memory_mib: u32, id: &str) -> VmSpec {
+        VmSpec {
+            id: id.to_string(),
+            kernel: images.kernel.vmlinux.clone(),
+            initramfs: images.initramfs.clone(),
+            rootfs: Some(images.rootfs.clone()),
+            memory_mib,
+            vcpus: 1,
+            kernel_args: Vec::new(),
+            run_dir: self
+                .state
+                .runs()
+                .join(format!("{}.{id}", std::process::id())),
+            memory: Memory::Private,
+        }
+    }
+
+    /// What `language`'s snapshot depends on, with these images and backend.
+    fn snapshot_key(
+        &self,
+        language: &Language,
+        images: &GuestImages,
+        backend: &dyn Backend,
+    ) -> SnapshotKey {
+        let id = |path: &Path| {
+            path.parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let info = backend.info();
+        SnapshotKey::new(
+            &language.name,
+            &images.kernel.id,
+            &id(&images.initramfs),
+            &id(&images.rootfs),
+            format!("{} {}", info.name, info.version),
+            info.accel.to_string(),
+            backend.cpu_model().to_string(),
+            language.memory_mib + GUEST_RESERVE_MIB as u32,
+            language.warm.clone(),
+        )
+    }
+
+    /// `language`'s snapshot, made first if it does not exist: a VM booted
+    /// until its agent is ready, warmed with the language's `warm` program,
+    /// then saved.
+    pub async fn snapshot(&self, language: &Language) -> Result<Snapshot, ExecError> {
+        let images = self.prepare(language, Arc::new(())).await?;
+        let backend = self
+            .backend(&images.kernel.vmlinux, &images.initramfs)
+            .await?;
+        let key = self.snapshot_key(language, &images, &*backend);
+        let store = self.snapshots.clone();
+        let begun = tokio::task::spawn_blocking(move || store.begin(&key))
+            .await
+            .expect("locking does not panic")?;
+        let pending = match begun {
+            Ok(pending) => pending,
+            Err(existing) => return Ok(existing),
+        };
+        let id = format!("snapshot-{}-{}", language.name, new_trace_id());
+        let mut spec = self.vm_spec(&images, language.memory_mib + GUEST_RESERVE_MIB as u32, &id);
+        spec.memory = Memory::Template {
+            path: pending.memory(),
+        };
+        let mut vm = backend.start(spec).await?;
+        let made = self.warm_and_save(&mut *vm, language, &pending).await;
+        let console = vm.console_tail();
+        vm.destroy().await;
+        made.map_err(|e| match e {
+            ExecError::Warm { language, message } => ExecError::Warm {
+                language,
+                message: format!("{message}; console:\n{console}"),
+            },
+            other => other,
+        })?;
+        Ok(pending.finish()?)
+    }
+
+    async fn warm_and_save(
+        &self,
+        vm: &mut dyn Vm,
+        language: &Language,
+        pending: &crate::snapshot::Pending,
+    ) -> Result<(), ExecError> {
+        let failed = |message: String| ExecError::Warm {
+            language: language.name.clone(),
+            message,
+        };
+        let boot_timeout = Duration::from_secs(90);
+        match tokio::time::timeout(boot_timeout, vm.channel().recv()).await {
+            Ok(Ok(Frame::Hello(_))) => {}
+            Ok(Ok(other)) => return Err(failed(format!("expected hello, got {:?}", other.kind()))),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => {
+                return Err(failed(format!(
+                    "no hello within {} s",
+                    boot_timeout.as_secs()
+                )));
+            }
+        }
+        if let Some(code) = &language.warm {
+            let request = ExecutionRequest {
+                language: language.name.clone(),
+                files: vec![SourceFile {
+                    name: language.source_file.clone(),
+                    content: code.clone().into_bytes(),
+                }],
+                ..ExecutionRequest::default()
+            };
+            let plan = self.plan(&request)?;
+            vm.channel()
+                .send(&Frame::Warm(plan.exec))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(300), vm.channel().recv())
+                    .await
+                    .map_err(|_| failed("no end within 300 s".into()))?
+                    .map_err(|e| failed(e.to_string()))?;
+                match frame {
+                    Frame::StageEnd(report) if report.exit_code != Some(0) => {
+                        return Err(failed(format!(
+                            "its {} stage ended with {report:?}",
+                            report.name
+                        )));
+                    }
+                    Frame::Done => break,
+                    Frame::Error(e) => return Err(failed(e.message)),
+                    _ => {}
+                }
+            }
+        }
+        vm.snapshot(&pending.state()).await?;
+        Ok(())
+    }
+}
+
+/// Fresh entropy and the host's clock for a restored VM.
+fn wake() -> Wake {
+    use std::io::Read;
+    let mut entropy = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .expect("/dev/urandom is readable");
+    let unix_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Wake {
+        entropy,
+        unix_time_ns,
     }
 }
 
@@ -445,6 +624,7 @@ fn check_file_name(name: &str) -> Result<(), ExecError> {
 /// Everything that came back so far, kept even when the execution fails.
 struct Transcript {
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    start: StartKind,
     version: String,
     backend: Option<(&'static str, Accel)>,
     vm_started: Option<Instant>,
@@ -462,6 +642,7 @@ impl Transcript {
     fn new(output: Option<mpsc::UnboundedSender<OutputChunk>>) -> Self {
         Self {
             output,
+            start: StartKind::Cold,
             version: String::new(),
             backend: None,
             vm_started: None,
@@ -490,7 +671,7 @@ impl Transcript {
         let metrics = ExecutionMetrics {
             trace_id: trace_id.clone(),
             language: plan.language.name.clone(),
-            start: StartKind::Cold,
+            start: self.start,
             vm_boot_time: span(self.vm_started, self.vm_up),
             ready_time: span(self.vm_up, self.ready_at),
             execution_time: span(self.ready_at, self.done_at.or(Some(now))),
@@ -556,6 +737,7 @@ impl Transcript {
 async fn converse(
     vm: &mut dyn Vm,
     exec: &ExecRequest,
+    wake: Option<Wake>,
     boot_timeout: Duration,
     transcript: &mut Transcript,
 ) -> Result<(), ExecError> {
@@ -563,6 +745,13 @@ async fn converse(
         let console = vm.console_tail();
         move |source| ExecError::AgentLost { source, console }
     };
+    // A restored VM's agent said hello long ago, to the snapshot's host; it
+    // says it again once it is unique.
+    if let Some(wake) = wake {
+        if let Err(e) = vm.channel().send(&Frame::Wake(wake)).await {
+            return Err(lost(vm)(e));
+        }
+    }
     match tokio::time::timeout(boot_timeout, vm.channel().recv()).await {
         Ok(Ok(Frame::Hello(_))) => {}
         Ok(Ok(other)) => {

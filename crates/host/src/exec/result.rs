@@ -144,13 +144,17 @@ impl StageResult {
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartKind {
+    /// Booted from the kernel.
     Cold,
+    /// Restored from the language's snapshot.
+    Snapshot,
 }
 
 impl StartKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StartKind::Cold => "cold",
+            StartKind::Snapshot => "snapshot",
         }
     }
 }

@@ -68,7 +68,10 @@ pub enum ImageError {
 }
 
 impl ImageError {
-    fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { what, path, source }
     }
@@ -380,7 +383,7 @@ impl ImageStore {
 }
 
 /// The id of the image with this recipe, and the full recipe it hashes.
-fn image_id<R: Serialize>(
+pub(crate) fn image_id<R: Serialize>(
     kind: &str,
     name: Option<&str>,
     recipe: &R,
@@ -406,23 +409,23 @@ fn read_manifest(dir: &Path) -> Result<Manifest, ImageError> {
 }
 
 /// A build directory that is removed unless the build succeeds.
-struct Scratch {
+pub(crate) struct Scratch {
     path: PathBuf,
     keep: bool,
 }
 
 impl Scratch {
-    fn new(path: PathBuf) -> Result<Self, ImageError> {
+    pub(crate) fn new(path: PathBuf) -> Result<Self, ImageError> {
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
         Ok(Self { path, keep: false })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    fn persist(mut self, dest: &Path) -> Result<(), ImageError> {
+    pub(crate) fn persist(mut self, dest: &Path) -> Result<(), ImageError> {
         fs::rename(&self.path, dest).map_err(ImageError::io("rename", dest))?;
         self.keep = true;
         Ok(())

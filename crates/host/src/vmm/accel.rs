@@ -146,6 +146,7 @@ async fn probe(
         vcpus: 1,
         kernel_args: vec!["runner.probe".into()],
         run_dir: run_dir.join(format!("{}.kvm-probe", std::process::id())),
+        memory: super::Memory::Private,
     };
     let outcome = tokio::time::timeout(PROBE_TIMEOUT, async {
         let mut vm = backend.start(spec).await.map_err(|e| e.to_string())?;

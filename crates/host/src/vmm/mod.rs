@@ -9,6 +9,7 @@
 pub mod accel;
 mod channel;
 pub mod qemu;
+pub mod qmp;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,10 @@ pub enum VmmError {
     ExitedEarly { status: String, console: String },
     #[error("the VMM did not open the agent channel within {seconds} s; console:\n{console}")]
     ConnectTimeout { seconds: u64, console: String },
+    #[error("snapshot: {0}")]
+    Qmp(#[from] qmp::QmpError),
+    #[error("migration {0}")]
+    Migration(String),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -57,6 +62,22 @@ pub struct VmSpec {
     /// Directory for this VM's sockets; created by the backend and removed
     /// with the VM.
     pub run_dir: PathBuf,
+    /// Where guest memory lives, for snapshots.
+    pub memory: Memory,
+}
+
+/// Guest memory, and what it has to do with a snapshot.
+#[derive(Debug, Clone, Default)]
+pub enum Memory {
+    /// Anonymous memory: a plain VM.
+    #[default]
+    Private,
+    /// A VM that will be snapshotted: its memory is the file at `path`,
+    /// written through, so the file is the snapshot's memory.
+    Template { path: PathBuf },
+    /// A VM restored from a snapshot: the memory file mapped copy-on-write
+    /// (never written), and the device state loaded from `state`.
+    Restore { path: PathBuf, state: PathBuf },
 }
 
 /// What a backend is, for logs, `doctor` and results.
@@ -73,6 +94,9 @@ pub struct BackendInfo {
 pub trait Backend: Send + Sync {
     fn info(&self) -> &BackendInfo;
 
+    /// The guest CPU model; a snapshot only restores onto the same one.
+    fn cpu_model(&self) -> &'static str;
+
     /// Starts a VM and returns once the VMM runs and the agent channel is
     /// connected (the agent itself may still be booting).
     async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmmError>;
@@ -84,6 +108,11 @@ pub trait Vm: Send {
 
     /// The end of what the guest printed on its console, for error reports.
     fn console_tail(&self) -> String;
+
+    /// Pauses a [`Memory::Template`] VM and saves its device state to
+    /// `state`; its memory is already in the template file. The VM is
+    /// useless afterwards: destroy it.
+    async fn snapshot(&mut self, state: &std::path::Path) -> Result<(), VmmError>;
 
     /// Kills the VM and removes its host-side files. Dropping a VM does the
     /// same without waiting for the process to be reaped.

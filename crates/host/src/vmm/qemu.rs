@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
-use super::{Accel, AgentChannel, Backend, BackendInfo, Vm, VmSpec, VmmError};
+use super::qmp::Qmp;
+use super::{Accel, AgentChannel, Backend, BackendInfo, Memory, Vm, VmSpec, VmmError};
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// How long QEMU may take to start and connect to the agent socket.
@@ -91,11 +92,24 @@ impl QemuBackend {
         }
     }
 
-    fn command(&self, spec: &VmSpec, socket: &Path) -> Command {
+    fn command(&self, spec: &VmSpec, socket: &Path, qmp: &Path) -> Command {
         let mut command = Command::new(&self.binary);
-        let (accel, cpu) = match self.info.accel {
-            Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg", "max"),
+        let accel = match self.info.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        };
+        let cpu = self.cpu_model();
+        // Snapshots: memory in a file (x-ignore-shared leaves it out of the
+        // migration stream), and a QMP monitor to stop, save and load.
+        let (memory_file, share) = match &spec.memory {
+            Memory::Private => (None, false),
+            Memory::Template { path } => (Some(path), true),
+            Memory::Restore { path, .. } => (Some(path), false),
+        };
+        let memory_backend = if memory_file.is_some() {
+            ",memory-backend=mem"
+        } else {
+            ""
         };
         let mut kernel_args: Vec<&str> = KERNEL_ARGS.to_vec();
         kernel_args.extend(spec.kernel_args.iter().map(String::as_str));
@@ -117,7 +131,10 @@ impl QemuBackend {
                 "-sandbox",
                 "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             ])
-            .args(["-machine", &format!("q35,accel={accel},smm=off,vmport=off")])
+            .args([
+                "-machine",
+                &format!("q35,accel={accel},smm=off,vmport=off{memory_backend}"),
+            ])
             .args(["-cpu", cpu])
             .args(["-smp", &spec.vcpus.to_string()])
             .args(["-m", &format!("{}M", spec.memory_mib)])
@@ -138,6 +155,21 @@ impl QemuBackend {
             ))
             .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
             .args(["-device", "virtio-rng-pci,rng=rng0"]);
+        if let Some(path) = memory_file {
+            command.arg("-object").arg(format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                spec.memory_mib,
+                path.display(),
+                if share { "on" } else { "off" }
+            ));
+            command
+                .arg("-chardev")
+                .arg(format!("socket,id=qmp,path={}", qmp.display()))
+                .args(["-mon", "chardev=qmp,mode=control"]);
+        }
+        if let Memory::Restore { .. } = spec.memory {
+            command.args(["-incoming", "defer"]);
+        }
         if let Some(rootfs) = &spec.rootfs {
             command
                 .arg("-drive")
@@ -172,16 +204,31 @@ impl Backend for QemuBackend {
         &self.info
     }
 
+    fn cpu_model(&self) -> &'static str {
+        match self.info.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        }
+    }
+
     async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmmError> {
         let run_dir = RunDir::create(spec.run_dir.clone())?;
         let socket = run_dir.path.join("agent.sock");
-        let listener = UnixListener::bind(&socket).map_err(|source| VmmError::Io {
-            what: "listen on",
-            path: socket.clone(),
-            source,
-        })?;
+        let listen = |path: &Path| {
+            UnixListener::bind(path).map_err(|source| VmmError::Io {
+                what: "listen on",
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let listener = listen(&socket)?;
+        let qmp_socket = run_dir.path.join("qmp.sock");
+        let qmp_listener = match spec.memory {
+            Memory::Private => None,
+            _ => Some(listen(&qmp_socket)?),
+        };
         let mut child = self
-            .command(&spec, &socket)
+            .command(&spec, &socket, &qmp_socket)
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 binary: self.binary.display().to_string(),
@@ -191,12 +238,27 @@ impl Backend for QemuBackend {
         console.capture(child.stdout.take());
         console.capture(child.stderr.take());
 
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(|source| VmmError::Io {
+        let accept = async {
+            let agent = listener.accept().await.map_err(|source| VmmError::Io {
                 what: "accept on",
                 path: socket.clone(),
                 source,
-            })?,
+            })?;
+            let qmp = match &qmp_listener {
+                None => None,
+                Some(listener) => {
+                    let (stream, _) = listener.accept().await.map_err(|source| VmmError::Io {
+                        what: "accept on",
+                        path: qmp_socket.clone(),
+                        source,
+                    })?;
+                    Some(Qmp::handshake(stream).await?)
+                }
+            };
+            Ok::<_, VmmError>((agent, qmp))
+        };
+        let (accepted, mut qmp) = tokio::select! {
+            accepted = accept => accepted?,
             status = child.wait() => {
                 return Err(VmmError::ExitedEarly {
                     status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
@@ -210,22 +272,65 @@ impl Backend for QemuBackend {
                 });
             }
         };
-        // Connected: the socket file has served its purpose.
+        // Connected: the socket files have served their purpose.
         drop(listener);
+        drop(qmp_listener);
         let _ = fs::remove_file(&socket);
+        let _ = fs::remove_file(&qmp_socket);
+        if let (Memory::Restore { state, .. }, Some(qmp)) = (&spec.memory, &mut qmp) {
+            restore(qmp, state).await?;
+        }
         Ok(Box::new(QemuVm {
             child,
             channel: AgentChannel::new(accepted.0),
             console,
+            qmp,
             _run_dir: run_dir,
         }))
     }
+}
+
+/// Loads the device state of a snapshot into a VM started with `-incoming
+/// defer`, and lets it run.
+async fn restore(qmp: &mut Qmp, state: &Path) -> Result<(), VmmError> {
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    qmp.execute(
+        "migrate-incoming",
+        serde_json::json!({ "uri": format!("file:{}", state.display()) }),
+    )
+    .await?;
+    loop {
+        let status = qmp.execute("query-status", serde_json::Value::Null).await?;
+        match status["status"].as_str() {
+            Some("inmigrate") => tokio::time::sleep(Duration::from_millis(2)).await,
+            Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
+            Some("running") => return Ok(()),
+            other => {
+                return Err(VmmError::Migration(format!(
+                    "loading {} ended in state {other:?}",
+                    state.display()
+                )));
+            }
+        }
+    }
+    qmp.execute("cont", serde_json::Value::Null).await?;
+    Ok(())
+}
+
+/// Guest memory stays out of the migration stream: it is in the file.
+fn ignore_shared() -> serde_json::Value {
+    serde_json::json!({
+        "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+    })
 }
 
 struct QemuVm {
     child: Child,
     channel: AgentChannel,
     console: Console,
+    /// The monitor, for VMs with their memory in a file.
+    qmp: Option<Qmp>,
     // Dropped after `child` (fields drop in order): QEMU is killed first.
     _run_dir: RunDir,
 }
@@ -238,6 +343,36 @@ impl Vm for QemuVm {
 
     fn console_tail(&self) -> String {
         self.console.tail()
+    }
+
+    async fn snapshot(&mut self, state: &Path) -> Result<(), VmmError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmmError::Migration("this VM has no memory file to snapshot".into()))?;
+        qmp.execute("stop", serde_json::Value::Null).await?;
+        qmp.execute("migrate-set-capabilities", ignore_shared())
+            .await?;
+        qmp.execute(
+            "migrate",
+            serde_json::json!({ "uri": format!("file:{}", state.display()) }),
+        )
+        .await?;
+        loop {
+            let info = qmp
+                .execute("query-migrate", serde_json::Value::Null)
+                .await?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {
+                    return Err(VmmError::Migration(format!(
+                        "saving failed: {}",
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
     }
 
     async fn destroy(mut self: Box<Self>) {

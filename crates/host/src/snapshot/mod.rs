@@ -1,0 +1,307 @@
+//! Snapshots: a VM booted until its agent is ready, the language's runtime
+//! warmed, then saved, so that later VMs start from there in a fraction of a
+//! second instead of booting.
+//!
+//! A snapshot is two files: the guest's memory (the template VM ran with
+//! its memory in this file) and the device state QEMU saved with
+//! `x-ignore-shared`, which leaves memory out. A restored VM maps the memory
+//! file copy-on-write, so any number restore from one snapshot at once and
+//! none can change it.
+//!
+//! Like images, snapshots are content-addressed: the id hashes everything
+//! the saved state depends on (kernel, initramfs with its agent, root
+//! filesystem, VMM and its version, acceleration, CPU model, memory size,
+//! warm-up). A change to any of them is a different id, so a snapshot is
+//! never restored onto a mismatch; the new one is built instead.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::image::{ImageError, Scratch, image_id};
+
+/// Bump when what a snapshot holds changes in a way the key does not show.
+const FORMAT: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+pub const MEMORY_FILE: &str = "memory";
+pub const STATE_FILE: &str = "state";
+
+/// Everything a snapshot depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotKey {
+    pub format: u32,
+    pub language: String,
+    pub kernel: String,
+    pub initramfs: String,
+    pub rootfs: String,
+    /// e.g. "qemu QEMU emulator version 10.0.2 (...)".
+    pub backend: String,
+    pub accel: String,
+    pub cpu: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// The warm-up program, if any.
+    pub warm: Option<String>,
+}
+
+impl SnapshotKey {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        language: &str,
+        kernel: &str,
+        initramfs: &str,
+        rootfs: &str,
+        backend: String,
+        accel: String,
+        cpu: String,
+        memory_mib: u32,
+        warm: Option<String>,
+    ) -> Self {
+        Self {
+            format: FORMAT,
+            language: language.into(),
+            kernel: kernel.into(),
+            initramfs: initramfs.into(),
+            rootfs: rootfs.into(),
+            backend,
+            accel,
+            cpu,
+            memory_mib,
+            vcpus: 1,
+            warm,
+        }
+    }
+
+    pub fn id(&self) -> String {
+        image_id("snapshot", Some(&self.language), self).0
+    }
+}
+
+/// What `runner snapshot list` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub id: String,
+    pub key: SnapshotKey,
+    pub created_at: u64,
+    /// Booting, warming and saving the template VM.
+    pub create_seconds: f64,
+    /// Bytes of the memory file on disk (it is sparse).
+    pub memory_allocated_bytes: u64,
+    pub state_bytes: u64,
+}
+
+/// A snapshot ready to restore.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub manifest: SnapshotManifest,
+}
+
+impl Snapshot {
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join(MEMORY_FILE)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    pub fn memory_mib(&self) -> u32 {
+        self.manifest.key.memory_mib
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+/// A snapshot being made: the files the template VM writes, and the lock
+/// that keeps other runners from making the same one.
+pub struct Pending {
+    scratch: Scratch,
+    dest: PathBuf,
+    key: SnapshotKey,
+    id: String,
+    started: std::time::Instant,
+    _lock: Flock<File>,
+}
+
+impl Pending {
+    pub fn memory(&self) -> PathBuf {
+        self.scratch.path().join(MEMORY_FILE)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.scratch.path().join(STATE_FILE)
+    }
+
+    /// Records the snapshot and moves it into place.
+    pub fn finish(self) -> Result<Snapshot, ImageError> {
+        let allocated = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+        };
+        let manifest = SnapshotManifest {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            create_seconds: self.started.elapsed().as_secs_f64(),
+            memory_allocated_bytes: allocated(&self.memory()),
+            state_bytes: fs::metadata(self.state()).map_or(0, |m| m.len()),
+        };
+        let path = self.scratch.path().join(MANIFEST);
+        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        fs::write(&path, text).map_err(ImageError::io("write", &path))?;
+        // A directory under this id that `find` did not accept (made from
+        // something else, or damaged) is replaced. VMs restored from it keep
+        // their open files.
+        if self.dest.exists() {
+            fs::remove_dir_all(&self.dest).map_err(ImageError::io("remove", &self.dest))?;
+        }
+        self.scratch.persist(&self.dest)?;
+        tracing::info!(snapshot = %self.id, seconds = manifest.create_seconds, "snapshot created");
+        Ok(Snapshot {
+            dir: self.dest,
+            manifest,
+        })
+    }
+}
+
+impl SnapshotStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The snapshot with exactly this key, if it has been made.
+    pub fn find(&self, key: &SnapshotKey) -> Option<Snapshot> {
+        let dir = self.dir.join(key.id());
+        let manifest = read_manifest(&dir).ok()?;
+        // The id is a hash of the key; a manifest with another key means a
+        // collision or a hand-made directory: do not trust it.
+        (manifest.key == *key).then_some(Snapshot { dir, manifest })
+    }
+
+    /// Locks `key`'s snapshot for making. `Ok(Err(snapshot))` when it exists
+    /// (perhaps made by another runner while this one waited).
+    pub fn begin(&self, key: &SnapshotKey) -> Result<Result<Pending, Snapshot>, ImageError> {
+        if let Some(snapshot) = self.find(key) {
+            return Ok(Err(snapshot));
+        }
+        let id = key.id();
+        fs::create_dir_all(&self.dir).map_err(ImageError::io("create", &self.dir))?;
+        let lock_path = self.dir.join(format!(".{id}.lock"));
+        let lock = File::create(&lock_path).map_err(ImageError::io("create", &lock_path))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| ImageError::io("lock", &lock_path)(e.into()))?;
+        if let Some(snapshot) = self.find(key) {
+            return Ok(Err(snapshot));
+        }
+        Ok(Ok(Pending {
+            scratch: Scratch::new(self.dir.join(format!(".build-{id}")))?,
+            dest: self.dir.join(&id),
+            key: key.clone(),
+            id,
+            started: std::time::Instant::now(),
+            _lock: lock,
+        }))
+    }
+
+    /// Every snapshot made, oldest first.
+    pub fn list(&self) -> Vec<SnapshotManifest> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut list: Vec<SnapshotManifest> = entries
+            .flatten()
+            .filter_map(|e| {
+                let manifest = read_manifest(&e.path()).ok()?;
+                (e.file_name().to_str() == Some(manifest.id.as_str())).then_some(manifest)
+            })
+            .collect();
+        list.sort_by_key(|m| m.created_at);
+        list
+    }
+
+    /// Removes the snapshots whose ids are not in `keep`. Returns their ids.
+    pub fn prune(&self, keep: &[String]) -> Result<Vec<String>, ImageError> {
+        let mut removed = Vec::new();
+        for manifest in self.list() {
+            if keep.contains(&manifest.id) {
+                continue;
+            }
+            let path = self.dir.join(&manifest.id);
+            fs::remove_dir_all(&path).map_err(ImageError::io("remove", &path))?;
+            removed.push(manifest.id);
+        }
+        Ok(removed)
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<SnapshotManifest, ImageError> {
+    let path = dir.join(MANIFEST);
+    let text = fs::read(&path).map_err(ImageError::io("read", &path))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rootfs: &str) -> SnapshotKey {
+        SnapshotKey::new(
+            "python",
+            "kernel-1",
+            "initramfs-1",
+            rootfs,
+            "qemu 10.0.2".into(),
+            "tcg".into(),
+            "max".into(),
+            576,
+            None,
+        )
+    }
+
+    #[test]
+    fn ids_change_with_anything_the_snapshot_depends_on() {
+        assert_eq!(key("rootfs-a").id(), key("rootfs-a").id());
+        assert_ne!(key("rootfs-a").id(), key("rootfs-b").id());
+        let mut other = key("rootfs-a");
+        other.accel = "kvm".into();
+        assert_ne!(key("rootfs-a").id(), other.id());
+        assert!(key("rootfs-a").id().starts_with("snapshot-python-"));
+    }
+
+    #[test]
+    fn a_snapshot_is_found_only_under_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let Ok(pending) = store.begin(&key("rootfs-a")).unwrap() else {
+            panic!("nothing made yet")
+        };
+        fs::write(pending.memory(), b"m").unwrap();
+        fs::write(pending.state(), b"s").unwrap();
+        pending.finish().unwrap();
+        assert!(store.find(&key("rootfs-a")).is_some());
+        assert!(store.find(&key("rootfs-b")).is_none());
+        assert!(store.begin(&key("rootfs-a")).unwrap().is_err());
+        // A manifest copied under another key's id is not trusted.
+        let b = dir.path().join(key("rootfs-b").id());
+        fs::create_dir_all(&b).unwrap();
+        fs::copy(
+            dir.path().join(key("rootfs-a").id()).join(MANIFEST),
+            b.join(MANIFEST),
+        )
+        .unwrap();
+        assert!(store.find(&key("rootfs-b")).is_none());
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.prune(&[]).unwrap(), [key("rootfs-a").id()]);
+        assert!(store.list().is_empty());
+    }
+}
