@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Make or list the snapshots VMs are restored from.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Show the languages and the version each image has.
     Languages,
     /// Say which backend and acceleration would be used, and what is missing.
@@ -140,6 +145,19 @@ struct RunArgs {
 }
 
 #[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Boot a VM per language until it is ready, warm it, and save it, so
+    /// that executions restore it instead of booting (all languages without
+    /// --lang). Builds missing images first.
+    Create {
+        #[arg(short, long)]
+        lang: Vec<String>,
+    },
+    /// List snapshots with their size, id and what they were made from.
+    List,
+}
+
+#[derive(Subcommand)]
 enum ImageCommand {
     /// Build the images a language needs (all languages without --lang).
     Build {
@@ -197,6 +215,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(runner()?, *args).await,
         Command::Image { command } => image(runner()?, command).await,
+        Command::Snapshot { command } => snapshot(runner()?, command).await,
         Command::Languages => languages(runner()?),
         Command::Doctor => doctor::doctor(runner()?).await,
         Command::Serve(args) => serve(*args).await,
@@ -420,17 +439,61 @@ fn exit_code(result: &ExecutionResult) -> ExitCode {
     }
 }
 
+async fn snapshot(runner: Runner, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SnapshotCommand::Create { lang } => {
+            for language in selected(&runner, &lang)? {
+                let spinner = progress::Spinner::new();
+                runner_host::image::Progress::step(
+                    &spinner,
+                    &format!("snapshot of {}", language.name),
+                );
+                let snapshot = runner.snapshot(&language).await?;
+                drop(spinner);
+                println!(
+                    "{}: {} ({:.1} s to make)",
+                    language.name, snapshot.manifest.id, snapshot.manifest.create_seconds
+                );
+            }
+        }
+        SnapshotCommand::List => {
+            println!(
+                "{:<36} {:<8} {:>8} {:>8} {:>7}  MADE FROM",
+                "ID", "MEMORY", "ON DISK", "STATE", "MADE IN"
+            );
+            for m in runner.snapshots().list() {
+                println!(
+                    "{:<36} {:<8} {:>8} {:>8} {:>6.1}s  {} {} {}",
+                    m.id,
+                    format!("{} MiB", m.key.memory_mib),
+                    format!("{} MiB", m.memory_allocated_bytes >> 20),
+                    format!("{} KiB", m.state_bytes >> 10),
+                    m.create_seconds,
+                    m.key.rootfs,
+                    m.key.initramfs,
+                    m.key.accel,
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The languages named (all when none are).
+fn selected(runner: &Runner, names: &[String]) -> anyhow::Result<Vec<runner_host::lang::Language>> {
+    if names.is_empty() {
+        return Ok(runner.languages().all().to_vec());
+    }
+    Ok(names
+        .iter()
+        .map(|l| runner.languages().get(l).cloned())
+        .collect::<Result<_, _>>()?)
+}
+
 async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode> {
     match command {
         ImageCommand::Build { lang } => {
-            let languages: Vec<_> = if lang.is_empty() {
-                runner.languages().all().to_vec()
-            } else {
-                lang.iter()
-                    .map(|l| runner.languages().get(l).cloned())
-                    .collect::<Result<_, _>>()?
-            };
-            for language in languages {
+            for language in selected(&runner, &lang)? {
                 let images = runner
                     .prepare(&language, Arc::new(progress::Spinner::new()))
                     .await?;

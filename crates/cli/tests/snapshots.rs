@@ -1,0 +1,211 @@
+//! Snapshots: VMs restored instead of booted, real VMs throughout.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{run, runner, state_dir};
+
+use serde_json::Value;
+
+/// Makes the snapshots of `languages` (cached across runs, like images).
+fn create(languages: &[&str]) {
+    let mut command = runner();
+    command.args(["snapshot", "create"]);
+    for language in languages {
+        command.args(["--lang", language]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "snapshot create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn restored_vms_run_every_language() {
+    let cases = [
+        ("python", "print(input()[::-1])"),
+        (
+            "node",
+            "const s = require('fs').readFileSync(0, 'utf8'); console.log(s.trim().split('').reverse().join(''))",
+        ),
+        ("bash", "read s; rev <<< \"$s\""),
+        (
+            "go",
+            "package main\nimport (\"bufio\";\"fmt\";\"os\")\nfunc main() { s, _ := bufio.NewReader(os.Stdin).ReadString('\\n'); r := []rune(s[:len(s)-1]); for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 { r[i], r[j] = r[j], r[i] }; fmt.Println(string(r)) }",
+        ),
+        (
+            "rust",
+            "fn main() { let mut s = String::new(); std::io::stdin().read_line(&mut s).unwrap(); println!(\"{}\", s.trim().chars().rev().collect::<String>()); }",
+        ),
+    ];
+    create(&cases.map(|(language, _)| language));
+    for (language, code) in cases {
+        let finished = run(
+            &[
+                "run",
+                "--json",
+                "--lang",
+                language,
+                "--timeout",
+                "120",
+                "-c",
+                code,
+            ],
+            b"stressed\n",
+        );
+        let json = finished.json();
+        assert_eq!(json["metrics"]["start"], "snapshot", "{language}: {json:#}");
+        assert_eq!(json["status"], "ok", "{language}: {json:#}");
+        assert_eq!(json["run"]["stdout"], "desserts\n", "{language}");
+    }
+}
+
+/// Runs `code` in `language` twice at once, from the same snapshot.
+fn twice_at_once(language: &str, code: &str) -> (Value, Value) {
+    let args = ["run", "--json", "--lang", language, "-c", code];
+    let a = std::thread::scope(|scope| {
+        let first = scope.spawn(|| run(&args, b"").json());
+        let second = run(&args, b"").json();
+        (first.join().unwrap(), second)
+    });
+    for result in [&a.0, &a.1] {
+        assert_eq!(result["metrics"]["start"], "snapshot", "{result:#}");
+        assert_eq!(result["status"], "ok", "{result:#}");
+    }
+    a
+}
+
+#[test]
+fn restored_vms_are_unique() {
+    create(&["python", "bash"]);
+    // The kernel's generator (os.urandom), Python's `random` (seeded from it
+    // at start-up), and the clock.
+    let code =
+        "import os, random, time\nprint(os.urandom(16).hex(), random.getrandbits(64), time.time())";
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (a, b) = twice_at_once("python", code);
+    let fields = |r: &Value| -> Vec<String> {
+        r["run"]["stdout"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let (a, b) = (fields(&a), fields(&b));
+    assert_ne!(a[0], b[0], "os.urandom repeated across restored VMs");
+    assert_ne!(a[1], b[1], "random repeated across restored VMs");
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for clock in [&a[2], &b[2]] {
+        let clock: f64 = clock.parse().unwrap();
+        assert!(
+            clock > before - 1.0 && clock < after + 1.0,
+            "guest clock {clock} outside the run ({before} to {after}): the snapshot's time leaked"
+        );
+    }
+
+    let (a, b) = twice_at_once(
+        "bash",
+        "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo \" $RANDOM$RANDOM\"",
+    );
+    assert_ne!(a["run"]["stdout"], b["run"]["stdout"]);
+}
+
+#[test]
+fn a_snapshot_that_does_not_match_is_not_restored_but_made_again() {
+    // A state directory of its own (sharing the images), so that other tests
+    // never see the snapshot this one tampers with.
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(state_dir().join("images"), home.path().join("images")).unwrap();
+    let runner_here = |args: &[&str]| {
+        let output = runner()
+            .env("RUNNER_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let run_json = |code: &str| -> Value {
+        serde_json::from_slice(&runner_here(&[
+            "run", "--json", "--lang", "bash", "-c", code,
+        ]))
+        .unwrap()
+    };
+    runner_here(&["snapshot", "create", "--lang", "bash"]);
+    let dir = std::fs::read_dir(home.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").exists())
+        .expect("the bash snapshot");
+    assert_eq!(run_json("echo hi")["metrics"]["start"], "snapshot");
+
+    // Its record now says it was made from another root filesystem.
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let real = manifest["key"]["rootfs"].clone();
+    manifest["key"]["rootfs"] = "rootfs-bash-0000000000000000".into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+
+    let cold = run_json("echo hi");
+    assert_eq!(
+        cold["metrics"]["start"], "cold",
+        "a mismatched snapshot was used"
+    );
+    assert_eq!(cold["run"]["stdout"], "hi\n");
+
+    runner_here(&["snapshot", "create", "--lang", "bash"]);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(
+        manifest["key"]["rootfs"], real,
+        "made again from the real image"
+    );
+    let restored = run_json("echo hi");
+    assert_eq!(restored["metrics"]["start"], "snapshot");
+    assert_eq!(restored["run"]["stdout"], "hi\n");
+    // Nothing left of the VMs.
+    let runs: Vec<_> = std::fs::read_dir(home.path().join("run"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(runs.is_empty(), "{runs:?}");
+}
+
+#[test]
+fn snapshots_can_be_turned_off_and_do_not_fit_bigger_vms() {
+    create(&["bash"]);
+    let output = runner()
+        .env("RUNNER_SNAPSHOTS", "off")
+        .args(["run", "--json", "--lang", "bash", "-c", "echo cold"])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["metrics"]["start"], "cold");
+    assert_eq!(json["run"]["stdout"], "cold\n");
+    // The bash snapshot's VM has 256 + 64 MiB: a 512 MiB limit needs a
+    // bigger VM, booted cold.
+    let big = run(
+        &[
+            "run", "--json", "--lang", "bash", "--memory", "512", "-c", "echo big",
+        ],
+        b"",
+    )
+    .json();
+    assert_eq!(big["metrics"]["start"], "cold");
+    assert_eq!(big["run"]["stdout"], "big\n");
+}
