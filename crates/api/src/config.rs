@@ -29,6 +29,9 @@ pub struct Config {
     pub languages: Vec<String>,
     /// Build missing images at start-up (the server is not ready until then).
     pub prepare_images: bool,
+    /// Make missing snapshots at start-up, after the images (executions boot
+    /// cold until they exist).
+    pub prepare_snapshots: bool,
     /// Host memory kept for everything but VMs.
     pub reserved_memory_mib: u64,
     /// VMs at once; 0 means one per CPU.
@@ -53,6 +56,7 @@ impl Default for Config {
             state_dir: StateDir::from_env().root().to_path_buf(),
             languages: Vec::new(),
             prepare_images: true,
+            prepare_snapshots: true,
             reserved_memory_mib: 2048,
             max_vms: 0,
             queue_size: 64,

@@ -181,7 +181,25 @@ impl App {
         };
         match self.runner.backend(&kernel, &initramfs).await {
             Ok(_) => *self.backend_error.lock().unwrap() = None,
-            Err(e) => *self.backend_error.lock().unwrap() = Some(error_chain(&e)),
+            Err(e) => {
+                *self.backend_error.lock().unwrap() = Some(error_chain(&e));
+                return;
+            }
+        }
+        if !self.config.prepare_snapshots {
+            return;
+        }
+        // Executions boot cold until their language's snapshot exists.
+        for name in self.languages() {
+            let language = self.runner.languages().get(&name).expect("served").clone();
+            match self.runner.snapshot(&language).await {
+                Ok(snapshot) => {
+                    tracing::info!(language = %name, snapshot = %snapshot.manifest.id, "snapshot ready")
+                }
+                Err(e) => {
+                    tracing::error!(language = %name, error = %error_chain(&e), "snapshot failed; this language boots cold")
+                }
+            }
         }
     }
 

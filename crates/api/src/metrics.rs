@@ -28,6 +28,12 @@ struct ExecutionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartLabels {
+    language: String,
+    start: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -40,6 +46,7 @@ pub struct Metrics {
     code_execution: HistogramFamily,
     total: HistogramFamily,
     executions: Family<ExecutionLabels, Counter>,
+    starts: Family<StartLabels, Counter>,
     rejections: Family<ReasonLabel, Counter>,
     vms_running: Gauge,
     queue_length: Gauge,
@@ -76,6 +83,12 @@ impl Metrics {
             "runner_executions",
             "Executions finished, by language and status (cancelled: the client went away)",
             executions.clone(),
+        );
+        let starts = Family::<StartLabels, Counter>::default();
+        registry.register(
+            "runner_vm_starts",
+            "VMs started, by language and how: cold (booted) or snapshot (restored)",
+            starts.clone(),
         );
         let rejections = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -121,6 +134,7 @@ impl Metrics {
             code_execution,
             total,
             executions,
+            starts,
             rejections,
             vms_running,
             queue_length,
@@ -144,6 +158,14 @@ impl Metrics {
                 status: status.into(),
             })
             .inc();
+        if m.vm_boot_time > 0.0 {
+            self.starts
+                .get_or_create(&StartLabels {
+                    language: result.language.clone(),
+                    start: m.start.as_str().into(),
+                })
+                .inc();
+        }
         if m.ready_time > 0.0 {
             self.vm_boot.observe((m.vm_boot_time + m.ready_time) / 1e3);
         }
