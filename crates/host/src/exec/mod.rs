@@ -517,6 +517,7 @@ impl Runner {
             path: pending.memory(),
         };
         let mut vm = backend.start(spec).await?;
+        let _running = RunningVm::new(&self.vms_running);
         let made = self.warm_and_save(&mut *vm, language, &pending).await;
         let console = vm.console_tail();
         vm.destroy().await;

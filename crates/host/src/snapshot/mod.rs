@@ -155,6 +155,10 @@ impl Pending {
             memory_allocated_bytes: allocated(&self.memory()),
             state_bytes: fs::metadata(self.state()).map_or(0, |m| m.len()),
         };
+        // Guest memory is nobody else's business.
+        let memory = self.memory();
+        fs::set_permissions(&memory, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(ImageError::io("chmod", &memory))?;
         let path = self.scratch.path().join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         fs::write(&path, text).map_err(ImageError::io("write", &path))?;

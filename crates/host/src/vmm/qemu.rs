@@ -156,11 +156,18 @@ impl QemuBackend {
             .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
             .args(["-device", "virtio-rng-pci,rng=rng0"]);
         if let Some(path) = memory_file {
+            // A restored VM opens the snapshot's memory read-only and maps it
+            // privately (readonly=on with rom=off, QEMU 8.2+): even a
+            // compromised QEMU cannot write into the snapshot other VMs use.
+            let access = if share {
+                "share=on"
+            } else {
+                "share=off,readonly=on,rom=off"
+            };
             command.arg("-object").arg(format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                "memory-backend-file,id=mem,size={}M,mem-path={},{access}",
                 spec.memory_mib,
                 path.display(),
-                if share { "on" } else { "off" }
             ));
             command
                 .arg("-chardev")
