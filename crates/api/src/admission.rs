@@ -24,8 +24,10 @@ pub struct Capacity {
     pub cpus: usize,
     /// VMs at once, whatever their size.
     pub max_vms: usize,
-    /// Memory all VMs together may have.
+    /// Memory all executions' VMs together may have.
     pub vm_memory_budget_mib: u64,
+    /// Memory set aside for warm pools, out of what VMs may have.
+    pub pool_memory_mib: u64,
 }
 
 impl Capacity {
@@ -54,7 +56,23 @@ impl Capacity {
             cpus,
             max_vms: if max_vms == 0 { cpus } else { max_vms },
             vm_memory_budget_mib: host_memory_mib - reserved_memory_mib,
+            pool_memory_mib: 0,
         })
+    }
+
+    /// Sets `pool_memory_mib` aside for warm pools (0: a quarter of the VMs'
+    /// memory).
+    pub fn with_pools(mut self, pool_memory_mib: u64, pools_enabled: bool) -> Self {
+        let pool = if !pools_enabled {
+            0
+        } else if pool_memory_mib == 0 {
+            self.vm_memory_budget_mib / 4
+        } else {
+            pool_memory_mib.min(self.vm_memory_budget_mib / 2)
+        };
+        self.pool_memory_mib = pool;
+        self.vm_memory_budget_mib -= pool;
+        self
     }
 
     /// How many VMs of `vm_memory_mib` fit at once.

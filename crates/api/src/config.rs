@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use runner_host::LimitPolicy;
+use runner_host::pool::PoolConfig;
 use runner_host::state::StateDir;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -47,6 +48,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Per-stage defaults and maximums of execution limits.
     pub limits: LimitPolicy,
+    /// Warm pools of restored VMs (languages with a snapshot only).
+    pub pool: PoolConfig,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             max_body_bytes: 8 << 20,
             shutdown_timeout_ms: 30_000,
             limits: LimitPolicy::default(),
+            pool: PoolConfig::default(),
         }
     }
 }

@@ -65,7 +65,7 @@ pub enum ServeError {
 /// What the handlers share.
 pub struct App {
     config: Config,
-    runner: Runner,
+    runner: Arc<Runner>,
     admission: Admission,
     metrics: Metrics,
     /// Per language, what the start-up image build is doing, if anything.
@@ -82,8 +82,12 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Result<Self, ServeError> {
         let capacity = Capacity::of_host(config.reserved_memory_mib, config.max_vms)
-            .map_err(ServeError::Capacity)?;
-        let runner = Runner::new(StateDir::new(&config.state_dir), config.limits.clone())?;
+            .map_err(ServeError::Capacity)?
+            .with_pools(config.pool.memory_mib, config.pool.max_size > 0);
+        let runner = Arc::new(Runner::new(
+            StateDir::new(&config.state_dir),
+            config.limits.clone(),
+        )?);
         for name in &config.languages {
             runner
                 .languages()
@@ -186,9 +190,20 @@ impl App {
                 return;
             }
         }
-        if !self.config.prepare_snapshots {
-            return;
+        if self.config.prepare_snapshots {
+            self.prepare_snapshots().await;
         }
+        if self.config.pool.max_size > 0 && !self.draining.is_cancelled() {
+            let mut pool = self.config.pool.clone();
+            if pool.languages.is_empty() {
+                pool.languages = self.languages();
+            }
+            self.runner
+                .start_pools(pool, self.capacity().pool_memory_mib);
+        }
+    }
+
+    async fn prepare_snapshots(&self) {
         // Executions boot cold until their language's snapshot exists.
         for name in self.languages() {
             let language = self.runner.languages().get(&name).expect("served").clone();
@@ -330,9 +345,19 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app
-        .metrics
-        .encode(app.runner.vms_running(), app.admission.queue_length());
+    let pools: Vec<(String, usize)> = app
+        .languages()
+        .into_iter()
+        .map(|l| {
+            let size = app.runner.pool_size(&l);
+            (l, size)
+        })
+        .collect();
+    let text = app.metrics.encode(
+        app.runner.vms_running(),
+        app.admission.queue_length(),
+        &pools,
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -400,6 +425,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 "shutting down: no new requests; running executions may finish until the deadline"
             );
             app.draining.cancel();
+            app.runner.stop_pools().await;
             let killing = app.killing.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(deadline).await;
@@ -411,6 +437,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServeError::Serve)?;
+    app.runner.stop_pools().await;
     let killed = app.killed.load(Ordering::Relaxed);
     tracing::info!(
         killed,

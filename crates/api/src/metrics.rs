@@ -48,6 +48,7 @@ pub struct Metrics {
     executions: Family<ExecutionLabels, Counter>,
     starts: Family<StartLabels, Counter>,
     rejections: Family<ReasonLabel, Counter>,
+    warm_pool: Family<LanguageLabel, Gauge>,
     vms_running: Gauge,
     queue_length: Gauge,
 }
@@ -118,7 +119,6 @@ impl Metrics {
         );
         capacity.set(max_vms as i64);
         for language in languages {
-            // No warm pools yet: every VM boots cold, so the pools hold 0.
             let _ = warm_pool.get_or_create(&LanguageLabel {
                 language: language.clone(),
             });
@@ -136,6 +136,7 @@ impl Metrics {
             executions,
             starts,
             rejections,
+            warm_pool,
             vms_running,
             queue_length,
         }
@@ -198,8 +199,20 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn encode(&self, vms_running: usize, queue_length: usize) -> String {
+    pub fn encode(
+        &self,
+        vms_running: usize,
+        queue_length: usize,
+        pools: &[(String, usize)],
+    ) -> String {
         self.vms_running.set(vms_running as i64);
+        for (language, size) in pools {
+            self.warm_pool
+                .get_or_create(&LanguageLabel {
+                    language: language.clone(),
+                })
+                .set(*size as i64);
+        }
         self.queue_length.set(queue_length as i64);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

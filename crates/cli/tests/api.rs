@@ -26,6 +26,9 @@ impl Server {
     fn start(args: &[&str]) -> Server {
         let mut child = runner()
             .args(["serve", "--listen", "127.0.0.1:0"])
+            // No warm pools unless a test asks (later flags win): pooled
+            // VMs would be VMs of the server's that tests do not expect.
+            .args(["--set", "pool.max_size=0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -804,4 +807,108 @@ fn the_schema_check_catches_what_does_not_match() {
         let caught = std::panic::catch_unwind(|| check(schema, &value));
         assert!(caught.is_err(), "{schema} accepted {value}");
     }
+}
+
+/// The QEMU processes of the server's warm pool (their run directories are
+/// named `pool-...`).
+fn pool_vms(server: &Server) -> Vec<String> {
+    vm_processes(server.pid())
+        .into_iter()
+        .filter(|p| p.contains(&format!("/run/{}.pool-", server.pid())))
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for_pool(server: &Server, language: &str, size: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gauge = server.metric(&format!("runner_warm_pool_size{{language=\"{language}\"}}"));
+        let vms = pool_vms(server);
+        if gauge == size as f64 && vms.len() == size {
+            return vms;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool never reached {size}: gauge {gauge}, VMs {vms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_warm_pool_hands_out_each_vm_once_and_refills() {
+    let server = Server::start(&[
+        "--languages",
+        "bash",
+        "--set",
+        "pool.min_size=1",
+        "--set",
+        "pool.max_size=1",
+    ]);
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..3 {
+        let pooled = wait_for_pool(&server, "bash", 1);
+        assert!(
+            seen.insert(pooled[0].clone()),
+            "a new VM each round: {pooled:?}"
+        );
+        // A VM that ran anything before would have the marker.
+        let result = server.execute(&json!({
+            "language": "bash",
+            "files": [{ "content": "[ -e /tmp/used ] && echo reused; touch /tmp/used; echo round $1" }],
+            "args": [round.to_string()],
+        }));
+        assert_eq!(result["metrics"]["start"], "pool", "{result:#}");
+        assert_eq!(result["run"]["stdout"], format!("round {round}\n"));
+        assert!(result["metrics"]["ready_time"].as_f64().unwrap() < 5_000.0);
+        // The VM that served is gone, not back in the pool.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool_vms(&server).contains(&pooled[0])
+            || vm_processes(server.pid())
+                .iter()
+                .any(|p| p.starts_with(&format!("{}:", pooled[0])))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the used VM {} lives on",
+                pooled[0]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(
+        server.metric("runner_vm_starts_total{language=\"bash\",start=\"pool\"}"),
+        3.0
+    );
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
+    let server = Server::start(&[
+        "--languages",
+        "bash",
+        "--set",
+        "pool.min_size=1",
+        "--set",
+        "pool.max_size=1",
+        "--set",
+        "pool.refill_interval_ms=200",
+    ]);
+    let pooled = wait_for_pool(&server, "bash", 1);
+    let pid: i32 = pooled[0].parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // At once: the dead VM is skipped, the request still runs.
+    let result =
+        server.execute(&json!({ "language": "bash", "files": [{ "content": "echo alive" }] }));
+    assert_eq!(result["status"], "ok", "{result:#}");
+    assert_eq!(result["run"]["stdout"], "alive\n");
+    // And the pool gets a new VM.
+    let replaced = wait_for_pool(&server, "bash", 1);
+    assert_ne!(replaced, pooled);
+    server.stop(Duration::from_secs(30));
 }

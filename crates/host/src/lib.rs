@@ -5,12 +5,14 @@
 //!   Debian packages and cached by content;
 //! - [`vmm`]: virtual machine monitors behind one trait (QEMU today);
 //! - [`snapshot`]: VMs saved ready to run, restored instead of booted;
+//! - [`pool`]: warm pools of restored VMs waiting for requests;
 //! - [`exec`]: one execution, from request to result, in a fresh VM;
 //! - [`state`]: where all of it lives on the host.
 
 pub mod exec;
 pub mod image;
 pub mod lang;
+pub mod pool;
 pub mod snapshot;
 pub mod state;
 pub mod vmm;

@@ -27,6 +27,7 @@ pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Stat
 
 use crate::image::{Agent, DebianSource, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::{Language, LanguageError, Languages};
+use crate::pool::{PoolConfig, Pooled, Pools};
 use crate::snapshot::{Snapshot, SnapshotKey, SnapshotStore};
 use crate::state::StateDir;
 use crate::vmm::qemu::QemuBackend;
@@ -148,6 +149,9 @@ pub struct Runner {
     limits: LimitPolicy,
     backend: OnceCell<Arc<dyn Backend>>,
     vms_running: Arc<AtomicUsize>,
+    /// Warm pools, once [`Runner::start_pools`] started them.
+    pools: std::sync::OnceLock<Arc<Pools>>,
+    pool_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Counts a VM as running while it lives.
@@ -191,6 +195,8 @@ impl Runner {
             limits,
             backend: OnceCell::new(),
             vms_running: Arc::default(),
+            pools: std::sync::OnceLock::new(),
+            pool_task: std::sync::Mutex::default(),
         })
     }
 
@@ -408,6 +414,14 @@ impl Runner {
             .backend(&images.kernel.vmlinux, &images.initramfs)
             .await?;
         transcript.backend = Some((backend.info().name, backend.info().accel));
+        let boot_timeout = match backend.info().accel {
+            Accel::Kvm => Duration::from_secs(20),
+            Accel::Tcg => Duration::from_secs(90),
+        };
+        if let Some(vm) = self.take_pooled(plan, transcript).await {
+            let _running = RunningVm::new(&self.vms_running);
+            return run_on(vm, &plan.exec, None, boot_timeout, transcript, stop).await;
+        }
         let mut spec = self.vm_spec(&images, plan.vm_memory_mib, trace_id);
         // A snapshot's VM may be bigger than the request needs: the cgroup
         // limits inside are what the program gets.
@@ -428,28 +442,207 @@ impl Runner {
             transcript.start = StartKind::Snapshot;
         }
         let boot_started = Instant::now();
-        let mut vm = tokio::select! {
+        let vm = tokio::select! {
             vm = backend.start(spec) => vm?,
             reason = &mut stop => return Err(ExecError::Stopped(reason)),
         };
         let _running = RunningVm::new(&self.vms_running);
         transcript.vm_started = Some(boot_started);
         transcript.vm_up = Some(Instant::now());
-        let boot_timeout = match backend.info().accel {
-            Accel::Kvm => Duration::from_secs(20),
-            Accel::Tcg => Duration::from_secs(90),
-        };
         let wake = snapshot.is_some().then(wake);
-        let outcome = tokio::select! {
-            outcome = converse(&mut *vm, &plan.exec, wake, boot_timeout, transcript) => outcome,
-            reason = &mut stop => Err(ExecError::Stopped(reason)),
-        };
-        vm.destroy().await;
-        outcome
+        run_on(vm, &plan.exec, Some(wake), boot_timeout, transcript, stop).await
+    }
+
+    /// A VM from the warm pool, resumed and made unique again, if one waits
+    /// and comes back to life. One that does not (killed from outside while
+    /// it waited) is destroyed and the next tried, so the request is not
+    /// lost.
+    async fn take_pooled(&self, plan: &Plan, transcript: &mut Transcript) -> Option<Box<dyn Vm>> {
+        let pools = self.pools.get()?;
+        while let Some(pooled) = pools.take(&plan.language.name, plan.vm_memory_mib) {
+            let started = Instant::now();
+            let mut vm = pooled.vm;
+            if vm.is_alive() && vm.pause(false).await.is_ok() {
+                let up = Instant::now();
+                if await_ready(&mut *vm, Some(wake()), Duration::from_secs(10))
+                    .await
+                    .is_ok()
+                {
+                    transcript.start = StartKind::Pool;
+                    transcript.vm_started = Some(started);
+                    transcript.vm_up = Some(up);
+                    transcript.ready_at = Some(Instant::now());
+                    transcript.stage_started = transcript.ready_at;
+                    return Some(vm);
+                }
+            }
+            tracing::warn!(language = %plan.language.name, "a pooled VM did not come back; trying the next");
+            vm.destroy().await;
+        }
+        None
     }
 }
 
+/// Waits for `vm` to be ready (`ready`: whether to wake it first, and how
+/// long to wait; `None` when it is ready already), runs `exec` on it, and
+/// destroys it.
+async fn run_on(
+    mut vm: Box<dyn Vm>,
+    exec: &ExecRequest,
+    ready: Option<Option<Wake>>,
+    boot_timeout: Duration,
+    transcript: &mut Transcript,
+    mut stop: Stop<'_>,
+) -> Result<(), ExecError> {
+    let outcome = tokio::select! {
+        outcome = async {
+            if let Some(wake) = ready {
+                await_ready(&mut *vm, wake, boot_timeout).await?;
+                transcript.ready_at = Some(Instant::now());
+                transcript.stage_started = transcript.ready_at;
+            }
+            converse(&mut *vm, exec, transcript).await
+        } => outcome,
+        reason = &mut stop => Err(ExecError::Stopped(reason)),
+    };
+    vm.destroy().await;
+    outcome
+}
+
 impl Runner {
+    /// Starts warm pools: a task that keeps restored, paused VMs ready per
+    /// language (see [`crate::pool`]) until the runner is dropped or
+    /// [`Runner::stop_pools`] is called. `memory_mib` bounds all pooled VMs
+    /// together.
+    pub fn start_pools(self: &Arc<Self>, config: PoolConfig, memory_mib: u64) {
+        let interval = Duration::from_millis(config.refill_interval_ms.max(10));
+        let pools = Arc::new(Pools::new(config, memory_mib));
+        if self.pools.set(pools.clone()).is_err() {
+            return;
+        }
+        let runner = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(runner) = runner.upgrade() else {
+                    return;
+                };
+                runner.tend_pools(&pools).await;
+                drop(runner);
+                tokio::select! {
+                    () = pools.wake.notified() => {}
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        *self.pool_task.lock().unwrap() = Some(task);
+    }
+
+    /// Stops refilling and destroys every pooled VM.
+    pub async fn stop_pools(&self) {
+        let task = self.pool_task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(pools) = self.pools.get() {
+            for pooled in pools.drain() {
+                pooled.vm.destroy().await;
+            }
+        }
+    }
+
+    /// VMs waiting in `language`'s warm pool.
+    pub fn pool_size(&self, language: &str) -> usize {
+        self.pools.get().map_or(0, |p| p.size(language))
+    }
+
+    /// Recycles stale pool VMs and restores new ones up to each pool's
+    /// target. Only languages whose images and snapshot exist get a pool.
+    async fn tend_pools(&self, pools: &Pools) {
+        for pooled in pools.stale() {
+            tracing::info!(language = %pooled.language, "recycling a pooled VM (too old, or its VMM died)");
+            pooled.vm.destroy().await;
+        }
+        let agent = agent();
+        for language in self.languages.all() {
+            let listed = &pools.config.languages;
+            if !listed.is_empty()
+                && !listed
+                    .iter()
+                    .any(|l| self.languages.get(l).is_ok_and(|l| l.name == language.name))
+            {
+                continue;
+            }
+            if self.images.rootfs_manifest(language).is_none()
+                || self.images.boot_files(agent).is_none()
+            {
+                continue;
+            }
+            let Ok(images) = self.prepare(language, Arc::new(())).await else {
+                continue;
+            };
+            let Ok(backend) = self
+                .backend(&images.kernel.vmlinux, &images.initramfs)
+                .await
+            else {
+                continue;
+            };
+            let Some(snapshot) = self
+                .snapshots
+                .find(&self.snapshot_key(language, &images, &*backend))
+            else {
+                continue;
+            };
+            for pooled in pools.surplus(&language.name) {
+                tracing::info!(language = %pooled.language, "shrinking the warm pool: demand fell off");
+                pooled.vm.destroy().await;
+            }
+            while pools.reserve(&language.name, snapshot.memory_mib()) {
+                match self.restore_paused(&images, &snapshot, &*backend).await {
+                    Ok(vm) => pools.put(Pooled {
+                        vm,
+                        language: language.name.clone(),
+                        memory_mib: snapshot.memory_mib(),
+                        created: Instant::now(),
+                    }),
+                    Err(e) => {
+                        pools.unreserve(&language.name, snapshot.memory_mib());
+                        tracing::warn!(language = %language.name, error = %e, "could not fill the warm pool");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A VM restored from `snapshot`, made unique, then paused.
+    async fn restore_paused(
+        &self,
+        images: &GuestImages,
+        snapshot: &Snapshot,
+        backend: &dyn Backend,
+    ) -> Result<Box<dyn Vm>, ExecError> {
+        let id = format!("pool-{}", new_trace_id());
+        let mut spec = self.vm_spec(images, snapshot.memory_mib(), &id);
+        spec.memory = Memory::Restore {
+            path: snapshot.memory(),
+            state: snapshot.state(),
+        };
+        let mut vm = backend.start(spec).await?;
+        let ready = async {
+            await_ready(&mut *vm, Some(wake()), Duration::from_secs(30)).await?;
+            vm.pause(true).await?;
+            Ok::<_, ExecError>(())
+        };
+        match ready.await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                vm.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
     fn vm_spec(&self, images: &GuestImages, memory_mib: u32, id: &str) -> VmSpec {
         VmSpec {
             id: id.to_string(),
@@ -735,12 +928,11 @@ impl Transcript {
 }
 
 /// Hello, request, output until done.
-async fn converse(
+/// The agent's hello, after a [`Wake`] for a restored VM.
+async fn await_ready(
     vm: &mut dyn Vm,
-    exec: &ExecRequest,
     wake: Option<Wake>,
     boot_timeout: Duration,
-    transcript: &mut Transcript,
 ) -> Result<(), ExecError> {
     let lost = |vm: &dyn Vm| {
         let console = vm.console_tail();
@@ -769,8 +961,19 @@ async fn converse(
             });
         }
     }
-    transcript.ready_at = Some(Instant::now());
-    transcript.stage_started = transcript.ready_at;
+    Ok(())
+}
+
+/// Request, then output until done, on a ready VM.
+async fn converse(
+    vm: &mut dyn Vm,
+    exec: &ExecRequest,
+    transcript: &mut Transcript,
+) -> Result<(), ExecError> {
+    let lost = |vm: &dyn Vm| {
+        let console = vm.console_tail();
+        move |source| ExecError::AgentLost { source, console }
+    };
     if let Err(e) = vm.channel().send(&Frame::Exec(exec.clone())).await {
         return Err(lost(vm)(e));
     }

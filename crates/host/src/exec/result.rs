@@ -148,6 +148,8 @@ pub enum StartKind {
     Cold,
     /// Restored from the language's snapshot.
     Snapshot,
+    /// Taken from the warm pool: restored ahead of the request.
+    Pool,
 }
 
 impl StartKind {
@@ -155,6 +157,7 @@ impl StartKind {
         match self {
             StartKind::Cold => "cold",
             StartKind::Snapshot => "snapshot",
+            StartKind::Pool => "pool",
         }
     }
 }

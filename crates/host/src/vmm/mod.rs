@@ -114,6 +114,15 @@ pub trait Vm: Send {
     /// useless afterwards: destroy it.
     async fn snapshot(&mut self, state: &std::path::Path) -> Result<(), VmmError>;
 
+    /// Stops the guest's CPUs (a VM waiting in a pool uses no CPU), or lets
+    /// them run again. Only VMs restored from a snapshot have a monitor to
+    /// do it with.
+    async fn pause(&mut self, paused: bool) -> Result<(), VmmError>;
+
+    /// Whether the VMM process still runs (a pool VM can be killed from
+    /// outside while it waits).
+    fn is_alive(&mut self) -> bool;
+
     /// Kills the VM and removes its host-side files. Dropping a VM does the
     /// same without waiting for the process to be reaped.
     async fn destroy(self: Box<Self>);

@@ -352,6 +352,20 @@ impl Vm for QemuVm {
         self.console.tail()
     }
 
+    async fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmmError::Migration("this VM has no monitor to pause it".into()))?;
+        let command = if paused { "stop" } else { "cont" };
+        qmp.execute(command, serde_json::Value::Null).await?;
+        Ok(())
+    }
+
+    fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     async fn snapshot(&mut self, state: &Path) -> Result<(), VmmError> {
         let qmp = self
             .qmp
