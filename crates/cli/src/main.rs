@@ -343,7 +343,14 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = printer.await;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        let text = serde_json::to_string_pretty(&result)?;
+        // A closed stdout (`| head`) is the reader's choice, not a failure;
+        // the VM is gone already.
+        if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(e.into());
+            }
+        }
     } else if result.status != Status::Ok {
         match &result.message {
             Some(message) => eprintln!("runner: {}: {message}", result.status),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_clean, run, run_dirs, spawn, vm_processes, wait_for_first_line};
+use common::{assert_clean, run, run_dirs, runner, spawn, vm_processes, wait_for_first_line};
 
 #[test]
 fn bash_hello_world() {
@@ -363,4 +363,25 @@ fn no_disk_space_says_so_before_building() {
     assert!(stderr.contains("not enough disk space in"), "{stderr}");
     assert!(stderr.contains("MiB free, building needs"), "{stderr}");
     assert!(stderr.contains("RUNNER_HOME"), "says what to do: {stderr}");
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_a_failure() {
+    use std::io::Read;
+    // `runner run --json ... | head -c 10`: the result is bigger than a pipe.
+    let mut child = runner()
+        .args(["run", "--json", "--lang", "bash", "-c", "seq 1 30000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut head = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The pipe is closed here, before the rest is read.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_clean(pid);
 }
