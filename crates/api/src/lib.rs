@@ -65,6 +65,8 @@ pub enum ServeError {
 /// What the handlers share.
 pub struct App {
     config: Config,
+    /// The names of the languages served, worked out once from `config`.
+    served: Vec<String>,
     runner: Arc<Runner>,
     admission: Admission,
     metrics: Metrics,
@@ -102,6 +104,7 @@ impl App {
         let served = served(&runner, &config.languages);
         Ok(Self {
             metrics: Metrics::new(&served, capacity.max_vms),
+            served,
             config,
             runner,
             admission,
@@ -118,12 +121,12 @@ impl App {
     }
 
     /// The languages served, by their names.
-    fn languages(&self) -> Vec<String> {
-        served(&self.runner, &self.config.languages)
+    fn languages(&self) -> &[String] {
+        &self.served
     }
 
     fn serves(&self, name: &str) -> bool {
-        self.languages().iter().any(|served| served == name)
+        self.served.iter().any(|served| served == name)
     }
 
     /// Completes, with the reason, when running executions must stop.
@@ -149,7 +152,7 @@ impl App {
     /// backend, recording progress for `/readyz`.
     async fn prepare(self: Arc<Self>) {
         for name in self.languages() {
-            let language = self.runner.languages().get(&name).expect("served").clone();
+            let language = self.runner.languages().get(name).expect("served").clone();
             if self.runner.images().rootfs_manifest(&language).is_some()
                 && self
                     .runner
@@ -162,18 +165,18 @@ impl App {
             if !self.config.prepare_images {
                 continue;
             }
-            self.set_preparing(&name, Some("building".into()));
+            self.set_preparing(name, Some("building".into()));
             tracing::info!(language = %name, "building images");
             match self
                 .runner
                 .prepare(&language, Arc::new(()) as Arc<dyn Progress + Send>)
                 .await
             {
-                Ok(_) => self.set_preparing(&name, None),
+                Ok(_) => self.set_preparing(name, None),
                 Err(e) => {
                     let message = error_chain(&e);
                     tracing::error!(language = %name, error = %message, "image build failed");
-                    self.set_preparing(&name, Some(format!("failed: {message}")));
+                    self.set_preparing(name, Some(format!("failed: {message}")));
                 }
             }
         }
@@ -196,7 +199,7 @@ impl App {
         if self.config.pool.max_size > 0 && !self.draining.is_cancelled() {
             let mut pool = self.config.pool.clone();
             if pool.languages.is_empty() {
-                pool.languages = self.languages();
+                pool.languages = self.languages().to_vec();
             }
             self.runner
                 .start_pools(pool, self.capacity().pool_memory_mib);
@@ -206,7 +209,7 @@ impl App {
     async fn prepare_snapshots(&self) {
         // Executions boot cold until their language's snapshot exists.
         for name in self.languages() {
-            let language = self.runner.languages().get(&name).expect("served").clone();
+            let language = self.runner.languages().get(name).expect("served").clone();
             match self.runner.snapshot(&language).await {
                 Ok(snapshot) => {
                     tracing::info!(language = %name, snapshot = %snapshot.manifest.id, "snapshot ready")
@@ -312,9 +315,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut languages = serde_json::Map::new();
     let mut all_built = boot_files;
     for name in app.languages() {
-        let language = app.runner.languages().get(&name).expect("served");
+        let language = app.runner.languages().get(name).expect("served");
         let state = match (
-            preparing.get(&name),
+            preparing.get(name),
             app.runner.images().rootfs_manifest(language),
         ) {
             (Some(state), _) => state.clone(),
@@ -322,7 +325,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             _ => "missing: run `runner image build`".into(),
         };
         all_built &= state == "ready";
-        languages.insert(name, json!(state));
+        languages.insert(name.clone(), json!(state));
     }
     let backend = app.runner.backend_info();
     let backend_error = app.backend_error.lock().unwrap().clone();
@@ -347,11 +350,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let pools: Vec<(String, usize)> = app
         .languages()
-        .into_iter()
-        .map(|l| {
-            let size = app.runner.pool_size(&l);
-            (l, size)
-        })
+        .iter()
+        .map(|l| (l.clone(), app.runner.pool_size(l)))
         .collect();
     let text = app.metrics.encode(
         app.runner.vms_running(),
