@@ -252,11 +252,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.print_config {
         let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.max_vms)
             .map_err(anyhow::Error::msg)?;
-        let vm = u64::from(
-            runner_host::lang::Languages::builtin()?
-                .get("python")?
-                .memory_mib,
-        ) + 64;
+        let python = runner_host::lang::Languages::builtin()?
+            .get("python")?
+            .memory_mib;
+        let vm = u64::from(runner_host::exec::vm_memory_mib(python.into()));
         println!(
             "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
             capacity.vms_of(vm),

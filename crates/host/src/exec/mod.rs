@@ -46,6 +46,11 @@ pub fn agent() -> &'static Agent {
 /// and the page cache of the interpreter.
 const GUEST_RESERVE_MIB: u64 = 64;
 
+/// The memory of a VM whose largest stage may use `program_mib`.
+pub fn vm_memory_mib(program_mib: u64) -> u32 {
+    (program_mib + GUEST_RESERVE_MIB) as u32
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error(transparent)]
@@ -357,7 +362,7 @@ impl Runner {
         Ok(Plan {
             language,
             exec,
-            vm_memory_mib: (largest + GUEST_RESERVE_MIB) as u32,
+            vm_memory_mib: vm_memory_mib(largest),
         })
     }
 
@@ -422,7 +427,6 @@ impl Runner {
             let _running = RunningVm::new(&self.vms_running);
             return run_on(vm, &plan.exec, None, boot_timeout, transcript, stop).await;
         }
-        let mut spec = self.vm_spec(&images, plan.vm_memory_mib, trace_id);
         // A snapshot's VM may be bigger than the request needs: the cgroup
         // limits inside are what the program gets.
         let snapshot = self
@@ -433,14 +437,13 @@ impl Runner {
             })
             .flatten()
             .filter(|s| s.memory_mib() >= plan.vm_memory_mib);
-        if let Some(snapshot) = &snapshot {
-            spec.memory_mib = snapshot.memory_mib();
-            spec.memory = Memory::Restore {
-                path: snapshot.memory(),
-                state: snapshot.state(),
-            };
-            transcript.start = StartKind::Snapshot;
-        }
+        let spec = match &snapshot {
+            Some(snapshot) => {
+                transcript.start = StartKind::Snapshot;
+                self.restore_spec(&images, snapshot, trace_id)
+            }
+            None => self.vm_spec(&images, plan.vm_memory_mib, trace_id),
+        };
         let boot_started = Instant::now();
         let vm = tokio::select! {
             vm = backend.start(spec) => vm?,
@@ -623,12 +626,9 @@ impl Runner {
         backend: &dyn Backend,
     ) -> Result<Box<dyn Vm>, ExecError> {
         let id = format!("pool-{}", new_trace_id());
-        let mut spec = self.vm_spec(images, snapshot.memory_mib(), &id);
-        spec.memory = Memory::Restore {
-            path: snapshot.memory(),
-            state: snapshot.state(),
-        };
-        let mut vm = backend.start(spec).await?;
+        let mut vm = backend
+            .start(self.restore_spec(images, snapshot, &id))
+            .await?;
         let ready = async {
             await_ready(&mut *vm, Some(wake()), Duration::from_secs(30)).await?;
             vm.pause(true).await?;
@@ -640,6 +640,17 @@ impl Runner {
                 vm.destroy().await;
                 Err(e)
             }
+        }
+    }
+
+    /// A VM of `snapshot`'s size that restores it instead of booting.
+    fn restore_spec(&self, images: &GuestImages, snapshot: &Snapshot, id: &str) -> VmSpec {
+        VmSpec {
+            memory: Memory::Restore {
+                path: snapshot.memory(),
+                state: snapshot.state(),
+            },
+            ..self.vm_spec(images, snapshot.memory_mib(), id)
         }
     }
 
@@ -682,7 +693,7 @@ impl Runner {
             format!("{} {}", info.name, info.version),
             info.accel.to_string(),
             backend.cpu_model().to_string(),
-            language.memory_mib + GUEST_RESERVE_MIB as u32,
+            vm_memory_mib(language.memory_mib.into()),
             language.warm.clone(),
         )
     }
@@ -696,6 +707,7 @@ impl Runner {
             .backend(&images.kernel.vmlinux, &images.initramfs)
             .await?;
         let key = self.snapshot_key(language, &images, &*backend);
+        let memory_mib = key.memory_mib;
         let store = self.snapshots.clone();
         let begun = tokio::task::spawn_blocking(move || store.begin(&key))
             .await
@@ -705,7 +717,7 @@ impl Runner {
             Err(existing) => return Ok(existing),
         };
         let id = format!("snapshot-{}-{}", language.name, new_trace_id());
-        let mut spec = self.vm_spec(&images, language.memory_mib + GUEST_RESERVE_MIB as u32, &id);
+        let mut spec = self.vm_spec(&images, memory_mib, &id);
         spec.memory = Memory::Template {
             path: pending.memory(),
         };
@@ -734,18 +746,8 @@ impl Runner {
             language: language.name.clone(),
             message,
         };
-        let boot_timeout = Duration::from_secs(90);
-        match tokio::time::timeout(boot_timeout, vm.channel().recv()).await {
-            Ok(Ok(Frame::Hello(_))) => {}
-            Ok(Ok(other)) => return Err(failed(format!("expected hello, got {:?}", other.kind()))),
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => {
-                return Err(failed(format!(
-                    "no hello within {} s",
-                    boot_timeout.as_secs()
-                )));
-            }
-        }
+        // A boot that fails says so with the console, as for executions.
+        await_ready(vm, None, Duration::from_secs(90)).await?;
         if let Some(code) = &language.warm {
             let request = ExecutionRequest {
                 language: language.name.clone(),
