@@ -37,6 +37,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
     let decoder = Decoder::new(MAX_HOST_FRAME);
     let mut reader = port;
     let mut served = false;
+    let mut prestarted: Option<stage::Prestarted> = None;
     loop {
         let frame = match decoder.read(&mut reader) {
             Ok(Some(frame)) => frame,
@@ -53,16 +54,26 @@ pub fn run(mode: Mode) -> Result<(), String> {
             }
             Frame::Exec(request) => {
                 served = true;
-                if let Err(message) = execute(&request, &mut out) {
+                if let Err(message) = execute(&request, prestarted.take(), &mut out) {
                     out.fail(message)?;
                 }
             }
-            // Warming and waking happen before the one execution.
-            Frame::Warm(_) | Frame::Wake(_) if served => {
+            // Warming, prestarting and waking happen before the one execution.
+            Frame::Warm(_) | Frame::Wake(_) | Frame::Prestart(_) if served => {
                 out.fail("this VM has served its one execution; start a new VM".into())?
             }
+            Frame::Prestart(_) if prestarted.is_some() => {
+                out.fail("a runtime is already prestarted in this VM".into())?
+            }
+            Frame::Prestart(spec) => match stage::prestart(&spec) {
+                Ok(runtime) => {
+                    prestarted = Some(runtime);
+                    out.send(&Frame::Done)?;
+                }
+                Err(message) => out.fail(message)?,
+            },
             Frame::Warm(request) => {
-                let warmed = execute(&request, &mut out).and_then(|()| clear_scratch());
+                let warmed = execute(&request, None, &mut out).and_then(|()| clear_scratch());
                 if let Err(message) = warmed {
                     out.fail(message)?;
                 }
@@ -104,10 +115,27 @@ impl Port {
     }
 }
 
-fn execute(request: &ExecRequest, out: &mut Port) -> Result<(), String> {
+/// Runs the request's stages in order. The first one goes to the
+/// prestarted runtime if it fits; else the runtime is killed first, so that
+/// it takes no memory from the stages.
+fn execute(
+    request: &ExecRequest,
+    prestarted: Option<stage::Prestarted>,
+    out: &mut Port,
+) -> Result<(), String> {
+    let mut prestarted = prestarted.and_then(|mut runtime| match request.stages.first() {
+        Some(first) if runtime.fits(first, &request.env) => Some(runtime),
+        _ => {
+            runtime.discard();
+            None
+        }
+    });
     prepare_work_dir(request)?;
     for spec in &request.stages {
-        let report = stage::run(spec, &request.stdin, &request.env, out)?;
+        let report = match prestarted.take() {
+            Some(runtime) => runtime.run(spec, &request.stdin, out)?,
+            None => stage::run(spec, &request.stdin, &request.env, out)?,
+        };
         let failed = report.exit_code != Some(0);
         out.send(&Frame::StageEnd(report))?;
         if failed {

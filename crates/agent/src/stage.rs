@@ -18,14 +18,14 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use runner_protocol::{Frame, Limits, StageReport, StageSpec};
+use runner_protocol::{Frame, Limits, PrestartSpec, StageReport, StageSpec};
 
 use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
 
@@ -53,30 +53,22 @@ pub fn run(
     };
     let limits = spec.limits;
     let scratch = Scratch::cap(limits.file_size_bytes)?;
-    let cgroup = Cgroup::create(&spec.name, &limits)?;
-    let mut command = Command::new(program);
-    command
-        .args(&spec.argv[1..])
-        .current_dir(WORK_DIR)
-        .env_clear()
-        .env("PATH", BASE_PATH)
-        .env("HOME", WORK_DIR)
-        .env("USER", "runner")
-        .env("LANG", "C.UTF-8")
-        .env("TMPDIR", "/tmp")
-        .envs(env)
-        .stdin(if spec.stdin && !stdin.is_empty() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let cgroup = Cgroup::create(&spec.name)?;
+    if let Err(e) = cgroup.limit(&limits) {
+        cgroup.remove();
+        return Err(e);
+    }
+    let mut command = command(&spec.argv, env);
+    command.stdin(if spec.stdin && !stdin.is_empty() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let cgroup_procs = cgroup.procs.as_raw_fd();
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls on values copied into it.
     unsafe {
-        command.pre_exec(move || enter_sandbox(cgroup_procs, &limits));
+        command.pre_exec(move || enter_sandbox(cgroup_procs, Some(&limits), None));
     }
 
     let started = Instant::now();
@@ -87,13 +79,272 @@ pub fn run(
             return Err(format!("start {program}: {e}"));
         }
     };
+    let input = child.stdin.take();
+    let process = Process {
+        child,
+        cgroup,
+        input,
+        started,
+        cpu_baseline_us: 0,
+        prestarted: false,
+    };
+    supervise(spec, process, stdin, scratch, out)
+}
+
+/// A runtime started before the snapshot, waiting on fd 3 for its run
+/// stage (see [`PrestartSpec`]).
+pub struct Prestarted {
+    spec: PrestartSpec,
+    child: Child,
+    cgroup: Cgroup,
+    input: ChildStdin,
+    control: File,
+}
+
+/// The control pipe's number in a prestarted process.
+const CONTROL_FD: i32 = 3;
+
+/// Starts `spec`'s runtime as the run user in a cgroup of its own, without
+/// limits yet: they are the request's, applied at the hand-over.
+pub fn prestart(spec: &PrestartSpec) -> Result<Prestarted, String> {
+    let Some(program) = spec.argv.first() else {
+        return Err("prestart with an empty command".into());
+    };
+    let (control_read, control_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("control pipe: {e}"))?;
+    let cgroup = Cgroup::create("prestart")?;
+    let mut command = command(&spec.argv, &spec.env);
+    command.stdin(Stdio::piped());
+    let cgroup_procs = cgroup.procs.as_raw_fd();
+    let control = control_read.as_raw_fd();
+    // SAFETY: as in `run`; `control_read` outlives the spawn.
+    unsafe {
+        command.pre_exec(move || enter_sandbox(cgroup_procs, None, Some(control)));
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            cgroup.remove();
+            return Err(format!("start {program}: {e}"));
+        }
+    };
+    drop(control_read);
+    if let Err(e) = await_waiting(&mut child) {
+        cgroup.kill();
+        let _ = child.wait();
+        cgroup.remove();
+        return Err(e);
+    }
+    let input = child.stdin.take().expect("stdin is piped");
+    Ok(Prestarted {
+        spec: spec.clone(),
+        child,
+        cgroup,
+        input,
+        control: File::from(control_write),
+    })
+}
+
+/// Longest a runtime may take to get through its start-up.
+const PRESTART_TIMEOUT: Duration = Duration::from_secs(110);
+
+/// Waits until the prestarted process blocks reading its control pipe: its
+/// start-up is over and the snapshot can be taken. The kernel shows the
+/// system call a process sleeps in, with its arguments, in
+/// `/proc/<pid>/syscall`.
+fn await_waiting(child: &mut Child) -> Result<(), String> {
+    let path = format!("/proc/{}/syscall", child.id());
+    let waiting = format!("{} {:#x} ", libc::SYS_read, CONTROL_FD);
+    let deadline = Instant::now() + PRESTART_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(pipe) = child.stderr.as_mut() {
+                let _ = pipe.take(4096).read_to_string(&mut stderr);
+            }
+            return Err(format!(
+                "the prestarted runtime exited ({status}) before it was ready: {}",
+                stderr.trim()
+            ));
+        }
+        if fs::read_to_string(&path).is_ok_and(|s| s.starts_with(&waiting)) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!(
+        "the prestarted runtime did not wait on fd {CONTROL_FD} within {} s",
+        PRESTART_TIMEOUT.as_secs()
+    ))
+}
+
+impl Prestarted {
+    /// Whether `stage` can be handed to this runtime: its command is the
+    /// one the runtime replaces (plus arguments), the environment is the
+    /// one it started with, and it is still waiting.
+    pub fn fits(&mut self, stage: &StageSpec, env: &BTreeMap<String, String>) -> bool {
+        stage.argv.starts_with(&self.spec.replaces)
+            && *env == self.spec.env
+            && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the waiting runtime, for a request it does not fit.
+    pub fn discard(mut self) {
+        self.cgroup.kill();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.cgroup.remove();
+    }
+
+    /// Runs `spec` in the waiting runtime: the stage's limits on its cgroup
+    /// and process, then the arguments on the control pipe.
+    pub fn run(
+        self,
+        spec: &StageSpec,
+        stdin: &[u8],
+        out: &mut Port,
+    ) -> Result<StageReport, String> {
+        let Prestarted {
+            spec: prestart,
+            child,
+            cgroup,
+            input,
+            mut control,
+        } = self;
+        let limits = spec.limits;
+        let pid = child.id() as libc::pid_t;
+        let fail = |message: String, cgroup: Cgroup| {
+            cgroup.kill();
+            cgroup.remove();
+            Err(message)
+        };
+        let scratch = match Scratch::cap(limits.file_size_bytes) {
+            Ok(scratch) => scratch,
+            Err(e) => return fail(e, cgroup),
+        };
+        // Its start-up is not the program's: CPU time counts from here, and
+        // the per-process backstop allows for what start-up already used.
+        let cpu_baseline_us = cgroup.cpu_usage_us();
+        let cpu_seconds = (cpu_baseline_us + limits.cpu_ms * 1000).div_ceil(1_000_000) + 1;
+        let limited = cgroup.limit(&limits).and_then(|()| {
+            prlimit(pid, libc::RLIMIT_CORE, 0, 0)?;
+            prlimit(
+                pid,
+                libc::RLIMIT_FSIZE,
+                limits.file_size_bytes,
+                limits.file_size_bytes,
+            )?;
+            prlimit(pid, libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)
+        });
+        if let Err(e) = limited {
+            return fail(e, cgroup);
+        }
+        let mut message = Vec::new();
+        for arg in &spec.argv[prestart.replaces.len()..] {
+            message.extend_from_slice(arg.as_bytes());
+            message.push(0);
+        }
+        let started = Instant::now();
+        if let Err(e) = control.write_all(&message) {
+            return fail(
+                format!("hand the run to the prestarted runtime: {e}"),
+                cgroup,
+            );
+        }
+        drop(control);
+        let process = Process {
+            child,
+            cgroup,
+            input: Some(input),
+            started,
+            cpu_baseline_us,
+            prestarted: true,
+        };
+        supervise(spec, process, stdin, scratch, out)
+    }
+}
+
+fn prlimit(
+    pid: libc::pid_t,
+    resource: libc::__rlimit_resource_t,
+    soft: u64,
+    hard: u64,
+) -> Result<(), String> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit reads the struct on this stack frame and writes nothing
+    // (the old-limit pointer is null).
+    let ret = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
+    if ret < 0 {
+        Err(format!(
+            "set resource limit {resource} of process {pid}: {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A stage's command with the base environment, piped stdout and stderr.
+fn command(argv: &[String], env: &BTreeMap<String, String>) -> Command {
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(WORK_DIR)
+        .env_clear()
+        .env("PATH", BASE_PATH)
+        .env("HOME", WORK_DIR)
+        .env("USER", "runner")
+        .env("LANG", "C.UTF-8")
+        .env("TMPDIR", "/tmp")
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A stage's main process, running, with its cgroup.
+struct Process {
+    child: Child,
+    cgroup: Cgroup,
+    /// The write end of its stdin, if it is a pipe.
+    input: Option<ChildStdin>,
+    started: Instant,
+    /// The cgroup's CPU time before the stage began (a prestarted runtime's
+    /// start-up).
+    cpu_baseline_us: u64,
+    prestarted: bool,
+}
+
+/// Streams a stage's output to the host and enforces its limits until its
+/// process tree is gone.
+fn supervise(
+    spec: &StageSpec,
+    process: Process,
+    stdin: &[u8],
+    scratch: Scratch,
+    out: &mut Port,
+) -> Result<StageReport, String> {
+    let Process {
+        mut child,
+        cgroup,
+        input,
+        started,
+        cpu_baseline_us,
+        prestarted,
+    } = process;
+    let limits = spec.limits;
     let pgid = Pid::from_raw(child.id() as i32);
 
     let (tx, rx) = mpsc::channel();
-    if let Some(mut pipe) = child.stdin.take() {
-        let input = stdin.to_vec();
-        // A program that does not read its stdin closes the pipe: not an error.
-        thread::spawn(move || drop(pipe.write_all(&input)));
+    if let Some(mut pipe) = input {
+        if spec.stdin && !stdin.is_empty() {
+            let input = stdin.to_vec();
+            // A program that does not read its stdin closes the pipe: not an error.
+            thread::spawn(move || drop(pipe.write_all(&input)));
+        }
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -111,6 +362,7 @@ pub fn run(
     };
     let mut report = StageReport {
         name: spec.name.clone(),
+        prestarted,
         ..Default::default()
     };
     let mut budget = limits.output_bytes;
@@ -172,7 +424,7 @@ pub fn run(
                 deadline = Instant::now() + DRAIN;
             }
             Err(RecvTimeoutError::Timeout) => {
-                if cgroup.cpu_usage_us() >= limits.cpu_ms * 1000 {
+                if cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us) >= limits.cpu_ms * 1000 {
                     report.cpu_time_exceeded = true;
                     killed = true;
                     kill();
@@ -183,7 +435,7 @@ pub fn run(
         }
     }
     let usage = cgroup.usage();
-    report.cpu_time_us = usage.cpu_us;
+    report.cpu_time_us = usage.cpu_us.saturating_sub(cpu_baseline_us);
     report.memory_peak_bytes = usage.memory_peak;
     report.memory_exceeded = usage.oom_kills > 0;
     report.process_limit_hit = usage.pids_max_hits > 0;
@@ -216,8 +468,13 @@ fn forward(mut pipe: impl Read + Send + 'static, stderr: bool, tx: Sender<Event>
 
 /// Runs in the child between fork and exec: join the stage's cgroup, start a
 /// new session (so the process group can be killed as one), set the rlimits
-/// and drop to the run user for good.
-fn enter_sandbox(cgroup_procs: i32, limits: &Limits) -> std::io::Result<()> {
+/// (a prestarted runtime gets them at the hand-over), put the control pipe
+/// on fd 3 if there is one, and drop to the run user for good.
+fn enter_sandbox(
+    cgroup_procs: i32,
+    limits: Option<&Limits>,
+    control: Option<i32>,
+) -> std::io::Result<()> {
     fn check(ret: libc::c_int) -> std::io::Result<()> {
         if ret < 0 {
             Err(std::io::Error::last_os_error())
@@ -239,15 +496,28 @@ fn enter_sandbox(cgroup_procs: i32, limits: &Limits) -> std::io::Result<()> {
     // SAFETY: setsid takes no arguments and is async-signal-safe.
     check(unsafe { libc::setsid() })?;
     rlimit(libc::RLIMIT_CORE, 0, 0)?;
-    rlimit(
-        libc::RLIMIT_FSIZE,
-        limits.file_size_bytes,
-        limits.file_size_bytes,
-    )?;
-    // A backstop for a single process; the cgroup poll covers the tree. The
-    // soft limit sends SIGXCPU, the hard one SIGKILL a second later.
-    let cpu_seconds = limits.cpu_ms.div_ceil(1000) + 1;
-    rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+    if let Some(limits) = limits {
+        rlimit(
+            libc::RLIMIT_FSIZE,
+            limits.file_size_bytes,
+            limits.file_size_bytes,
+        )?;
+        // A backstop for a single process; the cgroup poll covers the tree.
+        // The soft limit sends SIGXCPU, the hard one SIGKILL a second later.
+        let cpu_seconds = limits.cpu_ms.div_ceil(1000) + 1;
+        rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+    }
+    if let Some(fd) = control {
+        if fd == CONTROL_FD {
+            // dup2 onto itself would keep close-on-exec.
+            // SAFETY: fcntl on a file descriptor this process owns.
+            check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+        } else {
+            // SAFETY: dup2 between file descriptors this process owns; the
+            // copy does not have close-on-exec.
+            check(unsafe { libc::dup2(fd, CONTROL_FD) })?;
+        }
+    }
     // SAFETY: plain system calls on integers; all are async-signal-safe.
     unsafe {
         check(libc::setgroups(0, std::ptr::null()))?;
@@ -314,25 +584,31 @@ struct Usage {
 }
 
 impl Cgroup {
-    fn create(stage: &str, limits: &Limits) -> Result<Self, String> {
-        let path = PathBuf::from(format!("/sys/fs/cgroup/stage-{stage}"));
+    /// A new, empty group, without limits until [`Cgroup::limit`].
+    fn create(name: &str) -> Result<Self, String> {
+        let path = PathBuf::from(format!("/sys/fs/cgroup/stage-{name}"));
         let _ = fs::remove_dir(&path);
         fs::create_dir(&path).map_err(|e| format!("create cgroup {}: {e}", path.display()))?;
-        let set = |file: &str, value: String| {
-            fs::write(path.join(file), &value)
-                .map_err(|e| format!("set {file} = {value} in {}: {e}", path.display()))
-        };
-        set("memory.max", limits.memory_bytes.to_string())?;
-        // No swap in the VM, but say so: the limit must be the whole limit.
-        let _ = set("memory.swap.max", "0".into());
-        // An OOM kill takes the whole stage, not one process of it.
-        set("memory.oom.group", "1".into())?;
-        set("pids.max", limits.processes.to_string())?;
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))
             .map_err(|e| format!("open cgroup.procs of {}: {e}", path.display()))?;
-        Ok(Self { path, procs })
+        let group = Self { path, procs };
+        // No swap in the VM, but say so: the limit must be the whole limit.
+        let _ = group.set("memory.swap.max", "0");
+        // An OOM kill takes the whole stage, not one process of it.
+        group.set("memory.oom.group", "1")?;
+        Ok(group)
+    }
+
+    fn limit(&self, limits: &Limits) -> Result<(), String> {
+        self.set("memory.max", &limits.memory_bytes.to_string())?;
+        self.set("pids.max", &limits.processes.to_string())
+    }
+
+    fn set(&self, file: &str, value: &str) -> Result<(), String> {
+        fs::write(self.path.join(file), value)
+            .map_err(|e| format!("set {file} = {value} in {}: {e}", self.path.display()))
     }
 
     /// Kills every process in the group, however it forked or set its session.

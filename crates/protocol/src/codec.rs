@@ -49,6 +49,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Hello(m) => json(out, m),
         Frame::Exec(m) | Frame::Warm(m) => json(out, m),
         Frame::Wake(m) => json(out, m),
+        Frame::Prestart(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -104,6 +105,7 @@ impl Decoder {
             FrameKind::Hello => Frame::Hello(json(kind, &payload)?),
             FrameKind::Exec => Frame::Exec(json(kind, &payload)?),
             FrameKind::Warm => Frame::Warm(json(kind, &payload)?),
+            FrameKind::Prestart => Frame::Prestart(json(kind, &payload)?),
             FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
@@ -213,6 +215,11 @@ mod tests {
         }));
         roundtrip(Frame::Exec(exec()));
         roundtrip(Frame::Warm(exec()));
+        roundtrip(Frame::Prestart(PrestartSpec {
+            argv: vec!["python3".into(), "-c".into(), "pass".into()],
+            replaces: vec!["python3".into(), "main.py".into()],
+            env: BTreeMap::new(),
+        }));
         roundtrip(Frame::Wake(Wake {
             entropy: vec![0, 1, 255],
             unix_time_ns: 1_795_000_000_000_000_000,

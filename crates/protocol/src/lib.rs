@@ -18,17 +18,22 @@
 //! it is ready, the host sends one [`ExecRequest`], the agent streams
 //! [`Frame::Stdout`] / [`Frame::Stderr`] chunks and one [`Frame::StageEnd`] per
 //! stage it ran, then [`Frame::Done`]. A VM serves exactly one execution.
+//!
+//! A VM that is to be snapshotted first gets [`Frame::Warm`] (a warm-up run)
+//! and [`Frame::Prestart`] (a runtime started and left waiting); a VM
+//! restored from the snapshot gets [`Frame::Wake`] before its request.
 
 mod codec;
 mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
-    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, StageReport, StageSpec, Wake,
+    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, PrestartSpec, StageReport,
+    StageSpec, Wake,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

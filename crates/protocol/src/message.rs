@@ -17,6 +17,7 @@ pub enum FrameKind {
     Error = 7,
     Wake = 8,
     Warm = 9,
+    Prestart = 10,
 }
 
 impl FrameKind {
@@ -31,6 +32,7 @@ impl FrameKind {
             7 => Self::Error,
             8 => Self::Wake,
             9 => Self::Warm,
+            10 => Self::Prestart,
             _ => return None,
         })
     }
@@ -64,6 +66,11 @@ pub enum Frame {
     /// the VM's one execution; answered like one, with
     /// [`Frame::StageEnd`]s and [`Frame::Done`].
     Warm(ExecRequest),
+    /// Host → agent, in a VM about to be snapshotted, after any warm-up:
+    /// start the language's runtime now and keep it waiting, so that the
+    /// run stage of a VM restored from the snapshot skips its start-up.
+    /// Answered with [`Frame::Done`].
+    Prestart(PrestartSpec),
 }
 
 impl Frame {
@@ -78,6 +85,7 @@ impl Frame {
             Frame::Error(_) => FrameKind::Error,
             Frame::Wake(_) => FrameKind::Wake,
             Frame::Warm(_) => FrameKind::Warm,
+            Frame::Prestart(_) => FrameKind::Prestart,
         }
     }
 }
@@ -147,6 +155,24 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
 }
 
+/// A runtime started ahead of its run stage.
+///
+/// The agent starts `argv` as the run user in the run stage's cgroup, with
+/// stdin, stdout and stderr pipes, and a pipe on fd 3. The process gets ready
+/// (e.g. an interpreter past its start-up) and reads fd 3 to its end. When a
+/// request's run stage is `replaces` followed by arguments, and the
+/// request's environment is `env`, the agent applies the stage's limits to
+/// the waiting process and writes the arguments to fd 3, each ended by a NUL
+/// byte; the process then runs the program as `replaces` would have. Any
+/// other request gets the process killed and runs as usual.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrestartSpec {
+    pub argv: Vec<String>,
+    pub replaces: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
 /// How one stage ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +203,10 @@ pub struct StageReport {
     pub cpu_time_us: u64,
     /// Peak memory of all the stage's processes together, in bytes.
     pub memory_peak_bytes: u64,
+    /// The stage ran in a runtime started before the VM's snapshot (see
+    /// [`PrestartSpec`]); its wall and CPU times count from the hand-over.
+    #[serde(default)]
+    pub prestarted: bool,
 }
 
 /// What makes a restored VM unique.
