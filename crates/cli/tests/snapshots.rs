@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{run, runner, state_dir};
+use common::{run, run_with_env, runner, state_dir};
 
 use serde_json::Value;
 
@@ -82,7 +82,7 @@ fn twice_at_once(language: &str, code: &str) -> (Value, Value) {
 fn restored_vms_are_unique() {
     create(&["python", "bash"]);
     // The kernel's generator (os.urandom), Python's `random` (seeded from it
-    // at start-up), and the clock.
+    // when imported), and the clock.
     let code =
         "import os, random, time\nprint(os.urandom(16).hex(), random.getrandbits(64), time.time())";
     let before = SystemTime::now()
@@ -90,6 +90,9 @@ fn restored_vms_are_unique() {
         .unwrap()
         .as_secs_f64();
     let (a, b) = twice_at_once("python", code);
+    // Python's interpreter was started before the snapshot: what it seeds
+    // after the hand-over must still differ.
+    assert_eq!(a["run"]["prestarted"], true, "{a:#}");
     let fields = |r: &Value| -> Vec<String> {
         r["run"]["stdout"]
             .as_str()
@@ -118,6 +121,100 @@ fn restored_vms_are_unique() {
         "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo \" $RANDOM$RANDOM\"",
     );
     assert_ne!(a["run"]["stdout"], b["run"]["stdout"]);
+}
+
+#[test]
+fn python_runs_in_its_prestarted_runtime_as_it_would_after_a_cold_boot() {
+    create(&["python"]);
+    let cases = [
+        // Arguments, stdin, the main module's globals and path, and an
+        // uncaught exception's traceback and exit code.
+        concat!(
+            "import sys\n",
+            "print(sys.argv, __name__, __file__, sys.path[0], sorted(globals()))\n",
+            "print(sys.stdin.read().upper())\n",
+            "def f(): raise ValueError('boom')\n",
+            "f()\n",
+        ),
+        // A syntax error, reported without a traceback.
+        "print('never'\nx = = 1\n",
+        // sys.exit with a message; output flushed at exit; atexit runs.
+        "import atexit, sys\natexit.register(print, 'at exit')\nprint('out', end='')\nsys.exit('bye')\n",
+    ];
+    let run_case = |code: &str, env: &[(&str, &str)]| {
+        let args = [
+            "run",
+            "--json",
+            "--lang",
+            "python",
+            "--timeout",
+            "120",
+            "-c",
+            code,
+            "--",
+            "a",
+            "b c",
+        ];
+        run_with_env(&args, b"some input\n", env).json()
+    };
+    let (prestarted, cold): (Vec<Value>, Vec<Value>) = std::thread::scope(|scope| {
+        let cold: Vec<_> = cases
+            .iter()
+            .map(|code| scope.spawn(|| run_case(code, &[("RUNNER_SNAPSHOTS", "off")])))
+            .collect();
+        let prestarted = cases.iter().map(|code| run_case(code, &[])).collect();
+        (
+            prestarted,
+            cold.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
+    });
+    for ((code, fast), slow) in cases.iter().zip(&prestarted).zip(&cold) {
+        assert_eq!(fast["metrics"]["start"], "snapshot", "{fast:#}");
+        assert_eq!(fast["run"]["prestarted"], true, "{fast:#}");
+        assert_eq!(slow["metrics"]["start"], "cold", "{slow:#}");
+        assert_eq!(slow["run"]["prestarted"], false, "{slow:#}");
+        for field in ["stdout", "stderr", "exit_code", "status"] {
+            assert_eq!(
+                fast["run"][field], slow["run"][field],
+                "{field} differs for {code:?}:\nprestarted: {fast:#}\ncold: {slow:#}"
+            );
+        }
+    }
+    let first = &prestarted[0]["run"];
+    assert!(
+        first["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("['main.py', 'a', 'b c'] __main__ /home/runner/main.py /home/runner"),
+        "{first:#}"
+    );
+    assert!(
+        first["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: boom")
+    );
+    assert_eq!(prestarted[2]["run"]["stdout"], "outat exit\n");
+
+    // A request with an environment of its own gets a fresh interpreter:
+    // variables such as PYTHONPATH act at start-up.
+    let with_env = run(
+        &[
+            "run",
+            "--json",
+            "--lang",
+            "python",
+            "-e",
+            "GREETING=hi",
+            "-c",
+            "import os; print(os.environ['GREETING'])",
+        ],
+        b"",
+    )
+    .json();
+    assert_eq!(with_env["metrics"]["start"], "snapshot");
+    assert_eq!(with_env["run"]["prestarted"], false);
+    assert_eq!(with_env["run"]["stdout"], "hi\n");
 }
 
 #[test]

@@ -50,6 +50,11 @@ pub struct Language {
     /// caches warm). No warm-up when absent.
     #[serde(default)]
     pub warm: Option<String>,
+    /// A command started in a VM before it is snapshotted, after `warm`: the
+    /// runtime past its start-up, waiting to run the program in place of
+    /// `run` (see `runner_protocol::PrestartSpec`). No prestart when absent.
+    #[serde(default)]
+    pub prestart: Option<Vec<String>>,
     /// Default VM memory.
     pub memory_mib: u32,
     /// The least memory a request may ask for.

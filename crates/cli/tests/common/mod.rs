@@ -82,8 +82,13 @@ pub fn kvm() -> bool {
 /// Runs `runner` with `args`, feeding `stdin`, and checks afterwards that the
 /// execution left nothing behind.
 pub fn run(args: &[&str], stdin: &[u8]) -> Finished {
+    run_with_env(args, stdin, &[])
+}
+
+/// As [`run`], with variables set in the runner's environment.
+pub fn run_with_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Finished {
     let started = Instant::now();
-    let mut child = start(args);
+    let mut child = start(args, env);
     let pid = child.id();
     {
         let mut input = child.stdin.take().unwrap();
@@ -100,9 +105,10 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Finished {
 }
 
 /// Starts `runner` with stdin open for the caller to write (and close).
-fn start(args: &[&str]) -> Child {
+fn start(args: &[&str], env: &[(&str, &str)]) -> Child {
     runner()
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,7 +118,7 @@ fn start(args: &[&str]) -> Child {
 
 /// Starts `runner` with an empty stdin, for tests that stop it themselves.
 pub fn spawn(args: &[&str]) -> Child {
-    let mut child = start(args);
+    let mut child = start(args, &[]);
     drop(child.stdin.take());
     child
 }

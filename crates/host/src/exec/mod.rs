@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use runner_protocol::{ExecRequest, File, Frame, StageReport, StageSpec, Wake};
+use runner_protocol::{ExecRequest, File, Frame, PrestartSpec, StageReport, StageSpec, Wake};
 use tokio::sync::{OnceCell, mpsc};
 
 pub use limits::{LimitPolicy, LimitSet, StageLimits};
@@ -151,6 +151,9 @@ pub struct Runner {
     /// Restore from snapshots where they exist (`RUNNER_SNAPSHOTS=off` boots
     /// every VM cold).
     use_snapshots: bool,
+    /// Snapshots hold the language's prestarted runtime where it has one
+    /// (`RUNNER_PRESTART=off` makes snapshots without).
+    use_prestart: bool,
     limits: LimitPolicy,
     backend: OnceCell<Arc<dyn Backend>>,
     vms_running: Arc<AtomicUsize>,
@@ -193,6 +196,10 @@ impl Runner {
             snapshots: SnapshotStore::new(state.root().join("snapshots")),
             use_snapshots: !matches!(
                 std::env::var("RUNNER_SNAPSHOTS").as_deref(),
+                Ok("off" | "0" | "false")
+            ),
+            use_prestart: !matches!(
+                std::env::var("RUNNER_PRESTART").as_deref(),
                 Ok("off" | "0" | "false")
             ),
             languages: Languages::builtin()?,
@@ -695,6 +702,7 @@ impl Runner {
             backend.cpu_model().to_string(),
             vm_memory_mib(language.memory_mib.into()),
             language.warm.clone(),
+            self.prestart(language).map(|spec| spec.argv),
         )
     }
 
@@ -780,8 +788,34 @@ impl Runner {
                 }
             }
         }
+        if let Some(spec) = self.prestart(language) {
+            vm.channel()
+                .send(&Frame::Prestart(spec))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let frame = tokio::time::timeout(Duration::from_secs(120), vm.channel().recv())
+                .await
+                .map_err(|_| failed("the prestarted runtime was not ready within 120 s".into()))?
+                .map_err(|e| failed(e.to_string()))?;
+            match frame {
+                Frame::Done => {}
+                Frame::Error(e) => return Err(failed(format!("prestart: {}", e.message))),
+                other => return Err(failed(format!("prestart: unexpected {:?}", other.kind()))),
+            }
+        }
         vm.snapshot(&pending.state()).await?;
         Ok(())
+    }
+
+    /// What to prestart in `language`'s snapshot: its `prestart` command
+    /// unless `RUNNER_PRESTART=off`.
+    fn prestart(&self, language: &Language) -> Option<PrestartSpec> {
+        let argv = language.prestart.clone().filter(|_| self.use_prestart)?;
+        Some(PrestartSpec {
+            argv,
+            replaces: language.run.clone(),
+            env: language.env.clone(),
+        })
     }
 }
 

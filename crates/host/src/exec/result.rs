@@ -73,6 +73,10 @@ pub struct StageResult {
     pub cpu_time: f64,
     /// Peak memory of all the stage's processes together, in bytes.
     pub memory_peak_bytes: u64,
+    /// The stage ran in the language's runtime prestarted in the snapshot:
+    /// the interpreter's start-up happened before the request, and the
+    /// wall and CPU times count from the hand-over.
+    pub prestarted: bool,
 }
 
 impl StageResult {
@@ -95,6 +99,7 @@ impl StageResult {
             wall_time: report.wall_time_us as f64 / 1e3,
             cpu_time: report.cpu_time_us as f64 / 1e3,
             memory_peak_bytes: report.memory_peak_bytes,
+            prestarted: report.prestarted,
         };
         stage.status = stage.verdict();
         stage

@@ -45,6 +45,9 @@ pub struct SnapshotKey {
     pub vcpus: u32,
     /// The warm-up program, if any.
     pub warm: Option<String>,
+    /// The prestarted runtime's command, if any.
+    #[serde(default)]
+    pub prestart: Option<Vec<String>>,
 }
 
 impl SnapshotKey {
@@ -59,6 +62,7 @@ impl SnapshotKey {
         cpu: String,
         memory_mib: u32,
         warm: Option<String>,
+        prestart: Option<Vec<String>>,
     ) -> Self {
         Self {
             format: FORMAT,
@@ -72,6 +76,7 @@ impl SnapshotKey {
             memory_mib,
             vcpus: 1,
             warm,
+            prestart,
         }
     }
 
@@ -269,6 +274,7 @@ mod tests {
             "max".into(),
             576,
             None,
+            None,
         )
     }
 
@@ -279,6 +285,9 @@ mod tests {
         let mut other = key("rootfs-a");
         other.accel = "kvm".into();
         assert_ne!(key("rootfs-a").id(), other.id());
+        let mut prestarted = key("rootfs-a");
+        prestarted.prestart = Some(vec!["python3".into()]);
+        assert_ne!(key("rootfs-a").id(), prestarted.id());
         assert!(key("rootfs-a").id().starts_with("snapshot-python-"));
     }
 
