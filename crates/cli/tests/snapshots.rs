@@ -116,37 +116,55 @@ fn restored_vms_are_unique() {
         );
     }
 
+    // bash seeds $RANDOM when it starts, before the snapshot for the
+    // prestarted shell: the shell must reseed it.
     let (a, b) = twice_at_once(
         "bash",
         "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo \" $RANDOM$RANDOM\"",
     );
-    assert_ne!(a["run"]["stdout"], b["run"]["stdout"]);
+    assert_eq!(a["run"]["prestarted"], true, "{a:#}");
+    let (a, b) = (fields(&a), fields(&b));
+    assert_ne!(a[0], b[0], "/dev/urandom repeated across restored VMs");
+    assert_ne!(a[1], b[1], "$RANDOM repeated across restored VMs");
 }
 
 #[test]
-fn python_runs_in_its_prestarted_runtime_as_it_would_after_a_cold_boot() {
-    create(&["python"]);
+fn prestarted_runtimes_run_programs_as_a_cold_boot_would() {
+    create(&["python", "bash"]);
     let cases = [
         // Arguments, stdin, the main module's globals and path, and an
         // uncaught exception's traceback and exit code.
-        concat!(
-            "import sys\n",
-            "print(sys.argv, __name__, __file__, sys.path[0], sorted(globals()))\n",
-            "print(sys.stdin.read().upper())\n",
-            "def f(): raise ValueError('boom')\n",
-            "f()\n",
+        (
+            "python",
+            concat!(
+                "import sys\n",
+                "print(sys.argv, __name__, __file__, sys.path[0], sorted(globals()))\n",
+                "print(sys.stdin.read().upper())\n",
+                "def f(): raise ValueError('boom')\n",
+                "f()\n",
+            ),
         ),
         // A syntax error, reported without a traceback.
-        "print('never'\nx = = 1\n",
+        ("python", "print('never'\nx = = 1\n"),
         // sys.exit with a message; output flushed at exit; atexit runs.
-        "import atexit, sys\natexit.register(print, 'at exit')\nprint('out', end='')\nsys.exit('bye')\n",
+        (
+            "python",
+            "import atexit, sys\natexit.register(print, 'at exit')\nprint('out', end='')\nsys.exit('bye')\n",
+        ),
+        // $0, arguments, stdin, an error message with its line, exit status.
+        (
+            "bash",
+            "echo \"$0 $# $1 [$2] ${BASH_SOURCE[*]} $LINENO\"\nread line; echo \"got $line\"\nnosuchcommand\nexit 3\n",
+        ),
+        // A syntax error.
+        ("bash", "echo before\nif then fi\n"),
     ];
-    let run_case = |code: &str, env: &[(&str, &str)]| {
+    let run_case = |language: &str, code: &str, env: &[(&str, &str)]| {
         let args = [
             "run",
             "--json",
             "--lang",
-            "python",
+            language,
             "--timeout",
             "120",
             "-c",
@@ -160,15 +178,20 @@ fn python_runs_in_its_prestarted_runtime_as_it_would_after_a_cold_boot() {
     let (prestarted, cold): (Vec<Value>, Vec<Value>) = std::thread::scope(|scope| {
         let cold: Vec<_> = cases
             .iter()
-            .map(|code| scope.spawn(|| run_case(code, &[("RUNNER_SNAPSHOTS", "off")])))
+            .map(|(language, code)| {
+                scope.spawn(|| run_case(language, code, &[("RUNNER_SNAPSHOTS", "off")]))
+            })
             .collect();
-        let prestarted = cases.iter().map(|code| run_case(code, &[])).collect();
+        let prestarted = cases
+            .iter()
+            .map(|(language, code)| run_case(language, code, &[]))
+            .collect();
         (
             prestarted,
             cold.into_iter().map(|h| h.join().unwrap()).collect(),
         )
     });
-    for ((code, fast), slow) in cases.iter().zip(&prestarted).zip(&cold) {
+    for ((case, fast), slow) in cases.iter().zip(&prestarted).zip(&cold) {
         assert_eq!(fast["metrics"]["start"], "snapshot", "{fast:#}");
         assert_eq!(fast["run"]["prestarted"], true, "{fast:#}");
         assert_eq!(slow["metrics"]["start"], "cold", "{slow:#}");
@@ -176,7 +199,7 @@ fn python_runs_in_its_prestarted_runtime_as_it_would_after_a_cold_boot() {
         for field in ["stdout", "stderr", "exit_code", "status"] {
             assert_eq!(
                 fast["run"][field], slow["run"][field],
-                "{field} differs for {code:?}:\nprestarted: {fast:#}\ncold: {slow:#}"
+                "{field} differs for {case:?}:\nprestarted: {fast:#}\ncold: {slow:#}"
             );
         }
     }
@@ -195,6 +218,11 @@ fn python_runs_in_its_prestarted_runtime_as_it_would_after_a_cold_boot() {
             .contains("ValueError: boom")
     );
     assert_eq!(prestarted[2]["run"]["stdout"], "outat exit\n");
+    assert_eq!(
+        prestarted[3]["run"]["stdout"],
+        "main.sh 2 a [b c] main.sh 1\ngot some input\n"
+    );
+    assert_eq!(prestarted[3]["run"]["exit_code"], 3);
 
     // A request with an environment of its own gets a fresh interpreter:
     // variables such as PYTHONPATH act at start-up.
