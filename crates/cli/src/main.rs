@@ -3,6 +3,7 @@
 //! Thin glue over `runner-host`: parse arguments, print results, map the
 //! program's exit to our own.
 
+mod bench;
 mod doctor;
 mod progress;
 
@@ -55,6 +56,9 @@ enum Command {
     Doctor,
     /// Serve the HTTP API (see openapi.json) until SIGTERM.
     Serve(Box<ServeArgs>),
+    /// Measure start times, programs and throughput against the host, and
+    /// write a report with figures.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Flags of `runner serve`. Each setting can also come from the
@@ -219,6 +223,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Languages => languages(runner()?),
         Command::Doctor => doctor::doctor(runner()?).await,
         Command::Serve(args) => serve(*args).await,
+        Command::Bench(args) => bench::bench(runner()?, *args).await,
     }
 }
 

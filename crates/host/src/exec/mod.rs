@@ -150,7 +150,7 @@ pub struct Runner {
     snapshots: SnapshotStore,
     /// Restore from snapshots where they exist (`RUNNER_SNAPSHOTS=off` boots
     /// every VM cold).
-    use_snapshots: bool,
+    use_snapshots: std::sync::atomic::AtomicBool,
     /// Snapshots hold the language's prestarted runtime where it has one
     /// (`RUNNER_PRESTART=off` makes snapshots without).
     use_prestart: bool,
@@ -194,10 +194,10 @@ impl Runner {
         Ok(Self {
             images: ImageStore::new(state.images(), DebianSource::default()),
             snapshots: SnapshotStore::new(state.root().join("snapshots")),
-            use_snapshots: !matches!(
+            use_snapshots: std::sync::atomic::AtomicBool::new(!matches!(
                 std::env::var("RUNNER_SNAPSHOTS").as_deref(),
                 Ok("off" | "0" | "false")
-            ),
+            )),
             use_prestart: !matches!(
                 std::env::var("RUNNER_PRESTART").as_deref(),
                 Ok("off" | "0" | "false")
@@ -210,6 +210,12 @@ impl Runner {
             pools: std::sync::OnceLock::new(),
             pool_task: std::sync::Mutex::default(),
         })
+    }
+
+    /// Whether executions restore from snapshots where they can (else they
+    /// boot cold), e.g. for a benchmark of cold boots.
+    pub fn set_snapshots(&self, on: bool) {
+        self.use_snapshots.store(on, Ordering::Relaxed);
     }
 
     pub fn languages(&self) -> &Languages {
@@ -438,6 +444,7 @@ impl Runner {
         // limits inside are what the program gets.
         let snapshot = self
             .use_snapshots
+            .load(Ordering::Relaxed)
             .then(|| {
                 self.snapshots
                     .find(&self.snapshot_key(&plan.language, &images, &*backend))

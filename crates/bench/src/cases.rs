@@ -1,0 +1,236 @@
+//! What `runner bench` measures: the seed's cases, or one of the user's.
+
+use serde::Serialize;
+
+/// How the VMs of a case start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Booted from the kernel (`RUNNER_SNAPSHOTS=off`).
+    Cold,
+    /// Restored from the language's snapshot (what `runner run` does).
+    Snapshot,
+    /// Taken from a warm pool (what `runner serve` does).
+    Pool,
+}
+
+impl Start {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::Snapshot => "snapshot",
+            Start::Pool => "pool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// The same program started three ways: the seed's "VM Boot Time".
+    VmStart,
+    /// One program of one language: the seed's per-language table.
+    Program,
+    /// Executions per second with several at once.
+    Throughput,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    /// e.g. "python/fib30", "start/cold", "throughput/4".
+    pub id: String,
+    pub group: Group,
+    /// e.g. "Fibonacci(30)".
+    pub title: String,
+    pub language: String,
+    pub start: Start,
+    /// Executions at once (throughput cases), else 1.
+    pub concurrency: usize,
+    /// The program's source, saved under the language's file name.
+    #[serde(skip)]
+    pub source: String,
+    pub args: Vec<String>,
+    /// What a correct run prints; a sample that prints anything else is a
+    /// failure, not a time.
+    pub expected_stdout: Option<String>,
+    /// The seed's "Expected Results" for this case (c5.metal, KVM), in ms.
+    pub seed_ms: Option<f64>,
+}
+
+/// The seed's programs, from `programs/`.
+struct Programs {
+    language: &'static str,
+    hello: &'static str,
+    fib: &'static str,
+    /// The seed's times for hello, fib(20) and fib(30).
+    seed_ms: [Option<f64>; 3],
+}
+
+const PROGRAMS: &[Programs] = &[
+    Programs {
+        language: "python",
+        hello: include_str!("../../../programs/python/hello.py"),
+        fib: include_str!("../../../programs/python/fib.py"),
+        seed_ms: [Some(50.0), Some(10.0), Some(300.0)],
+    },
+    Programs {
+        language: "node",
+        hello: include_str!("../../../programs/node/hello.js"),
+        fib: include_str!("../../../programs/node/fib.js"),
+        seed_ms: [Some(100.0), Some(5.0), Some(100.0)],
+    },
+    Programs {
+        language: "go",
+        hello: include_str!("../../../programs/go/hello.go"),
+        fib: include_str!("../../../programs/go/fib.go"),
+        seed_ms: [Some(500.0), Some(510.0), Some(515.0)],
+    },
+    Programs {
+        language: "rust",
+        hello: include_str!("../../../programs/rust/hello.rs"),
+        fib: include_str!("../../../programs/rust/fib.rs"),
+        seed_ms: [Some(2000.0), Some(2005.0), Some(2005.0)],
+    },
+    Programs {
+        language: "bash",
+        hello: include_str!("../../../programs/bash/hello.sh"),
+        fib: include_str!("../../../programs/bash/fib.sh"),
+        seed_ms: [Some(10.0), None, None],
+    },
+];
+
+const HELLO_OUTPUT: &str = "Hello, World!\n";
+/// Concurrency levels of the throughput cases.
+pub const CONCURRENCY: [usize; 3] = [1, 2, 4];
+
+/// The whole suite for `languages` (in the order given). The start and
+/// throughput cases use the first language.
+pub fn suite(languages: &[String]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let Some(first) = languages.first() else {
+        return cases;
+    };
+    let first_hello = hello_of(first);
+    for (start, seed_ms) in [
+        (Start::Cold, Some(3100.0)),
+        (Start::Snapshot, Some(100.0)),
+        (Start::Pool, None),
+    ] {
+        cases.push(Case {
+            id: format!("start/{}", start.as_str()),
+            group: Group::VmStart,
+            title: format!("{first} Hello World, {} start", start.as_str()),
+            language: first.clone(),
+            start,
+            concurrency: 1,
+            source: first_hello.clone(),
+            args: Vec::new(),
+            expected_stdout: Some(HELLO_OUTPUT.into()),
+            // The seed's boot times are to ready, not to a result.
+            seed_ms,
+        });
+    }
+    for language in languages {
+        let Some(programs) = PROGRAMS.iter().find(|p| p.language == language) else {
+            continue;
+        };
+        let fibs: &[(u32, &str)] = if language == "bash" {
+            // Naive recursion in bash takes minutes for fib(30) under
+            // emulation, and the seed has no bash Fibonacci at all.
+            &[(20, "6765")]
+        } else {
+            &[(20, "6765"), (30, "832040")]
+        };
+        cases.push(Case {
+            id: format!("{language}/hello"),
+            group: Group::Program,
+            title: "Hello World".into(),
+            language: language.clone(),
+            start: Start::Snapshot,
+            concurrency: 1,
+            source: programs.hello.into(),
+            args: Vec::new(),
+            expected_stdout: Some(HELLO_OUTPUT.into()),
+            seed_ms: programs.seed_ms[0],
+        });
+        for (i, (n, result)) in fibs.iter().enumerate() {
+            cases.push(Case {
+                id: format!("{language}/fib{n}"),
+                group: Group::Program,
+                title: format!("Fibonacci({n})"),
+                language: language.clone(),
+                start: Start::Snapshot,
+                concurrency: 1,
+                source: programs.fib.into(),
+                args: vec![n.to_string()],
+                expected_stdout: Some(format!("{result}\n")),
+                seed_ms: programs.seed_ms[i + 1],
+            });
+        }
+    }
+    for concurrency in CONCURRENCY {
+        cases.push(Case {
+            id: format!("throughput/{concurrency}"),
+            group: Group::Throughput,
+            title: format!("{first} Hello World, {concurrency} at once"),
+            language: first.clone(),
+            start: Start::Pool,
+            concurrency,
+            source: first_hello.clone(),
+            args: Vec::new(),
+            expected_stdout: Some(HELLO_OUTPUT.into()),
+            seed_ms: None,
+        });
+    }
+    cases
+}
+
+/// One case of the user's own code.
+pub fn custom(language: &str, source: String, args: Vec<String>) -> Case {
+    Case {
+        id: format!("{language}/custom"),
+        group: Group::Program,
+        title: "your program".into(),
+        language: language.into(),
+        start: Start::Snapshot,
+        concurrency: 1,
+        source,
+        args,
+        expected_stdout: None,
+        seed_ms: None,
+    }
+}
+
+fn hello_of(language: &str) -> String {
+    PROGRAMS
+        .iter()
+        .find(|p| p.language == language)
+        .map_or_else(String::new, |p| p.hello.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suite_has_the_seeds_cases() {
+        let languages: Vec<String> = ["python", "bash"].map(String::from).into();
+        let ids: Vec<String> = suite(&languages).into_iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "start/cold",
+                "start/snapshot",
+                "start/pool",
+                "python/hello",
+                "python/fib20",
+                "python/fib30",
+                "bash/hello",
+                "bash/fib20",
+                "throughput/1",
+                "throughput/2",
+                "throughput/4",
+            ]
+        );
+    }
+}

@@ -1,0 +1,532 @@
+//! `runner bench`: the seed's benchmark tables and figures, reproducible on
+//! any machine, with the host as the floor.
+//!
+//! Every case runs `warmup` times unmeasured and then `runs` times, in real
+//! VMs through [`Runner::execute`], and again directly on the host in a
+//! chroot of the language's image ([`host`]). The report gives p50, p95, min
+//! and max, the seed's phases (boot, ready, execution, total) and the ratio
+//! to the host; `results.json` has every sample.
+
+mod cases;
+mod figures;
+mod host;
+mod machine;
+mod report;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+use runner_host::Runner;
+use runner_host::exec::{ExecutionRequest, ExecutionResult, SourceFile, StageLimits, Status};
+use runner_host::lang::Language;
+use runner_host::pool::PoolConfig;
+use serde::Serialize;
+
+pub use cases::{Case, Group, Start};
+pub use machine::Machine;
+pub use stats::Summary;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Languages of the suite, by name; the first also runs the start and
+    /// throughput cases.
+    pub languages: Vec<String>,
+    /// One program of the user's instead of the suite.
+    pub custom: Option<Custom>,
+    /// Measured runs per case.
+    pub runs: usize,
+    /// Unmeasured runs before them.
+    pub warmup: usize,
+    /// Run every case on the host too.
+    pub host: bool,
+    /// Executions per concurrent client in the throughput cases.
+    pub requests_per_client: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Custom {
+    pub language: String,
+    pub source: String,
+    pub args: Vec<String>,
+}
+
+/// One execution, in a VM or on the host. Milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Unmeasured: not in the summaries.
+    pub warmup: bool,
+    /// The run finished `ok` with the expected output.
+    pub ok: bool,
+    /// The result's status, or what went wrong.
+    pub status: String,
+    /// How the VM started, as its metrics say (absent on the host).
+    pub start: Option<String>,
+    pub boot_ms: f64,
+    pub ready_ms: f64,
+    pub execution_ms: f64,
+    pub total_ms: f64,
+    pub compile_ms: Option<f64>,
+    pub run_ms: Option<f64>,
+}
+
+/// Medians of the seed's phases.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    pub boot_ms: f64,
+    pub ready_ms: f64,
+    pub execution_ms: f64,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub requests: usize,
+    pub vm_per_second: f64,
+    pub host_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    #[serde(flatten)]
+    pub case: Case,
+    /// Total time of the measured VM samples.
+    pub vm: Option<Summary>,
+    /// VMM start plus guest boot until the agent is ready.
+    pub vm_boot_to_ready: Option<Summary>,
+    pub phases: Phases,
+    /// Compile plus run on the host.
+    pub host: Option<Summary>,
+    /// VM p50 over host p50.
+    pub ratio: Option<f64>,
+    pub throughput: Option<Throughput>,
+    /// Why there are no host samples, if there are none.
+    pub host_note: Option<String>,
+    pub vm_samples: Vec<Sample>,
+    pub host_samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub runs: usize,
+    pub warmup: usize,
+    pub requests_per_client: usize,
+    pub host_baseline: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub duration_seconds: f64,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub cases: Vec<CaseResult>,
+}
+
+impl Report {
+    /// Writes `report.md`, `results.json`, `timeline.svg` and
+    /// `boot-comparison.svg` into `dir`, which is made if missing.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let mut written = Vec::new();
+        let mut write = |name: &str, bytes: Vec<u8>| -> anyhow::Result<()> {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+            written.push(path);
+            Ok(())
+        };
+        write("report.md", report::markdown(self).into_bytes())?;
+        write("results.json", serde_json::to_vec_pretty(self)?)?;
+        write("timeline.svg", figures::timeline(self)?.into_bytes())?;
+        write(
+            "boot-comparison.svg",
+            figures::boot_comparison(self)?.into_bytes(),
+        )?;
+        Ok(written)
+    }
+
+    pub fn markdown(&self) -> String {
+        report::markdown(self)
+    }
+}
+
+/// Generous limits: a benchmark measures, it does not judge.
+const LIMIT_MS: u64 = 120_000;
+/// Pool VMs kept for the pool and throughput cases.
+const POOL_SIZE: usize = 4;
+
+/// Runs the suite (or the custom case) and returns its report.
+pub async fn run(
+    runner: Arc<Runner>,
+    options: &Options,
+    bar: &ProgressBar,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cases = match &options.custom {
+        Some(custom) => vec![cases::custom(
+            &custom.language,
+            custom.source.clone(),
+            custom.args.clone(),
+        )],
+        None => cases::suite(&options.languages),
+    };
+    let host_unavailable = if options.host {
+        host::unavailable()
+    } else {
+        Some("the host baseline was turned off (--no-host)".into())
+    };
+
+    // Images, snapshots and the backend first, so that no case pays for them.
+    let mut languages: BTreeMap<String, (Language, PathBuf)> = BTreeMap::new();
+    let mut versions = BTreeMap::new();
+    let mut machine_backend = None;
+    for case in &cases {
+        if languages.contains_key(&case.language) {
+            continue;
+        }
+        let language = runner.languages().get(&case.language)?.clone();
+        bar.set_message(format!("preparing {}", language.name));
+        let images = runner.prepare(&language, Arc::new(())).await?;
+        let backend = runner
+            .backend(&images.kernel.vmlinux, &images.initramfs)
+            .await?;
+        runner.snapshot(&language).await?;
+        versions.insert(
+            language.name.clone(),
+            images.rootfs_manifest.version.clone(),
+        );
+        machine_backend.get_or_insert_with(|| {
+            let info = backend.info();
+            (
+                format!("{} {}", info.name, info.version),
+                info.accel.to_string(),
+                info.reason.clone(),
+                machine::guest_kernel(&images.kernel.dir),
+            )
+        });
+        languages.insert(language.name.clone(), (language, images.rootfs.clone()));
+    }
+    let (backend, accel, accel_reason, guest_kernel) = machine_backend.context("no case to run")?;
+    let machine = Machine {
+        cpu_model: machine::cpu_model(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mib: machine::memory_mib(),
+        host_kernel: machine::host_kernel(),
+        backend,
+        accel,
+        accel_reason,
+        guest_kernel,
+        languages: versions,
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+    };
+
+    let per_case = options.warmup + options.runs;
+    let steps: usize = cases
+        .iter()
+        .map(|case| match case.group {
+            Group::Throughput => options.requests_per_client * case.concurrency,
+            _ => per_case,
+        })
+        .sum();
+    bar.set_length(steps as u64);
+    bar.set_position(0);
+
+    // Cold and snapshot cases before the pools exist, so that no pooled VM
+    // serves them; then the pools, for the pool and throughput cases.
+    let mut results: Vec<Option<CaseResult>> = vec![None; cases.len()];
+    let pooled = |case: &Case| case.start == Start::Pool;
+    let mut order: Vec<usize> = (0..cases.len()).filter(|&i| !pooled(&cases[i])).collect();
+    order.extend((0..cases.len()).filter(|&i| pooled(&cases[i])));
+    let mut pools_started = false;
+    for index in order {
+        let case = &cases[index];
+        let (language, rootfs) = &languages[&case.language];
+        if case.start == Start::Pool && !pools_started {
+            pools_started = true;
+            let vm_mib = u64::from(runner_host::exec::vm_memory_mib(language.memory_mib.into()));
+            runner.start_pools(
+                PoolConfig {
+                    languages: vec![language.name.clone()],
+                    min_size: POOL_SIZE,
+                    max_size: POOL_SIZE,
+                    refill_interval_ms: 100,
+                    ..PoolConfig::default()
+                },
+                vm_mib * POOL_SIZE as u64,
+            );
+        }
+        bar.set_message(case.id.clone());
+        let mut result = match case.group {
+            Group::Throughput => throughput_case(&runner, case, language, options, bar).await,
+            _ => vm_case(&runner, case, language, options, bar).await,
+        };
+        match &host_unavailable {
+            Some(note) => result.host_note = Some(note.clone()),
+            None => {
+                if let Err(e) = host_case(&mut result, language, rootfs, options).await {
+                    result.host_note = Some(format!("{e:#}"));
+                }
+            }
+        }
+        results[index] = Some(result);
+    }
+    if pools_started {
+        runner.stop_pools().await;
+    }
+    Ok(Report {
+        started_at,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        machine,
+        settings: Settings {
+            runs: options.runs,
+            warmup: options.warmup,
+            requests_per_client: options.requests_per_client,
+            host_baseline: host_unavailable.is_none(),
+        },
+        cases: results.into_iter().flatten().collect(),
+    })
+}
+
+async fn vm_case(
+    runner: &Arc<Runner>,
+    case: &Case,
+    language: &Language,
+    options: &Options,
+    bar: &ProgressBar,
+) -> CaseResult {
+    runner.set_snapshots(case.start != Start::Cold);
+    let mut samples = Vec::new();
+    for i in 0..options.warmup + options.runs {
+        if case.start == Start::Pool {
+            wait_for_pool(runner, &language.name, 1).await;
+        }
+        let mut sample = execute(runner, case, language).await;
+        sample.warmup = i < options.warmup;
+        samples.push(sample);
+        bar.inc(1);
+    }
+    runner.set_snapshots(true);
+    summarize(case, samples, None)
+}
+
+async fn throughput_case(
+    runner: &Arc<Runner>,
+    case: &Case,
+    language: &Language,
+    options: &Options,
+    bar: &ProgressBar,
+) -> CaseResult {
+    let requests = options.requests_per_client * case.concurrency;
+    wait_for_pool(runner, &language.name, case.concurrency.min(POOL_SIZE)).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..case.concurrency {
+        let (runner, case, language, next, bar) = (
+            runner.clone(),
+            case.clone(),
+            language.clone(),
+            next.clone(),
+            bar.clone(),
+        );
+        clients.spawn(async move {
+            let mut samples = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                samples.push(execute(&runner, &case, &language).await);
+                bar.inc(1);
+            }
+            samples
+        });
+    }
+    let mut samples = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        samples.extend(done.unwrap_or_default());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = samples.iter().filter(|s| s.ok).count();
+    summarize(
+        case,
+        samples,
+        Some(Throughput {
+            requests,
+            vm_per_second: ok as f64 / elapsed,
+            host_per_second: None,
+        }),
+    )
+}
+
+/// Waits (up to a minute) until `language`'s pool holds `n` VMs.
+async fn wait_for_pool(runner: &Runner, language: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runner.pool_size(language) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
+    let limits = StageLimits {
+        wall_time_ms: Some(LIMIT_MS),
+        cpu_time_ms: Some(LIMIT_MS),
+        ..StageLimits::default()
+    };
+    let request = ExecutionRequest {
+        language: language.name.clone(),
+        files: vec![SourceFile {
+            name: language.source_file.clone(),
+            content: case.source.clone().into_bytes(),
+        }],
+        args: case.args.clone(),
+        compile_limits: limits,
+        run_limits: limits,
+        ..ExecutionRequest::default()
+    };
+    match runner.execute(request, None).await {
+        Ok(result) => vm_sample(case, &result),
+        Err(e) => Sample {
+            warmup: false,
+            ok: false,
+            status: format!("error: {e}"),
+            start: None,
+            boot_ms: 0.0,
+            ready_ms: 0.0,
+            execution_ms: 0.0,
+            total_ms: 0.0,
+            compile_ms: None,
+            run_ms: None,
+        },
+    }
+}
+
+fn vm_sample(case: &Case, result: &ExecutionResult) -> Sample {
+    let stdout = result.run.as_ref().map(|run| run.stdout.as_slice());
+    let expected = case
+        .expected_stdout
+        .as_ref()
+        .is_none_or(|want| stdout == Some(want.as_bytes()));
+    let ok = result.status == Status::Ok && expected;
+    let status = if result.status == Status::Ok && !expected {
+        "wrong_output".to_string()
+    } else {
+        result.status.to_string()
+    };
+    let m = &result.metrics;
+    Sample {
+        warmup: false,
+        ok,
+        status,
+        start: Some(m.start.as_str().into()),
+        boot_ms: m.vm_boot_time,
+        ready_ms: m.ready_time,
+        execution_ms: m.execution_time,
+        total_ms: m.total_time,
+        compile_ms: result.compile.as_ref().map(|s| s.wall_time),
+        run_ms: result.run.as_ref().map(|s| s.wall_time),
+    }
+}
+
+/// Runs the case on the host and adds its samples, summary and ratio.
+async fn host_case(
+    result: &mut CaseResult,
+    language: &Language,
+    rootfs: &Path,
+    options: &Options,
+) -> anyhow::Result<()> {
+    let case = result.case.clone();
+    let (clients, iterations) = match case.group {
+        Group::Throughput => (case.concurrency, options.requests_per_client),
+        _ => (1, options.warmup + options.runs),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (rootfs, language, case) = (rootfs.to_path_buf(), language.clone(), case.clone());
+        tasks.spawn_blocking(move || {
+            host::run(&rootfs, &language, &case.source, &case.args, iterations)
+        });
+    }
+    let mut busiest_ms: f64 = 0.0;
+    let mut samples = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let runs = done.context("host baseline task")??;
+        let mut busy_ms = 0.0;
+        for (i, run) in runs.into_iter().enumerate() {
+            let total = run.compile_ms.unwrap_or(0.0) + run.run_ms;
+            busy_ms += total;
+            let expected = case
+                .expected_stdout
+                .as_ref()
+                .is_none_or(|want| run.stdout == want.as_bytes());
+            let ok = run.exit_code == 0 && expected;
+            samples.push(Sample {
+                warmup: case.group != Group::Throughput && i < options.warmup,
+                ok,
+                status: match (run.exit_code, expected) {
+                    (0, true) => "ok".into(),
+                    (0, false) => "wrong_output".into(),
+                    (code, _) => format!("exit {code}"),
+                },
+                start: None,
+                boot_ms: 0.0,
+                ready_ms: 0.0,
+                execution_ms: total,
+                total_ms: total,
+                compile_ms: run.compile_ms,
+                run_ms: Some(run.run_ms),
+            });
+        }
+        busiest_ms = busiest_ms.max(busy_ms);
+    }
+    let measured: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.ok && !s.warmup)
+        .map(|s| s.total_ms)
+        .collect();
+    result.host = stats::summarize(&measured);
+    result.ratio = match (result.vm, result.host) {
+        (Some(vm), Some(host)) if host.p50 > 0.0 => Some(vm.p50 / host.p50),
+        _ => None,
+    };
+    if let Some(throughput) = &mut result.throughput {
+        let ok = samples.iter().filter(|s| s.ok).count();
+        if busiest_ms > 0.0 {
+            throughput.host_per_second = Some(ok as f64 / (busiest_ms / 1000.0));
+        }
+    }
+    result.host_samples = samples;
+    Ok(())
+}
+
+fn summarize(case: &Case, samples: Vec<Sample>, throughput: Option<Throughput>) -> CaseResult {
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.ok && !s.warmup).collect();
+    let field = |f: fn(&Sample) -> f64| {
+        let values: Vec<f64> = measured.iter().map(|s| f(s)).collect();
+        stats::summarize(&values)
+    };
+    let p50 = |f: fn(&Sample) -> f64| field(f).map_or(0.0, |s| s.p50);
+    CaseResult {
+        case: case.clone(),
+        vm: field(|s| s.total_ms),
+        vm_boot_to_ready: field(|s| s.boot_ms + s.ready_ms),
+        phases: Phases {
+            boot_ms: p50(|s| s.boot_ms),
+            ready_ms: p50(|s| s.ready_ms),
+            execution_ms: p50(|s| s.execution_ms),
+            total_ms: p50(|s| s.total_ms),
+        },
+        host: None,
+        ratio: None,
+        throughput,
+        host_note: None,
+        vm_samples: samples,
+        host_samples: Vec::new(),
+    }
+}

@@ -1,0 +1,283 @@
+//! The Markdown report: the seed's "Expected Results", measured.
+
+use std::fmt::Write as _;
+
+use crate::{CaseResult, Group, Report, Summary};
+
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let m = &report.machine;
+    let _ = writeln!(out, "# Runner Codes benchmark\n");
+    let _ = writeln!(
+        out,
+        "Measured {} with `runner bench` (Runner Codes {}) in {:.0} s: each case ran {} time(s) \
+         unmeasured, then {} time(s) measured. Times are milliseconds from the execution's \
+         metrics: **boot** is the VMM starting until the agent's channel is up, **ready** the \
+         guest kernel and agent until the agent says hello, **execution** sending the request \
+         until the last stage reported, **total** taking the request until the result. \
+         **Host** is the same program with the same binaries in a chroot of the language's \
+         image on this machine, outside any VM; **ratio** is VM p50 over host p50.\n",
+        utc(report.started_at),
+        m.runner_version,
+        report.duration_seconds,
+        report.settings.warmup,
+        report.settings.runs,
+    );
+
+    let _ = writeln!(out, "## Machine\n");
+    let _ = writeln!(out, "| | |\n|---|---|");
+    let _ = writeln!(out, "| CPU | {} ({} CPUs) |", cell(&m.cpu_model), m.cpus);
+    let _ = writeln!(out, "| Memory | {} MiB |", ms(m.memory_mib as f64));
+    let _ = writeln!(out, "| Host kernel | {} |", cell(&m.host_kernel));
+    let _ = writeln!(out, "| Backend | {} |", cell(&m.backend));
+    let _ = writeln!(
+        out,
+        "| Acceleration | {} ({}) |",
+        m.accel,
+        cell(&m.accel_reason)
+    );
+    let _ = writeln!(out, "| Guest kernel | {} |", cell(&m.guest_kernel));
+    for (language, version) in &m.languages {
+        let _ = writeln!(out, "| {language} | {} |", cell(version));
+    }
+    out.push('\n');
+
+    let starts: Vec<&CaseResult> = group(report, Group::VmStart);
+    if let Some(first) = starts.first() {
+        let _ = writeln!(
+            out,
+            "## VM start ({} Hello World)\n\n\
+             The seed's \"VM Boot Time\": the same program in a VM booted cold, restored \
+             from the language's snapshot, and taken from a warm pool. The seed's figures \
+             (c5.metal, KVM) are to ready.\n",
+            first.case.language
+        );
+        let _ = writeln!(
+            out,
+            "| start | boot to ready p50 | p95 | min | max | total p50 | p95 | host p50 | ratio | seed (to ready) |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+        for r in &starts {
+            let (btr, total) = (r.vm_boot_to_ready, r.vm);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.case.start.as_str(),
+                p(btr, |s| s.p50),
+                p(btr, |s| s.p95),
+                p(btr, |s| s.min),
+                p(btr, |s| s.max),
+                p(total, |s| s.p50),
+                p(total, |s| s.p95),
+                p(r.host, |s| s.p50),
+                ratio(r.ratio),
+                r.case.seed_ms.map_or_else(|| "–".into(), ms),
+            );
+        }
+        out.push('\n');
+    }
+
+    let programs = group(report, Group::Program);
+    if !programs.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Programs\n\n\
+             The seed's per-language table. Every VM is restored from its language's \
+             snapshot, as `runner run` does; compiled languages include their compile stage.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| language | program | total p50 | p95 | min | max | boot | ready | execution | host p50 | ratio | seed |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &programs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.case.language,
+                r.case.title,
+                p(r.vm, |s| s.p50),
+                p(r.vm, |s| s.p95),
+                p(r.vm, |s| s.min),
+                p(r.vm, |s| s.max),
+                ms(r.phases.boot_ms),
+                ms(r.phases.ready_ms),
+                ms(r.phases.execution_ms),
+                p(r.host, |s| s.p50),
+                ratio(r.ratio),
+                r.case.seed_ms.map_or_else(|| "–".into(), ms),
+            );
+        }
+        out.push('\n');
+    }
+
+    let throughput = group(report, Group::Throughput);
+    if let Some(first) = throughput.first() {
+        let _ = writeln!(
+            out,
+            "## Throughput ({} Hello World)\n\n\
+             Clients in a closed loop, each sending its next request when the last one \
+             answered, with a warm pool of {} VMs refilled in the background. Host: the \
+             same number of clients running the program in the chroot (setup not counted).\n",
+            first.case.language,
+            crate::POOL_SIZE
+        );
+        let _ = writeln!(
+            out,
+            "| clients | requests | executions/s | host executions/s | total p50 | p95 | max |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for r in &throughput {
+            let t = r.throughput.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.case.concurrency,
+                t.map_or(0, |t| t.requests),
+                t.map_or_else(|| "–".into(), |t| format!("{:.2}", t.vm_per_second)),
+                t.and_then(|t| t.host_per_second)
+                    .map_or_else(|| "–".into(), |v| format!("{v:.1}")),
+                p(r.vm, |s| s.p50),
+                p(r.vm, |s| s.p95),
+                p(r.vm, |s| s.max),
+            );
+        }
+        out.push('\n');
+    }
+
+    let _ = writeln!(
+        out,
+        "## Figures\n\n\
+         ![Where the time of one execution goes](timeline.svg)\n\n\
+         ![Cold boot, snapshot restore and warm pool](boot-comparison.svg)\n"
+    );
+
+    let mut notes = Vec::new();
+    for r in &report.cases {
+        let failed: Vec<String> = r
+            .vm_samples
+            .iter()
+            .chain(&r.host_samples)
+            .filter(|s| !s.ok)
+            .map(|s| s.status.clone())
+            .collect();
+        if !failed.is_empty() {
+            notes.push(format!(
+                "- {}: {} sample(s) failed ({}) and are not in the summaries.",
+                r.case.id,
+                failed.len(),
+                failed.join(", ")
+            ));
+        }
+        let mismatched = r
+            .vm_samples
+            .iter()
+            .filter(|s| {
+                s.start
+                    .as_deref()
+                    .is_some_and(|s| s != r.case.start.as_str())
+            })
+            .count();
+        if mismatched > 0 {
+            notes.push(format!(
+                "- {}: {mismatched} VM(s) did not start as the case asks ({}), e.g. an empty pool.",
+                r.case.id,
+                r.case.start.as_str()
+            ));
+        }
+    }
+    let host_notes: Vec<&String> = report
+        .cases
+        .iter()
+        .filter_map(|r| r.host_note.as_ref())
+        .collect();
+    if let Some(note) = host_notes.first() {
+        notes.push(format!("- No host baseline: {note}"));
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "## Notes\n\n{}\n", notes.join("\n"));
+    }
+    let _ = writeln!(
+        out,
+        "Every sample is in `results.json`. Reproduce with `runner bench --out DIR`."
+    );
+    out
+}
+
+/// Text that stays in one table cell: one line, no column bars.
+fn cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+fn group(report: &Report, group: Group) -> Vec<&CaseResult> {
+    report
+        .cases
+        .iter()
+        .filter(|r| r.case.group == group)
+        .collect()
+}
+
+fn p(summary: Option<Summary>, pick: fn(&Summary) -> f64) -> String {
+    summary.as_ref().map_or_else(|| "–".into(), |s| ms(pick(s)))
+}
+
+/// Milliseconds, rounded to what the measurement can tell.
+pub fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        let whole = value.round() as u64;
+        // Thousands separated, for the long ones under emulation.
+        let digits = whole.to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        grouped
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".into(), |r| format!("{r:.1}x"))
+}
+
+/// "2026-11-27 21:30 UTC" from seconds since the epoch.
+pub fn utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(ms(12.345), "12.3");
+        assert_eq!(ms(1234.4), "1,234");
+        assert_eq!(ms(123_456.0), "123,456");
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(1_795_815_000), "2026-11-27 21:30 UTC");
+    }
+}
