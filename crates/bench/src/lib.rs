@@ -112,6 +112,18 @@ pub struct CaseResult {
     pub host_samples: Vec<Sample>,
 }
 
+/// Host memory of the VMs waiting in a warm pool (paused), per VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolMemory {
+    pub language: String,
+    pub vms: usize,
+    /// Resident set of each VM's QEMU, MiB.
+    pub rss_mib: Summary,
+    /// Proportional set: shared pages (the snapshot's memory file, QEMU's
+    /// code) divided among the processes that map them, MiB.
+    pub pss_mib: Summary,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub runs: usize,
@@ -128,6 +140,7 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub cases: Vec<CaseResult>,
+    pub pool_memory: Option<PoolMemory>,
 }
 
 impl Report {
@@ -248,6 +261,7 @@ pub async fn run(
     let mut order: Vec<usize> = (0..cases.len()).filter(|&i| !pooled(&cases[i])).collect();
     order.extend((0..cases.len()).filter(|&i| pooled(&cases[i])));
     let mut pools_started = false;
+    let mut pool_memory = None;
     for index in order {
         let case = &cases[index];
         let (language, rootfs) = &languages[&case.language];
@@ -264,6 +278,8 @@ pub async fn run(
                 },
                 vm_mib * POOL_SIZE as u64,
             );
+            wait_for_pool(&runner, &language.name, POOL_SIZE).await;
+            pool_memory = measure_pool_memory(&runner, &language.name);
         }
         bar.set_message(case.id.clone());
         let mut result = match case.group {
@@ -294,6 +310,7 @@ pub async fn run(
             host_baseline: host_unavailable.is_none(),
         },
         cases: results.into_iter().flatten().collect(),
+        pool_memory,
     })
 }
 
@@ -363,6 +380,26 @@ async fn throughput_case(
             host_per_second: None,
         }),
     )
+}
+
+/// The memory of the QEMU processes of this process's VMs, which are all
+/// pooled when this is called: the pool is full and nothing runs.
+fn measure_pool_memory(runner: &Runner, language: &str) -> Option<PoolMemory> {
+    let needle = format!(
+        "{}/{}.",
+        runner.state().runs().display(),
+        std::process::id()
+    );
+    let (rss, pss): (Vec<f64>, Vec<f64>) = machine::processes_with(&needle)
+        .into_iter()
+        .filter_map(machine::process_memory_mib)
+        .unzip();
+    Some(PoolMemory {
+        language: language.into(),
+        vms: rss.len(),
+        rss_mib: stats::summarize(&rss)?,
+        pss_mib: stats::summarize(&pss)?,
+    })
 }
 
 /// Waits (up to a minute) until `language`'s pool holds `n` VMs.

@@ -61,3 +61,39 @@ pub fn guest_kernel(kernel_dir: &Path) -> String {
         .and_then(|manifest| manifest["version"].as_str().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Resident and proportional memory of one process, in MiB.
+pub fn process_memory_mib(pid: u32) -> Option<(f64, f64)> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map(|kib| kib / 1024.0)
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}

@@ -145,6 +145,27 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    if let Some(memory) = &report.pool_memory {
+        let _ = writeln!(
+            out,
+            "## Memory of a pooled VM\n\n\
+             {} paused {} VMs in the warm pool, restored from one snapshot: host memory of \
+             each VM's QEMU process. PSS counts shared pages (the snapshot's memory file, \
+             QEMU's code) once, divided among the processes that map them.\n\n\
+             | | p50 | min | max |\n|---|---|---|---|\n\
+             | RSS (MiB) | {:.0} | {:.0} | {:.0} |\n\
+             | PSS (MiB) | {:.0} | {:.0} | {:.0} |\n",
+            memory.vms,
+            memory.language,
+            memory.rss_mib.p50,
+            memory.rss_mib.min,
+            memory.rss_mib.max,
+            memory.pss_mib.p50,
+            memory.pss_mib.min,
+            memory.pss_mib.max,
+        );
+    }
+
     let _ = writeln!(
         out,
         "## Figures\n\n\

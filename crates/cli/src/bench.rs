@@ -1,6 +1,7 @@
 //! `runner bench`: runs `runner-bench` with a progress bar and writes its
 //! report.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -94,7 +95,30 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
             .expect("template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    // Without a terminal the bar is hidden: say each case as a line instead,
+    // so that a CI log shows where the time went.
+    let lines = (!std::io::stderr().is_terminal()).then(|| {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                let message = bar.message();
+                if message != last {
+                    eprintln!(
+                        "runner: bench {message} ({} of {} runs done)",
+                        bar.position(),
+                        bar.length().unwrap_or(0)
+                    );
+                    last = message;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
     let report = runner_bench::run(Arc::new(runner), &options, &bar).await;
+    if let Some(lines) = lines {
+        lines.abort();
+    }
     bar.finish_and_clear();
     let report = report?;
     let written = report.write(&args.out)?;

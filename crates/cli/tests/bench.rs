@@ -1,0 +1,191 @@
+//! `runner bench`, for real: small runs that boot VMs, run the host
+//! baseline in its chroot and write the report. The tests check what was
+//! measured and written, never how fast.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::run;
+use serde_json::Value;
+
+fn results(dir: &Path) -> Value {
+    serde_json::from_slice(&fs::read(dir.join("results.json")).unwrap()).unwrap()
+}
+
+/// Leftovers of the host baseline: mounts (its namespace must be gone)
+/// and its temporary directories.
+fn host_baseline_leftovers() -> Vec<String> {
+    let mut left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("runner-bench-host."))
+        .map(str::to_string)
+        .collect();
+    let tmp = std::env::temp_dir();
+    left.extend(
+        fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("runner-bench-host.")),
+    );
+    left
+}
+
+#[test]
+fn the_suite_for_one_language_writes_tables_samples_and_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let finished = run(
+        &[
+            "bench",
+            "--lang",
+            "bash",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--requests-per-client",
+            "1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+
+    let json = results(out.path());
+    let cases = json["cases"].as_array().unwrap();
+    let ids: Vec<&str> = cases.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "start/cold",
+            "start/snapshot",
+            "start/pool",
+            "bash/hello",
+            "bash/fib20",
+            "throughput/1",
+            "throughput/2",
+            "throughput/4",
+        ]
+    );
+    for case in cases {
+        let id = case["id"].as_str().unwrap();
+        let vm = case["vm_samples"].as_array().unwrap();
+        let expected = case["concurrency"].as_u64().unwrap() as usize;
+        assert_eq!(vm.len(), expected, "{id}: {case:#}");
+        for sample in vm {
+            assert_eq!(sample["ok"], true, "{id}: {sample:#}");
+            assert!(sample["total_ms"].as_f64().unwrap() > 0.0, "{id}");
+            assert!(sample["execution_ms"].as_f64().unwrap() > 0.0, "{id}");
+        }
+        if case["group"] == "vm_start" {
+            // Each start case started its VMs the way it says.
+            assert_eq!(vm[0]["start"], case["start"], "{id}");
+        }
+        // The same program ran on the host, with the same output.
+        let host = case["host_samples"].as_array().unwrap();
+        assert_eq!(host.len(), expected, "{id}: {case:#}");
+        assert!(host.iter().all(|s| s["ok"] == true), "{id}: {case:#}");
+        assert!(case["host"]["p50"].as_f64().unwrap() > 0.0, "{id}");
+        assert!(case["ratio"].as_f64().unwrap() > 0.0, "{id}");
+    }
+    let throughput = &cases[7]["throughput"];
+    assert_eq!(throughput["requests"], 4);
+    assert!(throughput["vm_per_second"].as_f64().unwrap() > 0.0);
+    assert!(throughput["host_per_second"].as_f64().unwrap() > 0.0);
+
+    // The four pooled VMs were found and measured.
+    let memory = &json["pool_memory"];
+    assert_eq!(memory["vms"], 4, "{memory:#}");
+    assert!(memory["rss_mib"]["p50"].as_f64().unwrap() > 0.0);
+
+    let machine = &json["machine"];
+    assert!(["kvm", "tcg"].contains(&machine["accel"].as_str().unwrap()));
+    assert!(
+        machine["languages"]["bash"]
+            .as_str()
+            .unwrap()
+            .starts_with('5')
+    );
+    assert!(machine["guest_kernel"].as_str().unwrap().contains("deb13"));
+
+    let report = fs::read_to_string(out.path().join("report.md")).unwrap();
+    for expected in [
+        "| bash | Hello World |",
+        "| bash | Fibonacci(20) |",
+        "| cold |",
+        "| pool |",
+        "](timeline.svg)",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    // The report also goes to stdout.
+    assert!(finished.stdout().contains("| bash | Hello World |"));
+    for figure in ["timeline.svg", "boot-comparison.svg"] {
+        let svg = fs::read_to_string(out.path().join(figure)).unwrap();
+        assert!(svg.starts_with("<svg"), "{figure}");
+        assert!(svg.contains("<rect"), "{figure} has no bars");
+    }
+    assert_eq!(host_baseline_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn one_program_of_ones_own_with_arguments() {
+    let out = tempfile::tempdir().unwrap();
+    let finished = run(
+        &[
+            "bench",
+            "--lang",
+            "python",
+            "--code",
+            "import sys\nprint(sum(range(int(sys.argv[1]))))",
+            "--runs",
+            "2",
+            "--no-host",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--",
+            "1000",
+        ],
+        b"",
+    );
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    let json = results(out.path());
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1);
+    let case = &cases[0];
+    assert_eq!(case["id"], "python/custom");
+    assert_eq!(case["args"], serde_json::json!(["1000"]));
+    let samples = case["vm_samples"].as_array().unwrap();
+    // One warm-up (the default) and two measured runs.
+    assert_eq!(samples.len(), 3);
+    assert!(samples.iter().all(|s| s["ok"] == true), "{case:#}");
+    assert_eq!(samples.iter().filter(|s| s["warmup"] == true).count(), 1);
+    assert_eq!(case["vm"]["n"], 2);
+    assert!(case["host_samples"].as_array().unwrap().is_empty());
+    assert!(case["host_note"].as_str().unwrap().contains("--no-host"));
+}
+
+#[test]
+fn bench_arguments_that_cannot_work_are_refused() {
+    let finished = run(&["bench", "--code", "print(1)"], b"");
+    assert_eq!(finished.code(), Some(125));
+    assert!(
+        finished.stderr().contains("one --lang"),
+        "{}",
+        finished.stderr()
+    );
+    let finished = run(&["bench", "--lang", "python", "--runs", "0"], b"");
+    assert_eq!(finished.code(), Some(125));
+    assert!(
+        finished.stderr().contains("--runs"),
+        "{}",
+        finished.stderr()
+    );
+    let finished = run(&["bench", "--lang", "cobol"], b"");
+    assert_eq!(finished.code(), Some(125));
+    assert!(finished.stderr().contains("cobol"), "{}", finished.stderr());
+}
