@@ -14,9 +14,10 @@ fn failed(e: impl std::fmt::Display) -> Failure {
 }
 
 /// One stacked bar per execution kind: VMM start, guest boot and agent,
-/// execution, and the host's own overhead, at their medians.
+/// the compile and run stages, the rest of the execution (files in, output
+/// out, the agent's own work) and the host's own overhead, at their medians.
 pub fn timeline(report: &Report) -> Result<String, Failure> {
-    let mut rows: Vec<(String, [f64; 4])> = Vec::new();
+    let mut rows: Vec<(String, [f64; 6])> = Vec::new();
     for r in &report.cases {
         let label = match r.case.group {
             Group::VmStart => format!(
@@ -31,8 +32,12 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
             continue;
         }
         let p = r.phases;
-        let other = (p.total_ms - p.boot_ms - p.ready_ms - p.execution_ms).max(0.0);
-        rows.push((label, [p.boot_ms, p.ready_ms, p.execution_ms, other]));
+        let agent = (p.execution_ms - p.compile_ms - p.run_ms).max(0.0);
+        let host = (p.total_ms - p.boot_ms - p.ready_ms - p.execution_ms).max(0.0);
+        rows.push((
+            label,
+            [p.boot_ms, p.ready_ms, p.compile_ms, p.run_ms, agent, host],
+        ));
     }
     let max_x = rows
         .iter()
@@ -43,7 +48,8 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
     let n = rows.len().max(1) as i32;
     let mut svg = String::new();
     {
-        let height = 120 + 28 * n as u32;
+        // Room for the legend however few rows there are.
+        let height = (120 + 28 * n as u32).max(300);
         let root = SVGBackend::with_string(&mut svg, (1100, height)).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
         let mut chart = ChartBuilder::on(&root)
@@ -57,7 +63,7 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(230)
-            .build_cartesian_2d(0f64..max_x, (0..n - 1).into_segmented())
+            .build_cartesian_2d(0f64..max_x, (0..(n - 1).max(1)).into_segmented())
             .map_err(failed)?;
         let labels: Vec<String> = rows.iter().rev().map(|(l, _)| l.clone()).collect();
         chart
@@ -75,7 +81,12 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
         let phases = [
             ("VMM start", RGBColor(0x4e, 0x79, 0xa7)),
             ("guest boot + agent ready", RGBColor(0xf2, 0x8e, 0x2b)),
-            ("execution", RGBColor(0x59, 0xa1, 0x4f)),
+            ("compile stage", RGBColor(0xb0, 0x7a, 0xa1)),
+            ("run stage", RGBColor(0x59, 0xa1, 0x4f)),
+            (
+                "agent: files, output, stage set-up",
+                RGBColor(0xed, 0xc9, 0x48),
+            ),
             ("host side", RGBColor(0xba, 0xb0, 0xac)),
         ];
         for (k, (name, color)) in phases.into_iter().enumerate() {
@@ -147,7 +158,10 @@ pub fn boot_comparison(report: &Report) -> Result<String, Failure> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..n - 1).into_segmented(), (1f64..max_y).log_scale())
+            .build_cartesian_2d(
+                (0..(n - 1).max(1)).into_segmented(),
+                (1f64..max_y).log_scale(),
+            )
             .map_err(failed)?;
         let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         chart

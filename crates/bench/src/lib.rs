@@ -83,6 +83,10 @@ pub struct Phases {
     pub ready_ms: f64,
     pub execution_ms: f64,
     pub total_ms: f64,
+    /// Within execution: the compile stage (0 without one) and the run
+    /// stage, as the agent timed them.
+    pub compile_ms: f64,
+    pub run_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -558,6 +562,8 @@ fn summarize(case: &Case, samples: Vec<Sample>, throughput: Option<Throughput>) 
             ready_ms: p50(|s| s.ready_ms),
             execution_ms: p50(|s| s.execution_ms),
             total_ms: p50(|s| s.total_ms),
+            compile_ms: p50(|s| s.compile_ms.unwrap_or(0.0)),
+            run_ms: p50(|s| s.run_ms.unwrap_or(0.0)),
         },
         host: None,
         ratio: None,

@@ -83,17 +83,22 @@ pub fn markdown(report: &Report) -> String {
             out,
             "## Programs\n\n\
              The seed's per-language table. Every VM is restored from its language's \
-             snapshot, as `runner run` does; compiled languages include their compile stage.\n"
+             snapshot, as `runner run` does; compiled languages include their compile stage. \
+             **Compile** and **run** are the stages' own wall times inside the execution, as \
+             the agent measured them.\n"
         );
         let _ = writeln!(
             out,
-            "| language | program | total p50 | p95 | min | max | boot | ready | execution | host p50 | ratio | seed |"
+            "| language | program | total p50 | p95 | min | max | boot | ready | execution | compile | run | host p50 | ratio | seed |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for r in &programs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.case.language,
                 r.case.title,
                 p(r.vm, |s| s.p50),
@@ -103,6 +108,12 @@ pub fn markdown(report: &Report) -> String {
                 ms(r.phases.boot_ms),
                 ms(r.phases.ready_ms),
                 ms(r.phases.execution_ms),
+                if r.phases.compile_ms > 0.0 {
+                    ms(r.phases.compile_ms)
+                } else {
+                    "–".into()
+                },
+                ms(r.phases.run_ms),
                 p(r.host, |s| s.p50),
                 ratio(r.ratio),
                 r.case.seed_ms.map_or_else(|| "–".into(), ms),
