@@ -122,7 +122,7 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
     bar.finish_and_clear();
     let report = report?;
     let written = report.write(&args.out)?;
-    println!("{}", report.markdown());
+    outln!("{}", report.markdown());
     for path in written {
         eprintln!("runner: wrote {}", path.display());
     }

@@ -17,7 +17,7 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
     let free = nix::sys::statvfs::statvfs(state)
         .map(|s| (s.blocks_available() * s.fragment_size()) >> 20)
         .unwrap_or(0);
-    println!("state dir      {} ({free} MiB free)", state.display());
+    outln!("state dir      {} ({free} MiB free)", state.display());
     if free < 2048 {
         problems.push(format!(
             "less than 2 GiB free in {}: image builds need it",
@@ -30,11 +30,11 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
             let version = QemuBackend::version(&path)
                 .await
                 .unwrap_or_else(|e| e.to_string());
-            println!("qemu           {} ({version})", path.display());
+            outln!("qemu           {} ({version})", path.display());
             true
         }
         Err(e) => {
-            println!("qemu           missing");
+            outln!("qemu           missing");
             problems.push(e.to_string());
             false
         }
@@ -49,9 +49,9 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
         ("xz", "xz-utils", "decompresses kernel modules"),
     ] {
         match which(tool) {
-            Some(path) => println!("{tool:<14} {}", path.display()),
+            Some(path) => outln!("{tool:<14} {}", path.display()),
             None => {
-                println!("{tool:<14} missing");
+                outln!("{tool:<14} missing");
                 problems.push(format!(
                     "{tool} not found ({why}): install the Debian package {package}"
                 ));
@@ -73,12 +73,12 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
         }
         (None, _, false) => "unknown: QEMU is missing".to_string(),
     };
-    println!("backend        qemu");
-    println!("acceleration   {acceleration}");
+    outln!("backend        qemu");
+    outln!("acceleration   {acceleration}");
 
     let names: Vec<_> = runner.languages().all().to_vec();
     for (id, built) in runner.images().status(&names, agent()) {
-        println!(
+        outln!(
             "image          {id} {}",
             if built {
                 "built"
@@ -88,12 +88,12 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
         );
     }
     if problems.is_empty() {
-        println!("\nready");
+        outln!("\nready");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!();
+        outln!("");
         for problem in &problems {
-            println!("problem: {problem}");
+            outln!("problem: {problem}");
         }
         Ok(ExitCode::FAILURE)
     }

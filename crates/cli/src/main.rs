@@ -3,6 +3,16 @@
 //! Thin glue over `runner-host`: parse arguments, print results, map the
 //! program's exit to our own.
 
+/// `println!` for the commands' own output. A reader that went away
+/// (`runner snapshot list | head -1`) ends the command quietly with status
+/// 0, as ripgrep does, instead of a panic; the standard library ignores
+/// SIGPIPE so that the server and the VM sockets never die of it.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod bench;
 mod doctor;
 mod progress;
@@ -201,6 +211,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; see [`outln!`].
+fn write_stdout(args: std::fmt::Arguments) {
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("runner: write to stdout: {e}");
+        std::process::exit(i32::from(EXIT_RUNNER_FAILED));
+    }
+}
+
 /// JSON lines on stderr; `RUNNER_LOG` sets the filter (default: warnings).
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
@@ -261,7 +282,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .get("python")?
             .memory_mib;
         let vm = u64::from(runner_host::exec::vm_memory_mib(python.into()));
-        println!(
+        outln!(
             "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
             capacity.vms_of(vm),
             capacity.cpus,
@@ -269,7 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             capacity.vm_memory_budget_mib,
             capacity.vm_memory_budget_mib / vm,
         );
-        print!("{}", config.to_toml());
+        write_stdout(format_args!("{}", config.to_toml()));
         return Ok(ExitCode::SUCCESS);
     }
     runner_api::serve(config).await?;
@@ -461,19 +482,25 @@ async fn snapshot(runner: Runner, command: SnapshotCommand) -> anyhow::Result<Ex
                 );
                 let snapshot = runner.snapshot(&language).await?;
                 drop(spinner);
-                println!(
+                outln!(
                     "{}: {} ({:.1} s to make)",
-                    language.name, snapshot.manifest.id, snapshot.manifest.create_seconds
+                    language.name,
+                    snapshot.manifest.id,
+                    snapshot.manifest.create_seconds
                 );
             }
         }
         SnapshotCommand::List => {
-            println!(
+            outln!(
                 "{:<36} {:<8} {:>8} {:>8} {:>7}  MADE FROM",
-                "ID", "MEMORY", "ON DISK", "STATE", "MADE IN"
+                "ID",
+                "MEMORY",
+                "ON DISK",
+                "STATE",
+                "MADE IN"
             );
             for m in runner.snapshots().list() {
-                println!(
+                outln!(
                     "{:<36} {:<8} {:>8} {:>8} {:>6.1}s  {} {} {}",
                     m.id,
                     format!("{} MiB", m.key.memory_mib),
@@ -508,9 +535,11 @@ async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode
                 let images = runner
                     .prepare(&language, Arc::new(progress::Spinner::new()))
                     .await?;
-                println!(
+                outln!(
                     "{}: {} ({})",
-                    language.name, images.rootfs_manifest.version, images.rootfs_manifest.id
+                    language.name,
+                    images.rootfs_manifest.version,
+                    images.rootfs_manifest.id
                 );
             }
         }
@@ -520,21 +549,24 @@ async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode
                 .images()
                 .prune(&languages, runner_host::exec::agent())?;
             for id in &removed {
-                println!("removed {id}");
+                outln!("removed {id}");
             }
-            println!("{} image(s) removed", removed.len());
+            outln!("{} image(s) removed", removed.len());
         }
         ImageCommand::List => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            println!(
+            outln!(
                 "{:<36} {:>9} {:>9} {:>8}  VERSION",
-                "IMAGE", "SIZE", "BUILD", "AGE"
+                "IMAGE",
+                "SIZE",
+                "BUILD",
+                "AGE"
             );
             for m in runner.images().list()? {
-                println!(
+                outln!(
                     "{:<36} {:>9} {:>8.1}s {:>8}  {}",
                     m.id,
                     format!("{:.1} MiB", m.size_bytes as f64 / (1 << 20) as f64),
@@ -558,9 +590,11 @@ fn age(seconds: u64) -> String {
 }
 
 fn languages(runner: Runner) -> anyhow::Result<ExitCode> {
-    println!(
+    outln!(
         "{:<10} {:<24} {:<10} VERSION",
-        "LANGUAGE", "ALIASES", "MEMORY"
+        "LANGUAGE",
+        "ALIASES",
+        "MEMORY"
     );
     for language in runner.languages().all() {
         let version = runner
@@ -568,7 +602,7 @@ fn languages(runner: Runner) -> anyhow::Result<ExitCode> {
             .rootfs_manifest(language)
             .map(|m| m.version)
             .unwrap_or_else(|| "(image not built: runner image build)".into());
-        println!(
+        outln!(
             "{:<10} {:<24} {:<10} {}",
             language.name,
             language.aliases.join(","),

@@ -385,3 +385,27 @@ fn a_reader_that_stops_early_is_not_a_failure() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_clean(pid);
 }
+
+#[test]
+fn listing_commands_end_quietly_when_the_reader_goes_away() {
+    // As `runner languages | head -0`: the reader is gone before the
+    // command writes.
+    for args in [
+        &["languages"][..],
+        &["snapshot", "list"],
+        &["image", "list"],
+        &["serve", "--print-config"],
+    ] {
+        let mut child = runner()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
