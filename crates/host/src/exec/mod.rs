@@ -706,7 +706,11 @@ impl Runner {
             &id(&images.rootfs),
             format!("{} {}", info.name, info.version),
             info.accel.to_string(),
-            backend.cpu_model().to_string(),
+            // `-cpu host` is whatever this machine's CPU is.
+            match backend.cpu_model() {
+                "host" => format!("host: {}", crate::vmm::accel::host_cpu_signature()),
+                model => model.to_string(),
+            },
             vm_memory_mib(language.memory_mib.into()),
             language.warm.clone(),
             self.prestart(language).map(|spec| spec.argv),
