@@ -33,7 +33,7 @@ pub struct Capacity {
 impl Capacity {
     /// From the host's memory and CPUs; `max_vms` 0 means one per CPU.
     pub fn of_host(reserved_memory_mib: u64, max_vms: usize) -> Result<Self, String> {
-        let host_memory_mib = host_memory_mib()
+        let host_memory_mib = runner_host::machine::host_memory_mib()
             .map_err(|e| format!("cannot read the host's memory from /proc/meminfo: {e}"))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self::new(host_memory_mib, reserved_memory_mib, cpus, max_vms)
@@ -81,22 +81,6 @@ impl Capacity {
         self.max_vms
             .min(usize::try_from(by_memory).unwrap_or(usize::MAX))
     }
-}
-
-fn host_memory_mib() -> std::io::Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib / 1024)
-        .ok_or_else(|| std::io::Error::other("no MemTotal line"))
 }
 
 /// Why a request was not admitted.

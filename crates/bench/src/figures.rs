@@ -13,6 +13,21 @@ fn failed(e: impl std::fmt::Display) -> Failure {
     anyhow::anyhow!("drawing a figure: {e}")
 }
 
+/// `n` categories, one segment each (a one-category range would be empty).
+fn segments(
+    n: i32,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordi32> {
+    (0..(n - 1).max(1)).into_segmented()
+}
+
+/// The label of a category's segment, at its centre.
+fn segment_label(labels: &[String], value: &SegmentValue<i32>) -> String {
+    match value {
+        SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 /// One stacked bar per execution kind: VMM start, guest boot and agent,
 /// the compile and run stages, the rest of the execution (files in, output
 /// out, the agent's own work) and the host's own overhead, at their medians.
@@ -63,17 +78,14 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(230)
-            .build_cartesian_2d(0f64..max_x, (0..(n - 1).max(1)).into_segmented())
+            .build_cartesian_2d(0f64..max_x, segments(n))
             .map_err(failed)?;
         let labels: Vec<String> = rows.iter().rev().map(|(l, _)| l.clone()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
             .y_labels(rows.len().max(1))
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
+            .y_label_formatter(&|v| segment_label(&labels, v))
             .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("milliseconds")
             .draw()
@@ -158,20 +170,14 @@ pub fn boot_comparison(report: &Report) -> Result<String, Failure> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(
-                (0..(n - 1).max(1)).into_segmented(),
-                (1f64..max_y).log_scale(),
-            )
+            .build_cartesian_2d(segments(n), (1f64..max_y).log_scale())
             .map_err(failed)?;
         let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(bars.len().max(1))
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
+            .x_label_formatter(&|v| segment_label(&labels, v))
             .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("milliseconds (log scale)")
             .draw()

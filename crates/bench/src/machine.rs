@@ -34,18 +34,7 @@ pub fn cpu_model() -> String {
 }
 
 pub fn memory_mib() -> u64 {
-    fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib / 1024)
+    runner_host::machine::host_memory_mib().unwrap_or(0)
 }
 
 pub fn host_kernel() -> String {

@@ -7,11 +7,13 @@
 //! - [`snapshot`]: VMs saved ready to run, restored instead of booted;
 //! - [`pool`]: warm pools of restored VMs waiting for requests;
 //! - [`exec`]: one execution, from request to result, in a fresh VM;
-//! - [`state`]: where all of it lives on the host.
+//! - [`state`]: where all of it lives on the host;
+//! - [`machine`]: facts about the host (its memory).
 
 pub mod exec;
 pub mod image;
 pub mod lang;
+pub mod machine;
 pub mod pool;
 pub mod snapshot;
 pub mod state;
