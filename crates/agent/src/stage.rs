@@ -48,9 +48,9 @@ pub fn run(
     env: &BTreeMap<String, String>,
     out: &mut Port,
 ) -> Result<StageReport, String> {
-    let Some(program) = spec.argv.first() else {
+    if spec.argv.is_empty() {
         return Err(format!("stage {} has an empty command", spec.name));
-    };
+    }
     let limits = spec.limits;
     let scratch = Scratch::cap(limits.file_size_bytes)?;
     let cgroup = Cgroup::create(&spec.name)?;
@@ -58,27 +58,9 @@ pub fn run(
         cgroup.remove();
         return Err(e);
     }
-    let mut command = command(&spec.argv, env);
-    command.stdin(if spec.stdin && !stdin.is_empty() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let cgroup_procs = cgroup.procs.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls on values copied into it.
-    unsafe {
-        command.pre_exec(move || enter_sandbox(cgroup_procs, Some(&limits), None));
-    }
-
+    let stdin_pipe = spec.stdin && !stdin.is_empty();
     let started = Instant::now();
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            cgroup.remove();
-            return Err(format!("start {program}: {e}"));
-        }
-    };
+    let (mut child, cgroup) = spawn_in(&spec.argv, env, stdin_pipe, cgroup, Some(limits), None)?;
     let input = child.stdin.take();
     let process = Process {
         child,
@@ -107,27 +89,20 @@ const CONTROL_FD: i32 = 3;
 /// Starts `spec`'s runtime as the run user in a cgroup of its own, without
 /// limits yet: they are the request's, applied at the hand-over.
 pub fn prestart(spec: &PrestartSpec) -> Result<Prestarted, String> {
-    let Some(program) = spec.argv.first() else {
+    if spec.argv.is_empty() {
         return Err("prestart with an empty command".into());
-    };
+    }
     let (control_read, control_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("control pipe: {e}"))?;
     let cgroup = Cgroup::create("prestart")?;
-    let mut command = command(&spec.argv, &spec.env);
-    command.stdin(Stdio::piped());
-    let cgroup_procs = cgroup.procs.as_raw_fd();
-    let control = control_read.as_raw_fd();
-    // SAFETY: as in `run`; `control_read` outlives the spawn.
-    unsafe {
-        command.pre_exec(move || enter_sandbox(cgroup_procs, None, Some(control)));
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            cgroup.remove();
-            return Err(format!("start {program}: {e}"));
-        }
-    };
+    let (mut child, cgroup) = spawn_in(
+        &spec.argv,
+        &spec.env,
+        true,
+        cgroup,
+        None,
+        Some(control_read.as_raw_fd()),
+    )?;
     drop(control_read);
     if let Err(e) = await_waiting(&mut child) {
         cgroup.kill();
@@ -284,6 +259,40 @@ fn prlimit(
         ))
     } else {
         Ok(())
+    }
+}
+
+/// Starts `argv` (not empty) with the base environment plus `env`, piped
+/// stdout and stderr, stdin piped or `/dev/null`, in `cgroup`'s sandbox
+/// (see [`enter_sandbox`]). The cgroup is removed if the process cannot
+/// start.
+fn spawn_in(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    stdin_pipe: bool,
+    cgroup: Cgroup,
+    limits: Option<Limits>,
+    control: Option<i32>,
+) -> Result<(Child, Cgroup), String> {
+    let mut command = command(argv, env);
+    command.stdin(if stdin_pipe {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let cgroup_procs = cgroup.procs.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe system calls on values copied into it; the caller
+    // keeps the control pipe open until the spawn returns.
+    unsafe {
+        command.pre_exec(move || enter_sandbox(cgroup_procs, limits.as_ref(), control));
+    }
+    match command.spawn() {
+        Ok(child) => Ok((child, cgroup)),
+        Err(e) => {
+            cgroup.remove();
+            Err(format!("start {}: {e}", argv[0]))
+        }
     }
 }
 
