@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use runner_host::machine::kib_field;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,20 +55,8 @@ pub fn guest_kernel(kernel_dir: &Path) -> String {
 /// Resident and proportional memory of one process, in MiB.
 pub fn process_memory_mib(pid: u32) -> Option<(f64, f64)> {
     let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| {
-        rollup
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map(|kib| kib / 1024.0)
-    };
-    Some((field("Rss:")?, field("Pss:")?))
+    let mib = |name| kib_field(&rollup, name).map(|kib| kib as f64 / 1024.0);
+    Some((mib("Rss:")?, mib("Pss:")?))
 }
 
 /// Processes whose command line contains `needle`.

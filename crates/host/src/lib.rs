@@ -8,7 +8,7 @@
 //! - [`pool`]: warm pools of restored VMs waiting for requests;
 //! - [`exec`]: one execution, from request to result, in a fresh VM;
 //! - [`state`]: where all of it lives on the host;
-//! - [`machine`]: facts about the host (its memory).
+//! - [`machine`]: facts about the host (its memory, its CPU).
 
 pub mod exec;
 pub mod image;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,7 @@ pub struct Runner {
     snapshots: SnapshotStore,
     /// Restore from snapshots where they exist (`RUNNER_SNAPSHOTS=off` boots
     /// every VM cold).
-    use_snapshots: std::sync::atomic::AtomicBool,
+    use_snapshots: AtomicBool,
     /// Snapshots hold the language's prestarted runtime where it has one
     /// (`RUNNER_PRESTART=off` makes snapshots without).
     use_prestart: bool,
@@ -194,7 +194,7 @@ impl Runner {
         Ok(Self {
             images: ImageStore::new(state.images(), DebianSource::default()),
             snapshots: SnapshotStore::new(state.root().join("snapshots")),
-            use_snapshots: std::sync::atomic::AtomicBool::new(!matches!(
+            use_snapshots: AtomicBool::new(!matches!(
                 std::env::var("RUNNER_SNAPSHOTS").as_deref(),
                 Ok("off" | "0" | "false")
             )),
@@ -708,7 +708,7 @@ impl Runner {
             info.accel.to_string(),
             // `-cpu host` is whatever this machine's CPU is.
             match backend.cpu_model() {
-                "host" => format!("host: {}", crate::vmm::accel::host_cpu_signature()),
+                "host" => format!("host: {}", crate::machine::host_cpu_signature()),
                 model => model.to_string(),
             },
             vm_memory_mib(language.memory_mib.into()),
