@@ -590,6 +590,15 @@ impl Runner {
             {
                 continue;
             }
+            for pooled in pools.surplus(&language.name) {
+                tracing::info!(language = %pooled.language, "shrinking the warm pool: demand fell off");
+                pooled.vm.destroy().await;
+            }
+            // A full pool needs no images, backend or snapshot looked up:
+            // this runs every refill interval for every language.
+            if !pools.below_target(&language.name) {
+                continue;
+            }
             if self.images.rootfs_manifest(language).is_none()
                 || self.images.boot_files(agent).is_none()
             {
@@ -610,10 +619,6 @@ impl Runner {
             else {
                 continue;
             };
-            for pooled in pools.surplus(&language.name) {
-                tracing::info!(language = %pooled.language, "shrinking the warm pool: demand fell off");
-                pooled.vm.destroy().await;
-            }
             while pools.reserve(&language.name, snapshot.memory_mib()) {
                 match self.restore_paused(&images, &snapshot, &*backend).await {
                     Ok(vm) => pools.put(Pooled {

@@ -77,6 +77,14 @@ struct Inner {
     filling_mib: u64,
 }
 
+impl Inner {
+    /// VMs of `language` waiting or being restored.
+    fn have(&self, language: &str) -> usize {
+        self.idle.get(language).map_or(0, VecDeque::len)
+            + self.filling.get(language).copied().unwrap_or(0)
+    }
+}
+
 impl Pools {
     pub fn new(config: PoolConfig, memory_mib: u64) -> Self {
         Self {
@@ -163,8 +171,7 @@ impl Pools {
     pub fn reserve(&self, language: &str, memory_mib: u32) -> bool {
         let target = self.target(language);
         let mut inner = self.inner.lock().unwrap();
-        let have = inner.idle.get(language).map_or(0, VecDeque::len)
-            + inner.filling.get(language).copied().unwrap_or(0);
+        let have = inner.have(language);
         let used: u64 = inner
             .idle
             .values()
@@ -178,6 +185,13 @@ impl Pools {
         *inner.filling.entry(language.to_string()).or_default() += 1;
         inner.filling_mib += u64::from(memory_mib);
         true
+    }
+
+    /// Whether `language`'s pool, counting VMs being restored, holds fewer
+    /// than its target: when it does not, there is nothing to fill.
+    pub fn below_target(&self, language: &str) -> bool {
+        let target = self.target(language);
+        self.inner.lock().unwrap().have(language) < target
     }
 
     pub fn unreserve(&self, language: &str, memory_mib: u32) {
@@ -242,7 +256,10 @@ mod tests {
         assert!(pools.reserve("bash", 320));
         assert!(!pools.reserve("bash", 320), "over the memory budget");
         pools.unreserve("python", 576);
+        assert!(pools.below_target("bash"));
         assert!(pools.reserve("bash", 320));
         assert!(!pools.reserve("bash", 320), "at target");
+        assert!(!pools.below_target("bash"), "restoring ones count");
+        assert!(pools.below_target("python"));
     }
 }
