@@ -235,15 +235,9 @@ impl App {
 fn served(runner: &Runner, configured: &[String]) -> Vec<String> {
     runner
         .languages()
-        .all()
-        .iter()
+        .selected(configured)
+        .into_iter()
         .map(|l| l.name.clone())
-        .filter(|name| {
-            configured.is_empty()
-                || configured
-                    .iter()
-                    .any(|c| runner.languages().get(c).is_ok_and(|l| &l.name == name))
-        })
         .collect()
 }
 

@@ -97,6 +97,21 @@ impl Languages {
             })
     }
 
+    /// The languages `names` (names or aliases) select, in this table's
+    /// order; all of them when `names` is empty. Unknown names select
+    /// nothing (check them with [`Languages::get`] first).
+    pub fn selected(&self, names: &[String]) -> Vec<&Language> {
+        self.list
+            .iter()
+            .filter(|language| {
+                names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| self.get(n).is_ok_and(|l| l.name == language.name))
+            })
+            .collect()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.list.iter().map(|l| l.name.as_str()).collect()
     }
@@ -116,6 +131,17 @@ mod tests {
             assert!(!language.run.is_empty(), "{}", language.name);
             assert!(language.min_memory_mib <= language.memory_mib);
         }
+    }
+
+    #[test]
+    fn selections_by_name_or_alias_keep_the_tables_order() {
+        let languages = Languages::builtin().unwrap();
+        let names = |picked: Vec<&Language>| -> Vec<String> {
+            picked.into_iter().map(|l| l.name.clone()).collect()
+        };
+        assert_eq!(names(languages.selected(&[])), languages.names());
+        let picked = languages.selected(&["py".into(), "bash".into(), "cobol".into()]);
+        assert_eq!(names(picked), ["bash", "python"]);
     }
 
     #[test]

@@ -581,15 +581,7 @@ impl Runner {
             pooled.vm.destroy().await;
         }
         let agent = agent();
-        for language in self.languages.all() {
-            let listed = &pools.config.languages;
-            if !listed.is_empty()
-                && !listed
-                    .iter()
-                    .any(|l| self.languages.get(l).is_ok_and(|l| l.name == language.name))
-            {
-                continue;
-            }
+        for language in self.languages.selected(&pools.config.languages) {
             for pooled in pools.surplus(&language.name) {
                 tracing::info!(language = %pooled.language, "shrinking the warm pool: demand fell off");
                 pooled.vm.destroy().await;
