@@ -340,11 +340,7 @@ impl ImageStore {
         if dir.join(MANIFEST).exists() {
             return Ok(dir);
         }
-        fs::create_dir_all(&self.dir).map_err(ImageError::io("create", &self.dir))?;
-        let lock_path = self.dir.join(format!(".{id}.lock"));
-        let lock = File::create(&lock_path).map_err(ImageError::io("create", &lock_path))?;
-        let _lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::io("lock", &lock_path)(e.into()))?;
+        let _lock = lock_build(&self.dir, &id)?;
         if dir.join(MANIFEST).exists() {
             // Another runner built it while we waited for the lock.
             return Ok(dir);
@@ -406,6 +402,17 @@ fn read_manifest(dir: &Path) -> Result<Manifest, ImageError> {
     let text = fs::read(&path).map_err(ImageError::io("read", &path))?;
     serde_json::from_slice(&text)
         .map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Waits for and takes the lock on building `id` in `dir` (made if
+/// missing), which image and snapshot builds hold while they work, so that
+/// concurrent runners build each thing once.
+pub(crate) fn lock_build(dir: &Path, id: &str) -> Result<Flock<File>, ImageError> {
+    fs::create_dir_all(dir).map_err(ImageError::io("create", dir))?;
+    let lock_path = dir.join(format!(".{id}.lock"));
+    let lock = File::create(&lock_path).map_err(ImageError::io("create", &lock_path))?;
+    Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| ImageError::io("lock", &lock_path)(e.into()))
 }
 
 /// A build directory that is removed unless the build succeeds.

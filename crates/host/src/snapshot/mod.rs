@@ -18,10 +18,10 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
-use crate::image::{ImageError, Scratch, image_id};
+use crate::image::{ImageError, Scratch, image_id, lock_build};
 
 /// Bump when what a snapshot holds changes in a way the key does not show.
 const FORMAT: u32 = 1;
@@ -203,11 +203,7 @@ impl SnapshotStore {
             return Ok(Err(snapshot));
         }
         let id = key.id();
-        fs::create_dir_all(&self.dir).map_err(ImageError::io("create", &self.dir))?;
-        let lock_path = self.dir.join(format!(".{id}.lock"));
-        let lock = File::create(&lock_path).map_err(ImageError::io("create", &lock_path))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::io("lock", &lock_path)(e.into()))?;
+        let lock = lock_build(&self.dir, &id)?;
         if let Some(snapshot) = self.find(key) {
             return Ok(Err(snapshot));
         }
