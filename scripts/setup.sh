@@ -18,11 +18,18 @@ export DEBIAN_FRONTEND=noninteractive
 qemu_suite=()
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then
     # Bookworm's QEMU is 7.2; backports has 10.0, whose migration features the
-    # snapshot code uses.
+    # snapshot code uses. It comes from the mirror this machine already uses
+    # for bookworm, so a local mirror or proxy keeps working.
     if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        cat > /etc/apt/sources.list.d/runner-backports.sources <<'SOURCES'
+        mirror=$(apt-get indextargets --no-release-info --format '$(REPO_URI) $(RELEASE)' |
+            awk '$2 == "bookworm" { print $1; exit }')
+        if [ -z "$mirror" ]; then
+            echo "no bookworm entry in this machine's apt sources to take the mirror of bookworm-backports from" >&2
+            exit 1
+        fi
+        cat > /etc/apt/sources.list.d/runner-backports.sources <<SOURCES
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
