@@ -49,11 +49,11 @@ pub fn run(
     out: &mut Port,
 ) -> Result<StageReport, String> {
     if spec.argv.is_empty() {
-        return Err(format!("stage {} has an empty command", spec.name));
+        return Err(format!("the {} stage has an empty command", spec.stage));
     }
     let limits = spec.limits;
     let scratch = Scratch::cap(limits.file_size_bytes)?;
-    let cgroup = Cgroup::create(&spec.name)?;
+    let cgroup = Cgroup::create(spec.stage.as_str())?;
     if let Err(e) = cgroup.limit(&limits) {
         cgroup.remove();
         return Err(e);
@@ -200,7 +200,7 @@ impl Prestarted {
         // Its start-up is not the program's: CPU time counts from here, and
         // the per-process backstop allows for what start-up already used.
         let cpu_baseline_us = cgroup.cpu_usage_us();
-        let cpu_seconds = (cpu_baseline_us + limits.cpu_ms * 1000).div_ceil(1_000_000) + 1;
+        let cpu_seconds = (cpu_baseline_us + limits.cpu_time_ms * 1000).div_ceil(1_000_000) + 1;
         let limited = cgroup.limit(&limits).and_then(|()| {
             prlimit(pid, libc::RLIMIT_CORE, 0, 0)?;
             prlimit(
@@ -370,15 +370,14 @@ fn supervise(
         let _ = killpg(pgid, Signal::SIGKILL);
     };
     let mut report = StageReport {
-        name: spec.name.clone(),
         prestarted,
-        ..Default::default()
+        ..StageReport::new(spec.stage)
     };
     let mut budget = limits.output_bytes;
     let mut open_pipes = 2;
     let mut exited = false;
     let mut killed = false;
-    let mut deadline = started + Duration::from_millis(limits.wall_ms);
+    let mut deadline = started + Duration::from_millis(limits.wall_time_ms);
     while !(exited && open_pipes == 0) {
         let now = Instant::now();
         let wait = if killed {
@@ -433,7 +432,9 @@ fn supervise(
                 deadline = Instant::now() + DRAIN;
             }
             Err(RecvTimeoutError::Timeout) => {
-                if cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us) >= limits.cpu_ms * 1000 {
+                if cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us)
+                    >= limits.cpu_time_ms * 1000
+                {
                     report.cpu_time_exceeded = true;
                     killed = true;
                     kill();
@@ -513,7 +514,7 @@ fn enter_sandbox(
         )?;
         // A backstop for a single process; the cgroup poll covers the tree.
         // The soft limit sends SIGXCPU, the hard one SIGKILL a second later.
-        let cpu_seconds = limits.cpu_ms.div_ceil(1000) + 1;
+        let cpu_seconds = limits.cpu_time_ms.div_ceil(1000) + 1;
         rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
     }
     if let Some(fd) = control {

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use runner_host::ExecError;
+use runner_host::PlanError;
 use serde::Serialize;
 
 use crate::admission::Rejection;
@@ -42,21 +42,13 @@ impl ApiError {
     }
 
     /// A request that is wrong: the caller should change it.
-    pub fn from_exec(error: ExecError) -> Self {
+    pub fn from_plan(error: PlanError) -> Self {
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         match error {
-            ExecError::Language(e) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_language",
-                e.to_string(),
-            ),
-            ExecError::Invalid(message) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+            PlanError::Invalid(message) => Self::new(unprocessable, "invalid_request", message),
+            unknown @ (PlanError::Language(_) | PlanError::NotEnabled { .. }) => {
+                Self::new(unprocessable, "unknown_language", unknown.to_string())
             }
-            other => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                other.to_string(),
-            ),
         }
     }
 

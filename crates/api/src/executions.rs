@@ -8,7 +8,8 @@
 //! execution and frees its VM.
 //!
 //! Every check happens before anything starts, and before waiting for
-//! capacity: a request is refused whole or run whole.
+//! capacity: the body is parsed here, then planned once by the runner
+//! ([`runner_host::Runner::plan`]); a request is refused whole or run whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -20,8 +21,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use runner_host::exec::{OutputChunk, SourceFile, StageLimits};
-use runner_host::{ExecutionRequest, ExecutionResult};
+use runner_host::exec::{OutputChunk, RequestLimits, SourceFile, Stage};
+use runner_host::{ExecutionRequest, ExecutionResult, Plan};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -44,7 +45,7 @@ pub struct ExecutionBody {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
-    pub limits: LimitsBody,
+    pub limits: RequestLimits,
 }
 
 /// A file. The entry point is the file named as the language expects
@@ -68,15 +69,6 @@ pub enum Encoding {
     Base64,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsBody {
-    #[serde(default)]
-    pub compile: StageLimits,
-    #[serde(default)]
-    pub run: StageLimits,
-}
-
 /// One line of a stream.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -86,7 +78,7 @@ enum Event<'a> {
         language: &'a str,
     },
     Output {
-        stage: &'a str,
+        stage: Stage,
         stream: &'static str,
         data: &'a str,
     },
@@ -108,14 +100,13 @@ pub async fn create(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (request, permit) = app.accept(body, &trace_id).await?;
+    let (plan, permit) = app.accept(body, &trace_id).await?;
     let stopping = app.stopping();
-    let language = request.language.clone();
+    let language = plan.language.name.clone();
     let guard = Unfinished::new(&app, &trace_id, &language);
-    let outcome = app.runner.execute_until(request, None, stopping).await;
+    let result = app.runner.execute_until(plan, None, stopping).await;
     guard.finish();
     drop(permit);
-    let result = outcome.map_err(|e| ApiError::from_exec(e).traced(&trace_id))?;
     app.metrics.record(&result, false);
     Ok(axum::Json(result).into_response())
 }
@@ -125,9 +116,9 @@ pub async fn stream(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (request, permit) = app.accept(body, &trace_id).await?;
+    let (plan, permit) = app.accept(body, &trace_id).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(run_streaming(app, request, permit, trace_id, lines));
+    tokio::spawn(run_streaming(app, plan, permit, lines));
     let body = Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(body_lines).map(Ok::<_, Infallible>),
     );
@@ -144,19 +135,13 @@ pub async fn stream(
 
 /// Runs an accepted request, writing its events to `lines` until the client
 /// goes away (the receiver is dropped), which stops the execution.
-async fn run_streaming(
-    app: Arc<App>,
-    request: ExecutionRequest,
-    _permit: Permit,
-    trace_id: String,
-    lines: mpsc::Sender<Bytes>,
-) {
-    let language = request.language.clone();
+async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::Sender<Bytes>) {
+    let trace_id = plan.trace_id.clone();
     let _ = lines
         .send(
             Event::Started {
                 trace_id: &trace_id,
-                language: &language,
+                language: &plan.language.name,
             }
             .line(),
         )
@@ -170,15 +155,15 @@ async fn run_streaming(
             () = gone.closed() => "the client disconnected".to_string(),
         }
     };
-    let execution = app.runner.execute_until(request, Some(chunks), stop);
+    let execution = app.runner.execute_until(plan, Some(chunks), stop);
     let forward = async {
         let mut text = Utf8Streams::default();
         while let Some(chunk) = chunk_rx.recv().await {
             let stream = if chunk.stderr { "stderr" } else { "stdout" };
-            let data = text.push(&chunk.stage, stream, &chunk.bytes);
+            let data = text.push(chunk.stage, stream, &chunk.bytes);
             if !data.is_empty() {
                 let event = Event::Output {
-                    stage: &chunk.stage,
+                    stage: chunk.stage,
                     stream,
                     data: &data,
                 };
@@ -187,48 +172,32 @@ async fn run_streaming(
         }
         for ((stage, stream), data) in text.finish() {
             let event = Event::Output {
-                stage: &stage,
+                stage,
                 stream,
                 data: &data,
             };
             let _ = lines.send(event.line()).await;
         }
     };
-    let (outcome, ()) = tokio::join!(execution, forward);
-    match outcome {
-        Ok(result) => {
-            let cancelled = lines.is_closed();
-            if cancelled {
-                tracing::info!(trace_id = %trace_id, "client disconnected; execution stopped and its VM destroyed");
-            }
-            app.metrics.record(&result, cancelled);
-            let _ = lines.send(Event::Result { result: &result }.line()).await;
-        }
-        Err(e) => {
-            // Requests are checked before the stream starts; this is a bug.
-            tracing::error!(trace_id = %trace_id, error = %e, "execution refused after acceptance");
-        }
+    let (result, ()) = tokio::join!(execution, forward);
+    let cancelled = lines.is_closed();
+    if cancelled {
+        tracing::info!(trace_id = %trace_id, "client disconnected; execution stopped and its VM destroyed");
     }
+    app.metrics.record(&result, cancelled);
+    let _ = lines.send(Event::Result { result: &result }.line()).await;
 }
 
 impl App {
-    /// Reads and checks a request, then waits for capacity. Nothing has
+    /// Reads and plans a request, then waits for capacity. Nothing has
     /// started when this fails.
-    async fn accept(
-        &self,
-        body: Body,
-        trace_id: &str,
-    ) -> Result<(ExecutionRequest, Permit), ApiError> {
-        self.check_and_admit(body, trace_id)
+    async fn accept(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
+        self.plan_and_admit(body, trace_id)
             .await
             .map_err(|e| e.traced(trace_id))
     }
 
-    async fn check_and_admit(
-        &self,
-        body: Body,
-        trace_id: &str,
-    ) -> Result<(ExecutionRequest, Permit), ApiError> {
+    async fn plan_and_admit(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
         let bytes = axum::body::to_bytes(body, self.config.max_body_bytes)
             .await
             .map_err(|_| {
@@ -241,9 +210,8 @@ impl App {
                     ),
                 )
             })?;
-        let body = parse(&bytes)?;
-        let request = self.to_request(body, trace_id)?;
-        let plan = self.runner.plan(&request).map_err(ApiError::from_exec)?;
+        let request = to_request(parse(&bytes)?, trace_id)?;
+        let plan = self.runner.plan(request).map_err(ApiError::from_plan)?;
         let permit = self
             .admission
             .admit(plan.vm_memory_mib, self.draining())
@@ -252,72 +220,41 @@ impl App {
                 self.metrics.reject(rejection.reason());
                 ApiError::from_rejection(rejection)
             })?;
-        Ok((request, permit))
+        Ok((plan, permit))
     }
+}
 
-    fn to_request(
-        &self,
-        body: ExecutionBody,
-        trace_id: &str,
-    ) -> Result<ExecutionRequest, ApiError> {
-        let invalid = |message: String| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+/// The request a body asks for: files decoded from their transport
+/// encoding; everything else is checked by the plan.
+fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, ApiError> {
+    let mut files = Vec::with_capacity(body.files.len());
+    for (i, file) in body.files.into_iter().enumerate() {
+        let content = match file.encoding {
+            Encoding::Utf8 => file.content.into_bytes(),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(file.content.as_bytes())
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_request",
+                        format!("files[{i}] is not valid base64: {e}"),
+                    )
+                })?,
         };
-        let language = self.runner.languages().get(&body.language).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_language",
-                e.to_string(),
-            )
-        })?;
-        if !self.serves(&language.name) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_language",
-                format!(
-                    "{} is not served here; this server runs {}",
-                    language.name,
-                    self.languages().join(", ")
-                ),
-            ));
-        }
-        if body.files.is_empty() {
-            return Err(invalid("files is empty: send at least the program".into()));
-        }
-        let entry = &language.source_file;
-        let has_entry = body.files.iter().any(|f| f.name.as_ref() == Some(entry));
-        let mut files = Vec::with_capacity(body.files.len());
-        for (i, file) in body.files.into_iter().enumerate() {
-            let name = match file.name {
-                Some(name) if has_entry || i > 0 => name,
-                _ if i == 0 => entry.clone(),
-                _ => {
-                    return Err(invalid(format!(
-                        "files[{i}] has no name; only the first file may leave it out"
-                    )));
-                }
-            };
-            let content = match file.encoding {
-                Encoding::Utf8 => file.content.into_bytes(),
-                Encoding::Base64 => base64::engine::general_purpose::STANDARD
-                    .decode(file.content.as_bytes())
-                    .map_err(|e| {
-                        invalid(format!("files[{i}] ({name}) is not valid base64: {e}"))
-                    })?,
-            };
-            files.push(SourceFile { name, content });
-        }
-        Ok(ExecutionRequest {
-            language: language.name.clone(),
-            files,
-            stdin: body.stdin.into_bytes(),
-            args: body.args,
-            env: body.env,
-            compile_limits: body.limits.compile,
-            run_limits: body.limits.run,
-            trace_id: Some(trace_id.to_string()),
-        })
+        files.push(SourceFile {
+            name: file.name,
+            content,
+        });
     }
+    Ok(ExecutionRequest {
+        language: body.language,
+        files,
+        stdin: body.stdin.into_bytes(),
+        args: body.args,
+        env: body.env,
+        limits: body.limits,
+        trace_id: Some(trace_id.to_string()),
+    })
 }
 
 /// The body as an [`ExecutionBody`], or why not, in terms a client can fix.
@@ -378,12 +315,12 @@ impl Drop for Unfinished<'_> {
 /// spans two chunks; bytes that are not UTF-8 become U+FFFD.
 #[derive(Default)]
 struct Utf8Streams {
-    pending: HashMap<(String, &'static str), Vec<u8>>,
+    pending: HashMap<(Stage, &'static str), Vec<u8>>,
 }
 
 impl Utf8Streams {
-    fn push(&mut self, stage: &str, stream: &'static str, bytes: &[u8]) -> String {
-        let buffer = self.pending.entry((stage.to_string(), stream)).or_default();
+    fn push(&mut self, stage: Stage, stream: &'static str, bytes: &[u8]) -> String {
+        let buffer = self.pending.entry((stage, stream)).or_default();
         buffer.extend_from_slice(bytes);
         let mut text = String::new();
         loop {
@@ -413,7 +350,7 @@ impl Utf8Streams {
     }
 
     /// What is left at the end, lossily.
-    fn finish(self) -> Vec<((String, &'static str), String)> {
+    fn finish(self) -> Vec<((Stage, &'static str), String)> {
         self.pending
             .into_iter()
             .filter(|(_, rest)| !rest.is_empty())
@@ -430,14 +367,21 @@ mod tests {
     fn characters_split_across_chunks_stay_whole() {
         let mut streams = Utf8Streams::default();
         let snowman = "☃".as_bytes();
-        assert_eq!(streams.push("run", "stdout", &[b'a', snowman[0]]), "a");
-        assert_eq!(streams.push("run", "stderr", b"e"), "e");
-        assert_eq!(streams.push("run", "stdout", &snowman[1..]), "☃");
-        assert_eq!(streams.push("run", "stdout", b"\xffb"), "\u{fffd}b");
-        assert_eq!(streams.push("run", "stdout", &snowman[..2]), "");
+        let run = Stage::Run;
+        assert_eq!(streams.push(run, "stdout", &[b'a', snowman[0]]), "a");
+        assert_eq!(streams.push(run, "stderr", b"e"), "e");
+        assert_eq!(streams.push(Stage::Compile, "stdout", &snowman[..1]), "");
+        assert_eq!(streams.push(run, "stdout", &snowman[1..]), "☃");
+        assert_eq!(streams.push(run, "stdout", b"\xffb"), "\u{fffd}b");
+        assert_eq!(streams.push(run, "stdout", &snowman[..2]), "");
+        let mut rest = streams.finish();
+        rest.sort();
         assert_eq!(
-            streams.finish(),
-            vec![(("run".into(), "stdout"), "\u{fffd}".into())]
+            rest,
+            vec![
+                ((Stage::Compile, "stdout"), "\u{fffd}".into()),
+                ((run, "stdout"), "\u{fffd}".into())
+            ]
         );
     }
 

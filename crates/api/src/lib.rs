@@ -1,7 +1,8 @@
 //! `runner serve`: the HTTP API of Runner Codes.
 //!
-//! - [`config`]: settings from defaults, a TOML file, the environment and
-//!   flags;
+//! It takes the one configuration every command uses
+//! ([`runner_host::Config`]).
+//!
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
 //! - `metrics`: Prometheus metrics;
@@ -11,7 +12,6 @@
 //! which the server also serves.
 
 pub mod admission;
-pub mod config;
 mod error;
 mod executions;
 mod metrics;
@@ -29,14 +29,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use runner_host::Runner;
 use runner_host::image::Progress;
-use runner_host::state::StateDir;
+use runner_host::{Config, Runner, error_chain};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::Capacity;
-pub use config::{Config, ConfigError, Sources};
 
 use admission::Admission;
 use error::ApiError;
@@ -50,9 +48,7 @@ pub enum ServeError {
     #[error("{0}")]
     Capacity(String),
     #[error(transparent)]
-    Runner(#[from] runner_host::ExecError),
-    #[error("{0}")]
-    Config(String),
+    Runner(#[from] runner_host::RunnerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -86,22 +82,17 @@ impl App {
         let capacity = Capacity::of_host(config.reserved_memory_mib, config.max_vms)
             .map_err(ServeError::Capacity)?
             .with_pools(config.pool.memory_mib, config.pool.max_size > 0);
-        let runner = Arc::new(Runner::new(
-            StateDir::new(&config.state_dir),
-            config.limits.clone(),
-        )?);
-        for name in &config.languages {
-            runner
-                .languages()
-                .get(name)
-                .map_err(|e| ServeError::Config(format!("languages: {e}")))?;
-        }
+        let runner = Arc::new(Runner::new(&config)?);
         let admission = Admission::new(
             capacity,
             config.queue_size,
             Duration::from_millis(config.queue_timeout_ms),
         );
-        let served = served(&runner, &config.languages);
+        let served: Vec<String> = runner
+            .enabled_languages()
+            .into_iter()
+            .map(|l| l.name.clone())
+            .collect();
         Ok(Self {
             metrics: Metrics::new(&served, capacity.max_vms),
             served,
@@ -123,10 +114,6 @@ impl App {
     /// The languages served, by their names.
     fn languages(&self) -> &[String] {
         &self.served
-    }
-
-    fn serves(&self, name: &str) -> bool {
-        self.served.iter().any(|served| served == name)
     }
 
     /// Completes, with the reason, when running executions must stop.
@@ -228,27 +215,6 @@ impl App {
             None => preparing.remove(language),
         };
     }
-}
-
-/// The names of the languages `configured` (names or aliases; empty for
-/// all), in the runner's order.
-fn served(runner: &Runner, configured: &[String]) -> Vec<String> {
-    runner
-        .languages()
-        .selected(configured)
-        .into_iter()
-        .map(|l| l.name.clone())
-        .collect()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message += &format!(": {cause}");
-        source = cause.source();
-    }
-    message
 }
 
 /// Every route of the API.

@@ -159,7 +159,7 @@ impl Metrics {
                 status: status.into(),
             })
             .inc();
-        if m.vm_boot_time > 0.0 {
+        if m.vm_boot_time_ms > 0.0 {
             self.starts
                 .get_or_create(&StartLabels {
                     language: result.language.clone(),
@@ -167,17 +167,18 @@ impl Metrics {
                 })
                 .inc();
         }
-        if m.ready_time > 0.0 {
-            self.vm_boot.observe((m.vm_boot_time + m.ready_time) / 1e3);
+        if m.ready_time_ms > 0.0 {
+            self.vm_boot
+                .observe((m.vm_boot_time_ms + m.ready_time_ms) / 1e3);
         }
-        if m.execution_time > 0.0 {
+        if m.execution_time_ms > 0.0 {
             self.code_execution
                 .get_or_create(&language)
-                .observe(m.execution_time / 1e3);
+                .observe(m.execution_time_ms / 1e3);
         }
         self.total
             .get_or_create(&language)
-            .observe(m.total_time / 1e3);
+            .observe(m.total_time_ms / 1e3);
     }
 
     /// Counts an execution dropped with its request, before any result.

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use indicatif::ProgressBar;
 use runner_host::Runner;
-use runner_host::exec::{ExecutionRequest, ExecutionResult, SourceFile, StageLimits, Status};
+use runner_host::exec::{
+    ExecutionRequest, ExecutionResult, RequestLimits, SourceFile, StageLimits, Status,
+};
 use runner_host::lang::Language;
 use runner_host::pool::PoolConfig;
 use serde::Serialize;
@@ -121,10 +123,10 @@ pub struct CaseResult {
 pub struct PoolMemory {
     pub language: String,
     pub vms: usize,
-    /// Resident set of each VM's QEMU, MiB.
+    /// Resident set of each VM's VMM process, MiB.
     pub rss_mib: Summary,
-    /// Proportional set: shared pages (the snapshot's memory file, QEMU's
-    /// code) divided among the processes that map them, MiB.
+    /// Proportional set: shared pages (the snapshot's memory file, the
+    /// VMM's code) divided among the processes that map them, MiB.
     pub pss_mib: Summary,
 }
 
@@ -211,7 +213,7 @@ pub async fn run(
         if languages.contains_key(&case.language) {
             continue;
         }
-        let language = runner.languages().get(&case.language)?.clone();
+        let language = runner.language(&case.language)?.clone();
         bar.set_message(format!("preparing {}", language.name));
         let images = runner.prepare(&language, Arc::new(())).await?;
         let backend = runner
@@ -386,7 +388,7 @@ async fn throughput_case(
     )
 }
 
-/// The memory of the QEMU processes of this process's VMs, which are all
+/// The memory of the VMM processes of this process's VMs, which are all
 /// pooled when this is called: the pool is full and nothing runs.
 fn measure_pool_memory(runner: &Runner, language: &str) -> Option<PoolMemory> {
     let needle = format!(
@@ -422,17 +424,16 @@ async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
     };
     let request = ExecutionRequest {
         language: language.name.clone(),
-        files: vec![SourceFile {
-            name: language.source_file.clone(),
-            content: case.source.clone().into_bytes(),
-        }],
+        files: vec![SourceFile::entry(case.source.clone())],
         args: case.args.clone(),
-        compile_limits: limits,
-        run_limits: limits,
+        limits: RequestLimits {
+            compile: limits,
+            run: limits,
+        },
         ..ExecutionRequest::default()
     };
-    match runner.execute(request, None).await {
-        Ok(result) => vm_sample(case, &result),
+    match runner.plan(request) {
+        Ok(plan) => vm_sample(case, &runner.execute(plan, None).await),
         Err(e) => Sample {
             warmup: false,
             ok: false,
@@ -466,12 +467,12 @@ fn vm_sample(case: &Case, result: &ExecutionResult) -> Sample {
         ok,
         status,
         start: Some(m.start.as_str().into()),
-        boot_ms: m.vm_boot_time,
-        ready_ms: m.ready_time,
-        execution_ms: m.execution_time,
-        total_ms: m.total_time,
-        compile_ms: result.compile.as_ref().map(|s| s.wall_time),
-        run_ms: result.run.as_ref().map(|s| s.wall_time),
+        boot_ms: m.vm_boot_time_ms,
+        ready_ms: m.ready_time_ms,
+        execution_ms: m.execution_time_ms,
+        total_ms: m.total_time_ms,
+        compile_ms: result.compile.as_ref().map(|s| s.wall_time_ms),
+        run_ms: result.run.as_ref().map(|s| s.wall_time_ms),
     }
 }
 

@@ -161,8 +161,8 @@ pub fn markdown(report: &Report) -> String {
             out,
             "## Memory of a pooled VM\n\n\
              {} paused {} VMs in the warm pool, restored from one snapshot: host memory of \
-             each VM's QEMU process. PSS counts shared pages (the snapshot's memory file, \
-             QEMU's code) once, divided among the processes that map them.\n\n\
+             each VM's VMM process. PSS counts shared pages (the snapshot's memory file, \
+             the VMM's code) once, divided among the processes that map them.\n\n\
              | | p50 | min | max |\n|---|---|---|---|\n\
              | RSS (MiB) | {:.0} | {:.0} | {:.0} |\n\
              | PSS (MiB) | {:.0} | {:.0} | {:.0} |\n",

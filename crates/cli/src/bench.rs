@@ -66,7 +66,7 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
                     .with_context(|| format!("read {}", file.display()))?,
                 _ => unreachable!(),
             };
-            let language = runner.languages().get(language)?.name.clone();
+            let language = runner.language(language)?.name.clone();
             Some(Custom {
                 language,
                 source,
@@ -79,7 +79,7 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
     } else {
         args.lang
             .iter()
-            .map(|l| Ok(runner.languages().get(l)?.name.clone()))
+            .map(|l| Ok(runner.language(l)?.name.clone()))
             .collect::<anyhow::Result<_>>()?
     };
     let options = Options {

@@ -2,18 +2,13 @@
 
 use std::process::ExitCode;
 
-use runner_host::Runner;
 use runner_host::exec::agent;
-use runner_host::vmm::accel;
-use runner_host::vmm::qemu::QemuBackend;
+use runner_host::vmm::{self, accel};
+use runner_host::{Config, Runner};
 
-pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
+pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
-    let state = runner
-        .images()
-        .dir()
-        .parent()
-        .unwrap_or(runner.images().dir());
+    let state = runner.state().root();
     let free = nix::sys::statvfs::statvfs(state)
         .map(|s| (s.blocks_available() * s.fragment_size()) >> 20)
         .unwrap_or(0);
@@ -25,18 +20,22 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
         ));
     }
 
-    let qemu = match QemuBackend::locate() {
-        Ok(path) => {
-            let version = QemuBackend::version(&path)
-                .await
-                .unwrap_or_else(|e| e.to_string());
-            outln!("qemu           {} ({version})", path.display());
-            true
+    let vmm = config.vmm();
+    let installed = match vmm::installed(&vmm).await {
+        Ok(installed) => {
+            let path = which(&installed.binary.to_string_lossy()).unwrap_or(installed.binary);
+            outln!(
+                "{:<14} {} ({})",
+                installed.backend,
+                path.display(),
+                installed.version
+            );
+            Some(installed.backend)
         }
         Err(e) => {
-            outln!("qemu           missing");
+            outln!("vmm            missing");
             problems.push(e.to_string());
-            false
+            None
         }
     };
     for (tool, package, why) in [
@@ -60,9 +59,9 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
     }
 
     let boot_files = runner.images().boot_files(agent());
-    let acceleration = match (accel::preflight(), &boot_files, qemu) {
+    let acceleration = match (accel::preflight(vmm.accel), &boot_files, installed) {
         (Some(choice), _, _) => format!("{}: {}", choice.accel, choice.reason),
-        (None, Some((kernel, initramfs)), true) => {
+        (None, Some((kernel, initramfs)), Some(_)) => {
             let backend = runner.backend(kernel, initramfs).await?;
             format!("{}: {}", backend.info().accel, backend.info().reason)
         }
@@ -71,12 +70,12 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
              (runner image build)"
                 .to_string()
         }
-        (None, _, false) => "unknown: QEMU is missing".to_string(),
+        (None, _, None) => "unknown: the VMM is missing".to_string(),
     };
-    outln!("backend        qemu");
+    outln!("backend        {}", installed.unwrap_or("none"));
     outln!("acceleration   {acceleration}");
 
-    let names: Vec<_> = runner.languages().all().to_vec();
+    let names: Vec<_> = runner.enabled_languages().into_iter().cloned().collect();
     for (id, built) in runner.images().status(&names, agent()) {
         outln!(
             "image          {id} {}",
@@ -99,7 +98,11 @@ pub async fn doctor(runner: Runner) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where `tool` is: itself if it is a path, else the first match on `PATH`.
 fn which(tool: &str) -> Option<std::path::PathBuf> {
+    if tool.contains('/') {
+        return Some(tool.into());
+    }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())

@@ -26,10 +26,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use runner_host::exec::{
-    ExecutionRequest, ExecutionResult, OutputChunk, SourceFile, StageLimits, Status,
+    ExecutionRequest, ExecutionResult, OutputChunk, RequestLimits, SourceFile, Stage, StageLimits,
+    Status,
 };
-use runner_host::state::StateDir;
-use runner_host::{LimitPolicy, Runner};
+use runner_host::{Config, Runner, Sources};
 use tokio::sync::mpsc;
 
 /// Exit status when the program ran past its time limit (as timeout(1)).
@@ -42,8 +42,27 @@ const MAX_STDIN: u64 = 16 << 20;
 #[derive(Parser)]
 #[command(name = "runner", version, about = "Run untrusted code in microVMs")]
 struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the configuration comes from, for every command. Each setting
+/// comes from the built-in defaults, then the file, then `RUNNER_<KEY>`
+/// variables, then flags; the later wins.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML configuration file [default: /etc/runner/config.toml if it
+    /// exists; env RUNNER_CONFIG].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Any setting by its key, e.g. limits.run.wall_time_ms=5000 (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the configuration these sources give, and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
 }
 
 #[derive(Subcommand)]
@@ -71,19 +90,14 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
-/// Flags of `runner serve`. Each setting can also come from the
-/// configuration file and from `RUNNER_<KEY>` variables; flags win, then
-/// variables, then the file.
+/// The common settings of `runner serve` as flags of their own; any other
+/// goes with `--set`.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML configuration file [default: /etc/runner/config.toml if it
-    /// exists; env RUNNER_CONFIG].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Address and port to listen on [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
-    /// State directory (images, run directories).
+    /// State directory (images, snapshots, run directories).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<String>,
     /// Languages to serve, comma-separated [default: all].
@@ -104,19 +118,36 @@ struct ServeArgs {
     /// After SIGTERM, how long executions may go on, in ms [default: 30000].
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<String>,
-    /// Any setting by its key, e.g. limits.run.wall_time_ms=5000 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Print the configuration these sources give, and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
+impl ServeArgs {
+    /// The flags given, as settings.
+    fn settings(&self) -> Vec<(String, String)> {
+        [
+            ("listen", &self.listen),
+            ("state_dir", &self.state_dir),
+            ("languages", &self.languages),
+            ("reserved_memory_mib", &self.reserved_memory_mib),
+            ("max_vms", &self.max_vms),
+            ("queue_size", &self.queue_size),
+            ("queue_timeout_ms", &self.queue_timeout_ms),
+            ("shutdown_timeout_ms", &self.shutdown_timeout_ms),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
+        .collect()
+    }
+}
+
+/// `runner run`. The limit flags set the request's limits of the run stage
+/// (and `--compile-wall-time-ms` the compile stage's); their names are the
+/// API's, with the unit in the name. `--timeout`, `--cpu-time` and
+/// `--compile-timeout` take seconds instead, as timeout(1) does.
 #[derive(clap::Args)]
 struct RunArgs {
     /// Language of the code (see `runner languages`).
-    #[arg(short, long)]
-    lang: String,
+    #[arg(short, long, required_unless_present = "print_config")]
+    lang: Option<String>,
     /// The code to run, instead of files.
     #[arg(short = 'c', long = "code", conflicts_with = "files")]
     code: Option<String>,
@@ -124,25 +155,39 @@ struct RunArgs {
     /// language expects (main.py, index.js, main.go, main.rs, main.sh), else
     /// the first file, which is then given that name.
     files: Vec<PathBuf>,
+    /// Wall-clock limit of the run stage, in milliseconds.
+    #[arg(long, value_name = "MS", conflicts_with = "timeout")]
+    wall_time_ms: Option<u64>,
     /// Wall-clock limit of the run stage, in seconds.
     #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
+    /// CPU-time limit of the run stage, in milliseconds.
+    #[arg(long, value_name = "MS", conflicts_with = "cpu_time")]
+    cpu_time_ms: Option<u64>,
     /// CPU-time limit of the run stage, in seconds.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     cpu_time: Option<f64>,
     /// Memory limit of the run stage, in MiB (the VM gets 64 MiB more).
-    #[arg(short, long, value_name = "MIB")]
-    memory: Option<u64>,
+    #[arg(
+        short,
+        long = "memory-mib",
+        visible_alias = "memory",
+        value_name = "MIB"
+    )]
+    memory_mib: Option<u64>,
     /// Processes and threads the run stage may have at once.
     #[arg(long, value_name = "N")]
     processes: Option<u32>,
     /// Bytes of output kept (stdout and stderr together); the program is
     /// stopped past it.
-    #[arg(long, value_name = "BYTES")]
-    output_limit: Option<u64>,
+    #[arg(long, visible_alias = "output-limit", value_name = "BYTES")]
+    output_bytes: Option<u64>,
     /// Largest file the program may write, in bytes.
-    #[arg(long, value_name = "BYTES")]
-    file_size_limit: Option<u64>,
+    #[arg(long, visible_alias = "file-size-limit", value_name = "BYTES")]
+    file_size_bytes: Option<u64>,
+    /// Wall-clock limit of the compile stage, in milliseconds.
+    #[arg(long, value_name = "MS", conflicts_with = "compile_timeout")]
+    compile_wall_time_ms: Option<u64>,
     /// Wall-clock limit of the compile stage, in seconds.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     compile_timeout: Option<f64>,
@@ -161,8 +206,8 @@ struct RunArgs {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Boot a VM per language until it is ready, warm it, and save it, so
-    /// that executions restore it instead of booting (all languages without
-    /// --lang). Builds missing images first.
+    /// that executions restore it instead of booting (every enabled
+    /// language without --lang). Builds missing images first.
     Create {
         #[arg(short, long)]
         lang: Vec<String>,
@@ -173,7 +218,8 @@ enum SnapshotCommand {
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Build the images a language needs (all languages without --lang).
+    /// Build the images a language needs (every enabled language without
+    /// --lang).
     Build {
         #[arg(short, long)]
         lang: Vec<String>,
@@ -236,76 +282,75 @@ fn init_logging(default: &str) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runner = || Runner::new(StateDir::from_env(), LimitPolicy::default());
+    let mut flags = match &cli.command {
+        Command::Serve(args) => args.settings(),
+        _ => Vec::new(),
+    };
+    for set in &cli.config.set {
+        let Some((key, value)) = set.split_once('=') else {
+            return Err(runner_host::ConfigError::Set(set.clone()).into());
+        };
+        flags.push((key.trim().to_string(), value.to_string()));
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    let config = Config::load(Sources {
+        file: cli.config.config.clone(),
+        env: &env,
+        flags,
+    })?;
+    if cli.config.print_config {
+        print_config(&config)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runner = || Runner::new(&config);
     match cli.command {
         Command::Run(args) => run(runner()?, *args).await,
         Command::Image { command } => image(runner()?, command).await,
         Command::Snapshot { command } => snapshot(runner()?, command).await,
         Command::Languages => languages(runner()?),
-        Command::Doctor => doctor::doctor(runner()?).await,
-        Command::Serve(args) => serve(*args).await,
+        Command::Doctor => doctor::doctor(runner()?, &config).await,
+        Command::Serve(_) => {
+            runner_api::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) => bench::bench(runner()?, *args).await,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let named = [
-        ("listen", args.listen),
-        ("state_dir", args.state_dir),
-        ("languages", args.languages),
-        ("reserved_memory_mib", args.reserved_memory_mib),
-        ("max_vms", args.max_vms),
-        ("queue_size", args.queue_size),
-        ("queue_timeout_ms", args.queue_timeout_ms),
-        ("shutdown_timeout_ms", args.shutdown_timeout_ms),
-    ];
-    let mut flags: Vec<(String, String)> = named
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_string(), value?)))
-        .collect();
-    for set in args.set {
-        let Some((key, value)) = set.split_once('=') else {
-            return Err(runner_api::ConfigError::Set(set).into());
-        };
-        flags.push((key.trim().to_string(), value.to_string()));
+/// The configuration as TOML that loads back as itself, after comments on
+/// what some of its values come to on this machine.
+fn print_config(config: &Config) -> anyhow::Result<()> {
+    let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.max_vms)
+        .map_err(anyhow::Error::msg)?;
+    let python = runner_host::lang::Languages::builtin()?
+        .get("python")?
+        .memory_mib;
+    let vm = u64::from(runner_host::exec::vm_memory_mib(python.into()));
+    outln!(
+        "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
+        capacity.vms_of(vm),
+        capacity.cpus,
+        capacity.max_vms,
+        capacity.vm_memory_budget_mib,
+        capacity.vm_memory_budget_mib / vm,
+    );
+    if config.debian_mirror.is_empty() {
+        let source = runner_host::image::DebianSource::new("");
+        match source.mirror() {
+            Ok(mirror) => outln!("# debian_mirror: from this machine's apt sources: {mirror}"),
+            Err(e) => outln!("# debian_mirror: {e}"),
+        }
     }
-    let env = |name: &str| std::env::var(name).ok();
-    let config = runner_api::Config::load(runner_api::Sources {
-        file: args.config,
-        env: &env,
-        flags,
-    })?;
-    if args.print_config {
-        let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.max_vms)
-            .map_err(anyhow::Error::msg)?;
-        let python = runner_host::lang::Languages::builtin()?
-            .get("python")?
-            .memory_mib;
-        let vm = u64::from(runner_host::exec::vm_memory_mib(python.into()));
-        outln!(
-            "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
-            capacity.vms_of(vm),
-            capacity.cpus,
-            capacity.max_vms,
-            capacity.vm_memory_budget_mib,
-            capacity.vm_memory_budget_mib / vm,
-        );
-        write_stdout(format_args!("{}", config.to_toml()));
-        return Ok(ExitCode::SUCCESS);
-    }
-    runner_api::serve(config).await?;
-    Ok(ExitCode::SUCCESS)
+    write_stdout(format_args!("{}", config.to_toml()));
+    Ok(())
 }
 
 async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let language = runner.languages().get(&args.lang)?.clone();
+    let language = args.lang.clone().context("give the language with --lang")?;
     let files = match &args.code {
-        Some(code) => vec![SourceFile {
-            name: language.source_file.clone(),
-            content: code.clone().into_bytes(),
-        }],
+        Some(code) => vec![SourceFile::entry(code.clone())],
         None if args.files.is_empty() => bail!("give the code with -c CODE or as files"),
-        None => read_files(&args.files, &language.source_file)?,
+        None => read_files(&args.files)?,
     };
     let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
@@ -315,29 +360,35 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         env.insert(name.to_string(), value.to_string());
     }
     let request = ExecutionRequest {
-        language: language.name.clone(),
+        language,
         files,
         stdin: read_stdin()?,
         args: args.args,
         env,
-        compile_limits: StageLimits {
-            wall_time_ms: millis("--compile-timeout", args.compile_timeout)?,
-            ..Default::default()
-        },
-        run_limits: StageLimits {
-            wall_time_ms: millis("--timeout", args.timeout)?,
-            cpu_time_ms: millis("--cpu-time", args.cpu_time)?,
-            memory_mib: args.memory,
-            processes: args.processes,
-            output_bytes: args.output_limit,
-            file_size_bytes: args.file_size_limit,
+        limits: RequestLimits {
+            compile: StageLimits {
+                wall_time_ms: either(
+                    args.compile_wall_time_ms,
+                    "--compile-timeout",
+                    args.compile_timeout,
+                )?,
+                ..Default::default()
+            },
+            run: StageLimits {
+                wall_time_ms: either(args.wall_time_ms, "--timeout", args.timeout)?,
+                cpu_time_ms: either(args.cpu_time_ms, "--cpu-time", args.cpu_time)?,
+                memory_mib: args.memory_mib,
+                processes: args.processes,
+                output_bytes: args.output_bytes,
+                file_size_bytes: args.file_size_bytes,
+            },
         },
         trace_id: None,
     };
     // Refuse a bad request before building or booting anything.
-    runner.plan(&request)?;
+    let plan = runner.plan(request)?;
     runner
-        .prepare(&language, Arc::new(progress::Spinner::new()))
+        .prepare(&plan.language, Arc::new(progress::Spinner::new()))
         .await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<OutputChunk>();
@@ -347,7 +398,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
                 // The program's stdout is ours; the compiler's output is
                 // diagnostics, so it goes to stderr. A closed stdout (e.g.
                 // `| head`) must not fail the run.
-                let _ = if chunk.stage == "run" && !chunk.stderr {
+                let _ = if chunk.stage == Stage::Run && !chunk.stderr {
                     let mut out = std::io::stdout();
                     out.write_all(&chunk.bytes).and_then(|()| out.flush())
                 } else {
@@ -357,7 +408,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     });
     let result = tokio::select! {
-        result = runner.execute(request, printer.as_ref().map(|_| tx)) => result?,
+        result = runner.execute(plan, printer.as_ref().map(|_| tx)) => result,
         signal = interrupted() => {
             // Dropping the execution future killed the VM and removed its files.
             eprintln!("runner: interrupted by {signal}; the VM was stopped");
@@ -385,34 +436,38 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&result))
 }
 
-/// Reads the program's files; the entry point gets the name the language
-/// expects.
-fn read_files(paths: &[PathBuf], entry: &str) -> anyhow::Result<Vec<SourceFile>> {
-    let mut files = Vec::new();
-    for path in paths {
-        let content =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let name = path
-            .file_name()
-            .with_context(|| format!("{} is not a file", path.display()))?
-            .to_string_lossy()
-            .into_owned();
-        files.push(SourceFile { name, content });
-    }
-    if !files.iter().any(|f| f.name == entry) {
-        files[0].name = entry.to_string();
-    }
-    Ok(files)
+/// Reads the program's files, named as on disk (the plan names the entry
+/// point).
+fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
+    paths
+        .iter()
+        .map(|path| {
+            let content =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let name = path
+                .file_name()
+                .with_context(|| format!("{} is not a file", path.display()))?
+                .to_string_lossy()
+                .into_owned();
+            Ok(SourceFile::named(name, content))
+        })
+        .collect()
 }
 
-/// Seconds from a flag as milliseconds; zero and negative values are passed
-/// on, for the limit policy to refuse with its message.
-fn millis(flag: &str, seconds: Option<f64>) -> anyhow::Result<Option<u64>> {
-    match seconds {
-        None => Ok(None),
-        Some(s) if !s.is_finite() || s <= 0.0 => Ok(Some(0)),
-        Some(s) if s > 1e9 => bail!("{flag} {s} is too large"),
-        Some(s) => Ok(Some((s * 1000.0).round().max(1.0) as u64)),
+/// A limit from its milliseconds flag, or from its seconds flag (which
+/// clap keeps from being given too). Zero and negative seconds are passed
+/// on as 0, for the limit policy to refuse with its message.
+fn either(
+    ms: Option<u64>,
+    seconds_flag: &str,
+    seconds: Option<f64>,
+) -> anyhow::Result<Option<u64>> {
+    match (ms, seconds) {
+        (Some(ms), _) => Ok(Some(ms)),
+        (None, None) => Ok(None),
+        (None, Some(s)) if !s.is_finite() || s <= 0.0 => Ok(Some(0)),
+        (None, Some(s)) if s > 1e9 => bail!("{seconds_flag} {s} is too large"),
+        (None, Some(s)) => Ok(Some((s * 1000.0).round().max(1.0) as u64)),
     }
 }
 
@@ -517,14 +572,14 @@ async fn snapshot(runner: Runner, command: SnapshotCommand) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// The languages named (all when none are).
+/// The languages named (every enabled one when none are).
 fn selected(runner: &Runner, names: &[String]) -> anyhow::Result<Vec<runner_host::lang::Language>> {
     if names.is_empty() {
-        return Ok(runner.languages().all().to_vec());
+        return Ok(runner.enabled_languages().into_iter().cloned().collect());
     }
     Ok(names
         .iter()
-        .map(|l| runner.languages().get(l).cloned())
+        .map(|l| runner.language(l).cloned())
         .collect::<Result<_, _>>()?)
 }
 
@@ -596,7 +651,7 @@ fn languages(runner: Runner) -> anyhow::Result<ExitCode> {
         "ALIASES",
         "MEMORY"
     );
-    for language in runner.languages().all() {
+    for language in runner.enabled_languages() {
         let version = runner
             .images()
             .rootfs_manifest(language)

@@ -32,6 +32,12 @@ fn python_hello_world_with_timings() {
     for phase in ["vm_boot_time", "ready_time", "execution_time", "total_time"] {
         let ms = metrics[phase].as_f64().unwrap_or_else(|| panic!("{phase}"));
         assert!(ms > 0.0, "{phase} = {ms}");
+        // The same time with its unit in the name; the seed's name is kept.
+        assert_eq!(metrics[format!("{phase}_ms")].as_f64(), Some(ms), "{phase}");
+    }
+    for time in ["wall_time", "cpu_time"] {
+        let ms = stage[time].as_f64().unwrap_or_else(|| panic!("{time}"));
+        assert_eq!(stage[format!("{time}_ms")].as_f64(), Some(ms), "{time}");
     }
     let total = metrics["total_time"].as_f64().unwrap();
     let parts = ["vm_boot_time", "ready_time", "execution_time"]
@@ -248,6 +254,26 @@ fn bad_limits_are_refused_before_booting() {
         &["run", "--lang", "bash", "--timeout", "-1", "-c", "true"],
         &["run", "--lang", "bash", "--timeout", "100000", "-c", "true"],
         &["run", "--lang", "bash", "--output-limit", "0", "-c", "true"],
+        &["run", "--lang", "bash", "--output-bytes", "0", "-c", "true"],
+        &["run", "--lang", "bash", "--wall-time-ms", "0", "-c", "true"],
+        &[
+            "run",
+            "--lang",
+            "bash",
+            "--cpu-time-ms",
+            "400000",
+            "-c",
+            "true",
+        ],
+        &[
+            "run",
+            "--lang",
+            "bash",
+            "--memory-mib",
+            "1000000",
+            "-c",
+            "true",
+        ],
     ] {
         let done = run(args, b"");
         assert_eq!(done.code(), Some(125), "{args:?}: {}", done.stderr());
@@ -324,16 +350,122 @@ fn missing_qemu_says_what_to_install() {
         "{stderr}"
     );
 
-    let output = common::runner()
-        .env("RUNNER_QEMU", "/nonexistent/qemu")
-        .args(["run", "--lang", "bash", "-c", "true"])
-        .stdin(std::process::Stdio::null())
+    for (variable, flag) in [
+        (Some("/nonexistent/qemu"), None),
+        (None, Some("qemu=/nonexistent/qemu")),
+    ] {
+        let mut command = common::runner();
+        if let Some(path) = variable {
+            command.env("RUNNER_QEMU", path);
+        }
+        if let Some(setting) = flag {
+            command.args(["--set", setting]);
+        }
+        let output = command
+            .args(["run", "--lang", "bash", "-c", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(125));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("/nonexistent/qemu not found") && stderr.contains("RUNNER_QEMU"),
+            "{stderr}"
+        );
+    }
+}
+
+/// One configuration for every command: what `/etc/runner/config.toml` (or
+/// `--config`) says applies to `runner run` as it does to `runner serve`.
+#[test]
+fn the_configuration_file_applies_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "[limits.run]\nwall_time_ms = 1500\n[limits.compile]\nwall_time_ms = 3000\n\
+         [limits.max]\nwall_time_ms = 3000\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let output = runner()
+        .args(["run", "--print-config", "--config", file])
+        .env("RUNNER_LIMITS_RUN_CPU_TIME_MS", "2500")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let config: toml::Table = text.parse().unwrap();
+    let limits = &config["limits"]["run"];
+    assert_eq!(
+        limits["wall_time_ms"].as_integer(),
+        Some(1500),
+        "from the file"
+    );
+    assert_eq!(
+        limits["cpu_time_ms"].as_integer(),
+        Some(2500),
+        "from the variable"
+    );
+    assert_eq!(config["snapshots"].as_bool(), Some(true));
+
+    // The file's default limit ends a program the built-in one (10 s) lets
+    // finish.
+    let done = run(
+        &[
+            "--config",
+            file,
+            "run",
+            "--json",
+            "--lang",
+            "bash",
+            "-c",
+            "echo started; sleep 5; echo finished",
+        ],
+        b"",
+    );
+    assert_eq!(done.status(), "time_limit_exceeded", "{}", done.stderr());
+    let stage = done.run_stage();
+    assert_eq!(stage["stdout"], "started\n");
+    assert_eq!(stage["timed_out"], true);
+
+    // Its maximum refuses a request for more, before anything boots.
+    let done = run(
+        &[
+            "--config",
+            file,
+            "run",
+            "--lang",
+            "bash",
+            "--timeout",
+            "5",
+            "-c",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(done.code(), Some(125));
     assert!(
-        stderr.contains("RUNNER_QEMU=/nonexistent/qemu not found"),
-        "{stderr}"
+        done.stderr()
+            .contains("run.wall_time_ms = 5000 is above the server's maximum of 3000 ms"),
+        "{}",
+        done.stderr()
+    );
+    assert!(done.elapsed < Duration::from_secs(5), "nothing should boot");
+
+    // Languages that are not enabled are refused too.
+    let done = common::run_with_env(
+        &["run", "--lang", "sh", "-c", "true"],
+        b"",
+        &[("RUNNER_LANGUAGES", "python")],
+    );
+    assert_eq!(done.code(), Some(125));
+    assert!(
+        done.stderr()
+            .contains("bash is not enabled here; this runner runs python"),
+        "{}",
+        done.stderr()
     );
 }
 

@@ -1,5 +1,11 @@
-//! The server's configuration: defaults, then a TOML file, then environment
+//! The configuration of every command: one typed [`Config`] built from
+//! built-in defaults, then a TOML file, then `RUNNER_*` environment
 //! variables, then flags; each overrides the one before.
+//!
+//! `runner run`, `serve`, `bench`, `image` and `snapshot` all load it the
+//! same way and hand it down, so a limit in `/etc/runner/config.toml`
+//! applies to all of them. This library reads no environment variables
+//! itself: the binary passes a lookup function in [`Sources`].
 //!
 //! Every setting has a key (`listen`, `queue_size`, `limits.run.wall_time_ms`)
 //! that is its path in the TOML file. Its environment variable is the key in
@@ -10,11 +16,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use runner_host::LimitPolicy;
-use runner_host::pool::PoolConfig;
-use runner_host::state::StateDir;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
+
+use crate::exec::LimitPolicy;
+use crate::lang::Languages;
+use crate::pool::PoolConfig;
+use crate::vmm::{AccelMode, VmmConfig};
 
 /// Read when `--config` and `RUNNER_CONFIG` are not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/runner/config.toml";
@@ -22,21 +30,41 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/runner/config.toml";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address and port the API listens on.
-    pub listen: SocketAddr,
-    /// Images and per-execution run directories.
+    /// Images, snapshots and per-execution run directories.
     pub state_dir: PathBuf,
-    /// Languages served; empty serves every language.
+    /// Languages that run here; empty for every language.
     pub languages: Vec<String>,
+    /// Per-stage defaults and maximums of execution limits.
+    pub limits: LimitPolicy,
+    /// Restore VMs from snapshots where they exist; `false` boots every VM
+    /// cold.
+    pub snapshots: bool,
+    /// Snapshots hold the language's prestarted runtime where it has one.
+    pub prestart: bool,
+    /// `qemu-system-x86_64` to use; empty for the one on `PATH`.
+    pub qemu: String,
+    /// `auto` uses KVM when a probe VM boots under it, else TCG; `kvm` or
+    /// `tcg` skip the probe.
+    pub accel: AccelMode,
+    /// Extra guest kernel arguments, space-separated (for experiments).
+    pub kernel_args: String,
+    /// The Debian mirror guest images are built from; empty for the one
+    /// this machine's apt sources use.
+    pub debian_mirror: String,
+    /// Host memory kept for everything but VMs.
+    pub reserved_memory_mib: u64,
+    /// VMs at once; 0 means one per CPU.
+    pub max_vms: usize,
+    /// Warm pools of restored VMs (`runner serve`; languages with a snapshot
+    /// only).
+    pub pool: PoolConfig,
+    /// Address and port the API listens on (`runner serve`).
+    pub listen: SocketAddr,
     /// Build missing images at start-up (the server is not ready until then).
     pub prepare_images: bool,
     /// Make missing snapshots at start-up, after the images (executions boot
     /// cold until they exist).
     pub prepare_snapshots: bool,
-    /// Host memory kept for everything but VMs.
-    pub reserved_memory_mib: u64,
-    /// VMs at once; 0 means one per CPU.
-    pub max_vms: usize,
     /// Requests that may wait for capacity; more get 429 at once.
     pub queue_size: usize,
     /// How long a request waits for capacity before it gets 429.
@@ -46,28 +74,65 @@ pub struct Config {
     /// After SIGTERM, how long running executions may go on before they are
     /// killed.
     pub shutdown_timeout_ms: u64,
-    /// Per-stage defaults and maximums of execution limits.
-    pub limits: LimitPolicy,
-    /// Warm pools of restored VMs (languages with a snapshot only).
-    pub pool: PoolConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// The built-in defaults. The state directory is `/var/lib/runner` for
+    /// root and the user's cache directory (`XDG_CACHE_HOME` or
+    /// `~/.cache`, looked up with `env`) for everyone else.
+    pub fn defaults(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let state_dir = if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/var/lib/runner")
+        } else {
+            env("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/tmp"))
+                .join("runner")
+        };
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            state_dir: StateDir::from_env().root().to_path_buf(),
+            state_dir,
             languages: Vec::new(),
-            prepare_images: true,
-            prepare_snapshots: true,
+            limits: LimitPolicy::default(),
+            snapshots: true,
+            prestart: true,
+            qemu: String::new(),
+            accel: AccelMode::Auto,
+            kernel_args: String::new(),
+            debian_mirror: String::new(),
             reserved_memory_mib: 2048,
             max_vms: 0,
+            pool: PoolConfig::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            prepare_images: true,
+            prepare_snapshots: true,
             queue_size: 64,
             queue_timeout_ms: 60_000,
             max_body_bytes: 8 << 20,
             shutdown_timeout_ms: 30_000,
-            limits: LimitPolicy::default(),
-            pool: PoolConfig::default(),
+        }
+    }
+
+    /// The defaults with everything under `state_dir`: for tests and
+    /// programs that build their configuration in code.
+    pub fn with_state_dir(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            ..Self::defaults(&|_| None)
+        }
+    }
+
+    /// What the VMM backends need of it.
+    pub fn vmm(&self) -> VmmConfig {
+        VmmConfig {
+            qemu: (!self.qemu.is_empty()).then(|| PathBuf::from(&self.qemu)),
+            accel: self.accel,
+            kernel_args: self
+                .kernel_args
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
         }
     }
 }
@@ -105,7 +170,8 @@ pub struct Sources<'a> {
 
 impl Config {
     pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
-        let defaults = Value::try_from(Config::default()).expect("the defaults serialize");
+        let defaults =
+            Value::try_from(Config::defaults(sources.env)).expect("the defaults serialize");
         let Value::Table(mut table) = defaults else {
             unreachable!("a struct serializes to a table")
         };
@@ -122,7 +188,7 @@ impl Config {
             merge(&mut table, read_file(&path)?);
         }
 
-        // RUNNER_HOME is the state directory's older name (the CLI's).
+        // RUNNER_HOME is the state directory's older name.
         if let Some(home) = (sources.env)("RUNNER_HOME").filter(|v| !v.is_empty()) {
             table.insert("state_dir".into(), Value::String(home));
         }
@@ -198,10 +264,22 @@ impl Config {
                 "max_body_bytes must be above 0".into(),
             ));
         }
+        let languages = Languages::builtin().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (key, names) in [
+            ("languages", &self.languages),
+            ("pool.languages", &self.pool.languages),
+        ] {
+            for name in names {
+                languages
+                    .get(name)
+                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+            }
+        }
         Ok(())
     }
 
-    /// The configuration as TOML, as `runner serve --print-config` shows it.
+    /// The configuration as TOML, as `--print-config` shows it; it loads
+    /// back as the same configuration.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration serializes")
     }
@@ -278,9 +356,9 @@ fn parse_value(default: &Value, raw: &str) -> Result<Value, String> {
                 .map_err(|_| format!("{raw:?} is not a number"))?,
         ),
         Value::Boolean(_) => Value::Boolean(match raw {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            _ => return Err(format!("{raw:?} is not true or false")),
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(format!("{raw:?} is not true or false (or on, off)")),
         }),
         Value::Array(_) => Value::Array(
             raw.split(',')
@@ -422,6 +500,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max.wall_time_ms"), "{e}");
+    }
+
+    #[test]
+    fn engine_settings_keep_their_variables() {
+        let env = [
+            ("RUNNER_SNAPSHOTS", "off"),
+            ("RUNNER_PRESTART", "off"),
+            ("RUNNER_QEMU", "/opt/qemu/bin/qemu-system-x86_64"),
+            ("RUNNER_ACCEL", "tcg"),
+            ("RUNNER_KERNEL_ARGS", "loglevel=7  debug"),
+            ("RUNNER_DEBIAN_MIRROR", "http://mirror.example/debian"),
+        ];
+        let config = load(None, &env, &[]).unwrap();
+        assert!(!config.snapshots && !config.prestart);
+        assert_eq!(config.debian_mirror, "http://mirror.example/debian");
+        let vmm = config.vmm();
+        assert_eq!(
+            vmm.qemu,
+            Some(PathBuf::from("/opt/qemu/bin/qemu-system-x86_64"))
+        );
+        assert_eq!(vmm.accel, AccelMode::Tcg);
+        assert_eq!(vmm.kernel_args, ["loglevel=7", "debug"]);
+        let defaults = load(None, &[], &[]).unwrap();
+        assert!(defaults.snapshots && defaults.prestart);
+        assert_eq!(defaults.vmm().qemu, None, "found on PATH");
+        assert_eq!(defaults.accel, AccelMode::Auto);
+        let e = load(None, &[("RUNNER_ACCEL", "hvf")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hvf") && e.contains("tcg"), "{e}");
+    }
+
+    #[test]
+    fn the_state_dir_of_a_user_is_in_their_cache() {
+        if nix::unistd::geteuid().is_root() {
+            let config = Config::defaults(&|_| None);
+            assert_eq!(config.state_dir, PathBuf::from("/var/lib/runner"));
+        } else {
+            let env = |name: &str| (name == "HOME").then(|| "/home/u".to_string());
+            let config = Config::defaults(&env);
+            assert_eq!(config.state_dir, PathBuf::from("/home/u/.cache/runner"));
+        }
+    }
+
+    #[test]
+    fn unknown_languages_are_refused_with_the_known_ones() {
+        let e = load(None, &[("RUNNER_LANGUAGES", "python,cobol")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("languages") && e.contains("cobol"), "{e}");
+        let e = load(Some("[pool]\nlanguages = [\"fortran\"]"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.languages") && e.contains("fortran"), "{e}");
+        assert!(load(None, &[("RUNNER_LANGUAGES", "py, bash")], &[]).is_ok());
     }
 
     #[test]

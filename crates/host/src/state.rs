@@ -11,22 +11,6 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// `RUNNER_HOME` if set; else `/var/lib/runner` for root and
-    /// `~/.cache/runner` for everyone else.
-    pub fn from_env() -> Self {
-        if let Some(home) = std::env::var_os("RUNNER_HOME").filter(|v| !v.is_empty()) {
-            return Self::new(home);
-        }
-        if nix::unistd::geteuid().is_root() {
-            return Self::new("/var/lib/runner");
-        }
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        Self::new(cache.join("runner"))
-    }
-
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }

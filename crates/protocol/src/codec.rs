@@ -168,6 +168,8 @@ mod tests {
     use super::*;
     use crate::message::*;
 
+    const MAX_FRAME: u32 = crate::MAX_HOST_FRAME;
+
     fn roundtrip(frame: Frame) {
         let mut buf = Vec::new();
         encode(&frame, &mut buf);
@@ -190,12 +192,12 @@ mod tests {
                 content: b"print(1)\n\xff".to_vec(),
             }],
             stages: vec![StageSpec {
-                name: "run".into(),
+                stage: Stage::Run,
                 argv: vec!["python3".into(), "main.py".into()],
                 stdin: true,
                 limits: Limits {
-                    wall_ms: 1000,
-                    cpu_ms: 1000,
+                    wall_time_ms: 1000,
+                    cpu_time_ms: 1000,
                     memory_bytes: 256 << 20,
                     processes: 64,
                     output_bytes: 1 << 20,
@@ -227,14 +229,35 @@ mod tests {
         roundtrip(Frame::Stdout(b"out".to_vec()));
         roundtrip(Frame::Stderr(vec![]));
         roundtrip(Frame::StageEnd(StageReport {
-            name: "run".into(),
             exit_code: Some(3),
-            ..Default::default()
+            ..StageReport::new(Stage::Compile)
         }));
         roundtrip(Frame::Done);
         roundtrip(Frame::Error(AgentFailure {
             message: "no".into(),
         }));
+    }
+
+    /// The fuzzer starts from these; seeds the decoder refuses (an old
+    /// version, an old field name) would only exercise its error paths.
+    #[test]
+    fn the_fuzz_seeds_are_valid_frames_of_this_version() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/decode");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let (_, used) = Decoder::new(MAX_FRAME)
+                    .decode(rest)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    .unwrap_or_else(|| panic!("{}: a partial frame", path.display()));
+                rest = &rest[used..];
+            }
+            seeds += 1;
+        }
+        assert!(seeds >= 5, "{seeds} seeds in {dir}");
     }
 
     #[test]
@@ -309,6 +332,13 @@ mod tests {
         // Invalid base64 in a file is refused, not turned into garbage.
         let mut json = serde_json::to_value(exec()).unwrap();
         json["stdin"] = "***".into();
+        let err = decoder
+            .payload(FrameKind::Exec, serde_json::to_vec(&json).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::Json { .. }));
+        // A stage is one of the known ones, never a free string.
+        let mut json = serde_json::to_value(exec()).unwrap();
+        json["stages"][0]["stage"] = "rnu".into();
         let err = decoder
             .payload(FrameKind::Exec, serde_json::to_vec(&json).unwrap())
             .unwrap_err();

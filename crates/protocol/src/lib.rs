@@ -28,12 +28,12 @@ mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
-    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, PrestartSpec, StageReport,
-    StageSpec, Wake,
+    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, PrestartSpec, Stage,
+    StageReport, StageSpec, Wake,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

@@ -109,14 +109,43 @@ pub struct File {
     pub content: Vec<u8>,
 }
 
-/// Limits of one stage, enforced by the agent.
+/// A stage of an execution. Every layer (CLI, API, plan, protocol, agent,
+/// result) names stages with this type, so a stage is never a string that
+/// quietly means "run" when it is misspelt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Compiles the sources (compiled languages only); its stdin is empty.
+    Compile,
+    /// Runs the program with the request's stdin and arguments.
+    Run,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Compile => "compile",
+            Stage::Run => "run",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Limits of one stage, enforced by the agent. The names are those of the
+/// API's `limits` and the configuration's `limits.*` keys, except memory,
+/// which the agent takes in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Wall-clock time in milliseconds; the whole process tree is killed at it.
-    pub wall_ms: u64,
+    pub wall_time_ms: u64,
     /// CPU time of all the stage's processes together, in milliseconds.
-    pub cpu_ms: u64,
+    pub cpu_time_ms: u64,
     /// Memory of all the stage's processes together (cgroup `memory.max`).
     pub memory_bytes: u64,
     /// Processes and threads alive at once (cgroup `pids.max`).
@@ -132,8 +161,8 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    /// "compile" or "run"; reported back in [`StageReport::name`].
-    pub name: String,
+    /// Which stage this is; reported back in [`StageReport::stage`].
+    pub stage: Stage,
     pub argv: Vec<String>,
     /// Whether the request's stdin is fed to this stage (else it reads EOF).
     pub stdin: bool,
@@ -174,10 +203,10 @@ pub struct PrestartSpec {
 }
 
 /// How one stage ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageReport {
-    pub name: String,
+    pub stage: Stage,
     /// Exit code, when the process exited on its own.
     pub exit_code: Option<i32>,
     /// Signal number, when the process was killed by a signal (including
@@ -207,6 +236,28 @@ pub struct StageReport {
     /// [`PrestartSpec`]); its wall and CPU times count from the hand-over.
     #[serde(default)]
     pub prestarted: bool,
+}
+
+impl StageReport {
+    /// A report of `stage` with nothing happened yet: no exit, no limit,
+    /// no time.
+    pub fn new(stage: Stage) -> Self {
+        Self {
+            stage,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            cpu_time_exceeded: false,
+            memory_exceeded: false,
+            output_truncated: false,
+            process_limit_hit: false,
+            file_size_exceeded: false,
+            wall_time_us: 0,
+            cpu_time_us: 0,
+            memory_peak_bytes: 0,
+            prestarted: false,
+        }
+    }
 }
 
 /// What makes a restored VM unique.

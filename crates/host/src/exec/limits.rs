@@ -1,6 +1,7 @@
 //! Limits of a stage: what a request asks for, the defaults it gets, and the
 //! server's maximums it may not pass.
 
+use runner_protocol::Stage;
 use serde::{Deserialize, Serialize};
 
 use crate::lang::Language;
@@ -15,6 +16,25 @@ pub struct StageLimits {
     pub processes: Option<u32>,
     pub output_bytes: Option<u64>,
     pub file_size_bytes: Option<u64>,
+}
+
+/// What a request asks for, per stage: the API's `limits` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    #[serde(default)]
+    pub compile: StageLimits,
+    #[serde(default)]
+    pub run: StageLimits,
+}
+
+impl RequestLimits {
+    pub fn of(&self, stage: Stage) -> &StageLimits {
+        match stage {
+            Stage::Compile => &self.compile,
+            Stage::Run => &self.run,
+        }
+    }
 }
 
 /// Limits with every value decided.
@@ -33,8 +53,8 @@ pub struct LimitSet {
 impl LimitSet {
     pub fn to_protocol(self) -> runner_protocol::Limits {
         runner_protocol::Limits {
-            wall_ms: self.wall_time_ms,
-            cpu_ms: self.cpu_time_ms,
+            wall_time_ms: self.wall_time_ms,
+            cpu_time_ms: self.cpu_time_ms,
             memory_bytes: self.memory_mib << 20,
             processes: self.processes,
             output_bytes: self.output_bytes,
@@ -86,18 +106,17 @@ impl Default for LimitPolicy {
 }
 
 impl LimitPolicy {
-    /// The limits of `stage` ("compile" or "run") for a request asking for
-    /// `asked`, or a message saying which value is out of range.
+    /// The limits of `stage` for a request asking for `asked`, or a message
+    /// saying which value is out of range.
     pub fn resolve(
         &self,
-        stage: &str,
+        stage: Stage,
         asked: &StageLimits,
         language: &Language,
     ) -> Result<LimitSet, String> {
-        let defaults = if stage == "compile" {
-            &self.compile
-        } else {
-            &self.run
+        let defaults = match stage {
+            Stage::Compile => &self.compile,
+            Stage::Run => &self.run,
         };
         let max = &self.max;
         let check = |name: &str, value: u64, max: u64, unit: &str| {
@@ -171,12 +190,12 @@ mod tests {
     fn defaults_fill_what_is_not_asked() {
         let policy = LimitPolicy::default();
         let run = policy
-            .resolve("run", &StageLimits::default(), &python())
+            .resolve(Stage::Run, &StageLimits::default(), &python())
             .unwrap();
         assert_eq!(run.memory_mib, 512, "the language's memory size");
         assert_eq!(run.wall_time_ms, policy.run.wall_time_ms);
         let compile = policy
-            .resolve("compile", &StageLimits::default(), &python())
+            .resolve(Stage::Compile, &StageLimits::default(), &python())
             .unwrap();
         assert_eq!(compile.wall_time_ms, policy.compile.wall_time_ms);
     }
@@ -236,7 +255,7 @@ mod tests {
             ),
         ];
         for (asked, expected) in cases {
-            let message = policy.resolve("run", &asked, &python()).unwrap_err();
+            let message = policy.resolve(Stage::Run, &asked, &python()).unwrap_err();
             assert!(
                 message.contains(expected),
                 "{message:?} does not contain {expected:?}"

@@ -1,7 +1,7 @@
 //! What an execution returns: a single status, the compile and run stages,
 //! and the timings.
 
-use runner_protocol::StageReport;
+use runner_protocol::{Stage, StageReport};
 use serde::{Serialize, Serializer};
 
 use crate::vmm::Accel;
@@ -67,9 +67,13 @@ pub struct StageResult {
     pub output_truncated: bool,
     pub file_size_exceeded: bool,
     pub process_limit_hit: bool,
-    /// Milliseconds from spawn to exit, measured in the guest.
+    /// From spawn to exit, measured in the guest.
+    pub wall_time_ms: f64,
+    /// CPU time of all the stage's processes.
+    pub cpu_time_ms: f64,
+    /// `wall_time_ms` under its first name, kept for existing clients.
     pub wall_time: f64,
-    /// Milliseconds of CPU time of all the stage's processes.
+    /// `cpu_time_ms` under its first name, kept for existing clients.
     pub cpu_time: f64,
     /// Peak memory of all the stage's processes together, in bytes.
     pub memory_peak_bytes: u64,
@@ -96,6 +100,8 @@ impl StageResult {
             output_truncated: report.output_truncated,
             file_size_exceeded,
             process_limit_hit: report.process_limit_hit,
+            wall_time_ms: report.wall_time_us as f64 / 1e3,
+            cpu_time_ms: report.cpu_time_us as f64 / 1e3,
             wall_time: report.wall_time_us as f64 / 1e3,
             cpu_time: report.cpu_time_us as f64 / 1e3,
             memory_peak_bytes: report.memory_peak_bytes,
@@ -125,7 +131,7 @@ impl StageResult {
     }
 
     /// Says which limit ended the stage, for the result's message.
-    pub fn limit_message(&self, stage: &str) -> Option<String> {
+    pub fn limit_message(&self, stage: Stage) -> Option<String> {
         let what = if self.memory_exceeded {
             "reached its memory limit and was killed"
         } else if self.timed_out {
@@ -167,20 +173,46 @@ impl StartKind {
     }
 }
 
-/// The seed's `ExecutionMetrics`; durations in milliseconds.
+/// The seed's `ExecutionMetrics`; durations in milliseconds, under the
+/// seed's names and again with the unit in the name.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExecutionMetrics {
     pub trace_id: String,
     pub language: String,
     pub start: StartKind,
     /// Starting the VMM until its devices are up (the agent channel connects).
-    pub vm_boot_time: f64,
+    pub vm_boot_time_ms: f64,
     /// From then until the agent said hello: kernel boot and init.
-    pub ready_time: f64,
+    pub ready_time_ms: f64,
     /// From sending the request until the last stage reported.
-    pub execution_time: f64,
+    pub execution_time_ms: f64,
     /// From taking the request until the result was ready.
+    pub total_time_ms: f64,
+    /// The seed's names of the four above.
+    pub vm_boot_time: f64,
+    pub ready_time: f64,
+    pub execution_time: f64,
     pub total_time: f64,
+}
+
+impl ExecutionMetrics {
+    /// `times` are the milliseconds of VM boot, ready, execution and total.
+    pub fn new(trace_id: String, language: String, start: StartKind, times: [f64; 4]) -> Self {
+        let [vm_boot, ready, execution, total] = times;
+        Self {
+            trace_id,
+            language,
+            start,
+            vm_boot_time_ms: vm_boot,
+            ready_time_ms: ready,
+            execution_time_ms: execution,
+            total_time_ms: total,
+            vm_boot_time: vm_boot,
+            ready_time: ready,
+            execution_time: execution,
+            total_time: total,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,7 +241,7 @@ impl ExecutionResult {
         run: Option<&StageResult>,
     ) -> (Status, Option<String>) {
         if let Some(compile) = compile.filter(|c| c.status != Status::Ok) {
-            let why = compile.limit_message("compile").unwrap_or_else(|| {
+            let why = compile.limit_message(Stage::Compile).unwrap_or_else(|| {
                 match (compile.exit_code, &compile.signal_name) {
                     (Some(code), _) => format!("compilation failed with exit code {code}"),
                     (None, Some(signal)) => format!("the compiler was killed by {signal}"),
@@ -219,7 +251,7 @@ impl ExecutionResult {
             return (Status::CompileError, Some(why));
         }
         match run {
-            Some(run) => (run.status, run.limit_message("run")),
+            Some(run) => (run.status, run.limit_message(Stage::Run)),
             None => (
                 Status::InternalError,
                 Some("the run stage did not report".into()),
@@ -246,11 +278,15 @@ mod tests {
         StageResult::new(Vec::new(), Vec::new(), report)
     }
 
+    fn report() -> StageReport {
+        StageReport::new(Stage::Run)
+    }
+
     #[test]
     fn limits_explain_the_ending_before_the_exit() {
         let killed = StageReport {
             signal: Some(9),
-            ..Default::default()
+            ..report()
         };
         assert_eq!(stage(killed.clone()).status, Status::Signaled);
         let cases = [
@@ -285,21 +321,21 @@ mod tests {
             (
                 StageReport {
                     signal: Some(libc::SIGXFSZ),
-                    ..Default::default()
+                    ..report()
                 },
                 Status::OutputLimitExceeded,
             ),
             (
                 StageReport {
                     exit_code: Some(0),
-                    ..Default::default()
+                    ..report()
                 },
                 Status::Ok,
             ),
             (
                 StageReport {
                     exit_code: Some(1),
-                    ..Default::default()
+                    ..report()
                 },
                 Status::RuntimeError,
             ),
@@ -314,7 +350,7 @@ mod tests {
     fn a_failed_compile_is_a_compile_error_whatever_ended_it() {
         let failed = stage(StageReport {
             exit_code: Some(1),
-            ..Default::default()
+            ..report()
         });
         let (status, message) = ExecutionResult::verdict(Some(&failed), None);
         assert_eq!(status, Status::CompileError);
@@ -323,7 +359,7 @@ mod tests {
         let slow = stage(StageReport {
             timed_out: true,
             signal: Some(9),
-            ..Default::default()
+            ..report()
         });
         let (status, message) = ExecutionResult::verdict(Some(&slow), None);
         assert_eq!(status, Status::CompileError);
@@ -331,11 +367,11 @@ mod tests {
 
         let ok = stage(StageReport {
             exit_code: Some(0),
-            ..Default::default()
+            ..report()
         });
         let run = stage(StageReport {
             exit_code: Some(3),
-            ..Default::default()
+            ..report()
         });
         assert_eq!(
             ExecutionResult::verdict(Some(&ok), Some(&run)).0,

@@ -1,6 +1,6 @@
 //! The guest kernel: Debian's `linux-image-cloud-amd64`, with the ELF
-//! `vmlinux` extracted from its bzImage (QEMU boots it through PVH, and it is
-//! what Firecracker boots) and the modules the guest needs, decompressed.
+//! `vmlinux` extracted from its bzImage (VMMs boot it directly, through PVH
+//! or as Firecracker does) and the modules the guest needs, decompressed.
 
 use std::fs;
 use std::io::Read;
@@ -111,7 +111,7 @@ pub(super) fn build(
         .arg(format!("--include={PACKAGE}"))
         .args(["--skip=check/empty", &source.suite])
         .arg(&unpacked)
-        .arg(&source.mirror))?;
+        .arg(source.mirror()?))?;
 
     let vmlinuz = find_one(&unpacked.join("boot"), "vmlinuz-")?;
     let release = vmlinuz

@@ -11,6 +11,7 @@ mod cpio;
 mod initramfs;
 mod kernel;
 mod rootfs;
+mod source;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::lang::Language;
 
 pub use kernel::KernelImage;
+pub use source::DebianSource;
 
 /// Bump when the way images are built changes in a way recipes do not show.
 const BUILDER_VERSION: u32 = 1;
@@ -56,6 +58,11 @@ pub enum ImageError {
         status: String,
         output: String,
     },
+    #[error(
+        "no Debian mirror: this machine's apt sources have no Debian entry; \
+         set debian_mirror (RUNNER_DEBIAN_MIRROR) to one"
+    )]
+    NoMirror,
     #[error("{0}")]
     Invalid(String),
     #[error("{what} {path}")]
@@ -74,23 +81,6 @@ impl ImageError {
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { what, path, source }
-    }
-}
-
-/// Where to get Debian packages from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DebianSource {
-    pub suite: String,
-    pub mirror: String,
-}
-
-impl Default for DebianSource {
-    fn default() -> Self {
-        Self {
-            suite: "trixie".into(),
-            mirror: std::env::var("RUNNER_DEBIAN_MIRROR")
-                .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
-        }
     }
 }
 
@@ -461,15 +451,21 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// Fails with a clear message when `tool` is not installed.
+/// Fails with a clear message when `tool` is not installed: before a
+/// build, rather than after minutes of it. Starting it is the test, so the
+/// search is the one the build itself will make.
 fn require_tool(tool: &'static str, package: &'static str) -> Result<(), ImageError> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
-        Ok(())
-    } else {
-        Err(ImageError::MissingTool { tool, package })
+    let started = Command::new(tool)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match started {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ImageError::MissingTool { tool, package })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -101,7 +101,7 @@ pub(super) fn build(
         .arg("--aptopt=Acquire::Languages \"none\"")
         .arg(&source.suite)
         .arg(&tree)
-        .arg(&source.mirror);
+        .arg(source.mirror()?);
     run(&mut command)?;
 
     progress.step(&format!("trimming the {} root filesystem", language.name));

@@ -5,14 +5,18 @@
 //! language grows with its recent demand and shrinks back when it is idle,
 //! between `min_size` and `max_size`, and all pools together stay within
 //! `memory_mib`. A VM that waited longer than `max_idle` is recycled, and one
-//! whose VMM died is dropped; both are replaced by the refill loop
-//! ([`crate::Runner::start_pools`]).
+//! whose VMM died is dropped; both are replaced by the refill task
+//! ([`tend`]), which [`crate::Runner::start_pools`] starts.
+
+mod tend;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+pub(crate) use tend::start;
 
 use crate::vmm::Vm;
 

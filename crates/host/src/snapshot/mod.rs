@@ -3,10 +3,12 @@
 //! second instead of booting.
 //!
 //! A snapshot is two files: the guest's memory (the template VM ran with
-//! its memory in this file) and the device state QEMU saved with
-//! `x-ignore-shared`, which leaves memory out. A restored VM maps the memory
-//! file copy-on-write, so any number restore from one snapshot at once and
-//! none can change it.
+//! its memory in this file) and the device state the VMM saved, without
+//! the memory. A restored VM maps the memory file copy-on-write, so any
+//! number restore from one snapshot at once and none can change it.
+//!
+//! Making one is [`make`]'s job: boot a template VM with its memory in the
+//! snapshot's file, warm it, prestart its runtime, save it.
 //!
 //! Like images, snapshots are content-addressed: the id hashes everything
 //! the saved state depends on (kernel, initramfs with its agent, root
@@ -14,14 +16,23 @@
 //! warm-up). A change to any of them is a different id, so a snapshot is
 //! never restored onto a mismatch; the new one is built instead.
 
+mod make;
+
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::Flock;
+use runner_protocol::PrestartSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::image::{ImageError, Scratch, image_id, lock_build};
+pub use make::SnapshotError;
+pub(crate) use make::make;
+
+use crate::exec::vm_memory_mib;
+use crate::image::{GuestImages, ImageError, Scratch, image_id, lock_build};
+use crate::lang::Language;
+use crate::vmm::Backend;
 
 /// Bump when what a snapshot holds changes in a way the key does not show.
 const FORMAT: u32 = 1;
@@ -37,7 +48,7 @@ pub struct SnapshotKey {
     pub kernel: String,
     pub initramfs: String,
     pub rootfs: String,
-    /// e.g. "qemu QEMU emulator version 10.0.2 (...)".
+    /// The backend's name and version, as it reports them.
     pub backend: String,
     pub accel: String,
     pub cpu: String,
@@ -51,32 +62,39 @@ pub struct SnapshotKey {
 }
 
 impl SnapshotKey {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        language: &str,
-        kernel: &str,
-        initramfs: &str,
-        rootfs: &str,
-        backend: String,
-        accel: String,
-        cpu: String,
-        memory_mib: u32,
-        warm: Option<String>,
-        prestart: Option<Vec<String>>,
+    /// What `language`'s snapshot depends on, made from these images on
+    /// this backend, holding `prestart` if given.
+    pub fn of(
+        language: &Language,
+        images: &GuestImages,
+        backend: &dyn Backend,
+        prestart: Option<PrestartSpec>,
     ) -> Self {
+        let id = |path: &Path| {
+            path.parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let info = backend.info();
         Self {
             format: FORMAT,
-            language: language.into(),
-            kernel: kernel.into(),
-            initramfs: initramfs.into(),
-            rootfs: rootfs.into(),
-            backend,
-            accel,
-            cpu,
-            memory_mib,
+            language: language.name.clone(),
+            kernel: images.kernel.id.clone(),
+            initramfs: id(&images.initramfs),
+            rootfs: id(&images.rootfs),
+            backend: format!("{} {}", info.name, info.version),
+            accel: info.accel.to_string(),
+            // A CPU model of the host's own (KVM) is whatever this
+            // machine's CPU is.
+            cpu: match backend.cpu_model() {
+                "host" => format!("host: {}", crate::machine::host_cpu_signature()),
+                model => model.to_string(),
+            },
+            memory_mib: vm_memory_mib(language.memory_mib.into()),
             vcpus: 1,
-            warm,
-            prestart,
+            warm: language.warm.clone(),
+            prestart: prestart.map(|spec| spec.argv),
         }
     }
 
@@ -260,18 +278,20 @@ mod tests {
     use super::*;
 
     fn key(rootfs: &str) -> SnapshotKey {
-        SnapshotKey::new(
-            "python",
-            "kernel-1",
-            "initramfs-1",
-            rootfs,
-            "qemu 10.0.2".into(),
-            "tcg".into(),
-            "max".into(),
-            576,
-            None,
-            None,
-        )
+        SnapshotKey {
+            format: FORMAT,
+            language: "python".into(),
+            kernel: "kernel-1".into(),
+            initramfs: "initramfs-1".into(),
+            rootfs: rootfs.into(),
+            backend: "qemu 10.0.2".into(),
+            accel: "tcg".into(),
+            cpu: "max".into(),
+            memory_mib: 576,
+            vcpus: 1,
+            warm: None,
+            prestart: None,
+        }
     }
 
     #[test]

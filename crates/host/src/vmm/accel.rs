@@ -14,7 +14,7 @@ use runner_protocol::Frame;
 use serde::{Deserialize, Serialize};
 
 use super::qemu::QemuBackend;
-use super::{Backend, VmSpec};
+use super::{AccelMode, Backend, Installed, VmSpec, VmmConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,23 +55,23 @@ struct Cached {
     choice: AccelChoice,
 }
 
-/// Quick checks that need no images: `RUNNER_ACCEL` and whether `/dev/kvm`
-/// opens. `None` means only a probe can tell.
-pub fn preflight() -> Option<AccelChoice> {
-    match std::env::var("RUNNER_ACCEL").as_deref() {
-        Ok("tcg") => {
+/// Quick checks that need no images: the `accel` setting and whether
+/// `/dev/kvm` opens. `None` means only a probe can tell.
+pub fn preflight(mode: AccelMode) -> Option<AccelChoice> {
+    match mode {
+        AccelMode::Tcg => {
             return Some(AccelChoice {
                 accel: Accel::Tcg,
-                reason: "RUNNER_ACCEL=tcg".into(),
+                reason: "the accel setting is tcg".into(),
             });
         }
-        Ok("kvm") => {
+        AccelMode::Kvm => {
             return Some(AccelChoice {
                 accel: Accel::Kvm,
-                reason: "RUNNER_ACCEL=kvm".into(),
+                reason: "the accel setting is kvm".into(),
             });
         }
-        _ => {}
+        AccelMode::Auto => {}
     }
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         return Some(AccelChoice {
@@ -83,29 +83,34 @@ pub fn preflight() -> Option<AccelChoice> {
 }
 
 /// The cached verdict for this host boot, QEMU and guest, if there is one.
-pub fn cached(cache: &Path, qemu: &str, kernel: &Path, initramfs: &Path) -> Option<AccelChoice> {
+pub(super) fn cached(
+    cache: &Path,
+    qemu: &str,
+    kernel: &Path,
+    initramfs: &Path,
+) -> Option<AccelChoice> {
     let cached: Cached = serde_json::from_slice(&std::fs::read(cache).ok()?).ok()?;
     (cached.key == cache_key(qemu, kernel, initramfs)).then_some(cached.choice)
 }
 
 /// Decides the acceleration, probing KVM if needed.
-pub async fn choose(
-    binary: &Path,
-    qemu_version: &str,
+pub(super) async fn choose(
+    config: &VmmConfig,
+    installed: &Installed,
     kernel: &Path,
     initramfs: &Path,
     run_dir: &Path,
     cache: &Path,
 ) -> AccelChoice {
-    if let Some(choice) = preflight() {
+    if let Some(choice) = preflight(config.accel) {
         return choice;
     }
-    if let Some(choice) = cached(cache, qemu_version, kernel, initramfs) {
+    if let Some(choice) = cached(cache, &installed.version, kernel, initramfs) {
         return choice;
     }
-    let choice = probe(binary, qemu_version, kernel, initramfs, run_dir).await;
+    let choice = probe(installed, kernel, initramfs, run_dir).await;
     let entry = Cached {
-        key: cache_key(qemu_version, kernel, initramfs),
+        key: cache_key(&installed.version, kernel, initramfs),
         choice: choice.clone(),
     };
     let _ = std::fs::write(cache, serde_json::to_vec(&entry).expect("serialises"));
@@ -125,17 +130,18 @@ fn cache_key(qemu: &str, kernel: &Path, initramfs: &Path) -> CacheKey {
 }
 
 async fn probe(
-    binary: &Path,
-    qemu_version: &str,
+    installed: &Installed,
     kernel: &Path,
     initramfs: &Path,
     run_dir: &Path,
 ) -> AccelChoice {
     let backend = QemuBackend::new(
-        binary.to_path_buf(),
-        qemu_version.to_string(),
-        Accel::Kvm,
-        "probe".into(),
+        installed.clone(),
+        Vec::new(),
+        AccelChoice {
+            accel: Accel::Kvm,
+            reason: "probe".into(),
+        },
     );
     let spec = VmSpec {
         id: format!("kvm-probe-{}", std::process::id()),

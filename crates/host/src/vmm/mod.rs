@@ -5,24 +5,33 @@
 //! socket, Firecracker's vsock behind its `CONNECT` handshake) is the
 //! backend's business. A VM is single-use: [`Vm::destroy`] (or dropping it)
 //! kills it and removes every host-side file it had.
+//!
+//! [`select`] picks the backend and its acceleration, as Cloud
+//! Hypervisor's `hypervisor::new()` does: no module outside this one names
+//! a particular VMM.
 
 pub mod accel;
 mod channel;
-pub mod qemu;
-pub mod qmp;
+mod qemu;
+mod qmp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use accel::{Accel, AccelChoice};
 pub use channel::{AgentChannel, ChannelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("{0} not found: install the Debian package qemu-system-x86 (or set RUNNER_QEMU)")]
-    QemuMissing(String),
+    /// The VMM's program is not installed.
+    #[error("{binary} not found: {remedy}")]
+    Missing {
+        binary: String,
+        remedy: &'static str,
+    },
     #[error("starting {binary}")]
     Spawn {
         binary: String,
@@ -33,10 +42,17 @@ pub enum VmmError {
     ExitedEarly { status: String, console: String },
     #[error("the VMM did not open the agent channel within {seconds} s; console:\n{console}")]
     ConnectTimeout { seconds: u64, console: String },
-    #[error("snapshot: {0}")]
-    Qmp(#[from] qmp::QmpError),
-    #[error("migration {0}")]
-    Migration(String),
+    /// The VMM failed to do what its monitor was asked: pause, save or
+    /// restore a VM.
+    #[error("the VMM could not {operation} the VM")]
+    Control {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The VM cannot do this (e.g. pause a VM that has no monitor).
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -44,6 +60,76 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The backend [`select`] picks where nothing else is asked for.
+pub const DEFAULT_BACKEND: &str = qemu::NAME;
+
+/// What the backends take from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmmConfig {
+    /// The QEMU binary; `None` for `qemu-system-x86_64` on `PATH`.
+    pub qemu: Option<PathBuf>,
+    pub accel: AccelMode,
+    /// Appended to every guest's kernel command line.
+    pub kernel_args: Vec<String>,
+}
+
+/// How the acceleration is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    /// KVM if a probe guest boots under it, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The installed VMM, for `runner doctor`.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub backend: &'static str,
+    pub binary: PathBuf,
+    pub version: String,
+}
+
+/// The backend the configuration asks for, if it is installed, without
+/// choosing its acceleration.
+pub async fn installed(config: &VmmConfig) -> Result<Installed, VmmError> {
+    let binary = qemu::QemuBackend::binary(config);
+    let version = qemu::QemuBackend::version(&binary).await?;
+    Ok(Installed {
+        backend: qemu::NAME,
+        binary,
+        version,
+    })
+}
+
+/// Picks the backend for this machine and its acceleration: this may boot a
+/// probe VM from `kernel` and `initramfs` (with its files under `run_dir`)
+/// to see whether KVM works; the verdict is cached in `accel_cache`.
+pub async fn select(
+    config: &VmmConfig,
+    kernel: &Path,
+    initramfs: &Path,
+    run_dir: &Path,
+    accel_cache: &Path,
+) -> Result<Arc<dyn Backend>, VmmError> {
+    let installed = installed(config).await?;
+    let choice = accel::choose(config, &installed, kernel, initramfs, run_dir, accel_cache).await;
+    tracing::info!(
+        backend = installed.backend,
+        version = %installed.version,
+        accel = %choice.accel,
+        reason = %choice.reason,
+        "backend chosen"
+    );
+    Ok(Arc::new(qemu::QemuBackend::new(
+        installed,
+        config.kernel_args.clone(),
+        choice,
+    )))
 }
 
 /// Everything a backend needs to start one VM.

@@ -18,10 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
-use super::qmp::Qmp;
-use super::{Accel, AgentChannel, Backend, BackendInfo, Memory, Vm, VmSpec, VmmError};
+use super::qmp::{Qmp, QmpError};
+use super::{
+    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Vm, VmSpec,
+    VmmConfig, VmmError,
+};
 
-pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+pub const NAME: &str = "qemu";
+const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// How long QEMU may take to start and connect to the agent socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of console output kept for error reports.
@@ -41,54 +45,52 @@ const KERNEL_ARGS: &[&str] = &[
 pub struct QemuBackend {
     binary: PathBuf,
     info: BackendInfo,
+    /// Added to [`KERNEL_ARGS`] for every VM.
+    kernel_args: Vec<String>,
 }
 
 impl QemuBackend {
-    /// Finds QEMU on `PATH` (or at `RUNNER_QEMU`).
-    pub fn locate() -> Result<PathBuf, VmmError> {
-        if let Some(path) = std::env::var_os("RUNNER_QEMU") {
-            let path = PathBuf::from(path);
-            return if path.is_file() {
-                Ok(path)
-            } else {
-                Err(VmmError::QemuMissing(format!(
-                    "RUNNER_QEMU={}",
-                    path.display()
-                )))
-            };
-        }
-        std::env::var_os("PATH")
-            .and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(QEMU_BINARY))
-                    .find(|p| p.is_file())
-            })
-            .ok_or_else(|| VmmError::QemuMissing(QEMU_BINARY.into()))
+    /// The binary the configuration names, else the one on `PATH`.
+    pub fn binary(config: &VmmConfig) -> PathBuf {
+        config
+            .qemu
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
     }
 
-    /// `qemu-system-x86_64 --version`, first line.
+    /// `qemu-system-x86_64 --version`, first line; says what to install
+    /// when there is no such program.
     pub async fn version(binary: &Path) -> Result<String, VmmError> {
-        let output = Command::new(binary)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|source| VmmError::Spawn {
-                binary: binary.display().to_string(),
-                source,
-            })?;
+        let output = match Command::new(binary).arg("--version").output().await {
+            Ok(output) => output,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VmmError::Missing {
+                    binary: binary.display().to_string(),
+                    remedy: "install the Debian package qemu-system-x86, \
+                             or set qemu (RUNNER_QEMU) to its path",
+                });
+            }
+            Err(source) => {
+                return Err(VmmError::Spawn {
+                    binary: binary.display().to_string(),
+                    source,
+                });
+            }
+        };
         let text = String::from_utf8_lossy(&output.stdout);
         Ok(text.lines().next().unwrap_or("unknown").to_string())
     }
 
-    pub fn new(binary: PathBuf, version: String, accel: Accel, reason: String) -> Self {
+    pub fn new(installed: Installed, kernel_args: Vec<String>, choice: AccelChoice) -> Self {
         Self {
-            binary,
+            binary: installed.binary,
             info: BackendInfo {
-                name: "qemu",
-                version,
-                accel,
-                reason,
+                name: NAME,
+                version: installed.version,
+                accel: choice.accel,
+                reason: choice.reason,
             },
+            kernel_args,
         }
     }
 
@@ -113,9 +115,7 @@ impl QemuBackend {
         };
         let mut kernel_args: Vec<&str> = KERNEL_ARGS.to_vec();
         kernel_args.extend(spec.kernel_args.iter().map(String::as_str));
-        // For experiments with boot options, not for production use.
-        let extra = std::env::var("RUNNER_KERNEL_ARGS").unwrap_or_default();
-        kernel_args.extend(extra.split_whitespace());
+        kernel_args.extend(self.kernel_args.iter().map(String::as_str));
         command
             .arg("-name")
             .arg(format!("runner-{}", spec.id))
@@ -259,7 +259,11 @@ impl Backend for QemuBackend {
                         path: qmp_socket.clone(),
                         source,
                     })?;
-                    Some(Qmp::handshake(stream).await?)
+                    Some(
+                        Qmp::handshake(stream)
+                            .await
+                            .map_err(control("connect to"))?,
+                    )
                 }
             };
             Ok::<_, VmmError>((agent, qmp))
@@ -285,7 +289,7 @@ impl Backend for QemuBackend {
         let _ = fs::remove_file(&socket);
         let _ = fs::remove_file(&qmp_socket);
         if let (Memory::Restore { state, .. }, Some(qmp)) = (&spec.memory, &mut qmp) {
-            restore(qmp, state).await?;
+            restore(qmp, state).await.map_err(control("restore"))?;
         }
         Ok(Box::new(QemuVm {
             child,
@@ -297,9 +301,17 @@ impl Backend for QemuBackend {
     }
 }
 
+/// Wraps a monitor failure as the VMM failing at `operation`.
+fn control(operation: &'static str) -> impl FnOnce(QmpError) -> VmmError {
+    move |source| VmmError::Control {
+        operation,
+        source: Box::new(source),
+    }
+}
+
 /// Loads the device state of a snapshot into a VM started with `-incoming
 /// defer`, and lets it run.
-async fn restore(qmp: &mut Qmp, state: &Path) -> Result<(), VmmError> {
+async fn restore(qmp: &mut Qmp, state: &Path) -> Result<(), QmpError> {
     qmp.execute("migrate-set-capabilities", ignore_shared())
         .await?;
     qmp.execute(
@@ -314,7 +326,7 @@ async fn restore(qmp: &mut Qmp, state: &Path) -> Result<(), VmmError> {
             Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
             Some("running") => return Ok(()),
             other => {
-                return Err(VmmError::Migration(format!(
+                return Err(QmpError::Failed(format!(
                     "loading {} ended in state {other:?}",
                     state.display()
                 )));
@@ -356,9 +368,15 @@ impl Vm for QemuVm {
         let qmp = self
             .qmp
             .as_mut()
-            .ok_or_else(|| VmmError::Migration("this VM has no monitor to pause it".into()))?;
-        let command = if paused { "stop" } else { "cont" };
-        qmp.execute(command, serde_json::Value::Null).await?;
+            .ok_or(VmmError::Unsupported("this VM has no monitor to pause it"))?;
+        let (command, operation) = if paused {
+            ("stop", "pause")
+        } else {
+            ("cont", "resume")
+        };
+        qmp.execute(command, serde_json::Value::Null)
+            .await
+            .map_err(control(operation))?;
         Ok(())
     }
 
@@ -367,38 +385,43 @@ impl Vm for QemuVm {
     }
 
     async fn snapshot(&mut self, state: &Path) -> Result<(), VmmError> {
-        let qmp = self
-            .qmp
-            .as_mut()
-            .ok_or_else(|| VmmError::Migration("this VM has no memory file to snapshot".into()))?;
-        qmp.execute("stop", serde_json::Value::Null).await?;
-        qmp.execute("migrate-set-capabilities", ignore_shared())
-            .await?;
-        qmp.execute(
-            "migrate",
-            serde_json::json!({ "uri": format!("file:{}", state.display()) }),
-        )
-        .await?;
-        loop {
-            let info = qmp
-                .execute("query-migrate", serde_json::Value::Null)
-                .await?;
-            match info["status"].as_str() {
-                Some("completed") => return Ok(()),
-                Some("failed") | Some("cancelled") => {
-                    return Err(VmmError::Migration(format!(
-                        "saving failed: {}",
-                        info["error-desc"].as_str().unwrap_or("no reason given")
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        let qmp = self.qmp.as_mut().ok_or(VmmError::Unsupported(
+            "this VM has no memory file to snapshot",
+        ))?;
+        save(qmp, state).await.map_err(control("save"))
     }
 
     async fn destroy(mut self: Box<Self>) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// Stops the VM and saves its device state to `state` (its memory is in
+/// its file already).
+async fn save(qmp: &mut Qmp, state: &Path) -> Result<(), QmpError> {
+    qmp.execute("stop", serde_json::Value::Null).await?;
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    qmp.execute(
+        "migrate",
+        serde_json::json!({ "uri": format!("file:{}", state.display()) }),
+    )
+    .await?;
+    loop {
+        let info = qmp
+            .execute("query-migrate", serde_json::Value::Null)
+            .await?;
+        match info["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                return Err(QmpError::Failed(format!(
+                    "saving failed: {}",
+                    info["error-desc"].as_str().unwrap_or("no reason given")
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub enum QmpError {
     Json(#[from] serde_json::Error),
     #[error("QMP {command}: {message}")]
     Command { command: String, message: String },
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub struct Qmp {

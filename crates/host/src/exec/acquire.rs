@@ -1,0 +1,379 @@
+//! Getting a VM for a plan: one waiting in the warm pool, else one restored
+//! from the language's snapshot, else a cold boot. The images and the
+//! backend every VM needs are made, or chosen, once; snapshot making and
+//! pool tending get their VMs here too.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use runner_protocol::{PrestartSpec, Wake};
+use tokio::sync::OnceCell;
+
+use super::conversation::{self, ConversationError};
+use super::plan::Plan;
+use super::result::StartKind;
+use super::transcript::Timeline;
+use crate::image::{Agent, GuestImages, ImageError, ImageStore, Progress};
+use crate::lang::Language;
+use crate::pool::Pools;
+use crate::snapshot::{Snapshot, SnapshotKey, SnapshotStore};
+use crate::state::StateDir;
+use crate::vmm::{self, Accel, Backend, BackendInfo, Memory, Vm, VmSpec, VmmConfig, VmmError};
+
+/// The guest agent, built static by this crate's build script.
+pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runner-agent"));
+
+/// [`AGENT_BINARY`] with its digest, taken on first use.
+pub fn agent() -> &'static Agent {
+    static AGENT: std::sync::LazyLock<Agent> =
+        std::sync::LazyLock::new(|| Agent::new(AGENT_BINARY));
+    &AGENT
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("preparing guest images")]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// A restored VM's agent did not come back.
+    #[error("the restored VM did not answer")]
+    NotReady(#[source] ConversationError),
+}
+
+/// Makes VMs: the images, the backend, the snapshots, and a count of the
+/// VMs alive. Shared by executions, snapshot making and pool tending.
+pub(crate) struct Vms {
+    state: StateDir,
+    images: ImageStore,
+    snapshots: SnapshotStore,
+    vmm: VmmConfig,
+    backend: OnceCell<Arc<dyn Backend>>,
+    running: Arc<AtomicUsize>,
+    /// Restore from snapshots where they exist (else boot every VM cold).
+    restore: AtomicBool,
+    /// Snapshots hold the language's prestarted runtime where it has one.
+    prestart: bool,
+}
+
+/// How far a VM got before it was handed over.
+pub(crate) enum Readiness {
+    /// Its agent said hello (a pooled VM).
+    Ready,
+    /// Booting: its agent says hello when it is up.
+    Booting,
+    /// Restored: its agent says hello once woken with this.
+    Restored(Wake),
+}
+
+/// A VM for one plan, counted as running while it lives.
+pub(crate) struct Acquired {
+    pub vm: Box<dyn Vm>,
+    pub start: StartKind,
+    pub readiness: Readiness,
+    /// How long its agent may take to say hello.
+    pub boot_timeout: Duration,
+    pub timeline: Timeline,
+    pub _running: Running,
+}
+
+/// Counts a VM as running while it lives.
+pub(crate) struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Vms {
+    pub fn new(
+        state: StateDir,
+        images: ImageStore,
+        vmm: VmmConfig,
+        restore: bool,
+        prestart: bool,
+    ) -> Self {
+        Self {
+            snapshots: SnapshotStore::new(state.root().join("snapshots")),
+            state,
+            images,
+            vmm,
+            backend: OnceCell::new(),
+            running: Arc::default(),
+            restore: AtomicBool::new(restore),
+            prestart,
+        }
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    /// VMs alive now (pooled ones only once they are taken).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub fn set_restore(&self, on: bool) {
+        self.restore.store(on, Ordering::Relaxed);
+    }
+
+    /// Builds whatever image `language` is missing.
+    pub async fn prepare(
+        &self,
+        language: &Language,
+        progress: Arc<dyn Progress + Send>,
+    ) -> Result<GuestImages, ImageError> {
+        let images = self.images.clone();
+        let language = language.clone();
+        tokio::task::spawn_blocking(move || images.ensure(&language, agent(), &*progress))
+            .await
+            .expect("image build does not panic")
+    }
+
+    /// The backend, chosen on first use (see [`vmm::select`]).
+    pub async fn backend(
+        &self,
+        kernel: &Path,
+        initramfs: &Path,
+    ) -> Result<Arc<dyn Backend>, VmmError> {
+        let runs = self.state.runs();
+        let accel_cache = self.state.root().join("accel.json");
+        let backend = self
+            .backend
+            .get_or_try_init(|| vmm::select(&self.vmm, kernel, initramfs, &runs, &accel_cache))
+            .await?;
+        Ok(backend.clone())
+    }
+
+    /// The backend, if one has been chosen.
+    pub fn backend_info(&self) -> Option<BackendInfo> {
+        self.backend.get().map(|b| b.info().clone())
+    }
+
+    /// What to prestart in `language`'s snapshot, if anything.
+    pub fn prestart(&self, language: &Language) -> Option<PrestartSpec> {
+        let argv = language.prestart.clone().filter(|_| self.prestart)?;
+        Some(PrestartSpec {
+            argv,
+            replaces: language.run.clone(),
+            env: language.env.clone(),
+        })
+    }
+
+    /// What `language`'s snapshot depends on, with these images and backend.
+    pub fn snapshot_key(
+        &self,
+        language: &Language,
+        images: &GuestImages,
+        backend: &dyn Backend,
+    ) -> SnapshotKey {
+        SnapshotKey::of(language, images, backend, self.prestart(language))
+    }
+
+    /// A VM of `memory_mib` booting from `images`, its memory as `memory`
+    /// says.
+    pub fn spec(&self, images: &GuestImages, memory_mib: u32, id: &str, memory: Memory) -> VmSpec {
+        VmSpec {
+            id: id.to_string(),
+            kernel: images.kernel.vmlinux.clone(),
+            initramfs: images.initramfs.clone(),
+            rootfs: Some(images.rootfs.clone()),
+            memory_mib,
+            vcpus: 1,
+            kernel_args: Vec::new(),
+            run_dir: self
+                .state
+                .runs()
+                .join(format!("{}.{id}", std::process::id())),
+            memory,
+        }
+    }
+
+    /// A VM of `snapshot`'s size that restores it instead of booting.
+    fn restore_spec(&self, images: &GuestImages, snapshot: &Snapshot, id: &str) -> VmSpec {
+        let memory = Memory::Restore {
+            path: snapshot.memory(),
+            state: snapshot.state(),
+        };
+        self.spec(images, snapshot.memory_mib(), id, memory)
+    }
+
+    /// Starts a VM and counts it as running.
+    pub async fn start(
+        &self,
+        backend: &dyn Backend,
+        spec: VmSpec,
+    ) -> Result<(Box<dyn Vm>, Running), VmmError> {
+        let vm = backend.start(spec).await?;
+        Ok((vm, Running::new(&self.running)))
+    }
+
+    /// A VM for `plan`: from `pools` if one waits there, else restored from
+    /// the language's snapshot if there is one big enough, else booted.
+    pub async fn acquire(
+        &self,
+        plan: &Plan,
+        images: &GuestImages,
+        backend: &dyn Backend,
+        pools: Option<&Pools>,
+    ) -> Result<Acquired, AcquireError> {
+        let boot_timeout = boot_timeout(backend.info().accel);
+        if let Some(acquired) = self.take_pooled(plan, pools, boot_timeout).await {
+            return Ok(acquired);
+        }
+        // A snapshot's VM may be bigger than the request needs: the cgroup
+        // limits inside are what the program gets.
+        let snapshot = self
+            .restore
+            .load(Ordering::Relaxed)
+            .then(|| {
+                self.snapshots
+                    .find(&self.snapshot_key(&plan.language, images, backend))
+            })
+            .flatten()
+            .filter(|s| s.memory_mib() >= plan.vm_memory_mib);
+        let id = &plan.trace_id;
+        let (spec, start, readiness) = match &snapshot {
+            Some(snapshot) => (
+                self.restore_spec(images, snapshot, id),
+                StartKind::Snapshot,
+                Readiness::Restored(wake()),
+            ),
+            None => (
+                self.spec(images, plan.vm_memory_mib, id, Memory::Private),
+                StartKind::Cold,
+                Readiness::Booting,
+            ),
+        };
+        let started = Instant::now();
+        let (vm, running) = self.start(backend, spec).await?;
+        Ok(Acquired {
+            vm,
+            start,
+            readiness,
+            boot_timeout,
+            timeline: Timeline {
+                vm_started: Some(started),
+                vm_up: Some(Instant::now()),
+                ..Timeline::default()
+            },
+            _running: running,
+        })
+    }
+
+    /// A VM from the warm pool, resumed and made unique again, if one waits
+    /// and comes back to life. One that does not (killed from outside while
+    /// it waited) is destroyed and the next tried, so the request is not
+    /// lost.
+    async fn take_pooled(
+        &self,
+        plan: &Plan,
+        pools: Option<&Pools>,
+        boot_timeout: Duration,
+    ) -> Option<Acquired> {
+        let pools = pools?;
+        while let Some(pooled) = pools.take(&plan.language.name, plan.vm_memory_mib) {
+            let started = Instant::now();
+            let mut vm = pooled.vm;
+            let running = Running::new(&self.running);
+            if vm.is_alive() && vm.pause(false).await.is_ok() {
+                let up = Instant::now();
+                let woken =
+                    conversation::await_ready(vm.channel(), Some(wake()), POOL_WAKE_TIMEOUT).await;
+                if woken.is_ok() {
+                    return Some(Acquired {
+                        vm,
+                        start: StartKind::Pool,
+                        readiness: Readiness::Ready,
+                        boot_timeout,
+                        timeline: Timeline {
+                            vm_started: Some(started),
+                            vm_up: Some(up),
+                            ready: Some(Instant::now()),
+                            done: None,
+                        },
+                        _running: running,
+                    });
+                }
+            }
+            tracing::warn!(language = %plan.language.name, "a pooled VM did not come back; trying the next");
+            vm.destroy().await;
+        }
+        None
+    }
+
+    /// A VM restored from `snapshot`, made unique, then paused: for a pool.
+    pub async fn restore_paused(
+        &self,
+        images: &GuestImages,
+        snapshot: &Snapshot,
+        backend: &dyn Backend,
+    ) -> Result<Box<dyn Vm>, AcquireError> {
+        let id = format!("pool-{}", super::new_trace_id());
+        let mut vm = backend
+            .start(self.restore_spec(images, snapshot, &id))
+            .await?;
+        let ready = async {
+            conversation::await_ready(vm.channel(), Some(wake()), POOL_RESTORE_TIMEOUT)
+                .await
+                .map_err(AcquireError::NotReady)?;
+            vm.pause(true).await?;
+            Ok::<_, AcquireError>(())
+        };
+        match ready.await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                vm.destroy().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How long a pooled VM may take to answer once resumed.
+const POOL_WAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a VM restored for a pool may take to answer.
+const POOL_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a booting guest may take to say hello.
+pub(crate) fn boot_timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(20),
+        Accel::Tcg => Duration::from_secs(90),
+    }
+}
+
+/// Fresh entropy and the host's clock for a restored VM.
+pub(crate) fn wake() -> Wake {
+    use std::io::Read;
+    let mut entropy = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .expect("/dev/urandom is readable");
+    let unix_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Wake {
+        entropy,
+        unix_time_ns,
+    }
+}

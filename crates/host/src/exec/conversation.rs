@@ -1,0 +1,197 @@
+//! The host's half of the agent protocol: what it sends, what it accepts
+//! back, and how it ends a conversation with a guest that breaks the rules.
+//!
+//! Every byte here comes from the guest, which runs untrusted code and may
+//! be compromised: a frame is bounded before it is read (see
+//! [`AgentChannel`]), output is kept only up to the stage's limit, a stage
+//! is accepted only in its turn, and every wait has a deadline. A guest
+//! that does otherwise ends its execution with an error; it can neither
+//! stall the host nor make it keep more than the limits allow.
+
+use std::time::{Duration, Instant};
+
+use runner_protocol::{ExecRequest, Frame, PrestartSpec, Stage, Wake};
+
+use super::transcript::Transcript;
+use crate::vmm::{AgentChannel, ChannelError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("the agent did not say hello within {seconds} s")]
+    NoHello { seconds: u64 },
+    #[error("lost the agent")]
+    Lost(#[source] ChannelError),
+    #[error("the agent broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the agent failed: {0}")]
+    Agent(String),
+    #[error("the agent gave no result within {seconds} s of the time limit; the VM was killed")]
+    Unresponsive { seconds: u64 },
+    #[error(
+        "the guest sent more than the {stage} stage's output limit of {limit} bytes; the VM was stopped"
+    )]
+    Flood { stage: Stage, limit: u64 },
+    #[error("no answer from the agent within {seconds} s of the {what}")]
+    Timeout { what: &'static str, seconds: u64 },
+    #[error("the {stage} stage of the {what} did not succeed: {report}")]
+    StageFailed {
+        what: &'static str,
+        stage: Stage,
+        report: String,
+    },
+}
+
+/// How long the agent may take beyond the stages' own wall-time limits
+/// (which it enforces) before the host gives up on it.
+const GRACE: Duration = Duration::from_secs(15);
+
+/// Waits for the agent's hello. A restored VM's agent said hello long ago,
+/// to the snapshot's host: it first gets `wake`, is made unique, and says
+/// hello again.
+pub async fn await_ready(
+    channel: &mut AgentChannel,
+    wake: Option<Wake>,
+    timeout: Duration,
+) -> Result<(), ConversationError> {
+    if let Some(wake) = wake {
+        channel
+            .send(&Frame::Wake(wake))
+            .await
+            .map_err(ConversationError::Lost)?;
+    }
+    match tokio::time::timeout(timeout, channel.recv()).await {
+        Ok(Ok(Frame::Hello(_))) => Ok(()),
+        Ok(Ok(Frame::Error(failure))) => Err(ConversationError::Agent(failure.message)),
+        Ok(Ok(other)) => Err(ConversationError::Protocol(format!(
+            "expected hello, got {:?}",
+            other.kind()
+        ))),
+        Ok(Err(e)) => Err(ConversationError::Lost(e)),
+        Err(_) => Err(ConversationError::NoHello {
+            seconds: timeout.as_secs(),
+        }),
+    }
+}
+
+/// Sends `exec` to a ready agent and records its output and stage reports
+/// in `transcript` until it says it is done.
+pub async fn converse(
+    channel: &mut AgentChannel,
+    exec: &ExecRequest,
+    transcript: &mut Transcript,
+) -> Result<(), ConversationError> {
+    channel
+        .send(&Frame::Exec(exec.clone()))
+        .await
+        .map_err(ConversationError::Lost)?;
+    let budget: Duration = exec
+        .stages
+        .iter()
+        .map(|s| Duration::from_millis(s.limits.wall_time_ms) + GRACE)
+        .sum();
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, channel.recv()).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => return Err(ConversationError::Lost(e)),
+            Err(_) => {
+                return Err(ConversationError::Unresponsive {
+                    seconds: GRACE.as_secs(),
+                });
+            }
+        };
+        // Output and stage ends belong to the stage the agent is running.
+        let current = exec.stages.get(transcript.stages_done());
+        let kind = frame.kind();
+        let stage = || {
+            current.ok_or_else(|| {
+                ConversationError::Protocol(format!("{kind:?} frame after the last stage"))
+            })
+        };
+        match frame {
+            Frame::Stdout(bytes) => transcript.output(stage()?, false, bytes)?,
+            Frame::Stderr(bytes) => transcript.output(stage()?, true, bytes)?,
+            Frame::StageEnd(report) => {
+                let expected = stage()?.stage;
+                if report.stage != expected {
+                    return Err(ConversationError::Protocol(format!(
+                        "it reported the {} stage where the {expected} stage was running",
+                        report.stage
+                    )));
+                }
+                transcript.stage_end(report);
+            }
+            Frame::Done => {
+                transcript.done(Instant::now());
+                return Ok(());
+            }
+            Frame::Error(failure) => return Err(ConversationError::Agent(failure.message)),
+            other => {
+                return Err(ConversationError::Protocol(format!(
+                    "unexpected {:?} frame",
+                    other.kind()
+                )));
+            }
+        }
+    }
+}
+
+/// Runs a warm-up on a VM about to be snapshotted: every stage must exit 0;
+/// what it prints is dropped.
+pub async fn warm(channel: &mut AgentChannel, exec: ExecRequest) -> Result<(), ConversationError> {
+    const WHAT: &str = "warm-up";
+    const LIMIT: Duration = Duration::from_secs(300);
+    channel
+        .send(&Frame::Warm(exec))
+        .await
+        .map_err(ConversationError::Lost)?;
+    loop {
+        let frame = tokio::time::timeout(LIMIT, channel.recv())
+            .await
+            .map_err(|_| ConversationError::Timeout {
+                what: WHAT,
+                seconds: LIMIT.as_secs(),
+            })?
+            .map_err(ConversationError::Lost)?;
+        match frame {
+            Frame::StageEnd(report) if report.exit_code != Some(0) => {
+                return Err(ConversationError::StageFailed {
+                    what: WHAT,
+                    stage: report.stage,
+                    report: format!("{report:?}"),
+                });
+            }
+            Frame::Done => return Ok(()),
+            Frame::Error(e) => return Err(ConversationError::Agent(e.message)),
+            _ => {}
+        }
+    }
+}
+
+/// Starts the language's runtime on a VM about to be snapshotted and waits
+/// until the agent says it is waiting for its program.
+pub async fn prestart(
+    channel: &mut AgentChannel,
+    spec: PrestartSpec,
+) -> Result<(), ConversationError> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    channel
+        .send(&Frame::Prestart(spec))
+        .await
+        .map_err(ConversationError::Lost)?;
+    let frame = tokio::time::timeout(LIMIT, channel.recv())
+        .await
+        .map_err(|_| ConversationError::Timeout {
+            what: "prestarted runtime",
+            seconds: LIMIT.as_secs(),
+        })?
+        .map_err(ConversationError::Lost)?;
+    match frame {
+        Frame::Done => Ok(()),
+        Frame::Error(e) => Err(ConversationError::Agent(format!("prestart: {}", e.message))),
+        other => Err(ConversationError::Protocol(format!(
+            "prestart answered with {:?}",
+            other.kind()
+        ))),
+    }
+}

@@ -1,0 +1,494 @@
+//! One-shot executions: a VM for the plan, its stages run, the VM destroyed,
+//! whatever path the execution takes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use runner_protocol::ExecRequest;
+
+use super::ExecError;
+use super::acquire::{AcquireError, Acquired, Readiness, Vms};
+use super::conversation;
+use super::plan::Plan;
+use super::transcript::Transcript;
+use crate::pool::Pools;
+
+/// What stops an execution early, with the reason to report.
+pub(crate) type Stop<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
+
+/// Runs `plan` in a VM of its own, recording what comes back in
+/// `transcript`.
+pub(crate) async fn run(
+    vms: &Vms,
+    pools: Option<&Pools>,
+    plan: &Plan,
+    transcript: &mut Transcript,
+    mut stop: Stop<'_>,
+) -> Result<(), ExecError> {
+    let images = tokio::select! {
+        images = vms.prepare(&plan.language, Arc::new(())) => images.map_err(AcquireError::from)?,
+        reason = &mut stop => return Err(ExecError::Stopped(reason)),
+    };
+    transcript.version = images.rootfs_manifest.version.clone();
+    let backend = vms
+        .backend(&images.kernel.vmlinux, &images.initramfs)
+        .await
+        .map_err(AcquireError::from)?;
+    transcript.backend = Some((backend.info().name, backend.info().accel));
+    let acquired = tokio::select! {
+        acquired = vms.acquire(plan, &images, &*backend, pools) => acquired?,
+        reason = &mut stop => return Err(ExecError::Stopped(reason)),
+    };
+    run_on(acquired, &plan.exec, transcript, stop).await
+}
+
+/// Waits for an acquired VM to be ready, runs `exec` on it, and destroys
+/// it.
+pub(crate) async fn run_on(
+    acquired: Acquired,
+    exec: &ExecRequest,
+    transcript: &mut Transcript,
+    mut stop: Stop<'_>,
+) -> Result<(), ExecError> {
+    let Acquired {
+        mut vm,
+        start,
+        readiness,
+        boot_timeout,
+        timeline,
+        _running,
+    } = acquired;
+    transcript.start = start;
+    transcript.timeline = timeline;
+    if let Some(ready) = timeline.ready {
+        transcript.ready(ready);
+    }
+    let ended = tokio::select! {
+        outcome = async {
+            let wake = match readiness {
+                Readiness::Ready => None,
+                Readiness::Booting => Some(None),
+                Readiness::Restored(wake) => Some(Some(wake)),
+            };
+            if let Some(wake) = wake {
+                conversation::await_ready(vm.channel(), wake, boot_timeout).await?;
+                transcript.ready(Instant::now());
+            }
+            conversation::converse(vm.channel(), exec, transcript).await
+        } => Ok(outcome),
+        reason = &mut stop => Err(reason),
+    };
+    let outcome = match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(ExecError::Agent {
+            error,
+            console: vm.console_tail(),
+        }),
+        Err(reason) => Err(ExecError::Stopped(reason)),
+    };
+    vm.destroy().await;
+    outcome
+}
+
+/// The host's state machine against a scripted agent peer (see
+/// [`super::scripted`]): each test plays one way a guest can break the
+/// protocol and checks that the execution ends with the right status,
+/// keeps the output it got, and leaves nothing behind: the VM destroyed,
+/// no VM counted as running, the guest's connection closed.
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use runner_protocol::{AgentFailure, Frame, MAGIC, MAX_AGENT_FRAME, PROTOCOL_VERSION};
+    use runner_protocol::{FrameKind, Stage, StageReport};
+
+    use super::*;
+    use crate::exec::acquire::Running;
+    use crate::exec::scripted::{self, Peer};
+    use crate::exec::transcript::{OutputChunk, Timeline};
+    use crate::exec::{ExecutionRequest, ExecutionResult, Planner, SourceFile, StartKind, Status};
+    use crate::exec::{LimitPolicy, RequestLimits, StageLimits};
+    use crate::lang::Languages;
+
+    fn plan(language: &str, output_bytes: Option<u64>) -> Plan {
+        let planner = Planner::new(Languages::builtin().unwrap(), LimitPolicy::default(), &[]);
+        let run = StageLimits {
+            wall_time_ms: Some(1_000),
+            output_bytes,
+            ..StageLimits::default()
+        };
+        planner
+            .plan(ExecutionRequest {
+                language: language.into(),
+                files: vec![SourceFile::entry("the program")],
+                stdin: b"input".to_vec(),
+                limits: RequestLimits {
+                    run,
+                    ..RequestLimits::default()
+                },
+                ..ExecutionRequest::default()
+            })
+            .unwrap()
+    }
+
+    struct Outcome {
+        result: ExecutionResult,
+        chunks: Vec<OutputChunk>,
+    }
+
+    /// Runs `plan` on a scripted VM whose agent does what `script` says,
+    /// and checks that nothing is left behind.
+    async fn scripted<S, F>(plan: &Plan, readiness: Readiness, script: S) -> Outcome
+    where
+        S: FnOnce(Peer) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        scripted_until(plan, readiness, script, std::future::pending()).await
+    }
+
+    async fn scripted_until<S, F>(
+        plan: &Plan,
+        readiness: Readiness,
+        script: S,
+        stop: impl Future<Output = String> + Send,
+    ) -> Outcome
+    where
+        S: FnOnce(Peer) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (vm, peer, destroyed) = scripted::pair();
+        let running = Arc::new(AtomicUsize::new(0));
+        let now = Instant::now();
+        let acquired = Acquired {
+            vm: Box::new(vm),
+            start: StartKind::Cold,
+            readiness,
+            boot_timeout: Duration::from_secs(90),
+            timeline: Timeline {
+                vm_started: Some(now),
+                vm_up: Some(now),
+                ..Timeline::default()
+            },
+            _running: Running::new(&running),
+        };
+        let guest = tokio::spawn(script(peer));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut transcript = Transcript::new(Some(tx));
+        let outcome = run_on(acquired, &plan.exec, &mut transcript, std::pin::pin!(stop)).await;
+        let result = transcript.finish(plan, now, outcome);
+        assert!(destroyed.load(Ordering::SeqCst), "the VM was destroyed");
+        assert_eq!(running.load(Ordering::SeqCst), 0, "no VM counts as running");
+        // The guest's script ends when it is done or sees the host hang up.
+        tokio::time::timeout(Duration::from_secs(5), guest)
+            .await
+            .expect("the host closed the guest's connection")
+            .unwrap();
+        let mut chunks = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            chunks.push(chunk);
+        }
+        Outcome { result, chunks }
+    }
+
+    /// Hello, then the request, as a well-behaved agent starts.
+    async fn take_request(peer: &mut Peer) -> runner_protocol::ExecRequest {
+        peer.hello().await;
+        match peer.recv().await {
+            Some(Frame::Exec(request)) => request,
+            other => panic!("expected the request, got {other:?}"),
+        }
+    }
+
+    fn ended(stage: Stage, exit_code: i32) -> Frame {
+        Frame::StageEnd(StageReport {
+            exit_code: Some(exit_code),
+            wall_time_us: 1_500,
+            ..StageReport::new(stage)
+        })
+    }
+
+    fn message(result: &ExecutionResult) -> &str {
+        result.message.as_deref().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_well_behaved_agent_gets_the_plan_and_gives_a_result() {
+        let plan = plan("python", None);
+        let expected = plan.exec.clone();
+        let out = scripted(&plan, Readiness::Booting, move |mut peer| async move {
+            let request = take_request(&mut peer).await;
+            assert_eq!(request, expected, "the agent gets the plan as it is");
+            peer.send(&Frame::Stdout(b"hello\n".to_vec())).await;
+            peer.send(&ended(Stage::Run, 0)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::Ok, "{:?}", out.result.message);
+        let run = out.result.run.unwrap();
+        assert_eq!(run.stdout, b"hello\n");
+        assert_eq!(run.wall_time_ms, 1.5);
+        assert_eq!(out.chunks.len(), 1);
+        assert_eq!(out.chunks[0].stage, Stage::Run);
+    }
+
+    #[tokio::test]
+    async fn a_restored_vm_is_woken_before_its_hello() {
+        let plan = plan("bash", None);
+        let wake = crate::exec::acquire::wake();
+        let out = scripted(&plan, Readiness::Restored(wake), |mut peer| async move {
+            match peer.recv().await {
+                Some(Frame::Wake(wake)) => assert_eq!(wake.entropy.len(), 64),
+                other => panic!("expected a wake, got {other:?}"),
+            }
+            take_request(&mut peer).await;
+            peer.send(&ended(Stage::Run, 3)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::RuntimeError);
+        assert_eq!(out.result.run.unwrap().exit_code, Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_that_never_says_hello_is_given_up_on() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |peer| peer.until_closed()).await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).starts_with("the agent did not say hello within 90 s"),
+            "{:?}",
+            out.result.message
+        );
+        assert!(
+            message(&out.result).contains("(scripted guest)"),
+            "with the console"
+        );
+        assert!(out.result.run.is_none(), "no stage started");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_it_is_read() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stdout(b"kept".to_vec())).await;
+            let mut header = Vec::from(MAGIC);
+            header.extend([PROTOCOL_VERSION, FrameKind::Stdout as u8]);
+            header.extend((MAX_AGENT_FRAME + 1).to_le_bytes());
+            peer.send_raw(&header).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).contains("over the limit of 262144"),
+            "{:?}",
+            out.result.message
+        );
+        let run = out.result.run.unwrap();
+        assert_eq!(run.status, Status::InternalError);
+        assert_eq!(run.stdout, b"kept", "output before the bad frame is kept");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_ends_the_execution_keeping_the_output() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stderr(b"partial".to_vec())).await;
+            let mut frame = Vec::from(MAGIC);
+            frame.extend([PROTOCOL_VERSION, FrameKind::StageEnd as u8]);
+            frame.extend(9u32.to_le_bytes());
+            frame.extend(b"{not json");
+            peer.send_raw(&frame).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).contains("malformed StageEnd frame"),
+            "{:?}",
+            out.result.message
+        );
+        assert_eq!(out.result.run.unwrap().stderr, b"partial");
+    }
+
+    #[tokio::test]
+    async fn a_stage_reported_twice_is_a_broken_protocol() {
+        let plan = plan("rust", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stderr(b"compiled".to_vec())).await;
+            peer.send(&ended(Stage::Compile, 0)).await;
+            peer.send(&ended(Stage::Compile, 0)).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result)
+                .contains("reported the compile stage where the run stage was running"),
+            "{:?}",
+            out.result.message
+        );
+        let compile = out.result.compile.unwrap();
+        assert_eq!(
+            compile.status,
+            Status::Ok,
+            "the compile that did end is kept"
+        );
+        assert_eq!(compile.stderr, b"compiled");
+        assert_eq!(out.result.run.unwrap().status, Status::InternalError);
+    }
+
+    #[tokio::test]
+    async fn a_report_after_the_last_stage_is_a_broken_protocol() {
+        let plan = plan("bash", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&ended(Stage::Run, 0)).await;
+            peer.send(&ended(Stage::Run, 0)).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).contains("StageEnd frame after the last stage"),
+            "{:?}",
+            out.result.message
+        );
+        assert_eq!(out.result.run.unwrap().status, Status::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_stops_mid_output_keeps_what_it_sent() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stdout(b"first line\n".to_vec())).await;
+            peer.send(&Frame::Stderr(b"a warning\n".to_vec())).await;
+            // The peer hangs up here, as a guest that died would.
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).starts_with("lost the agent: the agent closed the connection"),
+            "{:?}",
+            out.result.message
+        );
+        let run = out.result.run.unwrap();
+        assert_eq!(run.status, Status::InternalError);
+        assert_eq!(run.stdout, b"first line\n");
+        assert_eq!(run.stderr, b"a warning\n");
+    }
+
+    #[tokio::test]
+    async fn a_flood_past_the_output_limit_is_cut_and_stopped() {
+        let plan = plan("python", Some(1_000));
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            // Far past the limit, as an agent that stopped counting would.
+            for _ in 0..64 {
+                peer.send(&Frame::Stdout(vec![b'x'; 600])).await;
+            }
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::OutputLimitExceeded);
+        assert!(
+            message(&out.result).contains("more than the run stage's output limit of 1000 bytes"),
+            "{:?}",
+            out.result.message
+        );
+        let run = out.result.run.unwrap();
+        assert_eq!(run.status, Status::OutputLimitExceeded);
+        assert!(run.output_truncated);
+        assert_eq!(run.stdout.len(), 1_000, "kept up to the limit, no more");
+        let streamed: usize = out.chunks.iter().map(|c| c.bytes.len()).sum();
+        assert_eq!(streamed, 1_000, "streamed up to the limit, no more");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_disconnects_during_compile_keeps_the_compilers_output() {
+        let plan = plan("rust", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stderr(b"   Compiling main\n".to_vec()))
+                .await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(message(&out.result).starts_with("lost the agent"));
+        let compile = out.result.compile.unwrap();
+        assert_eq!(compile.status, Status::InternalError);
+        assert_eq!(compile.stderr, b"   Compiling main\n");
+        assert!(out.result.run.is_none(), "the run stage never started");
+        assert_eq!(out.chunks[0].stage, Stage::Compile);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_given_up_on_after_the_time_limit_and_a_grace() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stdout(b"started\n".to_vec())).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).contains("no result within 15 s of the time limit"),
+            "{:?}",
+            out.result.message
+        );
+        assert_eq!(out.result.run.unwrap().stdout, b"started\n");
+    }
+
+    #[tokio::test]
+    async fn an_agent_failure_is_reported_as_ours() {
+        let plan = plan("python", None);
+        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Error(AgentFailure {
+                message: "write main.py: no space left".into(),
+            }))
+            .await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(message(&out.result).starts_with("the agent failed: write main.py"));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_execution_keeps_its_output_and_destroys_its_vm() {
+        let plan = plan("python", None);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let out = scripted_until(
+            &plan,
+            Readiness::Booting,
+            |mut peer| async move {
+                take_request(&mut peer).await;
+                peer.send(&Frame::Stdout(b"working\n".to_vec())).await;
+                let _ = stop_tx.send(());
+                peer.until_closed().await;
+            },
+            async move {
+                let _ = stop_rx.await;
+                // Let the output already sent arrive first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "the client disconnected".to_string()
+            },
+        )
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert_eq!(message(&out.result), "stopped: the client disconnected");
+        assert_eq!(out.result.run.unwrap().stdout, b"working\n");
+    }
+}

@@ -1,0 +1,408 @@
+//! A request, checked once and resolved into a [`Plan`]: the language, the
+//! files with the entry point named, the environment, and every stage's
+//! command and limits. The rest of the engine takes the plan as it is and
+//! never looks at the request again, so a wrong request is refused here,
+//! before anything is built or booted.
+
+use std::collections::BTreeMap;
+
+use runner_protocol::{ExecRequest, File, Stage, StageSpec};
+
+use super::limits::{LimitPolicy, RequestLimits};
+use crate::lang::{Language, LanguageError, Languages};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Language(#[from] LanguageError),
+    #[error("{language} is not enabled here; this runner runs {enabled}")]
+    NotEnabled { language: String, enabled: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A file of the request.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// A relative path in the working directory. `None` only for the first
+    /// file, which is then the entry point.
+    pub name: Option<String>,
+    pub content: Vec<u8>,
+}
+
+impl SourceFile {
+    pub fn named(name: impl Into<String>, content: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: Some(name.into()),
+            content: content.into(),
+        }
+    }
+
+    /// The program's entry point, named as its language expects.
+    pub fn entry(content: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: None,
+            content: content.into(),
+        }
+    }
+}
+
+/// What a caller (the CLI, the API, the bench) asks to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionRequest {
+    /// A language name or alias.
+    pub language: String,
+    /// The entry point is the file named as the language expects
+    /// (`main.py`, ...); if there is none, the first file, which gets that
+    /// name.
+    pub files: Vec<SourceFile>,
+    pub stdin: Vec<u8>,
+    /// Appended to the run command.
+    pub args: Vec<String>,
+    /// On top of the language's environment.
+    pub env: BTreeMap<String, String>,
+    pub limits: RequestLimits,
+    /// Given by the caller (e.g. from a `traceparent` header), else made up.
+    pub trace_id: Option<String>,
+}
+
+/// An accepted request, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub trace_id: String,
+    pub language: Language,
+    /// What the agent gets: files, stages with their commands and limits,
+    /// stdin, environment.
+    pub exec: ExecRequest,
+    /// The VM's memory: the largest stage limit plus the guest's reserve.
+    pub vm_memory_mib: u32,
+}
+
+impl Plan {
+    /// The stage the agent runs after `done` stages have reported.
+    pub fn stage(&self, done: usize) -> Option<&StageSpec> {
+        self.exec.stages.get(done)
+    }
+}
+
+/// Memory the VM has beyond its program's limit: the guest kernel, the agent
+/// and the page cache of the interpreter.
+const GUEST_RESERVE_MIB: u64 = 64;
+
+/// The memory of a VM whose largest stage may use `program_mib`.
+pub fn vm_memory_mib(program_mib: u64) -> u32 {
+    (program_mib + GUEST_RESERVE_MIB) as u32
+}
+
+/// A W3C trace id: 32 lowercase hex digits.
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Turns requests into plans with the languages and limits of one
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    languages: Languages,
+    limits: LimitPolicy,
+    /// Names of the languages that run here; empty for all.
+    enabled: Vec<String>,
+}
+
+impl Planner {
+    /// `enabled` are names or aliases (checked by the configuration); none
+    /// enables every language.
+    pub fn new(languages: Languages, limits: LimitPolicy, enabled: &[String]) -> Self {
+        let enabled = if enabled.is_empty() {
+            Vec::new()
+        } else {
+            languages
+                .selected(enabled)
+                .into_iter()
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        Self {
+            languages,
+            limits,
+            enabled,
+        }
+    }
+
+    pub fn languages(&self) -> &Languages {
+        &self.languages
+    }
+
+    pub fn limits(&self) -> &LimitPolicy {
+        &self.limits
+    }
+
+    /// The languages that run here, in the table's order.
+    pub fn enabled(&self) -> Vec<&Language> {
+        self.languages.selected(&self.enabled)
+    }
+
+    /// `name` (or an alias) if it runs here.
+    pub fn language(&self, name: &str) -> Result<&Language, PlanError> {
+        let language = self.languages.get(name)?;
+        if !self.enabled.is_empty() && !self.enabled.contains(&language.name) {
+            return Err(PlanError::NotEnabled {
+                language: language.name.clone(),
+                enabled: self.enabled.join(", "),
+            });
+        }
+        Ok(language)
+    }
+
+    /// Checks `request` and resolves everything the execution needs.
+    pub fn plan(&self, request: ExecutionRequest) -> Result<Plan, PlanError> {
+        let language = self.language(&request.language)?.clone();
+        self.resolve(language, request)
+    }
+
+    /// The plan of `language`'s warm-up program `code`, run in a VM before
+    /// its snapshot, with the default limits (whether or not the language
+    /// is enabled here).
+    pub fn warm_up(&self, language: &Language, code: &str) -> Result<Plan, PlanError> {
+        let request = ExecutionRequest {
+            language: language.name.clone(),
+            files: vec![SourceFile::entry(code)],
+            ..ExecutionRequest::default()
+        };
+        self.resolve(language.clone(), request)
+    }
+
+    fn resolve(&self, language: Language, request: ExecutionRequest) -> Result<Plan, PlanError> {
+        let invalid = |message: String| Err(PlanError::Invalid(message));
+        let files = name_files(request.files, &language.source_file)?;
+        for name in files.iter().map(|f| &f.name) {
+            check_file_name(name)?;
+        }
+        if files
+            .iter()
+            .enumerate()
+            .any(|(i, f)| files[..i].iter().any(|g| g.name == f.name))
+        {
+            return invalid("two files have the same name".into());
+        }
+        for (key, value) in &request.env {
+            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                return invalid(format!(
+                    "environment variable {key:?} is not a valid NAME=value pair"
+                ));
+            }
+        }
+        let mut stages = Vec::new();
+        if let Some(compile) = &language.compile {
+            stages.push((Stage::Compile, compile.clone()));
+        }
+        let mut run = language.run.clone();
+        run.extend(request.args);
+        stages.push((Stage::Run, run));
+        let mut largest = 0;
+        let mut specs = Vec::with_capacity(stages.len());
+        for (stage, argv) in stages {
+            let limits = self
+                .limits
+                .resolve(stage, request.limits.of(stage), &language)
+                .map_err(PlanError::Invalid)?;
+            largest = largest.max(limits.memory_mib);
+            specs.push(StageSpec {
+                stage,
+                argv,
+                // Only the program reads the request's input.
+                stdin: stage == Stage::Run,
+                limits: limits.to_protocol(),
+            });
+        }
+        // The language's environment, then the request's on top.
+        let mut env = language.env.clone();
+        env.extend(request.env);
+        let exec = ExecRequest {
+            language: language.name.clone(),
+            files,
+            stages: specs,
+            stdin: request.stdin,
+            env,
+        };
+        Ok(Plan {
+            trace_id: request.trace_id.unwrap_or_else(new_trace_id),
+            language,
+            exec,
+            vm_memory_mib: vm_memory_mib(largest),
+        })
+    }
+}
+
+/// The files with the entry point named `entry`: the file already named so,
+/// else the first file. Only the first file may come without a name.
+fn name_files(files: Vec<SourceFile>, entry: &str) -> Result<Vec<File>, PlanError> {
+    if files.is_empty() {
+        return Err(PlanError::Invalid(
+            "there are no files: send at least the program".into(),
+        ));
+    }
+    let has_entry = files.iter().any(|f| f.name.as_deref() == Some(entry));
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| {
+            let name = match file.name {
+                _ if i == 0 && !has_entry => entry.to_string(),
+                Some(name) => name,
+                None => {
+                    return Err(PlanError::Invalid(format!(
+                        "files[{i}] has no name; only the first file may leave it out"
+                    )));
+                }
+            };
+            Ok(File {
+                name,
+                content: file.content,
+            })
+        })
+        .collect()
+}
+
+fn check_file_name(name: &str) -> Result<(), PlanError> {
+    let path = std::path::Path::new(name);
+    let inside = !name.is_empty()
+        && name.len() <= 255
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if inside {
+        Ok(())
+    } else {
+        Err(PlanError::Invalid(format!(
+            "file name {name:?} must be a relative path inside the working directory"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::StageLimits;
+
+    fn planner(enabled: &[&str]) -> Planner {
+        let enabled: Vec<String> = enabled.iter().map(|s| s.to_string()).collect();
+        Planner::new(
+            Languages::builtin().unwrap(),
+            LimitPolicy::default(),
+            &enabled,
+        )
+    }
+
+    fn request(language: &str, files: Vec<SourceFile>) -> ExecutionRequest {
+        ExecutionRequest {
+            language: language.into(),
+            files,
+            ..ExecutionRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_has_typed_stages_with_resolved_limits() {
+        let mut asked = request("rs", vec![SourceFile::entry("fn main() {}")]);
+        asked.args = vec!["a".into()];
+        asked.limits.run.wall_time_ms = Some(2_000);
+        asked.limits.compile.memory_mib = Some(2048);
+        asked.trace_id = Some("abc".into());
+        let plan = planner(&[]).plan(asked).unwrap();
+        assert_eq!(plan.trace_id, "abc");
+        assert_eq!(plan.language.name, "rust");
+        let stages: Vec<Stage> = plan.exec.stages.iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [Stage::Compile, Stage::Run]);
+        let (compile, run) = (&plan.exec.stages[0], &plan.exec.stages[1]);
+        assert!(!compile.stdin && run.stdin);
+        assert_eq!(run.limits.wall_time_ms, 2_000);
+        assert_eq!(
+            compile.limits.wall_time_ms,
+            LimitPolicy::default().compile.wall_time_ms
+        );
+        assert_eq!(run.argv.last().map(String::as_str), Some("a"));
+        assert_eq!(plan.vm_memory_mib, 2048 + 64, "the largest stage decides");
+        assert_eq!(plan.exec.files[0].name, "main.rs");
+        assert_eq!(plan.stage(1).map(|s| s.stage), Some(Stage::Run));
+        assert!(plan.stage(2).is_none());
+    }
+
+    #[test]
+    fn the_entry_point_is_named_once_for_every_caller() {
+        let named = |files: Vec<SourceFile>| -> Vec<String> {
+            let plan = planner(&[]).plan(request("python", files)).unwrap();
+            plan.exec.files.into_iter().map(|f| f.name).collect()
+        };
+        assert_eq!(named(vec![SourceFile::entry("")]), ["main.py"]);
+        assert_eq!(
+            named(vec![
+                SourceFile::named("hello.py", ""),
+                SourceFile::named("util.py", "")
+            ]),
+            ["main.py", "util.py"],
+            "no main.py: the first file becomes it"
+        );
+        assert_eq!(
+            named(vec![
+                SourceFile::named("util.py", ""),
+                SourceFile::named("main.py", "")
+            ]),
+            ["util.py", "main.py"]
+        );
+        let refused = |files: Vec<SourceFile>| {
+            planner(&[])
+                .plan(request("python", files))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(vec![]).contains("no files"));
+        assert!(refused(vec![SourceFile::entry(""), SourceFile::entry("")]).contains("files[1]"));
+        assert!(
+            refused(vec![
+                SourceFile::named("main.py", ""),
+                SourceFile::named("main.py", "")
+            ])
+            .contains("same name")
+        );
+        assert!(
+            refused(vec![
+                SourceFile::entry(""),
+                SourceFile::named("../etc/passwd", "")
+            ])
+            .contains("inside the working directory")
+        );
+    }
+
+    #[test]
+    fn wrong_requests_are_refused_with_what_to_change() {
+        let e = planner(&[])
+            .plan(request("cobol", vec![SourceFile::entry("")]))
+            .unwrap_err();
+        assert!(matches!(e, PlanError::Language(_)), "{e}");
+        let e = planner(&["python", "sh"])
+            .plan(request("go", vec![SourceFile::entry("")]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "go is not enabled here; this runner runs bash, python"
+        );
+        assert!(
+            planner(&["python"])
+                .plan(request("py", vec![SourceFile::entry("")]))
+                .is_ok()
+        );
+        let mut bad_env = request("bash", vec![SourceFile::entry("")]);
+        bad_env.env.insert("A=B".into(), "c".into());
+        assert!(planner(&[]).plan(bad_env).is_err());
+        let mut bad_limit = request("bash", vec![SourceFile::entry("")]);
+        bad_limit.limits.run = StageLimits {
+            processes: Some(0),
+            ..StageLimits::default()
+        };
+        assert_eq!(
+            planner(&[]).plan(bad_limit).unwrap_err().to_string(),
+            "invalid request: run.processes must be above 0"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Tending the pools: a task that recycles stale VMs, shrinks pools whose
+//! demand fell off, and restores new VMs up to each pool's target, until
+//! the engine it serves is gone or the task is stopped.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{Pooled, Pools};
+use crate::exec::{Vms, agent};
+use crate::lang::Languages;
+
+/// Starts the task. It holds the engine weakly: when the engine is
+/// dropped, the task ends at its next round.
+pub(crate) fn start(
+    pools: Arc<Pools>,
+    vms: Weak<Vms>,
+    languages: Languages,
+) -> tokio::task::JoinHandle<()> {
+    let interval = Duration::from_millis(pools.config.refill_interval_ms.max(10));
+    tokio::spawn(async move {
+        loop {
+            let Some(vms) = vms.upgrade() else {
+                return;
+            };
+            tend(&pools, &vms, &languages).await;
+            drop(vms);
+            tokio::select! {
+                () = pools.wake.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
+}
+
+/// One round. Only languages whose images and snapshot exist get a pool.
+async fn tend(pools: &Pools, vms: &Vms, languages: &Languages) {
+    for pooled in pools.stale() {
+        tracing::info!(language = %pooled.language, "recycling a pooled VM (too old, or its VMM died)");
+        pooled.vm.destroy().await;
+    }
+    for language in languages.selected(&pools.config.languages) {
+        for pooled in pools.surplus(&language.name) {
+            tracing::info!(language = %pooled.language, "shrinking the warm pool: demand fell off");
+            pooled.vm.destroy().await;
+        }
+        // A full pool needs no images, backend or snapshot looked up:
+        // this runs every refill interval for every language.
+        if !pools.below_target(&language.name) {
+            continue;
+        }
+        if vms.images().rootfs_manifest(language).is_none()
+            || vms.images().boot_files(agent()).is_none()
+        {
+            continue;
+        }
+        let Ok(images) = vms.prepare(language, Arc::new(())).await else {
+            continue;
+        };
+        let Ok(backend) = vms.backend(&images.kernel.vmlinux, &images.initramfs).await else {
+            continue;
+        };
+        let Some(snapshot) = vms
+            .snapshots()
+            .find(&vms.snapshot_key(language, &images, &*backend))
+        else {
+            continue;
+        };
+        while pools.reserve(&language.name, snapshot.memory_mib()) {
+            match vms.restore_paused(&images, &snapshot, &*backend).await {
+                Ok(vm) => pools.put(Pooled {
+                    vm,
+                    language: language.name.clone(),
+                    memory_mib: snapshot.memory_mib(),
+                    created: Instant::now(),
+                }),
+                Err(e) => {
+                    pools.unreserve(&language.name, snapshot.memory_mib());
+                    tracing::warn!(language = %language.name, error = %crate::error_chain(&e), "could not fill the warm pool");
+                    break;
+                }
+            }
+        }
+    }
+}
