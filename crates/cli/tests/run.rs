@@ -335,30 +335,30 @@ fn a_killed_runner_takes_its_vm_with_it() {
 
 #[test]
 fn missing_qemu_says_what_to_install() {
-    // An empty PATH: the images are there, QEMU is not.
+    // An empty PATH: the images are there, QEMU is not. Or a path to a
+    // QEMU that is not there, by variable or by setting.
     let empty = tempfile::tempdir().unwrap();
-    let output = common::runner()
-        .env("PATH", empty.path())
-        .args(["run", "--lang", "bash", "-c", "true"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(125));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("qemu-system-x86_64 not found: install the Debian package qemu-system-x86"),
-        "{stderr}"
-    );
-
-    for (variable, flag) in [
-        (Some("/nonexistent/qemu"), None),
-        (None, Some("qemu=/nonexistent/qemu")),
+    let empty = empty.path().to_str().unwrap();
+    for (variable, setting, says) in [
+        (
+            Some(("PATH", empty)),
+            None,
+            "qemu-system-x86_64 not found: install the Debian package qemu-system-x86",
+        ),
+        (
+            Some(("RUNNER_QEMU", "/nonexistent/qemu")),
+            None,
+            "/nonexistent/qemu not found",
+        ),
+        (
+            None,
+            Some("qemu=/nonexistent/qemu"),
+            "/nonexistent/qemu not found",
+        ),
     ] {
         let mut command = common::runner();
-        if let Some(path) = variable {
-            command.env("RUNNER_QEMU", path);
-        }
-        if let Some(setting) = flag {
+        command.envs(variable);
+        if let Some(setting) = setting {
             command.args(["--set", setting]);
         }
         let output = command
@@ -369,7 +369,7 @@ fn missing_qemu_says_what_to_install() {
         assert_eq!(output.status.code(), Some(125));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
-            stderr.contains("/nonexistent/qemu not found") && stderr.contains("RUNNER_QEMU"),
+            stderr.contains(says) && stderr.contains("RUNNER_QEMU"),
             "{stderr}"
         );
     }

@@ -62,10 +62,9 @@ pub(crate) struct Vms {
 pub(crate) enum Readiness {
     /// Its agent said hello (a pooled VM).
     Ready,
-    /// Booting: its agent says hello when it is up.
-    Booting,
-    /// Restored: its agent says hello once woken with this.
-    Restored(Wake),
+    /// Its agent says hello when it is up (a cold boot), or once woken with
+    /// `wake` (a restored VM).
+    AwaitHello { wake: Option<Wake> },
 }
 
 /// A VM for one plan, counted as running while it lives.
@@ -252,16 +251,16 @@ impl Vms {
             .flatten()
             .filter(|s| s.memory_mib() >= plan.vm_memory_mib);
         let id = &plan.trace_id;
-        let (spec, start, readiness) = match &snapshot {
+        let (spec, start, wake) = match &snapshot {
             Some(snapshot) => (
                 self.restore_spec(images, snapshot, id),
                 StartKind::Snapshot,
-                Readiness::Restored(wake()),
+                Some(wake()),
             ),
             None => (
                 self.spec(images, plan.vm_memory_mib, id, Memory::Private),
                 StartKind::Cold,
-                Readiness::Booting,
+                None,
             ),
         };
         let started = Instant::now();
@@ -269,7 +268,7 @@ impl Vms {
         Ok(Acquired {
             vm,
             start,
-            readiness,
+            readiness: Readiness::AwaitHello { wake },
             boot_timeout,
             timeline: Timeline {
                 vm_started: Some(started),

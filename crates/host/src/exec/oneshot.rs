@@ -67,12 +67,7 @@ pub(crate) async fn run_on(
     }
     let ended = tokio::select! {
         outcome = async {
-            let wake = match readiness {
-                Readiness::Ready => None,
-                Readiness::Booting => Some(None),
-                Readiness::Restored(wake) => Some(Some(wake)),
-            };
-            if let Some(wake) = wake {
+            if let Readiness::AwaitHello { wake } = readiness {
                 conversation::await_ready(vm.channel(), wake, boot_timeout).await?;
                 transcript.ready(Instant::now());
             }
@@ -133,6 +128,11 @@ mod tests {
                 ..ExecutionRequest::default()
             })
             .unwrap()
+    }
+
+    /// A cold boot: the agent says hello when it is up.
+    fn booting() -> Readiness {
+        Readiness::AwaitHello { wake: None }
     }
 
     struct Outcome {
@@ -219,7 +219,7 @@ mod tests {
     async fn a_well_behaved_agent_gets_the_plan_and_gives_a_result() {
         let plan = plan("python", None);
         let expected = plan.exec.clone();
-        let out = scripted(&plan, Readiness::Booting, move |mut peer| async move {
+        let out = scripted(&plan, booting(), move |mut peer| async move {
             let request = take_request(&mut peer).await;
             assert_eq!(request, expected, "the agent gets the plan as it is");
             peer.send(&Frame::Stdout(b"hello\n".to_vec())).await;
@@ -240,16 +240,20 @@ mod tests {
     async fn a_restored_vm_is_woken_before_its_hello() {
         let plan = plan("bash", None);
         let wake = crate::exec::acquire::wake();
-        let out = scripted(&plan, Readiness::Restored(wake), |mut peer| async move {
-            match peer.recv().await {
-                Some(Frame::Wake(wake)) => assert_eq!(wake.entropy.len(), 64),
-                other => panic!("expected a wake, got {other:?}"),
-            }
-            take_request(&mut peer).await;
-            peer.send(&ended(Stage::Run, 3)).await;
-            peer.send(&Frame::Done).await;
-            peer.until_closed().await;
-        })
+        let out = scripted(
+            &plan,
+            Readiness::AwaitHello { wake: Some(wake) },
+            |mut peer| async move {
+                match peer.recv().await {
+                    Some(Frame::Wake(wake)) => assert_eq!(wake.entropy.len(), 64),
+                    other => panic!("expected a wake, got {other:?}"),
+                }
+                take_request(&mut peer).await;
+                peer.send(&ended(Stage::Run, 3)).await;
+                peer.send(&Frame::Done).await;
+                peer.until_closed().await;
+            },
+        )
         .await;
         assert_eq!(out.result.status, Status::RuntimeError);
         assert_eq!(out.result.run.unwrap().exit_code, Some(3));
@@ -258,7 +262,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_guest_that_never_says_hello_is_given_up_on() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |peer| peer.until_closed()).await;
+        let out = scripted(&plan, booting(), |peer| peer.until_closed()).await;
         assert_eq!(out.result.status, Status::InternalError);
         assert!(
             message(&out.result).starts_with("the agent did not say hello within 90 s"),
@@ -275,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_frame_is_refused_before_it_is_read() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stdout(b"kept".to_vec())).await;
             let mut header = Vec::from(MAGIC);
@@ -299,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_frame_ends_the_execution_keeping_the_output() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stderr(b"partial".to_vec())).await;
             let mut frame = Vec::from(MAGIC);
@@ -322,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_stage_reported_twice_is_a_broken_protocol() {
         let plan = plan("rust", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stderr(b"compiled".to_vec())).await;
             peer.send(&ended(Stage::Compile, 0)).await;
@@ -350,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn a_report_after_the_last_stage_is_a_broken_protocol() {
         let plan = plan("bash", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&ended(Stage::Run, 0)).await;
             peer.send(&ended(Stage::Run, 0)).await;
@@ -369,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn a_guest_that_stops_mid_output_keeps_what_it_sent() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stdout(b"first line\n".to_vec())).await;
             peer.send(&Frame::Stderr(b"a warning\n".to_vec())).await;
@@ -391,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_past_the_output_limit_is_cut_and_stopped() {
         let plan = plan("python", Some(1_000));
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             // Far past the limit, as an agent that stopped counting would.
             for _ in 0..64 {
@@ -417,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_guest_that_disconnects_during_compile_keeps_the_compilers_output() {
         let plan = plan("rust", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stderr(b"   Compiling main\n".to_vec()))
                 .await;
@@ -435,7 +439,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_agent_is_given_up_on_after_the_time_limit_and_a_grace() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Stdout(b"started\n".to_vec())).await;
             peer.until_closed().await;
@@ -453,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn an_agent_failure_is_reported_as_ours() {
         let plan = plan("python", None);
-        let out = scripted(&plan, Readiness::Booting, |mut peer| async move {
+        let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
             peer.send(&Frame::Error(AgentFailure {
                 message: "write main.py: no space left".into(),
@@ -472,7 +476,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let out = scripted_until(
             &plan,
-            Readiness::Booting,
+            booting(),
             |mut peer| async move {
                 take_request(&mut peer).await;
                 peer.send(&Frame::Stdout(b"working\n".to_vec())).await;
