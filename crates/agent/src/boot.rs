@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -20,6 +21,16 @@ pub enum Mode {
     Serve,
     /// Acceleration probe (`runner.probe`): no disk, just say hello.
     Probe,
+}
+
+impl Mode {
+    /// Where the agent finds the kernel's device nodes (its port).
+    pub fn devices(self) -> &'static str {
+        match self {
+            Mode::Serve => crate::devices::AGENT_DEVICES,
+            Mode::Probe => "/dev",
+        }
+    }
 }
 
 /// Where the host's initramfs puts the modules and their load order.
@@ -72,9 +83,10 @@ pub fn init() -> Result<Mode, String> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
     mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
+    crate::devices::set_up()?;
     // Where programs can write: each its own tmpfs, so that the size of
-    // files a stage writes can be capped (see stage::Scratch).
-    mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    // files a stage writes can be capped (see stage::Scratch); /dev/shm is
+    // the third.
     mount_fs("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777"))?;
     mount_fs(
         "tmpfs",
@@ -86,8 +98,73 @@ pub fn init() -> Result<Mode, String> {
     // Controllers for the per-stage cgroups; a kernel without one of them
     // still runs programs, with fewer limits.
     let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
-    let _ = nix::unistd::sethostname("runner");
+    // The image's /etc/hostname and /etc/hosts name the same host.
+    nix::unistd::sethostname(runner_protocol::GUEST_HOSTNAME)
+        .map_err(|e| format!("set the hostname: {e}"))?;
+    loopback_up()?;
     Ok(Mode::Serve)
+}
+
+/// Brings up `lo`, which gives it 127.0.0.1 and ::1: programs talk to
+/// themselves over localhost. It is the VM's only interface; no other is
+/// ever configured, so the VM has no network.
+///
+/// It also gets 127.0.1.1, the address `/etc/hosts` gives the host name, as
+/// on Debian. glibc answers IPv4-only lookups made with `AI_ADDRCONFIG`
+/// (`getent ahostsv4 localhost`, and programs that ask the same way) only
+/// when the machine has an IPv4 address other than 127.0.0.1; with this one
+/// they find localhost as they do on any Debian machine.
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a descriptor this process just opened and owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let ioctl = |request: libc::c_ulong, ifreq: &mut libc::ifreq, what: &str| {
+        // SAFETY: the SIOC*IF* requests read and write only the ifreq on
+        // the caller's stack frame, which outlives the call.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), request, ifreq as *mut libc::ifreq) } < 0 {
+            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut lo = ifreq("lo");
+    ioctl(libc::SIOCGIFFLAGS, &mut lo, "read the flags of lo")?;
+    // SAFETY: the kernel filled ifru_flags, the union's member for the
+    // request above.
+    unsafe { lo.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(libc::SIOCSIFFLAGS, &mut lo, "bring up lo")?;
+
+    let mut alias = ifreq("lo:0");
+    let address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 1, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a sockaddr_in fits the union's sockaddr member (both are 16
+    // bytes), which SIOCSIFADDR reads as one.
+    unsafe {
+        std::ptr::write_unaligned(
+            std::ptr::addr_of_mut!(alias.ifr_ifru.ifru_addr).cast::<libc::sockaddr_in>(),
+            address,
+        )
+    };
+    ioctl(libc::SIOCSIFADDR, &mut alias, "give lo 127.0.1.1")
+}
+
+/// An interface request for `name`, otherwise zero.
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data for which all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *to = from as libc::c_char;
+    }
+    request
 }
 
 fn mount_fs(

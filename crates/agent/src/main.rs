@@ -8,6 +8,7 @@
 //! ends.
 
 mod boot;
+mod devices;
 mod serve;
 mod stage;
 mod wake;

@@ -19,7 +19,7 @@ pub const RUN_GID: u32 = 1000;
 pub const WORK_DIR: &str = "/home/runner";
 
 pub fn run(mode: Mode) -> Result<(), String> {
-    let path = find_port()?;
+    let path = find_port(mode.devices())?;
     let port = OpenOptions::new()
         .read(true)
         .write(true)
@@ -203,14 +203,14 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The port device is `/dev/vportNpM`; its name is in sysfs.
-fn find_port() -> Result<PathBuf, String> {
+/// The port device is `vportNpM` in `devices`; its name is in sysfs.
+fn find_port(devices: &str) -> Result<PathBuf, String> {
     for _ in 0..2000 {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in entries.flatten() {
                 let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
                 if name.trim() == AGENT_PORT_NAME {
-                    let dev = Path::new("/dev").join(entry.file_name());
+                    let dev = Path::new(devices).join(entry.file_name());
                     if dev.exists() {
                         return Ok(dev);
                     }

@@ -159,6 +159,10 @@ impl Prestarted {
     /// one it started with, and it is still waiting.
     pub fn fits(&mut self, stage: &StageSpec, env: &BTreeMap<String, String>) -> bool {
         stage.argv.starts_with(&self.spec.replaces)
+            // An argument with a NUL byte would arrive split in two on the
+            // control pipe. The host refuses such requests; a fresh process
+            // would fail to start with it, as execve does.
+            && !stage.argv.iter().any(|arg| arg.contains('\0'))
             && *env == self.spec.env
             && matches!(self.child.try_wait(), Ok(None))
     }
@@ -479,7 +483,8 @@ fn forward(mut pipe: impl Read + Send + 'static, stderr: bool, tx: Sender<Event>
 /// Runs in the child between fork and exec: join the stage's cgroup, start a
 /// new session (so the process group can be killed as one), set the rlimits
 /// (a prestarted runtime gets them at the hand-over), put the control pipe
-/// on fd 3 if there is one, and drop to the run user for good.
+/// on fd 3 if there is one, give the stdio pipes to the run user, and drop
+/// to the run user for good.
 fn enter_sandbox(
     cgroup_procs: i32,
     limits: Option<&Limits>,
@@ -526,6 +531,23 @@ fn enter_sandbox(
             // SAFETY: dup2 between file descriptors this process owns; the
             // copy does not have close-on-exec.
             check(unsafe { libc::dup2(fd, CONTROL_FD) })?;
+        }
+    }
+    // The stage's stdin, stdout and stderr pipes were made by root, mode
+    // 0600: hand them to the run user, so that it can open them again by
+    // name (/dev/stdout is /proc/self/fd/1) as it could pipes of its own.
+    // /dev/null and other files keep their owner.
+    for fd in 0..=2 {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes a stat into the buffer on this stack frame;
+        // it is read only when fstat succeeded.
+        let is_pipe = unsafe {
+            libc::fstat(fd, stat.as_mut_ptr()) == 0
+                && stat.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
+        };
+        if is_pipe {
+            // SAFETY: fchown on a descriptor this process owns.
+            check(unsafe { libc::fchown(fd, RUN_UID, RUN_GID) })?;
         }
     }
     // SAFETY: plain system calls on integers; all are async-signal-safe.

@@ -44,3 +44,7 @@ pub const MAX_AGENT_FRAME: u32 = 256 << 10;
 
 /// Name of the virtio-serial port the agent talks on.
 pub const AGENT_PORT_NAME: &str = "runner.agent";
+
+/// The guest's host name: set by the agent, and in the root filesystem's
+/// `/etc/hostname` and `/etc/hosts`.
+pub const GUEST_HOSTNAME: &str = "runner";

@@ -41,6 +41,29 @@ const TRIMMED: &[&str] = &[
 const PASSWD_LINE: &str = "runner:x:1000:1000:Runner Codes:/home/runner:/bin/sh\n";
 const GROUP_LINE: &str = "runner:x:1000:\n";
 
+/// Files written over whatever the packages (or mmdebstrap, which copies
+/// the build machine's `/etc/hostname` and `/etc/resolv.conf`) left: the
+/// guest's name, localhost as on any Debian machine, and no name server,
+/// since the VM has no network.
+fn etc_files() -> [(&'static str, String); 3] {
+    let name = runner_protocol::GUEST_HOSTNAME;
+    [
+        ("etc/hostname", format!("{name}\n")),
+        (
+            "etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n\
+                 ::1\t\tlocalhost ip6-localhost ip6-loopback\n\
+                 ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n"
+            ),
+        ),
+        (
+            "etc/resolv.conf",
+            "# No name server: this VM has no network (see Runner Codes' README).\n".into(),
+        ),
+    ]
+}
+
 #[derive(Serialize)]
 struct Recipe<'a> {
     suite: &'a str,
@@ -49,6 +72,7 @@ struct Recipe<'a> {
     excluded: &'a [&'a str],
     trimmed: &'a [&'a str],
     passwd: &'a str,
+    etc: [(&'static str, String); 3],
     version_command: &'a [String],
     env: &'a BTreeMap<String, String>,
     prepare: &'a Option<String>,
@@ -62,6 +86,7 @@ pub(super) fn recipe<'a>(source: &'a DebianSource, language: &'a Language) -> im
         excluded: EXCLUDED,
         trimmed: TRIMMED,
         passwd: PASSWD_LINE,
+        etc: etc_files(),
         version_command: &language.version,
         env: &language.env,
         prepare: &language.prepare,
@@ -114,6 +139,12 @@ pub(super) fn build(
     }
     append(&tree.join("etc/passwd"), PASSWD_LINE)?;
     append(&tree.join("etc/group"), GROUP_LINE)?;
+    for (file, text) in etc_files() {
+        let path = tree.join(file);
+        // Replace a link (resolv.conf may be one) rather than write through it.
+        let _ = fs::remove_file(&path);
+        fs::write(&path, text).map_err(ImageError::io("write", &path))?;
+    }
     for dir in ["home", "sys/fs/cgroup", "dev/shm"] {
         let path = tree.join(dir);
         fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;

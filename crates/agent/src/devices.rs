@@ -1,0 +1,116 @@
+//! The `/dev` programs see: what a container runtime gives a process, and
+//! nothing else.
+//!
+//! The kernel's devtmpfs holds a node for every device the VM has: the
+//! root disk, the agent's port, `kmsg`, `mem`, `snapshot`, `fuse`, `hpet`,
+//! `rtc0`, a dozen consoles, and whatever a driver adds later, each with a
+//! mode the kernel picked (`fuse` and `kmsg` are open to more than root on
+//! some kernels). A program should not depend on that list, nor be able to
+//! reach it. So the agent keeps devtmpfs for itself, under a directory only
+//! root can enter ([`AGENT_DEVICES`]), and mounts a small tmpfs on `/dev`
+//! with exactly these:
+//!
+//! | entry | what |
+//! |---|---|
+//! | `null zero full random urandom tty` | character devices, mode 0666 |
+//! | `pts/` | a devpts instance of its own (`newinstance,ptmxmode=0666`) |
+//! | `ptmx` | `pts/ptmx`, as runc links it |
+//! | `shm/` | a tmpfs, mode 1777, sized per stage like `/tmp` |
+//! | `fd`, `stdin`, `stdout`, `stderr` | `/proc/self/fd`, `/proc/self/fd/0`, `1`, `2` |
+//!
+//! The tmpfs is `nosuid,noexec`, owned by root with mode 0755, so a program
+//! can neither add nodes nor files there.
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+
+use nix::mount::{MsFlags, mount};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+
+/// Where the agent keeps the kernel's devtmpfs once `/dev` is the programs'
+/// (its port, the root disk).
+pub const AGENT_DEVICES: &str = "/run/runner/dev";
+
+/// Character devices: name, major, minor.
+const NODES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const LINKS: &[(&str, &str)] = &[
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// The `tty` group of Debian's base-passwd: owner of pseudo-terminals.
+const TTY_GID: u32 = 5;
+
+/// Moves the devtmpfs at `/dev` to [`AGENT_DEVICES`] and puts the
+/// programs' `/dev` in its place.
+pub fn set_up() -> Result<(), String> {
+    let parent = "/run/runner";
+    DirBuilder::new()
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| format!("create {parent}: {e}"))?;
+    fs::create_dir(AGENT_DEVICES).map_err(|e| format!("create {AGENT_DEVICES}: {e}"))?;
+    mount_at("/dev", AGENT_DEVICES, "", MsFlags::MS_MOVE, None)?;
+
+    let sealed = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount_at("tmpfs", "/dev", "tmpfs", sealed, Some("mode=0755,size=64k"))?;
+    for &(name, major, minor) in NODES {
+        let path = format!("/dev/{name}");
+        mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| format!("mknod {path}: {e}"))?;
+        // mknod's mode went through the umask.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+            .map_err(|e| format!("chmod {path}: {e}"))?;
+    }
+    for &(name, target) in LINKS {
+        symlink(target, format!("/dev/{name}")).map_err(|e| format!("link /dev/{name}: {e}"))?;
+    }
+    for dir in ["/dev/pts", "/dev/shm"] {
+        fs::create_dir(dir).map_err(|e| format!("create {dir}: {e}"))?;
+    }
+    mount_at(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        sealed,
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={TTY_GID}"
+        )),
+    )?;
+    // Where programs can write, capped per stage (see stage::Scratch).
+    mount_at(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+}
+
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let fstype = (!fstype.is_empty()).then_some(fstype);
+    mount(Some(source), target, fstype, flags, data)
+        .map_err(|e| format!("mount {source} on {target}: {e}"))
+}
