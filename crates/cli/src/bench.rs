@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use runner_bench::{Custom, Options};
 use runner_host::Runner;
@@ -52,13 +52,13 @@ pub struct BenchArgs {
 
 pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
-        bail!("--runs must be at least 1");
+        usage!("--runs must be at least 1");
     }
     let custom = match (&args.code, &args.file) {
         (None, None) => None,
         (code, file) => {
             let [language] = args.lang.as_slice() else {
-                bail!("--code and --file measure one program: name its language with one --lang");
+                usage!("--code and --file measure one program: name its language with one --lang");
             };
             let source = match (code, file) {
                 (Some(code), _) => code.clone(),

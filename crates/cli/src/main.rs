@@ -13,6 +13,14 @@ macro_rules! outln {
     };
 }
 
+/// Returns early with a [`Usage`] error: a mistake in what the user
+/// asked for.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::Usage(format!($($arg)*)).into())
+    };
+}
+
 mod bench;
 mod doctor;
 mod progress;
@@ -23,7 +31,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use runner_host::exec::{
     ExecutionRequest, ExecutionResult, OutputChunk, RequestLimits, SourceFile, Stage, StageLimits,
@@ -36,6 +44,23 @@ use tokio::sync::mpsc;
 const EXIT_TIMED_OUT: u8 = 124;
 /// Exit status when Runner Codes itself failed (as docker run).
 const EXIT_RUNNER_FAILED: u8 = 125;
+/// Exit status of a request the user got wrong, refused before anything
+/// ran (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
+
+/// A mistake in what the user asked for, as opposed to a failure of ours:
+/// the command exits with [`EXIT_USAGE`].
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Largest stdin passed through to a program.
 const MAX_STDIN: u64 = 16 << 20;
 
@@ -252,7 +277,14 @@ fn main() -> ExitCode {
                 message += &format!(": {cause}");
             }
             eprintln!("{message}");
-            ExitCode::from(EXIT_RUNNER_FAILED)
+            let usage = e.is::<Usage>()
+                || e.is::<runner_host::PlanError>()
+                || e.is::<runner_host::ConfigError>();
+            ExitCode::from(if usage {
+                EXIT_USAGE
+            } else {
+                EXIT_RUNNER_FAILED
+            })
         }
     }
 }
@@ -349,13 +381,13 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     let language = args.lang.clone().context("give the language with --lang")?;
     let files = match &args.code {
         Some(code) => vec![SourceFile::entry(code.clone())],
-        None if args.files.is_empty() => bail!("give the code with -c CODE or as files"),
+        None if args.files.is_empty() => usage!("give the code with -c CODE or as files"),
         None => read_files(&args.files)?,
     };
     let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
         let Some((name, value)) = pair.split_once('=') else {
-            bail!("--env {pair:?}: expected NAME=value");
+            usage!("--env {pair:?}: expected NAME=value");
         };
         env.insert(name.to_string(), value.to_string());
     }
@@ -437,21 +469,24 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads the program's files, named as on disk (the plan names the entry
-/// point).
+/// point and checks the names).
 fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
-    paths
-        .iter()
-        .map(|path| {
-            let content =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let name = path
-                .file_name()
-                .with_context(|| format!("{} is not a file", path.display()))?
-                .to_string_lossy()
-                .into_owned();
-            Ok(SourceFile::named(name, content))
-        })
-        .collect()
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let content = match std::fs::read(path) {
+            Ok(content) => content,
+            Err(e) => usage!("cannot read {}: {e}", path.display()),
+        };
+        let Some(name) = path.file_name() else {
+            usage!("{} is not a file", path.display());
+        };
+        // A name that is not UTF-8 would reach the VM changed.
+        let Some(name) = name.to_str() else {
+            usage!("the name of {} is not UTF-8", path.display());
+        };
+        files.push(SourceFile::named(name, content));
+    }
+    Ok(files)
 }
 
 /// A limit from its milliseconds flag, or from its seconds flag (which
@@ -466,7 +501,7 @@ fn either(
         (Some(ms), _) => Ok(Some(ms)),
         (None, None) => Ok(None),
         (None, Some(s)) if !s.is_finite() || s <= 0.0 => Ok(Some(0)),
-        (None, Some(s)) if s > 1e9 => bail!("{seconds_flag} {s} is too large"),
+        (None, Some(s)) if s > 1e9 => usage!("{seconds_flag} {s} is too large"),
         (None, Some(s)) => Ok(Some((s * 1000.0).round().max(1.0) as u64)),
     }
 }
@@ -483,7 +518,7 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut input)
         .context("reading stdin")?;
     if input.len() as u64 > MAX_STDIN {
-        bail!("stdin is over {} MiB", MAX_STDIN >> 20);
+        usage!("stdin is over {} MiB", MAX_STDIN >> 20);
     }
     Ok(input)
 }

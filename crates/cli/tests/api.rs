@@ -4,207 +4,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
+use common::server::{Server, check, header, metric, openapi};
 use common::{assert_clean, runner, vm_processes};
-
-/// A `runner serve` process, stopped with SIGTERM (and checked to leave
-/// nothing behind) by [`Server::stop`], killed on drop otherwise.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<Vec<String>>>,
-    client: Client,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = runner()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            // No warm pools unless a test asks (later flags win): pooled
-            // VMs would be VMs of the server's that tests do not expect.
-            .args(["--set", "pool.max_size=0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                        if event["message"] == "listening" {
-                            let _ = addr_tx.send(event["addr"].as_str().unwrap().to_string());
-                        }
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no listening line; log: {:?}", log.lock().unwrap()));
-        let server = Server {
-            child,
-            base: format!("http://{addr}"),
-            log,
-            client: Client::builder()
-                .timeout(Duration::from_secs(900))
-                .build()
-                .unwrap(),
-        };
-        // Ready once the start-up checks are done (images are cached).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let response = server.get("/readyz");
-            if response.status() == 200 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready: {}",
-                response.text().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .unwrap()
-    }
-
-    fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap()
-    }
-
-    /// Runs `request` and returns the checked result.
-    fn execute(&self, request: &Value) -> Value {
-        let response = self.post("/v1/executions", request.to_string());
-        let status = response.status();
-        let trace = header(&response, "x-request-id");
-        let body: Value = response.json().unwrap();
-        assert_eq!(status, 200, "{body:#}");
-        check("ExecutionResult", &body);
-        assert_eq!(body["trace_id"], trace.as_str(), "header and body agree");
-        body
-    }
-
-    fn metrics(&self) -> String {
-        let response = self.get("/metrics");
-        assert_eq!(response.status(), 200);
-        response.text().unwrap()
-    }
-
-    /// The value of the sample `name` (with its labels, as printed), or 0
-    /// when there is no such sample yet.
-    fn metric(&self, sample: &str) -> f64 {
-        metric(&self.metrics(), sample)
-    }
-
-    fn log_lines(&self) -> Vec<Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// SIGTERM, then checks that the server exits 0 within `within` and left
-    /// no VM and no run directory.
-    fn stop(mut self, within: Duration) {
-        let pid = self.pid();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server still running after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert!(
-            status.success(),
-            "server exited with {status}; log: {:?}",
-            self.log.lock().unwrap()
-        );
-        assert_clean(pid);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn header(response: &Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-fn openapi() -> Value {
-    let text = include_str!("../../api/openapi.json");
-    serde_json::from_str(text).unwrap()
-}
-
-/// Checks `value` against the schema `name` of the OpenAPI document.
-fn check(name: &str, value: &Value) {
-    let mut root = openapi();
-    root["$ref"] = json!(format!("#/components/schemas/{name}"));
-    let validator = jsonschema::draft202012::new(&root).expect("the schemas compile");
-    let errors: Vec<String> = validator
-        .iter_errors(value)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{name} does not match the OpenAPI document: {errors:#?}\n{value:#}"
-    );
-}
 
 fn python(code: &str) -> Value {
     json!({ "language": "python", "files": [{ "content": code }] })
@@ -368,6 +174,12 @@ fn bad_requests_are_refused_and_start_nothing() {
         ("unnamed second file", json!({"language": "python", "files": [{"content": "1"}, {"content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
         ("bad base64", json!({"language": "python", "files": [{"content": "!!", "encoding": "base64"}]}).to_string().into_bytes(), 422, "invalid_request"),
         ("bad encoding", json!({"language": "python", "files": [{"content": "1", "encoding": "rot13"}]}).to_string().into_bytes(), 400, "invalid_request"),
+        // What cannot reach execve or the file system, in every position.
+        ("NUL in an argument", json!({"language": "python", "files": [{"content": "1"}], "args": ["a\u{0}b"]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("NUL in an environment value", json!({"language": "python", "files": [{"content": "1"}], "env": {"A": "x\u{0}"}}).to_string().into_bytes(), 422, "invalid_request"),
+        ("NUL in an environment name", json!({"language": "python", "files": [{"content": "1"}], "env": {"A\u{0}B": "x"}}).to_string().into_bytes(), 422, "invalid_request"),
+        ("NUL in a file name", json!({"language": "python", "files": [{"content": "1"}, {"name": "a\u{0}.py", "content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("bad name of the first file", json!({"language": "python", "files": [{"name": "../main.py", "content": "1"}]}).to_string().into_bytes(), 422, "invalid_request"),
     ];
     for (what, body, status, code) in cases {
         for path in ["/v1/executions", "/v1/executions/stream"] {
@@ -780,7 +592,7 @@ fn print_config_shows_file_then_environment_then_flags() {
         .args(["serve", "--print-config", "--set", "queue_sise=1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(output.status.code(), Some(2), "a usage error");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("queue_sise") && stderr.contains("queue_size"),
@@ -809,32 +621,6 @@ fn the_schema_check_catches_what_does_not_match() {
     }
 }
 
-/// The QEMU processes of the server's warm pool (their run directories are
-/// named `pool-...`).
-fn pool_vms(server: &Server) -> Vec<String> {
-    vm_processes(server.pid())
-        .into_iter()
-        .filter(|p| p.contains(&format!("/run/{}.pool-", server.pid())))
-        .map(|p| p.split(':').next().unwrap().to_string())
-        .collect()
-}
-
-fn wait_for_pool(server: &Server, language: &str, size: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let gauge = server.metric(&format!("runner_warm_pool_size{{language=\"{language}\"}}"));
-        let vms = pool_vms(server);
-        if gauge == size as f64 && vms.len() == size {
-            return vms;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pool never reached {size}: gauge {gauge}, VMs {vms:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_warm_pool_hands_out_each_vm_once_and_refills() {
     let server = Server::start(&[
@@ -847,7 +633,7 @@ fn the_warm_pool_hands_out_each_vm_once_and_refills() {
     ]);
     let mut seen = std::collections::HashSet::new();
     for round in 0..3 {
-        let pooled = wait_for_pool(&server, "bash", 1);
+        let pooled = server.wait_for_pool("bash", 1);
         assert!(
             seen.insert(pooled[0].clone()),
             "a new VM each round: {pooled:?}"
@@ -863,7 +649,7 @@ fn the_warm_pool_hands_out_each_vm_once_and_refills() {
         assert!(result["metrics"]["ready_time"].as_f64().unwrap() < 5_000.0);
         // The VM that served is gone, not back in the pool.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool_vms(&server).contains(&pooled[0])
+        while server.pool_vms().contains(&pooled[0])
             || vm_processes(server.pid())
                 .iter()
                 .any(|p| p.starts_with(&format!("{}:", pooled[0])))
@@ -895,7 +681,7 @@ fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
         "--set",
         "pool.refill_interval_ms=200",
     ]);
-    let pooled = wait_for_pool(&server, "bash", 1);
+    let pooled = server.wait_for_pool("bash", 1);
     let pid: i32 = pooled[0].parse().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -908,7 +694,7 @@ fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
     assert_eq!(result["status"], "ok", "{result:#}");
     assert_eq!(result["run"]["stdout"], "alive\n");
     // And the pool gets a new VM.
-    let replaced = wait_for_pool(&server, "bash", 1);
+    let replaced = server.wait_for_pool("bash", 1);
     assert_ne!(replaced, pooled);
     server.stop(Duration::from_secs(30));
 }

@@ -241,7 +241,7 @@ fn limits_out_of_range_are_refused_before_booting() {
         argv.extend(args);
         argv.extend(["-c", "print(1)"]);
         let done = run(&argv, b"");
-        assert_eq!(done.code(), Some(125), "{argv:?}");
+        assert_eq!(done.code(), Some(2), "{argv:?}: a usage error");
         assert!(done.stderr().contains(says), "{argv:?}: {}", done.stderr());
         assert!(
             done.elapsed < std::time::Duration::from_secs(5),

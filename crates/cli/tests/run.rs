@@ -237,7 +237,7 @@ fn args_and_env_reach_the_program() {
 #[test]
 fn unknown_language_is_a_clear_error() {
     let done = run(&["run", "--lang", "cobol", "-c", "DISPLAY 'HI'."], b"");
-    assert_eq!(done.code(), Some(125));
+    assert_eq!(done.code(), Some(2), "a usage error");
     let stderr = done.stderr();
     assert!(stderr.contains("unknown language \"cobol\""), "{stderr}");
     assert!(
@@ -276,7 +276,7 @@ fn bad_limits_are_refused_before_booting() {
         ],
     ] {
         let done = run(args, b"");
-        assert_eq!(done.code(), Some(125), "{args:?}: {}", done.stderr());
+        assert_eq!(done.code(), Some(2), "{args:?}: {}", done.stderr());
         assert!(run_dirs(done.pid).is_empty());
         assert!(
             done.stderr().contains("invalid request: run."),
@@ -285,6 +285,50 @@ fn bad_limits_are_refused_before_booting() {
         );
         assert!(
             done.elapsed < Duration::from_secs(5),
+            "{args:?} booted a VM"
+        );
+    }
+}
+
+/// What cannot reach the VM as given is a usage error (exit 2), before
+/// anything boots: the same rule as the API's 422.
+#[test]
+fn requests_that_cannot_reach_the_vm_intact_are_usage_errors() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let not_utf8 = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.py"));
+    std::fs::write(&not_utf8, "print(1)").unwrap();
+    let missing = dir.path().join("missing.py");
+    let args = |args: &[&str]| -> Vec<OsString> { args.iter().map(OsString::from).collect() };
+    let with_file = |file: &std::path::Path| {
+        let mut args = args(&["run", "--lang", "python"]);
+        args.push(file.into());
+        args
+    };
+    for (args, says) in [
+        (with_file(&not_utf8), "is not UTF-8"),
+        (with_file(&missing), "cannot read"),
+        (
+            args(&["run", "--lang", "bash", "-e", "NAME", "-c", "true"]),
+            "expected NAME=value",
+        ),
+        (
+            args(&["run", "--lang", "bash", "-e", "=x", "-c", "true"]),
+            "environment variable name \"\" is empty",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let output = runner()
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
             "{args:?} booted a VM"
         );
     }
@@ -445,7 +489,7 @@ fn the_configuration_file_applies_to_run() {
         ],
         b"",
     );
-    assert_eq!(done.code(), Some(125));
+    assert_eq!(done.code(), Some(2), "a usage error");
     assert!(
         done.stderr()
             .contains("run.wall_time_ms = 5000 is above the server's maximum of 3000 ms"),
@@ -460,7 +504,7 @@ fn the_configuration_file_applies_to_run() {
         b"",
         &[("RUNNER_LANGUAGES", "python")],
     );
-    assert_eq!(done.code(), Some(125));
+    assert_eq!(done.code(), Some(2), "a usage error");
     assert!(
         done.stderr()
             .contains("bash is not enabled here; this runner runs python"),

@@ -173,25 +173,15 @@ impl Planner {
     }
 
     fn resolve(&self, language: Language, request: ExecutionRequest) -> Result<Plan, PlanError> {
-        let invalid = |message: String| Err(PlanError::Invalid(message));
         let files = name_files(request.files, &language.source_file)?;
-        for name in files.iter().map(|f| &f.name) {
-            check_file_name(name)?;
-        }
         if files
             .iter()
             .enumerate()
             .any(|(i, f)| files[..i].iter().any(|g| g.name == f.name))
         {
-            return invalid("two files have the same name".into());
+            return Err(PlanError::Invalid("two files have the same name".into()));
         }
-        for (key, value) in &request.env {
-            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-                return invalid(format!(
-                    "environment variable {key:?} is not a valid NAME=value pair"
-                ));
-            }
-        }
+        check_exec_strings(&request.args, &request.env)?;
         let mut stages = Vec::new();
         if let Some(compile) = &language.compile {
             stages.push((Stage::Compile, compile.clone()));
@@ -234,13 +224,77 @@ impl Planner {
     }
 }
 
+/// The longest argument or environment entry `execve` takes
+/// (`MAX_ARG_STRLEN`, 32 pages, less its NUL).
+const MAX_EXEC_STRING: usize = (32 << 12) - 1;
+/// Arguments and environment together: a quarter of the guest's `ARG_MAX`
+/// (a quarter of its 8 MiB stack), so the language's own fit beside them.
+const MAX_EXEC_TOTAL: usize = 512 << 10;
+
+/// Refuses arguments and environment that cannot reach a program intact:
+/// a NUL byte ends a C string (it would cut or split the value), and
+/// `execve` refuses strings and totals past its limits.
+fn check_exec_strings(args: &[String], env: &BTreeMap<String, String>) -> Result<(), PlanError> {
+    let invalid = |message: String| Err(PlanError::Invalid(message));
+    for (i, arg) in args.iter().enumerate() {
+        if arg.contains('\0') {
+            return invalid(format!(
+                "args[{i}] contains a NUL byte, which no program can receive in an argument"
+            ));
+        }
+        if arg.len() > MAX_EXEC_STRING {
+            return invalid(format!(
+                "args[{i}] is {} bytes; an argument can be at most {MAX_EXEC_STRING}",
+                arg.len()
+            ));
+        }
+    }
+    for (key, value) in env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return invalid(format!(
+                "environment variable name {key:?} is empty or contains '=' or a NUL byte"
+            ));
+        }
+        if value.contains('\0') {
+            return invalid(format!(
+                "environment variable {key} contains a NUL byte, which no program can receive"
+            ));
+        }
+        if key.len() + 1 + value.len() > MAX_EXEC_STRING {
+            return invalid(format!(
+                "environment variable {key} is over {MAX_EXEC_STRING} bytes"
+            ));
+        }
+    }
+    let total: usize = args.iter().map(|a| a.len() + 1).sum::<usize>()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    if total > MAX_EXEC_TOTAL {
+        return invalid(format!(
+            "args and env are {total} bytes together; they can be at most {MAX_EXEC_TOTAL}"
+        ));
+    }
+    Ok(())
+}
+
 /// The files with the entry point named `entry`: the file already named so,
-/// else the first file. Only the first file may come without a name.
+/// else the first file. Only the first file may come without a name, and
+/// every name given is checked, the first file's too, even when it is
+/// then replaced.
 fn name_files(files: Vec<SourceFile>, entry: &str) -> Result<Vec<File>, PlanError> {
     if files.is_empty() {
         return Err(PlanError::Invalid(
             "there are no files: send at least the program".into(),
         ));
+    }
+    for (i, name) in files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((i, f.name.as_deref()?)))
+    {
+        check_file_name(i, name)?;
     }
     let has_entry = files.iter().any(|f| f.name.as_deref() == Some(entry));
     files
@@ -264,20 +318,27 @@ fn name_files(files: Vec<SourceFile>, entry: &str) -> Result<Vec<File>, PlanErro
         .collect()
 }
 
-fn check_file_name(name: &str) -> Result<(), PlanError> {
-    let path = std::path::Path::new(name);
-    let inside = !name.is_empty()
-        && name.len() <= 255
-        && path
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if inside {
-        Ok(())
-    } else {
+/// A name the file system takes, inside the working directory.
+fn check_file_name(index: usize, name: &str) -> Result<(), PlanError> {
+    let invalid = |why: &str| {
         Err(PlanError::Invalid(format!(
-            "file name {name:?} must be a relative path inside the working directory"
+            "files[{index}].name {name:?} {why}"
         )))
+    };
+    if name.contains('\0') {
+        return invalid("contains a NUL byte, which no file name can");
     }
+    if name.is_empty() || name.len() > 255 {
+        return invalid("must be 1 to 255 bytes long");
+    }
+    let path = std::path::Path::new(name);
+    if !path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return invalid("must be a relative path inside the working directory");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -370,7 +431,62 @@ mod tests {
                 SourceFile::entry(""),
                 SourceFile::named("../etc/passwd", "")
             ])
-            .contains("inside the working directory")
+            .contains("files[1].name \"../etc/passwd\" must be a relative path")
+        );
+        // The first file's name is checked too, although it would be
+        // replaced by the entry point's.
+        for bad in ["a\0b.py", "/etc/passwd", "", "..", &"x".repeat(256)] {
+            let message = refused(vec![SourceFile::named(bad, "")]);
+            assert!(
+                message.starts_with("invalid request: files[0].name"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn arguments_and_environment_must_reach_execve_intact() {
+        let with = |args: Vec<String>, env: Vec<(String, String)>| {
+            let mut request = request("bash", vec![SourceFile::entry("")]);
+            request.args = args;
+            request.env = env.into_iter().collect();
+            planner(&[])
+                .plan(request)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let refused = |args: Vec<String>, env: Vec<(String, String)>, says: &str| {
+            let message = with(args, env).unwrap_err();
+            assert!(message.contains(says), "{message} does not say {says}");
+        };
+        refused(
+            vec!["ok".into(), "a\0b".into()],
+            vec![],
+            "args[1] contains a NUL byte",
+        );
+        refused(
+            vec![],
+            vec![("A".into(), "x\0y".into())],
+            "A contains a NUL",
+        );
+        refused(vec![], vec![("A\0B".into(), "x".into())], "name \"A\\0B\"");
+        refused(vec![], vec![("".into(), "x".into())], "empty");
+        refused(
+            vec!["x".repeat(MAX_EXEC_STRING + 1)],
+            vec![],
+            "args[0] is 131072 bytes",
+        );
+        refused(
+            vec!["x".repeat(100_000); 6],
+            vec![],
+            "can be at most 524288",
+        );
+        assert!(
+            with(
+                vec!["x".repeat(MAX_EXEC_STRING), "héllo ☃".into(), String::new()],
+                vec![("LANG".into(), "C.UTF-8".into())]
+            )
+            .is_ok()
         );
     }
 
