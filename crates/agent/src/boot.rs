@@ -167,7 +167,8 @@ fn ifreq(name: &str) -> libc::ifreq {
     request
 }
 
-fn mount_fs(
+/// Mounts `source` on `target`, making `target` first if it is missing.
+pub fn mount_fs(
     source: &str,
     target: &str,
     fstype: &str,

@@ -24,8 +24,10 @@
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 
-use nix::mount::{MsFlags, mount};
+use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+
+use crate::boot::mount_fs;
 
 /// Where the agent keeps the kernel's devtmpfs once `/dev` is the programs'
 /// (its port, the root disk).
@@ -60,11 +62,10 @@ pub fn set_up() -> Result<(), String> {
         .mode(0o700)
         .create(parent)
         .map_err(|e| format!("create {parent}: {e}"))?;
-    fs::create_dir(AGENT_DEVICES).map_err(|e| format!("create {AGENT_DEVICES}: {e}"))?;
-    mount_at("/dev", AGENT_DEVICES, "", MsFlags::MS_MOVE, None)?;
+    mount_fs("/dev", AGENT_DEVICES, "", MsFlags::MS_MOVE, None)?;
 
     let sealed = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    mount_at("tmpfs", "/dev", "tmpfs", sealed, Some("mode=0755,size=64k"))?;
+    mount_fs("tmpfs", "/dev", "tmpfs", sealed, Some("mode=0755,size=64k"))?;
     for &(name, major, minor) in NODES {
         let path = format!("/dev/{name}");
         mknod(
@@ -81,10 +82,7 @@ pub fn set_up() -> Result<(), String> {
     for &(name, target) in LINKS {
         symlink(target, format!("/dev/{name}")).map_err(|e| format!("link /dev/{name}: {e}"))?;
     }
-    for dir in ["/dev/pts", "/dev/shm"] {
-        fs::create_dir(dir).map_err(|e| format!("create {dir}: {e}"))?;
-    }
-    mount_at(
+    mount_fs(
         "devpts",
         "/dev/pts",
         "devpts",
@@ -94,23 +92,11 @@ pub fn set_up() -> Result<(), String> {
         )),
     )?;
     // Where programs can write, capped per stage (see stage::Scratch).
-    mount_at(
+    mount_fs(
         "tmpfs",
         "/dev/shm",
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )
-}
-
-fn mount_at(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), String> {
-    let fstype = (!fstype.is_empty()).then_some(fstype);
-    mount(Some(source), target, fstype, flags, data)
-        .map_err(|e| format!("mount {source} on {target}: {e}"))
 }
