@@ -97,6 +97,25 @@ const PROGRAMS: &[Programs] = &[
         fib: include_str!("../../../programs/bash/fib.sh"),
         seed_ms: [Some(10.0), None, None],
     },
+    // The judges' languages; the seed has no figures for them.
+    Programs {
+        language: "c",
+        hello: include_str!("../../../programs/c/hello.c"),
+        fib: include_str!("../../../programs/c/fib.c"),
+        seed_ms: [None, None, None],
+    },
+    Programs {
+        language: "cpp",
+        hello: include_str!("../../../programs/cpp/hello.cpp"),
+        fib: include_str!("../../../programs/cpp/fib.cpp"),
+        seed_ms: [None, None, None],
+    },
+    Programs {
+        language: "java",
+        hello: include_str!("../../../programs/java/hello.java"),
+        fib: include_str!("../../../programs/java/fib.java"),
+        seed_ms: [None, None, None],
+    },
 ];
 
 const HELLO_OUTPUT: &str = "Hello, World!\n";

@@ -12,9 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use runner_bench::{Custom, Options};
 use runner_host::Runner;
 
-/// The seed's order: the first language also runs the start and throughput
-/// cases.
-const SUITE: [&str; 5] = ["python", "node", "go", "rust", "bash"];
+/// The seed's order, then the judges' languages: the first language also
+/// runs the start and throughput cases.
+const SUITE: [&str; 8] = ["python", "node", "go", "rust", "bash", "c", "cpp", "java"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {

@@ -69,6 +69,21 @@ fn rust_benchmark_programs() {
 }
 
 #[test]
+fn c_benchmark_programs() {
+    seed_programs("c", "c", true);
+}
+
+#[test]
+fn cpp_benchmark_programs() {
+    seed_programs("cpp", "cpp", true);
+}
+
+#[test]
+fn java_benchmark_programs() {
+    seed_programs("java", "java", true);
+}
+
+#[test]
 fn bash_benchmark_programs() {
     // Naive fib(30) is 1.6 million bash function calls: ~40 s on this
     // host, ~20 minutes under TCG (fib(25) measured 108 s in the guest).
@@ -114,6 +129,33 @@ fn rust_compile_error_is_reported() {
         "rust",
         "fn main() {\n    let x: u32 = \"text\";\n}\n",
         "mismatched types",
+    );
+}
+
+#[test]
+fn c_compile_error_is_reported() {
+    compile_error(
+        "c",
+        "int main(void) { return undefined_variable; }\n",
+        "‘undefined_variable’ undeclared",
+    );
+}
+
+#[test]
+fn cpp_compile_error_is_reported() {
+    compile_error(
+        "cpp",
+        "#include <string>\nint main() { std::string s = 42.5; }\n",
+        "conversion from ‘double’",
+    );
+}
+
+#[test]
+fn java_compile_error_is_reported() {
+    compile_error(
+        "java",
+        "public class Main {\n    public static void main(String[] args) {\n        int x = \"text\";\n    }\n}\n",
+        "incompatible types",
     );
 }
 
@@ -223,6 +265,62 @@ fn rust_stdin_args_and_files() {
 }
 
 #[test]
+fn c_stdin_args_and_files() {
+    io_program(
+        "c",
+        &[
+            (
+                "main.c",
+                "#include <stdio.h>\n#include \"shout.h\"\n\nint main(int argc, char **argv) {\n    char line[256];\n    while (fgets(line, sizeof line, stdin)) fputs(shout(line), stdout);\n    printf(\"args: \");\n    for (int i = 1; i < argc; i++) printf(i > 1 ? \"|%s\" : \"%s\", argv[i]);\n    printf(\"\\n\");\n}\n",
+            ),
+            ("shout.h", "char *shout(char *s);\n"),
+            (
+                "shout.c",
+                "#include <ctype.h>\n#include \"shout.h\"\n\nchar *shout(char *s) {\n    for (char *p = s; *p; p++) *p = toupper((unsigned char)*p);\n    return s;\n}\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn cpp_stdin_args_and_files() {
+    io_program(
+        "cpp",
+        &[
+            (
+                "main.cpp",
+                "#include <iostream>\n#include <string>\n#include \"shout.hpp\"\n\nint main(int argc, char **argv) {\n    std::string line;\n    while (std::getline(std::cin, line)) std::cout << shout(line) << '\\n';\n    std::cout << \"args: \";\n    for (int i = 1; i < argc; i++) std::cout << (i > 1 ? \"|\" : \"\") << argv[i];\n    std::cout << std::endl;\n}\n",
+            ),
+            (
+                "shout.hpp",
+                "#include <string>\nstd::string shout(std::string s);\n",
+            ),
+            (
+                "shout.cpp",
+                "#include <cctype>\n#include \"shout.hpp\"\n\nstd::string shout(std::string s) {\n    for (char &c : s) c = std::toupper(static_cast<unsigned char>(c));\n    return s;\n}\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn java_stdin_args_and_files() {
+    io_program(
+        "java",
+        &[
+            (
+                "Main.java",
+                "import java.io.*;\n\npublic class Main {\n    public static void main(String[] args) throws IOException {\n        BufferedReader in = new BufferedReader(new InputStreamReader(System.in));\n        String line;\n        while ((line = in.readLine()) != null) System.out.println(Shout.shout(line));\n        System.out.println(\"args: \" + String.join(\"|\", args));\n    }\n}\n",
+            ),
+            (
+                "Shout.java",
+                "public class Shout {\n    static String shout(String s) {\n        return s.toUpperCase();\n    }\n}\n",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn bash_stdin_args_and_files() {
     io_program(
         "bash",
@@ -246,10 +344,13 @@ fn languages_lists_installed_versions() {
         ("go", "go1.24"),
         ("rust", "rustc 1.85"),
         ("bash", "5.2"),
+        ("c", "gcc (Debian 14"),
+        ("cpp", "g++ (Debian 14"),
+        ("java", "OpenJDK 21"),
     ] {
         let line = text
             .lines()
-            .find(|l| l.starts_with(lang))
+            .find(|l| l.starts_with(&format!("{lang} ")))
             .unwrap_or_else(|| panic!("{lang} missing from:\n{text}"));
         assert!(line.contains(version), "{line}");
     }

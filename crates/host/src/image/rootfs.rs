@@ -28,6 +28,11 @@ const EXCLUDED: &[&str] = &[
     "/usr/share/lintian/*",
 ];
 
+/// Made empty before the install, although their contents are excluded:
+/// `update-alternatives` (the JDK's, for one) fails when it cannot link a
+/// man page there, as in Debian's slim container images.
+const KEPT_DIRS: &[&str] = &["/usr/share/man/man1"];
+
 /// Removed after the install: package lists, caches and logs.
 const TRIMMED: &[&str] = &[
     "var/lib/apt/lists",
@@ -70,6 +75,7 @@ struct Recipe<'a> {
     variant: &'a str,
     packages: &'a [String],
     excluded: &'a [&'a str],
+    kept_dirs: &'a [&'a str],
     trimmed: &'a [&'a str],
     passwd: &'a str,
     etc: [(&'static str, String); 3],
@@ -84,6 +90,7 @@ pub(super) fn recipe<'a>(source: &'a DebianSource, language: &'a Language) -> im
         variant: "essential",
         packages: &language.packages,
         excluded: EXCLUDED,
+        kept_dirs: KEPT_DIRS,
         trimmed: TRIMMED,
         passwd: PASSWD_LINE,
         etc: etc_files(),
@@ -121,6 +128,9 @@ pub(super) fn build(
     }
     for pattern in EXCLUDED {
         command.arg(format!("--dpkgopt=path-exclude={pattern}"));
+    }
+    for dir in KEPT_DIRS {
+        command.arg(format!("--setup-hook=mkdir -p \"$1{dir}\""));
     }
     command
         .arg("--aptopt=Acquire::Languages \"none\"")
