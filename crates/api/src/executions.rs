@@ -22,6 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use runner_host::exec::{OutputChunk, RequestLimits, SourceFile, Stage};
+use runner_host::judge::Compare;
 use runner_host::{ExecutionRequest, ExecutionResult, Plan};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -46,6 +47,11 @@ pub struct ExecutionBody {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: RequestLimits,
+    /// What the program must print (see [`runner_host::judge`]).
+    #[serde(default)]
+    pub expected_output: Option<String>,
+    #[serde(default)]
+    pub compare: Option<Compare>,
 }
 
 /// A file. The entry point is the file named as the language expects
@@ -253,6 +259,8 @@ fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, A
         args: body.args,
         env: body.env,
         limits: body.limits,
+        expected_output: body.expected_output.map(String::into_bytes),
+        compare: body.compare,
         trace_id: Some(trace_id.to_string()),
     })
 }

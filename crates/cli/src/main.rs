@@ -37,6 +37,7 @@ use runner_host::exec::{
     ExecutionRequest, ExecutionResult, OutputChunk, RequestLimits, SourceFile, Stage, StageLimits,
     Status,
 };
+use runner_host::judge::{Compare, DEFAULT_TOLERANCE};
 use runner_host::{Config, Runner, Sources};
 use tokio::sync::mpsc;
 
@@ -219,6 +220,21 @@ struct RunArgs {
     /// Environment variable for the program, NAME=value (repeatable).
     #[arg(short, long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
+    /// The output the program must print, from FILE: the result is then
+    /// accepted, or wrong_answer (exit status 1) with where the outputs
+    /// first differ.
+    #[arg(long, value_name = "FILE")]
+    expected_output: Option<PathBuf>,
+    /// How to compare with --expected-output [default: lines].
+    #[arg(long, value_name = "MODE", requires = "expected_output")]
+    compare: Option<CompareMode>,
+    /// With --compare float: numbers this close are equal [default: 1e-6].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    absolute_tolerance: Option<f64>,
+    /// With --compare float: numbers within this fraction of the expected
+    /// one are equal [default: 1e-6].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    relative_tolerance: Option<f64>,
     /// Print the result as JSON (status, stages, timings) instead of
     /// streaming the program's output.
     #[arg(long)]
@@ -226,6 +242,19 @@ struct RunArgs {
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// `--compare`: the modes of the API's `compare`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompareMode {
+    /// Byte for byte.
+    Exact,
+    /// Line by line, ignoring whitespace at line ends and blank lines at the end.
+    Lines,
+    /// Whitespace-separated tokens.
+    Tokens,
+    /// Tokens, with numbers equal within the tolerances.
+    Float,
 }
 
 #[derive(Subcommand)]
@@ -391,9 +420,12 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         env.insert(name.to_string(), value.to_string());
     }
+    let (expected_output, compare) = expectation(&args)?;
     let request = ExecutionRequest {
         language,
         files,
+        expected_output,
+        compare,
         stdin: read_stdin()?,
         args: args.args,
         env,
@@ -459,13 +491,43 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Err(e.into());
             }
         }
-    } else if result.status != Status::Ok {
+    } else if !matches!(result.status, Status::Ok | Status::Accepted) {
         match &result.message {
             Some(message) => eprintln!("runner: {}: {message}", result.status),
             None => eprintln!("runner: {}", result.status),
         }
+        if let Some(difference) = &result.difference {
+            eprintln!("runner:   expected: {:?}", difference.expected);
+            eprintln!("runner:   actual:   {:?}", difference.actual);
+        }
     }
     Ok(exit_code(&result))
+}
+
+/// The expected output and how to compare it, from the flags.
+fn expectation(args: &RunArgs) -> anyhow::Result<(Option<Vec<u8>>, Option<Compare>)> {
+    let tolerances = (args.absolute_tolerance, args.relative_tolerance);
+    let compare = match args.compare {
+        Some(CompareMode::Float) => Some(Compare::Float {
+            absolute_tolerance: tolerances.0.unwrap_or(DEFAULT_TOLERANCE),
+            relative_tolerance: tolerances.1.unwrap_or(DEFAULT_TOLERANCE),
+        }),
+        _ if tolerances != (None, None) => {
+            usage!("--absolute-tolerance and --relative-tolerance go with --compare float")
+        }
+        Some(CompareMode::Exact) => Some(Compare::Exact),
+        Some(CompareMode::Lines) => Some(Compare::Lines),
+        Some(CompareMode::Tokens) => Some(Compare::Tokens),
+        None => None,
+    };
+    let expected = match &args.expected_output {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => usage!("cannot read {}: {e}", path.display()),
+        },
+        None => None,
+    };
+    Ok((expected, compare))
 }
 
 /// Reads the program's files, named as on disk (the plan names the entry
@@ -548,7 +610,7 @@ fn exit_code(result: &ExecutionResult) -> ExitCode {
     match result.status {
         Status::InternalError => return ExitCode::from(EXIT_RUNNER_FAILED),
         Status::TimeLimitExceeded => return ExitCode::from(EXIT_TIMED_OUT),
-        Status::CompileError => return ExitCode::from(1),
+        Status::CompileError | Status::WrongAnswer => return ExitCode::from(1),
         _ => {}
     }
     let Some(run) = &result.run else {

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod exec;
 pub mod image;
+pub mod judge;
 pub mod lang;
 pub mod machine;
 pub mod pool;

@@ -232,7 +232,10 @@ impl Runner {
             stop,
         )
         .await;
-        let result = transcript.finish(&plan, received, outcome);
+        let mut result = transcript.finish(&plan, received, outcome);
+        if let Some(expected) = &plan.expected {
+            crate::judge::judge(&mut result, expected);
+        }
         log_execution(&result);
         result
     }

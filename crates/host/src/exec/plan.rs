@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use runner_protocol::{ExecRequest, File, Stage, StageSpec};
 
 use super::limits::{LimitPolicy, RequestLimits};
+use crate::judge::{Compare, Expected};
 use crate::lang::{Language, LanguageError, Languages};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,11 @@ pub struct ExecutionRequest {
     /// On top of the language's environment.
     pub env: BTreeMap<String, String>,
     pub limits: RequestLimits,
+    /// What the program must print; the result is then `accepted` or
+    /// `wrong_answer` when the run ends well.
+    pub expected_output: Option<Vec<u8>>,
+    /// How to compare with `expected_output` (lines when not given).
+    pub compare: Option<Compare>,
     /// Given by the caller (e.g. from a `traceparent` header), else made up.
     pub trace_id: Option<String>,
 }
@@ -76,6 +82,8 @@ pub struct Plan {
     pub exec: ExecRequest,
     /// The VM's memory: the largest stage limit plus the guest's reserve.
     pub vm_memory_mib: u32,
+    /// What the program must print, if the request said.
+    pub expected: Option<Expected>,
 }
 
 impl Plan {
@@ -182,6 +190,21 @@ impl Planner {
             return Err(PlanError::Invalid("two files have the same name".into()));
         }
         check_exec_strings(&request.args, &request.env)?;
+        let expected = match (request.expected_output, request.compare) {
+            (Some(output), compare) => Some(Expected {
+                output,
+                comparison: compare
+                    .unwrap_or_default()
+                    .check()
+                    .map_err(PlanError::Invalid)?,
+            }),
+            (None, Some(_)) => {
+                return Err(PlanError::Invalid(
+                    "compare needs expected_output: there is nothing to compare with".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         let mut stages = Vec::new();
         if let Some(compile) = &language.compile {
             stages.push((Stage::Compile, compile.clone()));
@@ -220,6 +243,7 @@ impl Planner {
             language,
             exec,
             vm_memory_mib: vm_memory_mib(largest),
+            expected,
         })
     }
 }
@@ -442,6 +466,28 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn an_expected_output_is_checked_with_its_comparison() {
+        let mut asked = request("python", vec![SourceFile::entry("print(1)")]);
+        asked.expected_output = Some(b"1\n".to_vec());
+        let plan = planner(&[]).plan(asked.clone()).unwrap();
+        let expected = plan.expected.unwrap();
+        assert_eq!(expected.output, b"1\n");
+        assert_eq!(expected.comparison, crate::judge::Comparison::Lines);
+        asked.compare = Some(Compare::Float {
+            absolute_tolerance: -1.0,
+            relative_tolerance: 0.0,
+        });
+        let message = planner(&[]).plan(asked.clone()).unwrap_err().to_string();
+        assert!(message.contains("absolute_tolerance"), "{message}");
+        asked.expected_output = None;
+        let message = planner(&[]).plan(asked).unwrap_err().to_string();
+        assert!(
+            message.contains("compare needs expected_output"),
+            "{message}"
+        );
     }
 
     #[test]

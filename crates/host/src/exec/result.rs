@@ -4,6 +4,7 @@
 use runner_protocol::{Stage, StageReport};
 use serde::{Serialize, Serializer};
 
+use crate::judge::compare::Difference;
 use crate::vmm::Accel;
 
 /// The verdict of an execution.
@@ -26,6 +27,12 @@ pub enum Status {
     OutputLimitExceeded,
     /// Runner Codes failed; `message` says how.
     InternalError,
+    /// The program exited 0 within every limit and printed the expected
+    /// output (only when the request gave one).
+    Accepted,
+    /// The program exited 0 within every limit but its output is not the
+    /// expected one; `difference` says where.
+    WrongAnswer,
 }
 
 impl Status {
@@ -39,6 +46,8 @@ impl Status {
             Status::MemoryLimitExceeded => "memory_limit_exceeded",
             Status::OutputLimitExceeded => "output_limit_exceeded",
             Status::InternalError => "internal_error",
+            Status::Accepted => "accepted",
+            Status::WrongAnswer => "wrong_answer",
         }
     }
 }
@@ -231,6 +240,10 @@ pub struct ExecutionResult {
     pub metrics: ExecutionMetrics,
     pub backend: &'static str,
     pub accel: Option<Accel>,
+    /// Where the output first differs from the expected one, for a
+    /// `wrong_answer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference: Option<Difference>,
 }
 
 impl ExecutionResult {

@@ -212,6 +212,7 @@ impl Transcript {
             metrics,
             backend,
             accel,
+            difference: None,
         }
     }
 }
