@@ -153,7 +153,11 @@ fn idioms_work_in_a_vm_booted_cold() {
 
 #[test]
 fn idioms_work_in_a_pooled_vm_through_the_api() {
+    let languages: Vec<&str> = PROGRAMS.iter().map(|p| p.language).collect();
+    let served = languages.join(",");
     let server = Server::start(&[
+        "--languages",
+        &served,
         "--queue-timeout-ms",
         "900000",
         "--set",
@@ -161,7 +165,6 @@ fn idioms_work_in_a_pooled_vm_through_the_api() {
         "--set",
         "pool.max_size=1",
     ]);
-    let languages: Vec<&str> = PROGRAMS.iter().map(|p| p.language).collect();
     server.wait_for_pools(&languages, 1);
     let input = input();
     let mut wrong = Vec::new();
