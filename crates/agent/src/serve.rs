@@ -7,7 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use runner_protocol::{
-    AGENT_PORT_NAME, AgentFailure, Decoder, ExecRequest, Frame, Hello, MAX_HOST_FRAME, encode,
+    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, Frame,
+    Hello, MAX_HOST_FRAME, encode,
 };
 
 use crate::boot::Mode;
@@ -131,18 +132,82 @@ fn execute(
         }
     });
     prepare_work_dir(request)?;
+    let mut failed = false;
     for spec in &request.stages {
         let report = match prestarted.take() {
             Some(runtime) => runtime.run(spec, &request.stdin, out)?,
             None => stage::run(spec, &request.stdin, &request.env, out)?,
         };
-        let failed = report.exit_code != Some(0);
+        failed = report.exit_code != Some(0);
         out.send(&Frame::StageEnd(report))?;
         if failed {
             break;
         }
     }
+    if !failed {
+        collect(&request.collect, out)?;
+    }
     out.send(&Frame::Done)
+}
+
+/// Sends the files `patterns` name (see `ExecRequest::collect`) from the
+/// working directory, in pieces. The run user could have put anything
+/// there, so only regular files are sent, never what a link points to.
+fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
+    let work = Path::new(WORK_DIR);
+    for pattern in patterns {
+        let mut names: Vec<String> = match pattern.strip_prefix('*') {
+            Some(suffix) => fs::read_dir(work)
+                .map_err(|e| format!("read {WORK_DIR}: {e}"))?
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| name.ends_with(suffix))
+                .collect(),
+            None => vec![safe_relative(pattern)?.display().to_string()],
+        };
+        names.sort();
+        let mut sent = 0;
+        for name in names {
+            let path = work.join(&name);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_file() {
+                continue;
+            }
+            let content = fs::read(&path).map_err(|e| format!("read {name}: {e}"))?;
+            let executable =
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+            let mut offset = 0;
+            let mut pieces = content.chunks(COLLECTED_CHUNK).peekable();
+            if pieces.peek().is_none() {
+                out.send(&Frame::Collected(CollectedChunk {
+                    name: name.clone(),
+                    offset: 0,
+                    content: Vec::new(),
+                    executable,
+                    last: true,
+                }))?;
+            }
+            while let Some(piece) = pieces.next() {
+                out.send(&Frame::Collected(CollectedChunk {
+                    name: name.clone(),
+                    offset,
+                    content: piece.to_vec(),
+                    executable,
+                    last: pieces.peek().is_none(),
+                }))?;
+                offset += piece.len() as u64;
+            }
+            sent += 1;
+        }
+        if sent == 0 {
+            return Err(format!(
+                "nothing in the working directory matches {pattern:?} to collect"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The request's files in the working directory, owned by the run user.
@@ -161,6 +226,10 @@ fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
         }
         let path = work.join(&relative);
         fs::write(&path, &file.content).map_err(|e| format!("write {}: {e}", file.name))?;
+        if file.executable {
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| format!("chmod {}: {e}", file.name))?;
+        }
         chown_run_user(&path)?;
     }
     Ok(())

@@ -46,6 +46,9 @@ impl ApiError {
         let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         match error {
             PlanError::Invalid(message) => Self::new(unprocessable, "invalid_request", message),
+            PlanError::TooLarge(message) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
+            }
             unknown @ (PlanError::Language(_) | PlanError::NotEnabled { .. }) => {
                 Self::new(unprocessable, "unknown_language", unknown.to_string())
             }

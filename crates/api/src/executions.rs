@@ -204,19 +204,8 @@ impl App {
     }
 
     async fn plan_and_admit(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
-        let bytes = axum::body::to_bytes(body, self.config.max_body_bytes)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!(
-                        "the request body is over the limit of {} bytes",
-                        self.config.max_body_bytes
-                    ),
-                )
-            })?;
-        let request = to_request(parse(&bytes)?, trace_id)?;
+        let body: ExecutionBody = read_json(body, self.config.max_body_bytes).await?;
+        let request = to_request(body, trace_id)?;
         let plan = self.runner.plan(request).map_err(ApiError::from_plan)?;
         let permit = self
             .admission
@@ -233,8 +222,23 @@ impl App {
 /// The request a body asks for: files decoded from their transport
 /// encoding; everything else is checked by the plan.
 fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, ApiError> {
-    let mut files = Vec::with_capacity(body.files.len());
-    for (i, file) in body.files.into_iter().enumerate() {
+    Ok(ExecutionRequest {
+        language: body.language,
+        files: decode_files(body.files)?,
+        stdin: body.stdin.into_bytes(),
+        args: body.args,
+        env: body.env,
+        limits: body.limits,
+        expected_output: body.expected_output.map(String::into_bytes),
+        compare: body.compare,
+        trace_id: Some(trace_id.to_string()),
+    })
+}
+
+/// Files decoded from their transport encoding.
+pub(crate) fn decode_files(bodies: Vec<FileBody>) -> Result<Vec<SourceFile>, ApiError> {
+    let mut files = Vec::with_capacity(bodies.len());
+    for (i, file) in bodies.into_iter().enumerate() {
         let content = match file.encoding {
             Encoding::Utf8 => file.content.into_bytes(),
             Encoding::Base64 => base64::engine::general_purpose::STANDARD
@@ -252,21 +256,26 @@ fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, A
             content,
         });
     }
-    Ok(ExecutionRequest {
-        language: body.language,
-        files,
-        stdin: body.stdin.into_bytes(),
-        args: body.args,
-        env: body.env,
-        limits: body.limits,
-        expected_output: body.expected_output.map(String::into_bytes),
-        compare: body.compare,
-        trace_id: Some(trace_id.to_string()),
-    })
+    Ok(files)
 }
 
-/// The body as an [`ExecutionBody`], or why not, in terms a client can fix.
-fn parse(bytes: &[u8]) -> Result<ExecutionBody, ApiError> {
+/// Reads a body of at most `limit` bytes and parses it as JSON.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    })?;
+    parse(&bytes)
+}
+
+/// The body as a `T`, or why not, in terms a client can fix.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bad = |code, message: String| ApiError::new(StatusCode::BAD_REQUEST, code, message);
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(bad(
@@ -395,7 +404,7 @@ mod tests {
 
     #[test]
     fn parse_errors_say_what_is_wrong() {
-        let code = |body: &[u8]| parse(body).unwrap_err().code;
+        let code = |body: &[u8]| parse::<ExecutionBody>(body).unwrap_err().code;
         assert_eq!(code(b"{"), "malformed_json");
         assert_eq!(code(b"\xff{}"), "invalid_utf8");
         assert_eq!(
@@ -403,6 +412,9 @@ mod tests {
             "invalid_request"
         );
         assert_eq!(code(br#"{"language":3,"files":[]}"#), "invalid_request");
-        assert!(parse(br#"{"language":"python","files":[{"content":"print(1)"}]}"#).is_ok());
+        assert!(
+            parse::<ExecutionBody>(br#"{"language":"python","files":[{"content":"print(1)"}]}"#)
+                .is_ok()
+        );
     }
 }

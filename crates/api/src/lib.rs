@@ -5,6 +5,7 @@
 //!
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
+//! - `submissions`: judge submissions, a program and its tests;
 //! - `metrics`: Prometheus metrics;
 //! - `trace`: trace ids from `traceparent` or `X-Request-Id`.
 //!
@@ -15,6 +16,7 @@ pub mod admission;
 mod error;
 mod executions;
 mod metrics;
+mod submissions;
 mod trace;
 
 use std::collections::BTreeMap;
@@ -222,6 +224,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/executions", post(executions::create))
         .route("/v1/executions/stream", post(executions::stream))
+        .route("/v1/submissions", post(submissions::create))
+        .route("/v1/submissions/stream", post(submissions::stream))
         .route("/v1/languages", get(languages))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

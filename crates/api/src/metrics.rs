@@ -10,11 +10,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use runner_host::ExecutionResult;
+use runner_host::judge::SubmissionResult;
 
 /// The seed's `vmBootDuration` buckets, in seconds.
 const BOOT_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
 /// The seed's `codeExecutionDuration` buckets, in seconds.
 const EXECUTION_BUCKETS: [f64; 8] = [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0];
+/// A submission compiles once and runs up to hundreds of tests.
+const SUBMISSION_BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LanguageLabel {
@@ -25,6 +28,12 @@ struct LanguageLabel {
 struct ExecutionLabels {
     language: String,
     status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    language: String,
+    verdict: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +60,8 @@ pub struct Metrics {
     warm_pool: Family<LanguageLabel, Gauge>,
     vms_running: Gauge,
     queue_length: Gauge,
+    judge_tests: Family<VerdictLabels, Counter>,
+    submission_duration: HistogramFamily,
 }
 
 /// The status label of an execution whose client went away before the end.
@@ -111,6 +122,19 @@ impl Metrics {
             "Requests waiting for capacity",
             queue_length.clone(),
         );
+        let judge_tests = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "runner_judge_tests",
+            "Tests of judge submissions, by language and verdict",
+            judge_tests.clone(),
+        );
+        let submission_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(SUBMISSION_BUCKETS));
+        registry.register(
+            "runner_submission_duration_seconds",
+            "Time from taking a judge submission until its result, by language",
+            submission_duration.clone(),
+        );
         let capacity: Gauge = Gauge::default();
         registry.register(
             "runner_capacity_vms",
@@ -139,7 +163,26 @@ impl Metrics {
             warm_pool,
             vms_running,
             queue_length,
+            judge_tests,
+            submission_duration,
         }
+    }
+
+    /// Counts a judged submission's tests by verdict, and its duration.
+    pub fn record_submission(&self, result: &SubmissionResult) {
+        for test in &result.tests {
+            self.judge_tests
+                .get_or_create(&VerdictLabels {
+                    language: result.language.clone(),
+                    verdict: test.status.as_str().into(),
+                })
+                .inc();
+        }
+        self.submission_duration
+            .get_or_create(&LanguageLabel {
+                language: result.language.clone(),
+            })
+            .observe(result.total_time_ms / 1e3);
     }
 
     /// Counts a finished execution; `cancelled` when its client went away.

@@ -23,6 +23,7 @@ macro_rules! usage {
 
 mod bench;
 mod doctor;
+mod judge;
 mod progress;
 
 use std::io::{IsTerminal, Read, Write};
@@ -109,6 +110,9 @@ enum Command {
     Languages,
     /// Say which backend and acceleration would be used, and what is missing.
     Doctor,
+    /// Judge a program against a folder of tests (NAME.in, NAME.out),
+    /// compiling it once; exit 0 only if every test is accepted.
+    Judge(Box<judge::JudgeArgs>),
     /// Serve the HTTP API (see openapi.json) until SIGTERM.
     Serve(Box<ServeArgs>),
     /// Measure start times, programs and throughput against the host, and
@@ -165,10 +169,7 @@ impl ServeArgs {
     }
 }
 
-/// `runner run`. The limit flags set the request's limits of the run stage
-/// (and `--compile-wall-time-ms` the compile stage's); their names are the
-/// API's, with the unit in the name. `--timeout`, `--cpu-time` and
-/// `--compile-timeout` take seconds instead, as timeout(1) does.
+/// `runner run`.
 #[derive(clap::Args)]
 struct RunArgs {
     /// Language of the code (see `runner languages`).
@@ -178,9 +179,37 @@ struct RunArgs {
     #[arg(short = 'c', long = "code", conflicts_with = "files")]
     code: Option<String>,
     /// Files of the program. The entry point is the one named as the
-    /// language expects (main.py, index.js, main.go, main.rs, main.sh), else
-    /// the first file, which is then given that name.
+    /// language expects (main.py, index.js, main.go, main.rs, main.sh,
+    /// main.c, main.cpp, Main.java), else the first file, which is then
+    /// given that name.
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Environment variable for the program, NAME=value (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// The output the program must print, from FILE: the result is then
+    /// accepted, or wrong_answer (exit status 1) with where the outputs
+    /// first differ.
+    #[arg(long, value_name = "FILE")]
+    expected_output: Option<PathBuf>,
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// Print the result as JSON (status, stages, timings) instead of
+    /// streaming the program's output.
+    #[arg(long)]
+    json: bool,
+    /// Arguments passed to the program.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// The limit flags: the request's limits of the run stage (and
+/// `--compile-wall-time-ms` the compile stage's), named as in the API with
+/// the unit in the name. `--timeout`, `--cpu-time` and `--compile-timeout`
+/// take seconds instead, as timeout(1) does.
+#[derive(clap::Args)]
+struct LimitArgs {
     /// Wall-clock limit of the run stage, in milliseconds.
     #[arg(long, value_name = "MS", conflicts_with = "timeout")]
     wall_time_ms: Option<u64>,
@@ -217,16 +246,36 @@ struct RunArgs {
     /// Wall-clock limit of the compile stage, in seconds.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     compile_timeout: Option<f64>,
-    /// Environment variable for the program, NAME=value (repeatable).
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
-    /// The output the program must print, from FILE: the result is then
-    /// accepted, or wrong_answer (exit status 1) with where the outputs
-    /// first differ.
-    #[arg(long, value_name = "FILE")]
-    expected_output: Option<PathBuf>,
-    /// How to compare with --expected-output [default: lines].
-    #[arg(long, value_name = "MODE", requires = "expected_output")]
+}
+
+impl LimitArgs {
+    fn request_limits(&self) -> anyhow::Result<RequestLimits> {
+        Ok(RequestLimits {
+            compile: StageLimits {
+                wall_time_ms: either(
+                    self.compile_wall_time_ms,
+                    "--compile-timeout",
+                    self.compile_timeout,
+                )?,
+                ..Default::default()
+            },
+            run: StageLimits {
+                wall_time_ms: either(self.wall_time_ms, "--timeout", self.timeout)?,
+                cpu_time_ms: either(self.cpu_time_ms, "--cpu-time", self.cpu_time)?,
+                memory_mib: self.memory_mib,
+                processes: self.processes,
+                output_bytes: self.output_bytes,
+                file_size_bytes: self.file_size_bytes,
+            },
+        })
+    }
+}
+
+/// How outputs are compared with the expected ones.
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// How to compare with the expected output [default: lines].
+    #[arg(long, value_name = "MODE")]
     compare: Option<CompareMode>,
     /// With --compare float: numbers this close are equal [default: 1e-6].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
@@ -235,13 +284,25 @@ struct RunArgs {
     /// one are equal [default: 1e-6].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     relative_tolerance: Option<f64>,
-    /// Print the result as JSON (status, stages, timings) instead of
-    /// streaming the program's output.
-    #[arg(long)]
-    json: bool,
-    /// Arguments passed to the program.
-    #[arg(last = true)]
-    args: Vec<String>,
+}
+
+impl CompareArgs {
+    fn to_compare(&self) -> anyhow::Result<Option<Compare>> {
+        let tolerances = (self.absolute_tolerance, self.relative_tolerance);
+        Ok(match self.compare {
+            Some(CompareMode::Float) => Some(Compare::Float {
+                absolute_tolerance: tolerances.0.unwrap_or(DEFAULT_TOLERANCE),
+                relative_tolerance: tolerances.1.unwrap_or(DEFAULT_TOLERANCE),
+            }),
+            _ if tolerances != (None, None) => {
+                usage!("--absolute-tolerance and --relative-tolerance go with --compare float")
+            }
+            Some(CompareMode::Exact) => Some(Compare::Exact),
+            Some(CompareMode::Lines) => Some(Compare::Lines),
+            Some(CompareMode::Tokens) => Some(Compare::Tokens),
+            None => None,
+        })
+    }
 }
 
 /// `--compare`: the modes of the API's `compare`.
@@ -366,6 +427,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let runner = || Runner::new(&config);
     match cli.command {
         Command::Run(args) => run(runner()?, *args).await,
+        Command::Judge(args) => judge::judge(runner()?, &config, *args).await,
         Command::Image { command } => image(runner()?, command).await,
         Command::Snapshot { command } => snapshot(runner()?, command).await,
         Command::Languages => languages(runner()?),
@@ -413,40 +475,20 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         None if args.files.is_empty() => usage!("give the code with -c CODE or as files"),
         None => read_files(&args.files)?,
     };
-    let mut env = std::collections::BTreeMap::new();
-    for pair in &args.env {
-        let Some((name, value)) = pair.split_once('=') else {
-            usage!("--env {pair:?}: expected NAME=value");
-        };
-        env.insert(name.to_string(), value.to_string());
-    }
-    let (expected_output, compare) = expectation(&args)?;
+    let env = parse_env(&args.env)?;
+    let expected_output = match &args.expected_output {
+        Some(path) => Some(read_input(path)?),
+        None => None,
+    };
     let request = ExecutionRequest {
         language,
         files,
         expected_output,
-        compare,
+        compare: args.compare.to_compare()?,
         stdin: read_stdin()?,
         args: args.args,
         env,
-        limits: RequestLimits {
-            compile: StageLimits {
-                wall_time_ms: either(
-                    args.compile_wall_time_ms,
-                    "--compile-timeout",
-                    args.compile_timeout,
-                )?,
-                ..Default::default()
-            },
-            run: StageLimits {
-                wall_time_ms: either(args.wall_time_ms, "--timeout", args.timeout)?,
-                cpu_time_ms: either(args.cpu_time_ms, "--cpu-time", args.cpu_time)?,
-                memory_mib: args.memory_mib,
-                processes: args.processes,
-                output_bytes: args.output_bytes,
-                file_size_bytes: args.file_size_bytes,
-            },
-        },
+        limits: args.limits.request_limits()?,
         trace_id: None,
     };
     // Refuse a bad request before building or booting anything.
@@ -504,30 +546,24 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&result))
 }
 
-/// The expected output and how to compare it, from the flags.
-fn expectation(args: &RunArgs) -> anyhow::Result<(Option<Vec<u8>>, Option<Compare>)> {
-    let tolerances = (args.absolute_tolerance, args.relative_tolerance);
-    let compare = match args.compare {
-        Some(CompareMode::Float) => Some(Compare::Float {
-            absolute_tolerance: tolerances.0.unwrap_or(DEFAULT_TOLERANCE),
-            relative_tolerance: tolerances.1.unwrap_or(DEFAULT_TOLERANCE),
-        }),
-        _ if tolerances != (None, None) => {
-            usage!("--absolute-tolerance and --relative-tolerance go with --compare float")
-        }
-        Some(CompareMode::Exact) => Some(Compare::Exact),
-        Some(CompareMode::Lines) => Some(Compare::Lines),
-        Some(CompareMode::Tokens) => Some(Compare::Tokens),
-        None => None,
-    };
-    let expected = match &args.expected_output {
-        Some(path) => match std::fs::read(path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => usage!("cannot read {}: {e}", path.display()),
-        },
-        None => None,
-    };
-    Ok((expected, compare))
+/// `--env NAME=value` flags as a map.
+fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let Some((name, value)) = pair.split_once('=') else {
+            usage!("--env {pair:?}: expected NAME=value");
+        };
+        env.insert(name.to_string(), value.to_string());
+    }
+    Ok(env)
+}
+
+/// A file the user named, or a usage error that says why it cannot be read.
+fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => usage!("cannot read {}: {e}", path.display()),
+    }
 }
 
 /// Reads the program's files, named as on disk (the plan names the entry
@@ -535,10 +571,7 @@ fn expectation(args: &RunArgs) -> anyhow::Result<(Option<Vec<u8>>, Option<Compar
 fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
-        let content = match std::fs::read(path) {
-            Ok(content) => content,
-            Err(e) => usage!("cannot read {}: {e}", path.display()),
-        };
+        let content = read_input(path)?;
         let Some(name) = path.file_name() else {
             usage!("{} is not a file", path.display());
         };

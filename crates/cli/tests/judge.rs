@@ -179,3 +179,401 @@ fn expected_outputs_over_the_api() {
     }
     server.stop(Duration::from_secs(10));
 }
+
+/// Writes `tests` (name, stdin, expected output) into a folder as
+/// `runner judge` reads them.
+fn tests_dir(tests: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, input, output) in tests {
+        std::fs::write(dir.path().join(format!("{name}.in")), input).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.out")), output).unwrap();
+    }
+    dir
+}
+
+/// `runner judge --json` of `source` (saved as `file`) in `language`.
+fn judge(
+    language: &str,
+    file: &str,
+    source: &str,
+    tests: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
+    std::fs::write(&path, source).unwrap();
+    let mut args = vec![
+        "judge",
+        "--json",
+        "--lang",
+        language,
+        path.to_str().unwrap(),
+        "--tests",
+        tests.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let done = run(&args, b"");
+    (done.code(), done.json())
+}
+
+const SUM_C: &str = "#include <stdio.h>\nint main(int argc, char **argv) {\n    long a, b;\n    if (scanf(\"%ld %ld\", &a, &b) != 2) return 3;\n    printf(\"%ld\\n\", a + b + (argc > 1 ? 1000 : 0));\n    return 0;\n}\n";
+
+#[test]
+fn a_submission_compiles_once_and_runs_each_test_in_a_fresh_vm() {
+    let tests = tests_dir(&[
+        ("1", "1 2\n", "3\n"),
+        ("2", "40 2\n", "42\n"),
+        ("10", "5 5\n", "11\n"),
+        ("3", "7 8\n", "15\n"),
+        ("args", "1 1\n", "1002\n"),
+    ]);
+    std::fs::write(tests.path().join("args.args"), "--plus-a-thousand\n").unwrap();
+    let (exit, result) = judge("c", "sum.c", SUM_C, tests.path(), &[]);
+    assert_eq!(exit, Some(1), "a wrong answer: {result:#}");
+    assert_eq!(result["status"], "wrong_answer");
+    assert_eq!(result["compile"]["status"], "ok");
+    let names: Vec<&str> = result["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["1", "2", "3", "10", "args"], "natural order");
+    let status = |name: &str| {
+        result["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["status"]
+            .clone()
+    };
+    for name in ["1", "2", "3", "args"] {
+        assert_eq!(status(name), "accepted", "{name}: {result:#}");
+    }
+    assert_eq!(status("10"), "wrong_answer");
+    assert_eq!(
+        result["message"],
+        "test \"10\": the output differs from the expected one at line 1, column 2"
+    );
+    assert_eq!(
+        result["summary"]["verdicts"],
+        json!({"accepted": 4, "wrong_answer": 1})
+    );
+    assert_eq!(result["summary"]["tests"], 5);
+    // One VM per test, each restored from the snapshot, none reused.
+    let mut traces: Vec<&str> = result["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["start"], "snapshot", "{t:#}");
+            t["trace_id"].as_str().unwrap()
+        })
+        .collect();
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 5);
+}
+
+#[test]
+fn a_test_never_sees_what_another_left_behind() {
+    let program = "for f in /tmp/left ~/left /dev/shm/left; do [ -e \"$f\" ] && echo \"found $f\"; done\necho clean\ntouch /tmp/left ~/left /dev/shm/left\n";
+    let tests = tests_dir(&[
+        ("1", "", "clean\n"),
+        ("2", "", "clean\n"),
+        ("3", "", "clean\n"),
+    ]);
+    let (exit, result) = judge(
+        "bash",
+        "main.sh",
+        program,
+        tests.path(),
+        &["--parallel", "1"],
+    );
+    assert_eq!(exit, Some(0), "{result:#}");
+    assert_eq!(result["status"], "accepted");
+}
+
+#[test]
+fn one_test_over_its_time_limit_fails_alone() {
+    let program = "import sys, time\nn = int(sys.stdin.read())\nif n < 0:\n    time.sleep(30)\nprint(n * 2)\n";
+    let tests = tests_dir(&[("1", "1", "2"), ("2", "-1", "-2"), ("3", "21", "42")]);
+    let (exit, result) = judge(
+        "python",
+        "main.py",
+        program,
+        tests.path(),
+        &["--wall-time-ms", "3000"],
+    );
+    assert_eq!(exit, Some(1));
+    assert_eq!(result["status"], "time_limit_exceeded", "{result:#}");
+    let statuses: Vec<&str> = result["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["accepted", "time_limit_exceeded", "accepted"]);
+    assert!(result["tests"][1]["wall_time_ms"].as_f64().unwrap() >= 3000.0);
+    assert_eq!(
+        result["summary"]["verdicts"],
+        json!({"accepted": 2, "time_limit_exceeded": 1})
+    );
+}
+
+#[test]
+fn stop_on_first_failure_skips_the_tests_after_it() {
+    let tests = tests_dir(&[("1", "", "yes\n"), ("2", "", "no\n"), ("3", "", "yes\n")]);
+    let (exit, result) = judge(
+        "bash",
+        "main.sh",
+        "echo yes",
+        tests.path(),
+        &["--stop-on-first-failure", "--parallel", "1"],
+    );
+    assert_eq!(exit, Some(1));
+    assert_eq!(result["status"], "wrong_answer");
+    assert_eq!(result["tests"][2]["status"], "skipped");
+    assert_eq!(result["tests"][2]["run_status"], serde_json::Value::Null);
+    assert_eq!(
+        result["summary"]["verdicts"],
+        json!({"accepted": 1, "wrong_answer": 1, "skipped": 1})
+    );
+}
+
+#[test]
+fn two_hundred_tests_in_one_submission() {
+    let tests: Vec<(String, String, String)> = (0..200)
+        .map(|i| (i.to_string(), format!("{i}\n"), format!("{}\n", i * i)))
+        .collect();
+    let borrowed: Vec<(&str, &str, &str)> = tests
+        .iter()
+        .map(|(n, i, o)| (n.as_str(), i.as_str(), o.as_str()))
+        .collect();
+    let dir = tests_dir(&borrowed);
+    let (exit, result) = judge(
+        "bash",
+        "main.sh",
+        "read n; echo $((n * n))",
+        dir.path(),
+        &[],
+    );
+    assert_eq!(exit, Some(0), "{}", result["message"]);
+    assert_eq!(result["summary"]["verdicts"], json!({"accepted": 200}));
+}
+
+#[test]
+fn submissions_over_the_api_in_every_language() {
+    let server = Server::start(&["--queue-timeout-ms", "900000"]);
+    let hello: &[(&str, &str)] = &[
+        ("python", "print(input().upper())"),
+        (
+            "node",
+            "process.stdin.on('data', d => process.stdout.write(d.toString().toUpperCase()))",
+        ),
+        ("bash", "tr a-z A-Z"),
+        (
+            "go",
+            "package main\n\nimport (\n\t\"bufio\"\n\t\"fmt\"\n\t\"os\"\n\t\"strings\"\n)\n\nfunc main() {\n\tline, _ := bufio.NewReader(os.Stdin).ReadString('\\n')\n\tfmt.Print(strings.ToUpper(line))\n}\n",
+        ),
+        (
+            "rust",
+            "fn main() {\n    let mut s = String::new();\n    std::io::stdin().read_line(&mut s).unwrap();\n    print!(\"{}\", s.to_uppercase());\n}\n",
+        ),
+        (
+            "c",
+            "#include <stdio.h>\n#include <ctype.h>\nint main(void) { int c; while ((c = getchar()) != EOF) putchar(toupper(c)); }\n",
+        ),
+        (
+            "cpp",
+            "#include <iostream>\n#include <string>\n#include <cctype>\nint main() { std::string s; std::getline(std::cin, s); for (auto &c : s) c = std::toupper(c); std::cout << s << std::endl; }\n",
+        ),
+        (
+            "java",
+            "import java.util.Scanner;\npublic class Main {\n    public static void main(String[] a) {\n        System.out.println(new Scanner(System.in).nextLine().toUpperCase());\n    }\n}\n",
+        ),
+    ];
+    let broken: &[(&str, &str)] = &[
+        ("go", "package main\n\nfunc main() { undefined() }\n"),
+        ("rust", "fn main() { let x: u8 = \"no\"; }\n"),
+        ("c", "int main(void) { return nope; }\n"),
+        ("cpp", "int main() { return nope; }\n"),
+        (
+            "java",
+            "public class Main { public static void main(String[] a) { int x = \"no\"; } }\n",
+        ),
+    ];
+    // Generous limits: thirteen submissions share two CPUs, and under
+    // emulation the guest charges waiting for a CPU to the program.
+    let submission = |language: &str, code: &str| {
+        json!({
+            "language": language,
+            "files": [{ "content": code }],
+            "limits": { "run": { "wall_time_ms": 120000, "cpu_time_ms": 120000 } },
+            "tests": [
+                { "name": "a", "stdin": "hello\n", "expected_output": "HELLO\n" },
+                { "name": "b", "stdin": "judge\n", "expected_output": "JUDGE\n" },
+            ],
+        })
+    };
+    let judged: Vec<(String, bool, serde_json::Value)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = hello
+            .iter()
+            .map(|(l, c)| (l, c, true))
+            .chain(broken.iter().map(|(l, c)| (l, c, false)))
+            .map(|(language, code, compiles)| {
+                let server = &server;
+                scope.spawn(move || {
+                    let response =
+                        server.post("/v1/submissions", submission(language, code).to_string());
+                    assert_eq!(response.status(), 200, "{language}");
+                    let result: serde_json::Value = response.json().unwrap();
+                    common::server::check("SubmissionResult", &result);
+                    (language.to_string(), compiles, result)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (language, compiles, result) in judged {
+        if compiles {
+            assert_eq!(result["status"], "accepted", "{language}: {result:#}");
+            assert_eq!(result["summary"]["verdicts"]["accepted"], 2, "{language}");
+        } else {
+            assert_eq!(result["status"], "compile_error", "{language}: {result:#}");
+            assert_ne!(result["compile"]["stderr"], "", "{language}");
+            for test in result["tests"].as_array().unwrap() {
+                assert_eq!(test["status"], "skipped", "{language}: no test runs");
+            }
+        }
+    }
+    let metrics = server.metrics();
+    assert_eq!(
+        server.metric("runner_judge_tests_total{language=\"java\",verdict=\"accepted\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("runner_submission_duration_seconds_count{language=\"rust\"} 2"));
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn a_submission_streams_an_event_per_test() {
+    let server = Server::start(&["--languages", "c"]);
+    let body = json!({
+        "language": "c",
+        "files": [{ "content": SUM_C }],
+        "tests": [
+            { "name": "one", "stdin": "1 1", "expected_output": "2" },
+            { "name": "two", "stdin": "2 2", "expected_output": "4" },
+            { "name": "three", "stdin": "x", "expected_output": "0" },
+        ],
+    });
+    let response = server.post("/v1/submissions/stream", body.to_string());
+    assert_eq!(response.status(), 200);
+    let text = response.text().unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            common::server::check("SubmissionStreamEvent", &event);
+            event
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["started", "compiled", "test", "test", "test", "result"],
+        "{text}"
+    );
+    let mut indexes: Vec<u64> = events[2..5]
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, [0, 1, 2]);
+    let result = &events[5]["result"];
+    assert_eq!(
+        result["status"], "runtime_error",
+        "test three exits 3: {result:#}"
+    );
+    assert_eq!(result["tests"][2]["exit_code"], 3);
+    server.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn bad_submissions_are_refused_with_the_field_named() {
+    let server = Server::start(&["--languages", "python"]);
+    let test = |name: &str| json!({ "name": name, "stdin": "", "expected_output": "" });
+    let submission = |tests: serde_json::Value, compare: serde_json::Value| {
+        json!({
+            "language": "python",
+            "files": [{ "content": "print()" }],
+            "tests": tests,
+            "compare": compare,
+        })
+        .to_string()
+    };
+    let lines = json!({"mode": "lines"});
+    let many: Vec<serde_json::Value> = (0..1001).map(|i| test(&i.to_string())).collect();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "no tests",
+            submission(json!([]), lines.clone()),
+            422,
+            "no tests",
+        ),
+        (
+            "duplicate names",
+            submission(json!([test("a"), test("a")]), lines.clone()),
+            422,
+            "tests[1].name \"a\" is used twice",
+        ),
+        (
+            "unknown mode",
+            submission(json!([test("a")]), json!({"mode": "fuzzy"})),
+            400,
+            "fuzzy",
+        ),
+        (
+            "negative tolerance",
+            submission(
+                json!([test("a")]),
+                json!({"mode": "float", "relative_tolerance": -1}),
+            ),
+            422,
+            "relative_tolerance",
+        ),
+        (
+            "a test limit of zero",
+            submission(
+                json!([{"name": "z", "limits": {"wall_time_ms": 0}}]),
+                lines.clone(),
+            ),
+            422,
+            "tests[0] (z): run.wall_time_ms",
+        ),
+        (
+            "too many tests",
+            submission(json!(many), lines.clone()),
+            413,
+            "at most 1000",
+        ),
+    ];
+    for (what, body, status, says) in cases {
+        let response = server.post("/v1/submissions", body);
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let error: serde_json::Value = response.json().unwrap();
+        common::server::check("Error", &error);
+        assert!(
+            error["message"].as_str().unwrap().contains(says),
+            "{what}: {error}"
+        );
+    }
+    assert!(
+        common::vm_processes(server.pid()).is_empty(),
+        "nothing booted"
+    );
+    server.stop(Duration::from_secs(10));
+}

@@ -69,8 +69,11 @@ pub struct Config {
     pub queue_size: usize,
     /// How long a request waits for capacity before it gets 429.
     pub queue_timeout_ms: u64,
-    /// Largest request body.
+    /// Largest request body of an execution.
     pub max_body_bytes: usize,
+    /// Largest request body of a judge submission (its tests' data may be
+    /// up to 64 MiB).
+    pub max_submission_bytes: usize,
     /// After SIGTERM, how long running executions may go on before they are
     /// killed.
     pub shutdown_timeout_ms: u64,
@@ -110,6 +113,7 @@ impl Config {
             queue_size: 64,
             queue_timeout_ms: 60_000,
             max_body_bytes: 8 << 20,
+            max_submission_bytes: 96 << 20,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -259,9 +263,9 @@ impl Config {
                     .into(),
             ));
         }
-        if self.max_body_bytes == 0 {
+        if self.max_body_bytes == 0 || self.max_submission_bytes == 0 {
             return Err(ConfigError::Invalid(
-                "max_body_bytes must be above 0".into(),
+                "max_body_bytes and max_submission_bytes must be above 0".into(),
             ));
         }
         let languages = Languages::builtin().map_err(|e| ConfigError::Invalid(e.to_string()))?;

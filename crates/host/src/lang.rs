@@ -35,6 +35,11 @@ pub struct Language {
     pub compile: Option<Vec<String>>,
     /// Command that runs the program; the request's args are appended.
     pub run: Vec<String>,
+    /// What the compile stage makes that the run stage needs: file names,
+    /// or `*.suffix`, in the working directory. A judge compiles once and
+    /// hands these to the VM of every test.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// Command that prints the installed version.
     pub version: Vec<String>,
     /// Environment of every stage (and of `prepare`).
@@ -130,6 +135,12 @@ mod tests {
         for language in languages.all() {
             assert!(!language.run.is_empty(), "{}", language.name);
             assert!(language.min_memory_mib <= language.memory_mib);
+            assert_eq!(
+                language.compile.is_some(),
+                !language.artifacts.is_empty(),
+                "{}: a compiled language says what its compile makes",
+                language.name
+            );
         }
     }
 

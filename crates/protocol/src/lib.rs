@@ -17,7 +17,9 @@
 //! The conversation is always the same: the agent sends [`Hello`] as soon as
 //! it is ready, the host sends one [`ExecRequest`], the agent streams
 //! [`Frame::Stdout`] / [`Frame::Stderr`] chunks and one [`Frame::StageEnd`] per
-//! stage it ran, then [`Frame::Done`]. A VM serves exactly one execution.
+//! stage it ran, then the files the request asked to collect
+//! ([`Frame::Collected`]), then [`Frame::Done`]. A VM serves exactly one
+//! execution.
 //!
 //! A VM that is to be snapshotted first gets [`Frame::Warm`] (a warm-up run)
 //! and [`Frame::Prestart`] (a runtime started and left waiting); a VM
@@ -28,12 +30,12 @@ mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
-    AgentFailure, ExecRequest, File, Frame, FrameKind, Hello, Limits, PrestartSpec, Stage,
-    StageReport, StageSpec, Wake,
+    AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, File, Frame, FrameKind, Hello,
+    Limits, PrestartSpec, Stage, StageReport, StageSpec, Wake,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

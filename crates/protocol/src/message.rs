@@ -18,6 +18,7 @@ pub enum FrameKind {
     Wake = 8,
     Warm = 9,
     Prestart = 10,
+    Collected = 11,
 }
 
 impl FrameKind {
@@ -33,6 +34,7 @@ impl FrameKind {
             8 => Self::Wake,
             9 => Self::Warm,
             10 => Self::Prestart,
+            11 => Self::Collected,
             _ => return None,
         })
     }
@@ -71,6 +73,10 @@ pub enum Frame {
     /// run stage of a VM restored from the snapshot skips its start-up.
     /// Answered with [`Frame::Done`].
     Prestart(PrestartSpec),
+    /// Agent → host, after the last stage and before [`Frame::Done`]: a
+    /// piece of a file the request asked to collect
+    /// ([`ExecRequest::collect`]).
+    Collected(CollectedChunk),
 }
 
 impl Frame {
@@ -86,6 +92,7 @@ impl Frame {
             Frame::Wake(_) => FrameKind::Wake,
             Frame::Warm(_) => FrameKind::Warm,
             Frame::Prestart(_) => FrameKind::Prestart,
+            Frame::Collected(_) => FrameKind::Collected,
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct File {
     pub name: String,
     #[serde(with = "base64_bytes")]
     pub content: Vec<u8>,
+    /// Written with mode 0755 (a compiled program), else 0644.
+    #[serde(default)]
+    pub executable: bool,
 }
 
 /// A stage of an execution. Every layer (CLI, API, plan, protocol, agent,
@@ -182,6 +192,33 @@ pub struct ExecRequest {
     pub stdin: Vec<u8>,
     /// Added to the fixed base environment (PATH, HOME, LANG).
     pub env: BTreeMap<String, String>,
+    /// Files of the working directory to send back once every stage has
+    /// exited 0, as [`Frame::Collected`] pieces: names, or `*.suffix` for
+    /// every file of the working directory (not its subdirectories) with
+    /// that suffix. Only regular files are sent; each pattern must match at
+    /// least one.
+    #[serde(default)]
+    pub collect: Vec<String>,
+}
+
+/// Largest piece of a collected file in one frame: its base64 in JSON stays
+/// well under [`crate::MAX_AGENT_FRAME`].
+pub const COLLECTED_CHUNK: usize = 128 << 10;
+
+/// A piece of a collected file. A file comes as pieces in order, each
+/// starting where the one before ended; the last one says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectedChunk {
+    pub name: String,
+    /// Offset of this piece in the file.
+    pub offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    /// The file is executable.
+    pub executable: bool,
+    /// This is the file's last piece.
+    pub last: bool,
 }
 
 /// A runtime started ahead of its run stage.

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use runner_protocol::{ExecRequest, Frame, PrestartSpec, Stage, Wake};
+use runner_protocol::{CollectedChunk, ExecRequest, File, Frame, PrestartSpec, Stage, Wake};
 
 use super::transcript::Transcript;
 use crate::vmm::{AgentChannel, ChannelError};
@@ -33,6 +33,10 @@ pub enum ConversationError {
     Flood { stage: Stage, limit: u64 },
     #[error("no answer from the agent within {seconds} s of the {what}")]
     Timeout { what: &'static str, seconds: u64 },
+    #[error("the guest sent a file it was not asked for, or out of order: {0}")]
+    Collected(String),
+    #[error("the guest sent more than {limit} bytes of collected files; the VM was stopped")]
+    CollectedTooLarge { limit: u64 },
     #[error("the {stage} stage of the {what} did not succeed: {report}")]
     StageFailed {
         what: &'static str,
@@ -121,7 +125,14 @@ pub async fn converse(
                 }
                 transcript.stage_end(report);
             }
+            Frame::Collected(chunk) if current.is_none() => {
+                transcript.collected.add(chunk, &exec.collect)?;
+            }
             Frame::Done => {
+                // The agent collects only after every stage exited 0.
+                if transcript.all_succeeded(exec.stages.len()) {
+                    transcript.collected.finish(&exec.collect)?;
+                }
                 transcript.done(Instant::now());
                 return Ok(());
             }
@@ -132,6 +143,92 @@ pub async fn converse(
                     other.kind()
                 )));
             }
+        }
+    }
+}
+
+/// The most a request's collected files may hold together: a compiled
+/// program, or a few thousand class files.
+pub const MAX_COLLECTED_BYTES: u64 = 64 << 20;
+
+/// Files collected from a VM (see `ExecRequest::collect`), checked as they
+/// come: each one asked for, its pieces in order, all of them within
+/// [`MAX_COLLECTED_BYTES`].
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub files: Vec<File>,
+    /// The file whose pieces are coming, if one is.
+    partial: Option<File>,
+    bytes: u64,
+}
+
+impl Collected {
+    fn add(&mut self, chunk: CollectedChunk, patterns: &[String]) -> Result<(), ConversationError> {
+        let bad = |why: String| Err(ConversationError::Collected(why));
+        let wanted = !chunk.name.contains('/')
+            && !chunk.name.is_empty()
+            && patterns.iter().any(|p| match p.strip_prefix('*') {
+                Some(suffix) => chunk.name.ends_with(suffix),
+                None => *p == chunk.name,
+            });
+        if !wanted {
+            return bad(format!("{:?}", chunk.name));
+        }
+        self.bytes += chunk.content.len() as u64;
+        if self.bytes > MAX_COLLECTED_BYTES {
+            return Err(ConversationError::CollectedTooLarge {
+                limit: MAX_COLLECTED_BYTES,
+            });
+        }
+        let file = match self.partial.take() {
+            Some(file) if file.name == chunk.name => file,
+            Some(file) => {
+                return bad(format!(
+                    "{:?} before the end of {:?}",
+                    chunk.name, file.name
+                ));
+            }
+            None if self.files.iter().any(|f| f.name == chunk.name) => {
+                return bad(format!("{:?} twice", chunk.name));
+            }
+            None => File {
+                name: chunk.name.clone(),
+                content: Vec::new(),
+                executable: chunk.executable,
+            },
+        };
+        if chunk.offset != file.content.len() as u64 {
+            return bad(format!("{:?} at offset {}", chunk.name, chunk.offset));
+        }
+        let mut file = file;
+        file.content.extend_from_slice(&chunk.content);
+        if chunk.last {
+            self.files.push(file);
+        } else {
+            self.partial = Some(file);
+        }
+        Ok(())
+    }
+
+    /// At the end: no file left unfinished, and every pattern matched.
+    fn finish(&self, patterns: &[String]) -> Result<(), ConversationError> {
+        if let Some(file) = &self.partial {
+            return Err(ConversationError::Collected(format!(
+                "{:?} without its last piece",
+                file.name
+            )));
+        }
+        let unmatched = patterns.iter().find(|p| {
+            !self.files.iter().any(|f| match p.strip_prefix('*') {
+                Some(suffix) => f.name.ends_with(suffix),
+                None => f.name == **p,
+            })
+        });
+        match unmatched {
+            Some(pattern) => Err(ConversationError::Collected(format!(
+                "nothing for {pattern:?}"
+            ))),
+            None => Ok(()),
         }
     }
 }

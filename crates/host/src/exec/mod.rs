@@ -23,7 +23,7 @@
 mod acquire;
 pub(crate) mod conversation;
 mod limits;
-mod oneshot;
+pub(crate) mod oneshot;
 mod plan;
 mod result;
 mod transcript;
@@ -34,7 +34,6 @@ mod scripted;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -43,7 +42,7 @@ pub use acquire::{AGENT_BINARY, AcquireError, agent};
 pub use conversation::ConversationError;
 pub use limits::{LimitPolicy, LimitSet, RequestLimits, StageLimits};
 pub use plan::{
-    ExecutionRequest, Plan, PlanError, Planner, SourceFile, new_trace_id, vm_memory_mib,
+    ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, new_trace_id, vm_memory_mib,
 };
 pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 pub use runner_protocol::Stage;
@@ -56,7 +55,6 @@ use crate::pool::{PoolConfig, Pools};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
 use crate::state::StateDir;
 use crate::vmm::{Backend, BackendInfo, VmmError};
-use transcript::Transcript;
 
 /// Why the runner cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -221,23 +219,43 @@ impl Runner {
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
         stop: impl Future<Output = String> + Send,
     ) -> ExecutionResult {
-        let received = Instant::now();
-        let mut transcript = Transcript::new(output);
-        let stop = std::pin::pin!(stop);
-        let outcome = oneshot::run(
-            &self.vms,
-            self.pools.get().map(|p| &**p),
-            &plan,
-            &mut transcript,
+        let pools = self.pools.get().map(|p| &**p);
+        oneshot::execute(&self.vms, pools, &plan, output, stop)
+            .await
+            .0
+    }
+
+    /// Checks a submission and plans its compile and each of its tests;
+    /// a wrong one is refused here, before anything boots.
+    pub fn plan_submission(
+        &self,
+        request: crate::judge::SubmissionRequest,
+    ) -> Result<crate::judge::SubmissionPlan, PlanError> {
+        crate::judge::submission::plan(&self.planner, request)
+    }
+
+    /// Judges a planned submission: compiles it once, then runs each test
+    /// in a fresh VM with the compiled program, up to `parallel` at once,
+    /// each admitted by `capacity` (see [`crate::judge::batch`]). Events go
+    /// to `events` as they happen; `stop` ends it early.
+    pub async fn judge(
+        &self,
+        plan: crate::judge::SubmissionPlan,
+        capacity: Arc<dyn crate::judge::Capacity>,
+        parallel: usize,
+        events: Option<mpsc::UnboundedSender<crate::judge::SubmissionEvent>>,
+        stop: impl Future<Output = String> + Send + 'static,
+    ) -> crate::judge::SubmissionResult {
+        crate::judge::batch::run(
+            self.vms.clone(),
+            self.pools.get().cloned(),
+            plan,
+            capacity,
+            parallel,
+            events,
             stop,
         )
-        .await;
-        let mut result = transcript.finish(&plan, received, outcome);
-        if let Some(expected) = &plan.expected {
-            crate::judge::judge(&mut result, expected);
-        }
-        log_execution(&result);
-        result
+        .await
     }
 
     /// `language`'s snapshot, made first if it does not exist: a VM booted
@@ -291,24 +309,4 @@ impl Drop for Runner {
             task.abort();
         }
     }
-}
-
-/// The one structured log line of an execution.
-fn log_execution(result: &ExecutionResult) {
-    let m = &result.metrics;
-    tracing::info!(
-        target: "runner::execution",
-        trace_id = %m.trace_id,
-        language = %m.language,
-        status = %result.status,
-        start = m.start.as_str(),
-        vm_boot_time = m.vm_boot_time_ms,
-        ready_time = m.ready_time_ms,
-        execution_time = m.execution_time_ms,
-        total_time = m.total_time_ms,
-        exit_code = result.run.as_ref().and_then(|s| s.exit_code),
-        signal = result.run.as_ref().and_then(|s| s.signal),
-        accel = result.accel.map(|a| a.to_string()),
-        "execution finished"
-    );
 }

@@ -6,21 +6,64 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use runner_protocol::ExecRequest;
+use runner_protocol::{ExecRequest, File};
+use tokio::sync::mpsc;
 
 use super::ExecError;
 use super::acquire::{AcquireError, Acquired, Readiness, Vms};
 use super::conversation;
 use super::plan::Plan;
-use super::transcript::Transcript;
+use super::result::ExecutionResult;
+use super::transcript::{OutputChunk, Transcript};
 use crate::pool::Pools;
 
 /// What stops an execution early, with the reason to report.
 pub(crate) type Stop<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
 
+/// Executes `plan` in a VM of its own: its result (judged against the
+/// plan's expected output, if any), logged, and the files it collected.
+pub(crate) async fn execute(
+    vms: &Vms,
+    pools: Option<&Pools>,
+    plan: &Plan,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    stop: impl Future<Output = String> + Send,
+) -> (ExecutionResult, Vec<File>) {
+    let received = Instant::now();
+    let mut transcript = Transcript::new(output);
+    let outcome = run(vms, pools, plan, &mut transcript, std::pin::pin!(stop)).await;
+    let collected = std::mem::take(&mut transcript.collected.files);
+    let mut result = transcript.finish(plan, received, outcome);
+    if let Some(expected) = &plan.expected {
+        crate::judge::judge(&mut result, expected);
+    }
+    log_execution(&result);
+    (result, collected)
+}
+
+/// The one structured log line of an execution.
+fn log_execution(result: &ExecutionResult) {
+    let m = &result.metrics;
+    tracing::info!(
+        target: "runner::execution",
+        trace_id = %m.trace_id,
+        language = %m.language,
+        status = %result.status,
+        start = m.start.as_str(),
+        vm_boot_time = m.vm_boot_time_ms,
+        ready_time = m.ready_time_ms,
+        execution_time = m.execution_time_ms,
+        total_time = m.total_time_ms,
+        exit_code = result.run.as_ref().and_then(|s| s.exit_code),
+        signal = result.run.as_ref().and_then(|s| s.signal),
+        accel = result.accel.map(|a| a.to_string()),
+        "execution finished"
+    );
+}
+
 /// Runs `plan` in a VM of its own, recording what comes back in
 /// `transcript`.
-pub(crate) async fn run(
+async fn run(
     vms: &Vms,
     pools: Option<&Pools>,
     plan: &Plan,
@@ -138,6 +181,7 @@ mod tests {
     struct Outcome {
         result: ExecutionResult,
         chunks: Vec<OutputChunk>,
+        collected: Vec<runner_protocol::File>,
     }
 
     /// Runs `plan` on a scripted VM whose agent does what `script` says,
@@ -179,6 +223,7 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut transcript = Transcript::new(Some(tx));
         let outcome = run_on(acquired, &plan.exec, &mut transcript, std::pin::pin!(stop)).await;
+        let collected = std::mem::take(&mut transcript.collected.files);
         let result = transcript.finish(plan, now, outcome);
         assert!(destroyed.load(Ordering::SeqCst), "the VM was destroyed");
         assert_eq!(running.load(Ordering::SeqCst), 0, "no VM counts as running");
@@ -191,7 +236,11 @@ mod tests {
         while let Ok(chunk) = rx.try_recv() {
             chunks.push(chunk);
         }
-        Outcome { result, chunks }
+        Outcome {
+            result,
+            chunks,
+            collected,
+        }
     }
 
     /// Hello, then the request, as a well-behaved agent starts.
@@ -234,6 +283,136 @@ mod tests {
         assert_eq!(run.wall_time_ms, 1.5);
         assert_eq!(out.chunks.len(), 1);
         assert_eq!(out.chunks[0].stage, Stage::Run);
+    }
+
+    /// A compile whose program comes back: `main`, in pieces.
+    fn compile_collecting() -> Plan {
+        let mut plan = plan("rust", None);
+        plan.exec.stages.truncate(1);
+        plan.exec.collect = vec!["main".into()];
+        plan
+    }
+
+    fn piece(name: &str, offset: u64, content: &[u8], last: bool) -> Frame {
+        Frame::Collected(runner_protocol::CollectedChunk {
+            name: name.into(),
+            offset,
+            content: content.to_vec(),
+            executable: true,
+            last,
+        })
+    }
+
+    #[tokio::test]
+    async fn collected_files_come_back_whole() {
+        let plan = compile_collecting();
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            let request = take_request(&mut peer).await;
+            assert_eq!(request.collect, ["main"]);
+            peer.send(&ended(Stage::Compile, 0)).await;
+            peer.send(&piece("main", 0, b"\x7fELF", false)).await;
+            peer.send(&piece("main", 4, b" and the rest", true)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::Ok, "{:?}", out.result.message);
+        assert_eq!(out.collected.len(), 1);
+        assert_eq!(out.collected[0].name, "main");
+        assert_eq!(out.collected[0].content, b"\x7fELF and the rest");
+        assert!(out.collected[0].executable);
+    }
+
+    #[tokio::test]
+    async fn a_failed_compile_collects_nothing_and_is_a_compile_error() {
+        let plan = compile_collecting();
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&Frame::Stderr(b"error[E0308]".to_vec())).await;
+            peer.send(&ended(Stage::Compile, 1)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(
+            out.result.status,
+            Status::CompileError,
+            "{:?}",
+            out.result.message
+        );
+        assert!(out.collected.is_empty());
+    }
+
+    #[tokio::test]
+    async fn collected_files_must_be_asked_for_whole_and_in_order() {
+        let cases: Vec<(Vec<Frame>, &str)> = vec![
+            (vec![piece("../etc/passwd", 0, b"x", true)], "not asked for"),
+            (vec![piece("other", 0, b"x", true)], "\"other\""),
+            (
+                vec![piece("main", 0, b"ab", false), piece("main", 5, b"c", true)],
+                "at offset 5",
+            ),
+            (
+                vec![piece("main", 0, b"ab", true), piece("main", 0, b"ab", true)],
+                "twice",
+            ),
+            (
+                vec![piece("main", 0, b"ab", false)],
+                "without its last piece",
+            ),
+            (vec![], "nothing for \"main\""),
+        ];
+        for (pieces, says) in cases {
+            let plan = compile_collecting();
+            let out = scripted(&plan, booting(), |mut peer| async move {
+                take_request(&mut peer).await;
+                peer.send(&ended(Stage::Compile, 0)).await;
+                for piece in &pieces {
+                    peer.send(piece).await;
+                }
+                peer.send(&Frame::Done).await;
+                peer.until_closed().await;
+            })
+            .await;
+            assert_eq!(out.result.status, Status::InternalError, "{says}");
+            assert!(
+                message(&out.result).contains(says),
+                "{:?} vs {says}",
+                out.result.message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn collected_files_are_refused_before_the_last_stage_and_past_the_cap() {
+        let plan = plan("rust", None);
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&piece("main", 0, b"early", true)).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert!(message(&out.result).contains("unexpected Collected frame"));
+
+        let plan = compile_collecting();
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&ended(Stage::Compile, 0)).await;
+            let block = vec![0u8; runner_protocol::COLLECTED_CHUNK];
+            let mut offset = 0;
+            // Far past the cap, as a guest that never stops would.
+            for _ in 0..1000 {
+                peer.send(&piece("main", offset, &block, false)).await;
+                offset += block.len() as u64;
+            }
+            peer.until_closed().await;
+        })
+        .await;
+        assert!(
+            message(&out.result).contains("more than 67108864 bytes of collected files"),
+            "{:?}",
+            out.result.message
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ pub enum PlanError {
     NotEnabled { language: String, enabled: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Within the protocol's rules but more than a request may carry.
+    #[error("request too large: {0}")]
+    TooLarge(String),
 }
 
 /// A file of the request.
@@ -107,6 +110,20 @@ pub fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// Which stages of a program a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Every stage: what an execution runs.
+    Whole,
+    /// The compile stage only, sending back what it made (the language's
+    /// `artifacts`): a judge's first step.
+    Compile,
+    /// The run stage only: a judge's test. Its files (the program and what
+    /// the compile made) are added when it runs, so the request may have
+    /// none.
+    Run,
+}
+
 /// Turns requests into plans with the languages and limits of one
 /// configuration.
 #[derive(Debug, Clone)]
@@ -164,8 +181,19 @@ impl Planner {
 
     /// Checks `request` and resolves everything the execution needs.
     pub fn plan(&self, request: ExecutionRequest) -> Result<Plan, PlanError> {
+        self.plan_part(request, Part::Whole)
+    }
+
+    /// [`Planner::plan`] for `part` of the program.
+    pub fn plan_part(&self, request: ExecutionRequest, part: Part) -> Result<Plan, PlanError> {
         let language = self.language(&request.language)?.clone();
-        self.resolve(language, request)
+        if part == Part::Compile && language.compile.is_none() {
+            return Err(PlanError::Invalid(format!(
+                "{} has no compile stage",
+                language.name
+            )));
+        }
+        self.resolve(language, request, part)
     }
 
     /// The plan of `language`'s warm-up program `code`, run in a VM before
@@ -177,11 +205,20 @@ impl Planner {
             files: vec![SourceFile::entry(code)],
             ..ExecutionRequest::default()
         };
-        self.resolve(language.clone(), request)
+        self.resolve(language.clone(), request, Part::Whole)
     }
 
-    fn resolve(&self, language: Language, request: ExecutionRequest) -> Result<Plan, PlanError> {
-        let files = name_files(request.files, &language.source_file)?;
+    fn resolve(
+        &self,
+        language: Language,
+        request: ExecutionRequest,
+        part: Part,
+    ) -> Result<Plan, PlanError> {
+        let files = if part == Part::Run && request.files.is_empty() {
+            Vec::new()
+        } else {
+            name_files(request.files, &language.source_file)?
+        };
         if files
             .iter()
             .enumerate()
@@ -206,12 +243,14 @@ impl Planner {
             (None, None) => None,
         };
         let mut stages = Vec::new();
-        if let Some(compile) = &language.compile {
+        if let (Some(compile), Part::Whole | Part::Compile) = (&language.compile, part) {
             stages.push((Stage::Compile, compile.clone()));
         }
-        let mut run = language.run.clone();
-        run.extend(request.args);
-        stages.push((Stage::Run, run));
+        if part != Part::Compile {
+            let mut run = language.run.clone();
+            run.extend(request.args);
+            stages.push((Stage::Run, run));
+        }
         let mut largest = 0;
         let mut specs = Vec::with_capacity(stages.len());
         for (stage, argv) in stages {
@@ -237,6 +276,11 @@ impl Planner {
             stages: specs,
             stdin: request.stdin,
             env,
+            collect: if part == Part::Compile {
+                language.artifacts.clone()
+            } else {
+                Vec::new()
+            },
         };
         Ok(Plan {
             trace_id: request.trace_id.unwrap_or_else(new_trace_id),
@@ -337,6 +381,7 @@ fn name_files(files: Vec<SourceFile>, entry: &str) -> Result<Vec<File>, PlanErro
             Ok(File {
                 name,
                 content: file.content,
+                executable: false,
             })
         })
         .collect()
@@ -466,6 +511,38 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_judge_plans_the_compile_and_the_runs_apart() {
+        let mut asked = request("java", vec![SourceFile::entry("class Main {}")]);
+        asked.args = vec!["x".into()];
+        let compile = planner(&[])
+            .plan_part(asked.clone(), Part::Compile)
+            .unwrap();
+        let stages: Vec<Stage> = compile.exec.stages.iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [Stage::Compile]);
+        assert_eq!(compile.exec.collect, ["*.class"]);
+        assert_eq!(compile.exec.files[0].name, "Main.java");
+        asked.files.clear();
+        let run = planner(&[]).plan_part(asked.clone(), Part::Run).unwrap();
+        let stages: Vec<Stage> = run.exec.stages.iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [Stage::Run]);
+        assert_eq!(
+            run.exec.stages[0].argv.last().map(String::as_str),
+            Some("x")
+        );
+        assert!(run.exec.files.is_empty() && run.exec.collect.is_empty());
+        assert!(
+            planner(&[]).plan(asked).is_err(),
+            "a whole plan needs files"
+        );
+        let python = request("python", vec![SourceFile::entry("")]);
+        let message = planner(&[])
+            .plan_part(python, Part::Compile)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("no compile stage"), "{message}");
     }
 
     #[test]

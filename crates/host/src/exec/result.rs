@@ -33,6 +33,9 @@ pub enum Status {
     /// The program exited 0 within every limit but its output is not the
     /// expected one; `difference` says where.
     WrongAnswer,
+    /// A test of a submission that did not run (its program did not
+    /// compile, an earlier test failed, or the submission was stopped).
+    Skipped,
 }
 
 impl Status {
@@ -48,6 +51,7 @@ impl Status {
             Status::InternalError => "internal_error",
             Status::Accepted => "accepted",
             Status::WrongAnswer => "wrong_answer",
+            Status::Skipped => "skipped",
         }
     }
 }
@@ -249,9 +253,11 @@ pub struct ExecutionResult {
 impl ExecutionResult {
     /// The verdict from the stages: a failed compile is a compile error,
     /// whatever ended it; otherwise the run stage decides.
+    /// `planned_run` says whether the plan had a run stage at all.
     pub fn verdict(
         compile: Option<&StageResult>,
         run: Option<&StageResult>,
+        planned_run: bool,
     ) -> (Status, Option<String>) {
         if let Some(compile) = compile.filter(|c| c.status != Status::Ok) {
             let why = compile.limit_message(Stage::Compile).unwrap_or_else(|| {
@@ -263,9 +269,11 @@ impl ExecutionResult {
             });
             return (Status::CompileError, Some(why));
         }
-        match run {
-            Some(run) => (run.status, run.limit_message(Stage::Run)),
-            None => (
+        match (run, compile) {
+            (Some(run), _) => (run.status, run.limit_message(Stage::Run)),
+            // A compile-only plan (a judge's first step) ends with its compile.
+            (None, Some(compile)) if !planned_run => (compile.status, None),
+            (None, _) => (
                 Status::InternalError,
                 Some("the run stage did not report".into()),
             ),
@@ -365,7 +373,7 @@ mod tests {
             exit_code: Some(1),
             ..report()
         });
-        let (status, message) = ExecutionResult::verdict(Some(&failed), None);
+        let (status, message) = ExecutionResult::verdict(Some(&failed), None, true);
         assert_eq!(status, Status::CompileError);
         assert_eq!(message.unwrap(), "compilation failed with exit code 1");
 
@@ -374,7 +382,7 @@ mod tests {
             signal: Some(9),
             ..report()
         });
-        let (status, message) = ExecutionResult::verdict(Some(&slow), None);
+        let (status, message) = ExecutionResult::verdict(Some(&slow), None, true);
         assert_eq!(status, Status::CompileError);
         assert!(message.unwrap().contains("wall-time limit"));
 
@@ -387,7 +395,7 @@ mod tests {
             ..report()
         });
         assert_eq!(
-            ExecutionResult::verdict(Some(&ok), Some(&run)).0,
+            ExecutionResult::verdict(Some(&ok), Some(&run), true).0,
             Status::RuntimeError
         );
     }

@@ -8,7 +8,7 @@ use runner_protocol::{Stage, StageReport, StageSpec};
 use tokio::sync::mpsc;
 
 use super::ExecError;
-use super::conversation::ConversationError;
+use super::conversation::{Collected, ConversationError};
 use super::plan::Plan;
 use super::result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 use crate::error_chain;
@@ -47,6 +47,8 @@ pub(crate) struct Transcript {
     stages: Vec<(Stage, StageResult)>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Files the request asked to collect, once every stage has run.
+    pub collected: Collected,
 }
 
 impl Transcript {
@@ -61,6 +63,7 @@ impl Transcript {
             stages: Vec::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),
+            collected: Collected::default(),
         }
     }
 
@@ -110,6 +113,11 @@ impl Transcript {
             });
         }
         Ok(())
+    }
+
+    /// Whether `planned` stages all reported, each exiting 0.
+    pub fn all_succeeded(&self, planned: usize) -> bool {
+        self.stages.len() == planned && self.stages.iter().all(|(_, s)| s.exit_code == Some(0))
     }
 
     /// The stage the agent was running has ended with `report`.
@@ -181,7 +189,10 @@ impl Transcript {
         let compile = take(Stage::Compile);
         let run = take(Stage::Run);
         let (status, message) = match outcome {
-            Ok(()) => ExecutionResult::verdict(compile.as_ref(), run.as_ref()),
+            Ok(()) => {
+                let planned_run = plan.exec.stages.iter().any(|s| s.stage == Stage::Run);
+                ExecutionResult::verdict(compile.as_ref(), run.as_ref(), planned_run)
+            }
             Err(e) => {
                 let message = error_chain(&e);
                 if matches!(e, ExecError::Stopped(_)) {

@@ -1,4 +1,5 @@
-//! Judge mode: whether a program's output is the expected one.
+//! Judge mode: whether a program's output is the expected one, for one
+//! execution or for a submission of many tests.
 //!
 //! A request may carry the output it expects and how to compare ([`Compare`]);
 //! the plan checks them into an [`Expected`], and a run that ended well
@@ -7,11 +8,15 @@
 //! error, our failure) stays as it is: it explains the run better than a
 //! comparison would.
 
+pub mod batch;
 pub mod compare;
+pub mod submission;
 
 use serde::{Deserialize, Serialize};
 
+pub use batch::{Capacity, Slots, SubmissionEvent, SubmissionResult, TestResult};
 pub use compare::{Comparison, Difference};
+pub use submission::{SubmissionPlan, SubmissionRequest, TestCase};
 
 use crate::exec::{ExecutionResult, Status};
 
