@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use runner_host::exec::{OutputChunk, RequestLimits, SourceFile, Stage};
-use runner_host::judge::Compare;
+use runner_host::judge::{CheckerRequest, Compare, DEFAULT_TOLERANCE};
 use runner_host::{ExecutionRequest, ExecutionResult, Plan};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -51,7 +51,92 @@ pub struct ExecutionBody {
     #[serde(default)]
     pub expected_output: Option<String>,
     #[serde(default)]
-    pub compare: Option<Compare>,
+    pub compare: Option<CompareBody>,
+}
+
+/// The `compare` object: `{"mode": "float", "absolute_tolerance": 1e-6}`,
+/// `{"mode": "checker", "checker": {"language": ..., "files": [...]}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareBody {
+    /// Checked by [`to_compare`], so that an unknown mode is refused with
+    /// the modes named.
+    pub mode: String,
+    #[serde(default)]
+    pub absolute_tolerance: Option<f64>,
+    #[serde(default)]
+    pub relative_tolerance: Option<f64>,
+    #[serde(default)]
+    pub checker: Option<CheckerBody>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CompareMode {
+    Exact,
+    Lines,
+    Tokens,
+    Float,
+    Checker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerBody {
+    pub language: String,
+    pub files: Vec<FileBody>,
+}
+
+/// The comparison a `compare` object asks for; its fields must fit its mode.
+pub(crate) fn to_compare(body: Option<CompareBody>) -> Result<Option<Compare>, ApiError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let invalid = |message: &str| {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            message,
+        ))
+    };
+    let mode = match body.mode.as_str() {
+        "exact" => CompareMode::Exact,
+        "lines" => CompareMode::Lines,
+        "tokens" => CompareMode::Tokens,
+        "float" => CompareMode::Float,
+        "checker" => CompareMode::Checker,
+        other => {
+            return invalid(&format!(
+                "compare.mode {other:?} is not one of exact, lines, tokens, float, checker"
+            ));
+        }
+    };
+    let tolerance = body.absolute_tolerance.or(body.relative_tolerance);
+    if mode != CompareMode::Float && tolerance.is_some() {
+        return invalid("compare: tolerances are for mode \"float\" only");
+    }
+    if mode != CompareMode::Checker && body.checker.is_some() {
+        return invalid("compare.checker is for mode \"checker\" only");
+    }
+    Ok(Some(match mode {
+        CompareMode::Exact => Compare::Exact,
+        CompareMode::Lines => Compare::Lines,
+        CompareMode::Tokens => Compare::Tokens,
+        CompareMode::Float => Compare::Float {
+            absolute_tolerance: body.absolute_tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            relative_tolerance: body.relative_tolerance.unwrap_or(DEFAULT_TOLERANCE),
+        },
+        CompareMode::Checker => {
+            let Some(checker) = body.checker else {
+                return invalid(
+                    "compare.checker is missing: mode \"checker\" needs the checker program",
+                );
+            };
+            Compare::Checker(CheckerRequest {
+                language: checker.language,
+                files: decode_files(checker.files)?,
+            })
+        }
+    }))
 }
 
 /// A file. The entry point is the file named as the language expects
@@ -230,7 +315,7 @@ fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, A
         env: body.env,
         limits: body.limits,
         expected_output: body.expected_output.map(String::into_bytes),
-        compare: body.compare,
+        compare: to_compare(body.compare)?,
         trace_id: Some(trace_id.to_string()),
     })
 }
@@ -400,6 +485,50 @@ mod tests {
                 ((run, "stdout"), "\u{fffd}".into())
             ]
         );
+    }
+
+    #[test]
+    fn comparisons_take_the_fields_of_their_mode() {
+        let compare = |json: &str| {
+            let body: Option<CompareBody> =
+                serde_json::from_str(json).map_err(|e| e.to_string())?;
+            to_compare(body).map_err(|e| e.message)
+        };
+        assert_eq!(compare(r#"{"mode": "exact"}"#), Ok(Some(Compare::Exact)));
+        assert_eq!(
+            compare(r#"{"mode": "float", "absolute_tolerance": 0.01}"#),
+            Ok(Some(Compare::Float {
+                absolute_tolerance: 0.01,
+                relative_tolerance: DEFAULT_TOLERANCE
+            }))
+        );
+        assert!(
+            compare(r#"{"mode": "fuzzy"}"#)
+                .unwrap_err()
+                .contains("fuzzy")
+        );
+        assert!(compare(r#"{"mode": "lines", "tolerance": 1}"#).is_err());
+        assert!(
+            compare(r#"{"mode": "tokens", "absolute_tolerance": 1}"#)
+                .unwrap_err()
+                .contains("float")
+        );
+        assert!(
+            compare(r#"{"mode": "checker"}"#)
+                .unwrap_err()
+                .contains("checker is missing")
+        );
+        let checker = compare(
+            r#"{"mode": "checker", "checker": {"language": "py", "files": [{"content": "aW1wb3J0IHN5cw==", "encoding": "base64"}]}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let Compare::Checker(checker) = checker else {
+            panic!("{checker:?}")
+        };
+        assert_eq!(checker.language, "py");
+        assert_eq!(checker.files[0].content, b"import sys");
+        assert_eq!(compare("null"), Ok(None));
     }
 
     #[test]

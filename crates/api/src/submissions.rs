@@ -21,8 +21,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use runner_host::exec::{RequestLimits, StageLimits};
 use runner_host::judge::{
-    Capacity, Compare, SubmissionEvent, SubmissionPlan, SubmissionRequest, SubmissionResult,
-    TestCase,
+    Capacity, SubmissionEvent, SubmissionPlan, SubmissionRequest, SubmissionResult, TestCase,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -31,7 +30,7 @@ use tokio_stream::StreamExt;
 use crate::App;
 use crate::admission::Rejection;
 use crate::error::ApiError;
-use crate::executions::{FileBody, decode_files, read_json};
+use crate::executions::{CompareBody, FileBody, decode_files, read_json, to_compare};
 use crate::trace::TraceId;
 
 #[derive(Debug, Deserialize)]
@@ -44,7 +43,7 @@ pub struct SubmissionBody {
     #[serde(default)]
     pub limits: RequestLimits,
     #[serde(default)]
-    pub compare: Option<Compare>,
+    pub compare: Option<CompareBody>,
     pub tests: Vec<TestBody>,
     #[serde(default)]
     pub stop_on_first_failure: bool,
@@ -214,7 +213,7 @@ fn to_request(body: SubmissionBody, trace_id: &str) -> Result<SubmissionRequest,
         files: decode_files(body.files)?,
         env: body.env,
         limits: body.limits,
-        compare: body.compare,
+        compare: to_compare(body.compare)?,
         tests: body
             .tests
             .into_iter()

@@ -33,6 +33,25 @@ pub enum Group {
     Program,
     /// Executions per second with several at once.
     Throughput,
+    /// A judge's work two ways: one submission of many tests (compiled
+    /// once), and the same tests as separate executions.
+    Judge,
+}
+
+/// Tests of a judge case: `fib N` for N from 1 to this.
+pub const JUDGE_TESTS: u64 = 20;
+
+/// The judge cases' languages: those whose compile dominates.
+const JUDGE_LANGUAGES: [&str; 3] = ["rust", "cpp", "java"];
+
+/// How a judge case runs its tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeWay {
+    /// One submission: compiled once, each test in a fresh VM.
+    Submission,
+    /// One execution per test, each compiling the program again.
+    Separate,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +74,8 @@ pub struct Case {
     pub expected_stdout: Option<String>,
     /// The seed's "Expected Results" for this case (c5.metal, KVM), in ms.
     pub seed_ms: Option<f64>,
+    /// For judge cases, which way.
+    pub judge: Option<JudgeWay>,
 }
 
 /// The seed's programs, from `programs/`.
@@ -147,6 +168,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             expected_stdout: Some(HELLO_OUTPUT.into()),
             // The seed's boot times are to ready, not to a result.
             seed_ms,
+            judge: None,
         });
     }
     for language in languages {
@@ -171,6 +193,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             args: Vec::new(),
             expected_stdout: Some(HELLO_OUTPUT.into()),
             seed_ms: programs.seed_ms[0],
+            judge: None,
         });
         for (i, (n, result)) in fibs.iter().enumerate() {
             cases.push(Case {
@@ -184,7 +207,29 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 args: vec![n.to_string()],
                 expected_stdout: Some(format!("{result}\n")),
                 seed_ms: programs.seed_ms[i + 1],
+                judge: None,
             });
+        }
+        if JUDGE_LANGUAGES.contains(&language.as_str()) {
+            for way in [JudgeWay::Submission, JudgeWay::Separate] {
+                let (id, title) = match way {
+                    JudgeWay::Submission => ("submission", "one submission"),
+                    JudgeWay::Separate => ("separate", "separate executions"),
+                };
+                cases.push(Case {
+                    id: format!("judge/{language}/{id}"),
+                    group: Group::Judge,
+                    title: format!("{JUDGE_TESTS} tests of fib, {title}"),
+                    language: language.clone(),
+                    start: Start::Snapshot,
+                    concurrency: 1,
+                    source: programs.fib.into(),
+                    args: Vec::new(),
+                    expected_stdout: None,
+                    seed_ms: None,
+                    judge: Some(way),
+                });
+            }
         }
     }
     for concurrency in CONCURRENCY {
@@ -199,9 +244,21 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             args: Vec::new(),
             expected_stdout: Some(HELLO_OUTPUT.into()),
             seed_ms: None,
+            judge: None,
         });
     }
     cases
+}
+
+/// The tests of a judge case: `fib N` with N as the argument, and fib(N).
+pub fn judge_tests() -> Vec<(String, u64)> {
+    let mut fib = (0u64, 1u64);
+    (1..=JUDGE_TESTS)
+        .map(|n| {
+            fib = (fib.1, fib.0 + fib.1);
+            (n.to_string(), fib.0)
+        })
+        .collect()
 }
 
 /// One case of the user's own code.
@@ -217,6 +274,7 @@ pub fn custom(language: &str, source: String, args: Vec<String>) -> Case {
         args,
         expected_stdout: None,
         seed_ms: None,
+        judge: None,
     }
 }
 
@@ -234,6 +292,15 @@ mod tests {
     #[test]
     fn the_suite_has_the_seeds_cases() {
         let languages: Vec<String> = ["python", "bash"].map(String::from).into();
+        assert_eq!(judge_tests()[0], ("1".into(), 1));
+        assert_eq!(judge_tests()[19], ("20".into(), 6765));
+        let rust: Vec<String> = ["rust"].map(String::from).into();
+        let ids: Vec<String> = suite(&rust).into_iter().map(|c| c.id).collect();
+        assert!(
+            ids.contains(&"judge/rust/submission".to_string()),
+            "{ids:?}"
+        );
+        assert!(ids.contains(&"judge/rust/separate".to_string()), "{ids:?}");
         let ids: Vec<String> = suite(&languages).into_iter().map(|c| c.id).collect();
         assert_eq!(
             ids,

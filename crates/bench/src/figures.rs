@@ -41,7 +41,8 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
                 r.case.start.as_str()
             ),
             Group::Program => format!("{} {}", r.case.language, r.case.title),
-            Group::Throughput => continue,
+            // Many VMs each: no one execution's timeline.
+            Group::Throughput | Group::Judge => continue,
         };
         if r.vm.is_none() {
             continue;

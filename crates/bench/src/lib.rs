@@ -26,11 +26,12 @@ use runner_host::Runner;
 use runner_host::exec::{
     ExecutionRequest, ExecutionResult, RequestLimits, SourceFile, StageLimits, Status,
 };
+use runner_host::judge::{Slots, SubmissionRequest, TestCase};
 use runner_host::lang::Language;
 use runner_host::pool::PoolConfig;
 use serde::Serialize;
 
-pub use cases::{Case, Group, Start};
+pub use cases::{Case, Group, JudgeWay, Start};
 pub use machine::Machine;
 pub use stats::Summary;
 
@@ -254,6 +255,9 @@ pub async fn run(
         .iter()
         .map(|case| match case.group {
             Group::Throughput => options.requests_per_client * case.concurrency,
+            // Each way of judging is measured once: twenty compiles at a
+            // time are what the case is about.
+            Group::Judge => 1,
             _ => per_case,
         })
         .sum();
@@ -290,10 +294,14 @@ pub async fn run(
         bar.set_message(case.id.clone());
         let mut result = match case.group {
             Group::Throughput => throughput_case(&runner, case, language, options, bar).await,
+            Group::Judge => judge_case(&runner, case, language, bar).await,
             _ => vm_case(&runner, case, language, options, bar).await,
         };
         match &host_unavailable {
             Some(note) => result.host_note = Some(note.clone()),
+            None if case.group == Group::Judge => {
+                result.host_note = Some("a judge case compares two ways in VMs".into());
+            }
             None => {
                 if let Err(e) = host_case(&mut result, language, rootfs, options).await {
                     result.host_note = Some(format!("{e:#}"));
@@ -386,6 +394,113 @@ async fn throughput_case(
             host_per_second: None,
         }),
     )
+}
+
+/// A judge's twenty tests as one submission (compiled once, each test in a
+/// fresh VM) or as twenty executions (each compiling again), with as many
+/// at once either way: one sample, the time until every test has its
+/// verdict.
+async fn judge_case(
+    runner: &Arc<Runner>,
+    case: &Case,
+    language: &Language,
+    bar: &ProgressBar,
+) -> CaseResult {
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limits = StageLimits {
+        wall_time_ms: Some(LIMIT_MS),
+        cpu_time_ms: Some(LIMIT_MS),
+        ..StageLimits::default()
+    };
+    let limits = RequestLimits {
+        compile: limits,
+        run: limits,
+    };
+    let tests = cases::judge_tests();
+    let started = Instant::now();
+    let mut sample = Sample {
+        warmup: false,
+        ok: false,
+        status: String::new(),
+        start: Some("snapshot".into()),
+        boot_ms: 0.0,
+        ready_ms: 0.0,
+        execution_ms: 0.0,
+        total_ms: 0.0,
+        compile_ms: None,
+        run_ms: None,
+    };
+    match case.judge {
+        Some(JudgeWay::Submission) => {
+            let request = SubmissionRequest {
+                language: language.name.clone(),
+                files: vec![SourceFile::entry(case.source.clone())],
+                limits,
+                tests: tests
+                    .iter()
+                    .map(|(n, fib)| TestCase {
+                        name: n.clone(),
+                        args: vec![n.clone()],
+                        expected_output: Some(format!("{fib}\n").into_bytes()),
+                        ..TestCase::default()
+                    })
+                    .collect(),
+                ..SubmissionRequest::default()
+            };
+            match runner.plan_submission(request) {
+                Ok(plan) => {
+                    let capacity = Arc::new(Slots::new(parallel));
+                    let pending = std::future::pending::<String>();
+                    let result = runner.judge(plan, capacity, parallel, None, pending).await;
+                    sample.ok = result.status == Status::Accepted;
+                    sample.status = result.status.to_string();
+                    sample.compile_ms = result.compile.as_ref().map(|c| c.wall_time_ms);
+                }
+                Err(e) => sample.status = format!("error: {e}"),
+            }
+        }
+        _ => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let tests = Arc::new(tests);
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..parallel {
+                let (runner, next, tests) = (runner.clone(), next.clone(), tests.clone());
+                let (language, source) = (language.name.clone(), case.source.clone());
+                workers.spawn(async move {
+                    let mut statuses = Vec::new();
+                    while let Some((n, fib)) = tests.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let request = ExecutionRequest {
+                            language: language.clone(),
+                            files: vec![SourceFile::entry(source.clone())],
+                            args: vec![n.clone()],
+                            limits,
+                            expected_output: Some(format!("{fib}\n").into_bytes()),
+                            ..ExecutionRequest::default()
+                        };
+                        statuses.push(match runner.plan(request) {
+                            Ok(plan) => runner.execute(plan, None).await.status,
+                            Err(_) => Status::InternalError,
+                        });
+                    }
+                    statuses
+                });
+            }
+            let mut statuses = Vec::new();
+            while let Some(done) = workers.join_next().await {
+                statuses.extend(done.unwrap_or_default());
+            }
+            sample.ok =
+                statuses.len() == tests.len() && statuses.iter().all(|s| *s == Status::Accepted);
+            sample.status = match statuses.iter().find(|s| **s != Status::Accepted) {
+                Some(failed) => failed.to_string(),
+                None => Status::Accepted.to_string(),
+            };
+        }
+    }
+    sample.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    sample.execution_ms = sample.total_ms;
+    bar.inc(1);
+    summarize(case, vec![sample], None)
 }
 
 /// The memory of the VMM processes of this process's VMs, which are all

@@ -156,6 +156,64 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    let judged = group(report, Group::Judge);
+    if !judged.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Judge: compile once\n\n\
+             {tests} tests of the Fibonacci program (N from 1 to {tests}, each with its expected \
+             output) judged two ways, with as many VMs at once as the machine has CPUs, measured \
+             once each: one submission (compiled once, then each test in a fresh VM restored \
+             from the snapshot with the compiled program), and {tests} separate executions \
+             (each compiling again). Seconds until every test has its verdict.\n\n\
+             | language | one submission (its compile) | {tests} separate executions | separate / submission |\n\
+             |---|---|---|---|",
+            tests = crate::cases::JUDGE_TESTS
+        );
+        let languages: Vec<&str> = judged.iter().map(|r| r.case.language.as_str()).collect();
+        let mut seen = Vec::new();
+        for language in languages {
+            if seen.contains(&language) {
+                continue;
+            }
+            seen.push(language);
+            let way = |way: crate::JudgeWay| {
+                judged
+                    .iter()
+                    .find(|r| r.case.language == language && r.case.judge == Some(way))
+                    .and_then(|r| r.vm_samples.first())
+            };
+            let (Some(submission), Some(separate)) = (
+                way(crate::JudgeWay::Submission),
+                way(crate::JudgeWay::Separate),
+            ) else {
+                continue;
+            };
+            let seconds = |s: &crate::Sample| {
+                if s.ok {
+                    format!("{:.1} s", s.total_ms / 1e3)
+                } else {
+                    format!("failed: {}", s.status)
+                }
+            };
+            let compile = submission
+                .compile_ms
+                .map_or_else(String::new, |ms| format!(" ({:.1} s)", ms / 1e3));
+            let ratio = if submission.ok && separate.ok {
+                format!("{:.1}x", separate.total_ms / submission.total_ms)
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                out,
+                "| {language} | {}{compile} | {} | {ratio} |",
+                seconds(submission),
+                seconds(separate)
+            );
+        }
+        out.push('\n');
+    }
+
     if let Some(memory) = &report.pool_memory {
         let _ = writeln!(
             out,

@@ -38,7 +38,7 @@ use runner_host::exec::{
     ExecutionRequest, ExecutionResult, OutputChunk, RequestLimits, SourceFile, Stage, StageLimits,
     Status,
 };
-use runner_host::judge::{Compare, DEFAULT_TOLERANCE};
+use runner_host::judge::{CheckerRequest, Compare, DEFAULT_TOLERANCE};
 use runner_host::{Config, Runner, Sources};
 use tokio::sync::mpsc;
 
@@ -284,10 +284,30 @@ struct CompareArgs {
     /// one are equal [default: 1e-6].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     relative_tolerance: Option<f64>,
+    /// A checker program that decides instead, in a VM of its own, as
+    /// testlib's do: run as `checker input.txt output.txt expected.txt`, it
+    /// exits 0 to accept, 1 for a wrong answer.
+    #[arg(long, value_name = "FILE", conflicts_with = "compare")]
+    checker: Option<PathBuf>,
+    /// The checker's language.
+    #[arg(long, value_name = "LANG", requires = "checker")]
+    checker_lang: Option<String>,
 }
 
 impl CompareArgs {
     fn to_compare(&self) -> anyhow::Result<Option<Compare>> {
+        if let Some(path) = &self.checker {
+            let Some(language) = &self.checker_lang else {
+                usage!("--checker needs --checker-lang, the checker's language");
+            };
+            if self.absolute_tolerance.is_some() || self.relative_tolerance.is_some() {
+                usage!("tolerances go with --compare float, not with a checker");
+            }
+            return Ok(Some(Compare::Checker(CheckerRequest {
+                language: language.clone(),
+                files: read_files(std::slice::from_ref(path))?,
+            })));
+        }
         let tolerances = (self.absolute_tolerance, self.relative_tolerance);
         Ok(match self.compare {
             Some(CompareMode::Float) => Some(Compare::Float {

@@ -533,8 +533,8 @@ fn bad_submissions_are_refused_with_the_field_named() {
         (
             "unknown mode",
             submission(json!([test("a")]), json!({"mode": "fuzzy"})),
-            400,
-            "fuzzy",
+            422,
+            "compare.mode \"fuzzy\" is not one of",
         ),
         (
             "negative tolerance",
@@ -570,6 +570,131 @@ fn bad_submissions_are_refused_with_the_field_named() {
             error["message"].as_str().unwrap().contains(says),
             "{what}: {error}"
         );
+    }
+    assert!(
+        common::vm_processes(server.pid()).is_empty(),
+        "nothing booted"
+    );
+    server.stop(Duration::from_secs(10));
+}
+
+/// A checker for "print two numbers that add up to n": many answers are
+/// right. It exits 0 to accept and 1, saying why, to reject.
+const SUM_CHECKER: &str = "import sys\nn = int(open(sys.argv[1]).read())\ntry:\n    a, b = map(int, open(sys.argv[2]).read().split())\nexcept ValueError:\n    print('not two numbers')\n    sys.exit(1)\nif a + b != n or a < 0 or b < 0:\n    print(f'{a} + {b} is not {n}')\n    sys.exit(1)\n";
+
+#[test]
+fn a_checker_accepts_any_right_answer_and_says_why_it_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let checker = dir.path().join("checker.py");
+    std::fs::write(&checker, SUM_CHECKER).unwrap();
+    // The expected outputs are one right answer; the program prints another.
+    let tests = tests_dir(&[
+        ("1", "10\n", "5 5\n"),
+        ("2", "3\n", "0 3\n"),
+        ("3", "7\n", "3 4\n"),
+    ]);
+    let checker = checker.to_str().unwrap();
+    let with_checker = ["--checker", checker, "--checker-lang", "python"];
+    let right = "n = int(input())\nprint(1, n - 1)\n";
+    let (exit, result) = judge("python", "main.py", right, tests.path(), &with_checker);
+    assert_eq!(exit, Some(0), "{result:#}");
+    assert_eq!(result["summary"]["verdicts"], json!({"accepted": 3}));
+
+    let wrong = "n = int(input())\nprint(1, n - 1 if n != 7 else n)\n";
+    let (exit, result) = judge("python", "main.py", wrong, tests.path(), &with_checker);
+    assert_eq!(exit, Some(1));
+    assert_eq!(result["status"], "wrong_answer");
+    assert_eq!(result["tests"][2]["status"], "wrong_answer");
+    assert_eq!(
+        result["tests"][2]["message"],
+        "the checker rejected the output: 1 + 7 is not 7"
+    );
+}
+
+#[test]
+fn a_checker_that_fails_is_an_internal_error_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let checker = dir.path().join("checker.c");
+    std::fs::write(
+        &checker,
+        "#include <stdio.h>\nint main(void) { fprintf(stderr, \"checker broke\\n\"); return 3; }\n",
+    )
+    .unwrap();
+    let tests = tests_dir(&[("1", "", "x\n")]);
+    let (exit, result) = judge(
+        "bash",
+        "main.sh",
+        "echo x",
+        tests.path(),
+        &[
+            "--checker",
+            checker.to_str().unwrap(),
+            "--checker-lang",
+            "c",
+        ],
+    );
+    assert_eq!(exit, Some(125), "{result:#}");
+    assert_eq!(result["status"], "internal_error");
+    let message = result["tests"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("exit code 3") && message.contains("checker broke"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_single_run_can_be_judged_by_a_compiled_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let checker = dir.path().join("checker.cpp");
+    std::fs::write(&checker, "#include <fstream>\nint main(int, char **argv) {\n    std::ifstream out(argv[2]);\n    long x;\n    return (out >> x && x % 2 == 0) ? 0 : 1;\n}\n").unwrap();
+    let expected = dir.path().join("expected.txt");
+    std::fs::write(&expected, "any even number\n").unwrap();
+    let run_with = |code: &str| {
+        run(
+            &[
+                "run",
+                "--json",
+                "--lang",
+                "bash",
+                "--expected-output",
+                expected.to_str().unwrap(),
+                "--checker",
+                checker.to_str().unwrap(),
+                "--checker-lang",
+                "cpp",
+                "-c",
+                code,
+            ],
+            b"",
+        )
+    };
+    assert_eq!(run_with("echo 42").json()["status"], "accepted");
+    assert_eq!(run_with("echo 41").json()["status"], "wrong_answer");
+}
+
+#[test]
+fn a_bad_checker_is_refused_before_booting() {
+    let server = Server::start(&["--languages", "python"]);
+    for (checker, says) in [
+        (
+            json!({"language": "cobol", "files": [{"content": "x"}]}),
+            "compare.checker.language",
+        ),
+        (
+            json!({"language": "python", "files": []}),
+            "compare.checker: there are no files",
+        ),
+    ] {
+        let body = json!({
+            "language": "python",
+            "files": [{ "content": "print(1)" }],
+            "expected_output": "1",
+            "compare": { "mode": "checker", "checker": checker },
+        });
+        let response = server.post("/v1/executions", body.to_string());
+        assert_eq!(response.status(), 422);
+        let error: serde_json::Value = response.json().unwrap();
+        assert!(error["message"].as_str().unwrap().contains(says), "{error}");
     }
     assert!(
         common::vm_processes(server.pid()).is_empty(),

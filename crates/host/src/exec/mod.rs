@@ -220,7 +220,7 @@ impl Runner {
         stop: impl Future<Output = String> + Send,
     ) -> ExecutionResult {
         let pools = self.pools.get().map(|p| &**p);
-        oneshot::execute(&self.vms, pools, &plan, output, stop)
+        oneshot::execute(&self.vms, pools, &plan, output, None, stop)
             .await
             .0
     }

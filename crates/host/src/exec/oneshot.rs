@@ -15,18 +15,21 @@ use super::conversation;
 use super::plan::Plan;
 use super::result::ExecutionResult;
 use super::transcript::{OutputChunk, Transcript};
+use crate::judge::checker::Checker;
 use crate::pool::Pools;
 
 /// What stops an execution early, with the reason to report.
 pub(crate) type Stop<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
 
 /// Executes `plan` in a VM of its own: its result (judged against the
-/// plan's expected output, if any), logged, and the files it collected.
+/// plan's expected output, if any, with `checker` when one is compiled
+/// already), logged, and the files it collected.
 pub(crate) async fn execute(
     vms: &Vms,
     pools: Option<&Pools>,
     plan: &Plan,
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    checker: Option<&Checker>,
     stop: impl Future<Output = String> + Send,
 ) -> (ExecutionResult, Vec<File>) {
     let received = Instant::now();
@@ -35,7 +38,7 @@ pub(crate) async fn execute(
     let collected = std::mem::take(&mut transcript.collected.files);
     let mut result = transcript.finish(plan, received, outcome);
     if let Some(expected) = &plan.expected {
-        crate::judge::judge(&mut result, expected);
+        crate::judge::judge(vms, pools, &mut result, &plan.exec.stdin, expected, checker).await;
     }
     log_execution(&result);
     (result, collected)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use runner_protocol::{ExecRequest, File, Stage, StageSpec};
 
 use super::limits::{LimitPolicy, RequestLimits};
-use crate::judge::{Compare, Expected};
+use crate::judge::{Check, Compare, Expected};
 use crate::lang::{Language, LanguageError, Languages};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum PlanError {
 }
 
 /// A file of the request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceFile {
     /// A relative path in the working directory. `None` only for the first
     /// file, which is then the entry point.
@@ -227,13 +227,11 @@ impl Planner {
             return Err(PlanError::Invalid("two files have the same name".into()));
         }
         check_exec_strings(&request.args, &request.env)?;
+        let trace_id = request.trace_id.unwrap_or_else(new_trace_id);
         let expected = match (request.expected_output, request.compare) {
             (Some(output), compare) => Some(Expected {
                 output,
-                comparison: compare
-                    .unwrap_or_default()
-                    .check()
-                    .map_err(PlanError::Invalid)?,
+                check: compare.unwrap_or_default().check(self, &trace_id)?,
             }),
             (None, Some(_)) => {
                 return Err(PlanError::Invalid(
@@ -282,11 +280,17 @@ impl Planner {
                 Vec::new()
             },
         };
+        // A checker runs in VMs of its own, one after the other with the
+        // program's: the largest of them is what the execution needs.
+        let checker_mib = match expected.as_ref().map(|e| &e.check) {
+            Some(Check::Checker(checker)) => checker.vm_memory_mib(),
+            _ => 0,
+        };
         Ok(Plan {
-            trace_id: request.trace_id.unwrap_or_else(new_trace_id),
+            trace_id,
             language,
             exec,
-            vm_memory_mib: vm_memory_mib(largest),
+            vm_memory_mib: vm_memory_mib(largest).max(checker_mib),
             expected,
         })
     }
@@ -552,7 +556,10 @@ mod tests {
         let plan = planner(&[]).plan(asked.clone()).unwrap();
         let expected = plan.expected.unwrap();
         assert_eq!(expected.output, b"1\n");
-        assert_eq!(expected.comparison, crate::judge::Comparison::Lines);
+        assert!(matches!(
+            expected.check,
+            Check::Compare(crate::judge::Comparison::Lines)
+        ));
         asked.compare = Some(Compare::Float {
             absolute_tolerance: -1.0,
             relative_tolerance: 0.0,

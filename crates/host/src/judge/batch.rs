@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use super::checker;
 use super::compare::Difference;
 use super::submission::{SubmissionPlan, Summary};
 use crate::exec::{ExecutionResult, StageResult, StartKind, Status, Vms, oneshot};
@@ -219,6 +220,7 @@ pub(crate) async fn run(
                     pools.as_deref(),
                     compile,
                     None,
+                    None,
                     stopped(stop_rx.clone()),
                 )
                 .await
@@ -258,6 +260,33 @@ pub(crate) async fn run(
         files.extend(collected);
     }
 
+    // The checker, if the submission has one, is compiled once too, in a
+    // VM of its own.
+    let checker = match &plan.checker {
+        None => None,
+        Some(checker_plan) => {
+            let prepared = match admit(&*capacity, checker_plan.vm_memory_mib(), &stop_rx).await {
+                Ok(_permit) => checker::prepare(&vms, pools.as_deref(), checker_plan).await,
+                Err(why) => Err(why),
+            };
+            match prepared {
+                Ok(checker) => Some(Arc::new(checker)),
+                Err(why) => {
+                    stopper.abort();
+                    return finish(
+                        &plan,
+                        started,
+                        version,
+                        Status::InternalError,
+                        Some(why),
+                        compile_stage,
+                        skip_all("the checker is not ready"),
+                    );
+                }
+            }
+        }
+    };
+
     let tests = Arc::new(plan.tests.clone());
     let files = Arc::new(files);
     let next = Arc::new(AtomicUsize::new(0));
@@ -280,6 +309,7 @@ pub(crate) async fn run(
         );
         let (stop_rx, events, tested_version) =
             (stop_rx.clone(), events.clone(), tested_version.clone());
+        let checker = checker.clone();
         let stop_on_first_failure = plan.stop_on_first_failure;
         workers.spawn(async move {
             loop {
@@ -302,8 +332,16 @@ pub(crate) async fn run(
                             let mut plan = test.plan.clone();
                             plan.exec.files = (*files).clone();
                             let stop = stopped(stop_rx.clone());
-                            let (result, _) =
-                                oneshot::execute(&vms, pools.as_deref(), &plan, None, stop).await;
+                            let checker = checker.as_deref();
+                            let (result, _) = oneshot::execute(
+                                &vms,
+                                pools.as_deref(),
+                                &plan,
+                                None,
+                                checker,
+                                stop,
+                            )
+                            .await;
                             if !result.version.is_empty() {
                                 let _ = tested_version.set(result.version.clone());
                             }

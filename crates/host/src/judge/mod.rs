@@ -9,22 +9,23 @@
 //! comparison would.
 
 pub mod batch;
+pub mod checker;
 pub mod compare;
 pub mod submission;
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub use batch::{Capacity, Slots, SubmissionEvent, SubmissionResult, TestResult};
+pub use checker::{CheckerPlan, CheckerRequest};
 pub use compare::{Comparison, Difference};
 pub use submission::{SubmissionPlan, SubmissionRequest, TestCase};
 
-use crate::exec::{ExecutionResult, Status};
+use crate::exec::{ExecutionResult, PlanError, Planner, Status, Vms};
+use crate::pool::Pools;
 
 /// How a request asks for outputs to be compared: the API's `compare`
-/// object (`{"mode": "float", "absolute_tolerance": 1e-6}`) and the CLI's
-/// `--compare`.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", try_from = "CompareBody")]
+/// object and the CLI's `--compare` and `--checker`.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Compare {
     /// Byte for byte.
     Exact,
@@ -39,54 +40,34 @@ pub enum Compare {
         absolute_tolerance: f64,
         relative_tolerance: f64,
     },
-}
-
-/// The `compare` object as sent, before its fields are checked against
-/// its mode.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompareBody {
-    mode: Mode,
-    absolute_tolerance: Option<f64>,
-    relative_tolerance: Option<f64>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq)]
-#[serde(rename_all = "snake_case")]
-enum Mode {
-    Exact,
-    Lines,
-    Tokens,
-    Float,
-}
-
-impl TryFrom<CompareBody> for Compare {
-    type Error = String;
-
-    fn try_from(body: CompareBody) -> Result<Self, String> {
-        let tolerance = body.absolute_tolerance.or(body.relative_tolerance);
-        if body.mode != Mode::Float && tolerance.is_some() {
-            return Err("tolerances are for mode \"float\" only".into());
-        }
-        Ok(match body.mode {
-            Mode::Exact => Compare::Exact,
-            Mode::Lines => Compare::Lines,
-            Mode::Tokens => Compare::Tokens,
-            Mode::Float => Compare::Float {
-                absolute_tolerance: body.absolute_tolerance.unwrap_or(DEFAULT_TOLERANCE),
-                relative_tolerance: body.relative_tolerance.unwrap_or(DEFAULT_TOLERANCE),
-            },
-        })
-    }
+    /// A program of the request's decides, in a VM of its own (see
+    /// [`checker`]).
+    Checker(CheckerRequest),
 }
 
 /// testlib's and most judges' default for floating-point answers.
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;
 
 impl Compare {
-    /// The comparison this asks for, or what is wrong with it.
-    pub fn check(self) -> Result<Comparison, String> {
+    /// What decides with this comparison, checked (a checker planned with
+    /// `planner`; `trace_id` names its VMs).
+    pub fn check(self, planner: &Planner, trace_id: &str) -> Result<Check, PlanError> {
+        match self {
+            Compare::Checker(request) => Ok(Check::Checker(Arc::new(checker::plan(
+                planner, request, trace_id,
+            )?))),
+            other => other
+                .comparison()
+                .map(Check::Compare)
+                .map_err(PlanError::Invalid),
+        }
+    }
+
+    /// The comparison this asks for, or what is wrong with it; a checker
+    /// is not one.
+    pub fn comparison(self) -> Result<Comparison, String> {
         Ok(match self {
+            Compare::Checker(_) => return Err("a checker is a program, not a comparison".into()),
             Compare::Exact => Comparison::Exact,
             Compare::Lines => Comparison::Lines,
             Compare::Tokens => Comparison::Tokens,
@@ -113,30 +94,85 @@ impl Compare {
     }
 }
 
+/// What decides whether an output is the expected one.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Compare(Comparison),
+    Checker(Arc<CheckerPlan>),
+}
+
 /// The output a planned execution must print.
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub output: Vec<u8>,
-    pub comparison: Comparison,
+    pub check: Check,
 }
 
-/// Turns an `ok` result into `accepted` or `wrong_answer`.
-pub fn judge(result: &mut ExecutionResult, expected: &Expected) {
+/// Judges an `ok` result against `expected`: `accepted` or `wrong_answer`,
+/// by comparison or by the checker (which runs `input`; a failing checker
+/// makes it `internal_error`). Any other status stays. `prepared` is the
+/// checker already compiled (a submission compiles it once); without it, a
+/// checker is compiled here. `id` names the checker's VM.
+pub(crate) async fn judge(
+    vms: &Vms,
+    pools: Option<&Pools>,
+    result: &mut ExecutionResult,
+    input: &[u8],
+    expected: &Expected,
+    prepared: Option<&checker::Checker>,
+) {
     if result.status != Status::Ok {
         return;
     }
     let Some(run) = &result.run else {
         return;
     };
-    match compare::compare(expected.comparison, &expected.output, &run.stdout) {
-        Ok(()) => result.status = Status::Accepted,
-        Err(difference) => {
-            result.status = Status::WrongAnswer;
-            result.message = Some(format!(
-                "the output differs from the expected one at line {}, column {}",
-                difference.line, difference.column
-            ));
-            result.difference = Some(difference);
+    match &expected.check {
+        Check::Compare(comparison) => {
+            match compare::compare(*comparison, &expected.output, &run.stdout) {
+                Ok(()) => result.status = Status::Accepted,
+                Err(difference) => {
+                    result.status = Status::WrongAnswer;
+                    result.message = Some(format!(
+                        "the output differs from the expected one at line {}, column {}",
+                        difference.line, difference.column
+                    ));
+                    result.difference = Some(difference);
+                }
+            }
+        }
+        Check::Checker(plan) => {
+            let compiled;
+            let checker = match prepared {
+                Some(checker) => checker,
+                None => match checker::prepare(vms, pools, plan).await {
+                    Ok(checker) => {
+                        compiled = checker;
+                        &compiled
+                    }
+                    Err(why) => {
+                        result.status = Status::InternalError;
+                        result.message = Some(why);
+                        return;
+                    }
+                },
+            };
+            let id = result.trace_id.clone();
+            let output = run.stdout.clone();
+            match checker
+                .check(vms, pools, &id, input, &expected.output, &output)
+                .await
+            {
+                checker::Outcome::Accepted => result.status = Status::Accepted,
+                checker::Outcome::WrongAnswer(note) => {
+                    result.status = Status::WrongAnswer;
+                    result.message = Some(format!("the checker rejected the output: {note}"));
+                }
+                checker::Outcome::Failed(why) => {
+                    result.status = Status::InternalError;
+                    result.message = Some(why);
+                }
+            }
         }
     }
 }
@@ -146,34 +182,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_api_names_comparisons_by_mode() {
-        let parse = |json: &str| serde_json::from_str::<Compare>(json).map_err(|e| e.to_string());
-        assert_eq!(parse(r#"{"mode": "exact"}"#), Ok(Compare::Exact));
-        assert_eq!(
-            parse(r#"{"mode": "float", "absolute_tolerance": 0.01}"#),
-            Ok(Compare::Float {
-                absolute_tolerance: 0.01,
-                relative_tolerance: DEFAULT_TOLERANCE
-            })
-        );
-        assert!(parse(r#"{"mode": "fuzzy"}"#).unwrap_err().contains("fuzzy"));
-        assert!(parse(r#"{"mode": "lines", "tolerance": 1}"#).is_err());
-        assert!(
-            parse(r#"{"mode": "tokens", "absolute_tolerance": 1}"#)
-                .unwrap_err()
-                .contains("float")
-        );
-        assert_eq!(Compare::default(), Compare::Lines);
-    }
-
-    #[test]
     fn tolerances_must_be_finite_and_not_negative() {
         let float = |absolute_tolerance, relative_tolerance| {
             Compare::Float {
                 absolute_tolerance,
                 relative_tolerance,
             }
-            .check()
+            .comparison()
         };
         assert!(float(0.0, 1e-9).is_ok());
         for (abs, rel, says) in [

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use runner_protocol::File;
 use serde::Serialize;
 
-use super::Compare;
+use std::sync::Arc;
+
+use super::{Check, CheckerPlan, Compare, Expected};
 use crate::exec::{
     ExecutionRequest, Part, Plan, PlanError, Planner, RequestLimits, SourceFile, StageLimits,
     new_trace_id,
@@ -61,6 +63,8 @@ pub struct SubmissionPlan {
     /// The compile, which sends back what it makes; `None` for languages
     /// without one.
     pub compile: Option<Plan>,
+    /// The checker every test's output goes to, if `compare` named one.
+    pub checker: Option<Arc<CheckerPlan>>,
     pub tests: Vec<TestPlan>,
     pub stop_on_first_failure: bool,
 }
@@ -126,10 +130,12 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
             return invalid(format!("tests[{i}].name {name:?} is used twice"));
         }
     }
-    if let Some(compare) = request.compare {
-        compare.check().map_err(PlanError::Invalid)?;
-    }
     let trace_id = request.trace_id.unwrap_or_else(new_trace_id);
+    // Checked once; a checker is planned once for every test.
+    let check = request
+        .compare
+        .unwrap_or_default()
+        .check(planner, &trace_id)?;
     let base = ExecutionRequest {
         language: language.name.clone(),
         files: request.files,
@@ -158,7 +164,7 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
             compile: base.limits.compile,
             run: over(test.limits, base.limits.run),
         };
-        let plan = planner
+        let mut plan = planner
             .plan_part(
                 ExecutionRequest {
                     language: language.name.clone(),
@@ -167,10 +173,8 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
                     args: test.args,
                     env: base.env.clone(),
                     limits,
-                    // A test without an expected output passes when it runs ok.
-                    compare: test.expected_output.as_ref().and(request.compare),
-                    expected_output: test.expected_output,
                     trace_id: Some(format!("{trace_id}-{i}")),
+                    ..ExecutionRequest::default()
                 },
                 Part::Run,
             )
@@ -180,6 +184,16 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
                 }
                 other => other,
             })?;
+        // A test without an expected output passes when it runs ok.
+        if let Some(output) = test.expected_output {
+            if let Check::Checker(checker) = &check {
+                plan.vm_memory_mib = plan.vm_memory_mib.max(checker.vm_memory_mib());
+            }
+            plan.expected = Some(Expected {
+                output,
+                check: check.clone(),
+            });
+        }
         tests.push(TestPlan {
             name: test.name,
             plan,
@@ -190,6 +204,10 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
         language,
         files,
         compile,
+        checker: match check {
+            Check::Checker(checker) => Some(checker),
+            Check::Compare(_) => None,
+        },
         tests,
         stop_on_first_failure: request.stop_on_first_failure,
     })
