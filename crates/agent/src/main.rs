@@ -9,6 +9,7 @@
 
 mod boot;
 mod devices;
+mod files;
 mod serve;
 mod stage;
 mod wake;

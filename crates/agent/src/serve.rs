@@ -1,14 +1,14 @@
-//! The server: say hello on the agent port, take one request, run it.
+//! The server: say hello on the agent port, take one request, run it; or,
+//! in a session's VM, take requests and file operations one after another.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::chown;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use runner_protocol::{
     AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, Frame,
-    Hello, MAX_HOST_FRAME, encode,
+    Hello, MAX_HOST_FRAME, SessionSpec, encode,
 };
 
 use crate::boot::Mode;
@@ -39,6 +39,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
     let mut reader = port;
     let mut served = false;
     let mut prestarted: Option<stage::Prestarted> = None;
+    let mut session: Option<SessionSpec> = None;
     loop {
         let frame = match decoder.read(&mut reader) {
             Ok(Some(frame)) => frame,
@@ -50,13 +51,33 @@ pub fn run(mode: Mode) -> Result<(), String> {
             }
         };
         match frame {
-            Frame::Exec(_) if served => {
+            Frame::Exec(_) if served && session.is_none() => {
                 out.fail("this VM has served its one execution; start a new VM".into())?
             }
             Frame::Exec(request) => {
                 served = true;
-                if let Err(message) = execute(&request, prestarted.take(), &mut out) {
+                if let Err(message) =
+                    execute(&request, prestarted.take(), session.as_ref(), &mut out)
+                {
                     out.fail(message)?;
+                }
+            }
+            Frame::Session(_) if served || session.is_some() => {
+                out.fail("a session starts before any execution, once".into())?
+            }
+            Frame::Session(spec) => match stage::session_disk(&spec) {
+                Ok(()) => {
+                    session = Some(spec);
+                    out.send(&Frame::Done)?;
+                }
+                Err(message) => out.fail(message)?,
+            },
+            Frame::Files(_) if session.is_none() => {
+                out.fail("files can be handled only in a session's VM".into())?
+            }
+            Frame::Files(op) => {
+                if let Err(failure) = crate::files::serve(&op, &mut out) {
+                    out.refuse(failure)?;
                 }
             }
             // Warming, prestarting and waking happen before the one execution.
@@ -74,7 +95,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 Err(message) => out.fail(message)?,
             },
             Frame::Warm(request) => {
-                let warmed = execute(&request, None, &mut out).and_then(|()| clear_scratch());
+                let warmed = execute(&request, None, None, &mut out).and_then(|()| clear_scratch());
                 if let Err(message) = warmed {
                     out.fail(message)?;
                 }
@@ -110,9 +131,20 @@ impl Port {
             .map_err(|e| format!("write to host: {e}"))
     }
 
+    /// A file operation refused, or failed.
+    fn refuse(&mut self, failure: crate::files::Failure) -> Result<(), String> {
+        if failure.file.is_none() {
+            eprintln!("runner-agent: {}", failure.message);
+        }
+        self.send(&Frame::Error(AgentFailure {
+            message: failure.message,
+            file: failure.file,
+        }))
+    }
+
     fn fail(&mut self, message: String) -> Result<(), String> {
         eprintln!("runner-agent: {message}");
-        self.send(&Frame::Error(AgentFailure { message }))
+        self.send(&Frame::Error(AgentFailure::new(message)))
     }
 }
 
@@ -122,6 +154,7 @@ impl Port {
 fn execute(
     request: &ExecRequest,
     prestarted: Option<stage::Prestarted>,
+    session: Option<&SessionSpec>,
     out: &mut Port,
 ) -> Result<(), String> {
     let mut prestarted = prestarted.and_then(|mut runtime| match request.stages.first() {
@@ -135,8 +168,8 @@ fn execute(
     let mut failed = false;
     for spec in &request.stages {
         let report = match prestarted.take() {
-            Some(runtime) => runtime.run(spec, &request.stdin, out)?,
-            None => stage::run(spec, &request.stdin, &request.env, out)?,
+            Some(runtime) => runtime.run(spec, &request.stdin, session, out)?,
+            None => stage::run(spec, &request.stdin, &request.env, session, out)?,
         };
         failed = report.exit_code != Some(0);
         out.send(&Frame::StageEnd(report))?;
@@ -211,26 +244,12 @@ fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
 }
 
 /// The request's files in the working directory, owned by the run user.
+/// In a session's VM the run user may have put links there: they are
+/// written as the host's file operations are, never through a link.
 fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
-    // A tmpfs mounted at boot, owned by the run user: fresh in every VM.
-    let work = Path::new(WORK_DIR);
     for file in &request.files {
-        let relative = safe_relative(&file.name)?;
-        let mut dir = work.to_path_buf();
-        for part in relative.parent().into_iter().flat_map(Path::components) {
-            dir.push(part);
-            if !dir.exists() {
-                fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-                chown_run_user(&dir)?;
-            }
-        }
-        let path = work.join(&relative);
-        fs::write(&path, &file.content).map_err(|e| format!("write {}: {e}", file.name))?;
-        if file.executable {
-            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| format!("chmod {}: {e}", file.name))?;
-        }
-        chown_run_user(&path)?;
+        crate::files::write(&file.name, 0, &file.content, file.executable)
+            .map_err(|failure| failure.message)?;
     }
     Ok(())
 }
@@ -250,10 +269,6 @@ fn clear_scratch() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn chown_run_user(path: &Path) -> Result<(), String> {
-    chown(path, Some(RUN_UID), Some(RUN_GID)).map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
 /// The host checks names too; the agent does not trust it blindly.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use runner_protocol::{Frame, Limits, PrestartSpec, StageReport, StageSpec};
+use runner_protocol::{Frame, Limits, PrestartSpec, SessionSpec, StageReport, StageSpec};
 
 use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
 
@@ -46,13 +46,14 @@ pub fn run(
     spec: &StageSpec,
     stdin: &[u8],
     env: &BTreeMap<String, String>,
+    session: Option<&SessionSpec>,
     out: &mut Port,
 ) -> Result<StageReport, String> {
     if spec.argv.is_empty() {
         return Err(format!("the {} stage has an empty command", spec.stage));
     }
     let limits = spec.limits;
-    let scratch = Scratch::cap(limits.file_size_bytes)?;
+    let scratch = Scratch::cap(limits.file_size_bytes, session)?;
     let cgroup = Cgroup::create(spec.stage.as_str())?;
     if let Err(e) = cgroup.limit(&limits) {
         cgroup.remove();
@@ -70,7 +71,7 @@ pub fn run(
         cpu_baseline_us: 0,
         prestarted: false,
     };
-    supervise(spec, process, stdin, scratch, out)
+    supervise(spec, process, stdin, scratch, session, out)
 }
 
 /// A runtime started before the snapshot, waiting on fd 3 for its run
@@ -181,6 +182,7 @@ impl Prestarted {
         self,
         spec: &StageSpec,
         stdin: &[u8],
+        session: Option<&SessionSpec>,
         out: &mut Port,
     ) -> Result<StageReport, String> {
         let Prestarted {
@@ -197,7 +199,7 @@ impl Prestarted {
             cgroup.remove();
             Err(message)
         };
-        let scratch = match Scratch::cap(limits.file_size_bytes) {
+        let scratch = match Scratch::cap(limits.file_size_bytes, session) {
             Ok(scratch) => scratch,
             Err(e) => return fail(e, cgroup),
         };
@@ -239,7 +241,7 @@ impl Prestarted {
             cpu_baseline_us,
             prestarted: true,
         };
-        supervise(spec, process, stdin, scratch, out)
+        supervise(spec, process, stdin, scratch, session, out)
     }
 }
 
@@ -333,11 +335,19 @@ struct Process {
 
 /// Streams a stage's output to the host and enforces its limits until its
 /// process tree is gone.
+///
+/// In a session's VM, processes the stage leaves running when its main
+/// process exits are left to run (in the stage's cgroup, under its memory
+/// and process limits): the stage ends once its output pipes close, or
+/// [`DRAIN`] after the exit if something left running still holds them;
+/// what it writes there afterwards is read and dropped. Anywhere else, and
+/// in a session when a limit ends the stage, the whole cgroup is killed.
 fn supervise(
     spec: &StageSpec,
     process: Process,
     stdin: &[u8],
     scratch: Scratch,
+    session: Option<&SessionSpec>,
     out: &mut Port,
 ) -> Result<StageReport, String> {
     let Process {
@@ -416,16 +426,20 @@ fn supervise(
                 report.exit_code = status.code();
                 report.signal = status.signal();
                 // The stage is over when its main process is: whatever it
-                // left running goes too, which also closes the pipes.
+                // left running goes too, which also closes the pipes; in a
+                // session it stays, with a drain time for the pipes.
                 if !killed {
                     killed = true;
-                    kill();
+                    if session.is_none() {
+                        kill();
+                    }
                     deadline = Instant::now() + DRAIN;
                 }
             }
             Err(RecvTimeoutError::Timeout) if killed && Instant::now() >= deadline => {
                 // Pipes still open after the drain time: a process escaped
-                // the kill. Stop waiting; the VM is destroyed after this.
+                // the kill (the VM is destroyed after this), or a session's
+                // program left one running that holds them.
                 break;
             }
             Err(RecvTimeoutError::Timeout) if killed => {}
@@ -458,21 +472,40 @@ fn supervise(
         report.cpu_time_exceeded = true;
     }
     report.file_size_exceeded = report.signal == Some(libc::SIGXFSZ) || scratch.any_full();
-    cgroup.remove();
+    let limited = report.timed_out
+        || report.cpu_time_exceeded
+        || report.output_truncated
+        || report.memory_exceeded;
+    match session {
+        Some(session) => {
+            if limited {
+                cgroup.kill();
+                cgroup.remove();
+            } else {
+                cgroup.release();
+            }
+            scratch.release(session)?;
+        }
+        None => cgroup.remove(),
+    }
     Ok(report)
 }
 
+/// Sends what `pipe` gives to `tx` until it closes. Once the stage is over
+/// (`tx`'s receiver gone), a process a session's stage left running may
+/// still write there: that is read and dropped, so that it neither blocks
+/// nor dies of SIGPIPE.
 fn forward(mut pipe: impl Read + Send + 'static, stderr: bool, tx: Sender<Event>) {
     thread::spawn(move || {
         let mut buf = vec![0; CHUNK];
+        let mut over = false;
         loop {
             match pipe.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if over => {}
                 Ok(n) => {
                     let bytes = buf[..n].to_vec();
-                    if tx.send(Event::Output { stderr, bytes }).is_err() {
-                        break;
-                    }
+                    over = tx.send(Event::Output { stderr, bytes }).is_err();
                 }
             }
         }
@@ -564,31 +597,30 @@ fn enter_sandbox(
 /// stage each is resized to what it holds plus the stage's file limit, so
 /// that the stage writes at most that much there; one left full at the end
 /// means the stage hit the limit (a program that gets ENOSPC or EFBIG may
-/// carry on, so the exit status alone does not tell).
+/// carry on, so the exit status alone does not tell). In a session's VM
+/// the working directory never grows past the session's disk, and goes
+/// back to that size after the stage, for the files the host writes.
 struct Scratch;
 
 const SCRATCH_DIRS: &[&str] = &[WORK_DIR, "/tmp", "/dev/shm"];
 const PAGE: u64 = 4096;
 
 impl Scratch {
-    fn cap(limit: u64) -> Result<Self, String> {
+    fn cap(limit: u64, session: Option<&SessionSpec>) -> Result<Self, String> {
         for dir in SCRATCH_DIRS {
-            let stat =
-                nix::sys::statvfs::statvfs(*dir).map_err(|e| format!("statvfs {dir}: {e}"))?;
-            let used = (stat.blocks() - stat.blocks_free()) * stat.fragment_size();
-            let size = (used + limit).div_ceil(PAGE) * PAGE;
-            nix::mount::mount(
-                None::<&str>,
-                *dir,
-                None::<&str>,
-                nix::mount::MsFlags::MS_REMOUNT
-                    | nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV,
-                Some(format!("size={size}").as_str()),
-            )
-            .map_err(|e| format!("resize {dir} to {size} bytes: {e}"))?;
+            let used = used_bytes(dir)?;
+            let mut size = used + limit;
+            if let (Some(session), true) = (session, *dir == WORK_DIR) {
+                size = size.min(session.disk_bytes.max(used));
+            }
+            resize(dir, size)?;
         }
         Ok(Scratch)
+    }
+
+    /// A session's working directory back at the session's disk size.
+    fn release(self, session: &SessionSpec) -> Result<(), String> {
+        session_disk(session)
     }
 
     fn any_full(&self) -> bool {
@@ -598,6 +630,32 @@ impl Scratch {
                 .unwrap_or(false)
         })
     }
+}
+
+/// Sets the working directory of a session's VM to the session's disk
+/// size (or what it holds, if that is more).
+pub fn session_disk(session: &SessionSpec) -> Result<(), String> {
+    resize(WORK_DIR, session.disk_bytes.max(used_bytes(WORK_DIR)?))
+}
+
+fn used_bytes(dir: &str) -> Result<u64, String> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {dir}: {e}"))?;
+    Ok((stat.blocks() - stat.blocks_free()) * stat.fragment_size())
+}
+
+/// Remounts the tmpfs at `dir` with `size` bytes, in whole pages.
+fn resize(dir: &str, size: u64) -> Result<(), String> {
+    let size = size.div_ceil(PAGE) * PAGE;
+    nix::mount::mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT
+            | nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV,
+        Some(format!("size={size}").as_str()),
+    )
+    .map_err(|e| format!("resize {dir} to {size} bytes: {e}"))
 }
 
 /// A cgroup v2 group holding every process of one stage, with its limits.
@@ -616,10 +674,16 @@ struct Usage {
 }
 
 impl Cgroup {
-    /// A new, empty group, without limits until [`Cgroup::limit`].
+    /// A new, empty group, without limits until [`Cgroup::limit`]. Each
+    /// has a name of its own: a session's stage may leave processes in its
+    /// group after it ends.
     fn create(name: &str) -> Result<Self, String> {
-        let path = PathBuf::from(format!("/sys/fs/cgroup/stage-{name}"));
-        let _ = fs::remove_dir(&path);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            Self::sweep();
+        }
+        let path = PathBuf::from(format!("/sys/fs/cgroup/stage-{name}-{n}"));
         fs::create_dir(&path).map_err(|e| format!("create cgroup {}: {e}", path.display()))?;
         let procs = fs::OpenOptions::new()
             .write(true)
@@ -663,6 +727,25 @@ impl Cgroup {
         }
     }
 
+    /// Removes the group if it is empty: a session's stage may have left
+    /// processes running in it on purpose. Groups left so are removed by a
+    /// later [`Cgroup::create`] once their processes are gone.
+    fn release(self) {
+        let _ = fs::remove_dir(&self.path);
+    }
+
+    /// Removes every stage group whose processes are all gone.
+    fn sweep() {
+        if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("stage-") {
+                    let _ = fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Removes the group once its killed processes are gone.
     fn remove(self) {
         for _ in 0..200 {
             if fs::remove_dir(&self.path).is_ok() {

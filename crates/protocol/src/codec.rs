@@ -51,6 +51,9 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Wake(m) => json(out, m),
         Frame::Prestart(m) => json(out, m),
         Frame::Collected(m) => json(out, m),
+        Frame::Session(m) => json(out, m),
+        Frame::Files(m) => json(out, m),
+        Frame::Listing(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -108,6 +111,9 @@ impl Decoder {
             FrameKind::Warm => Frame::Warm(json(kind, &payload)?),
             FrameKind::Prestart => Frame::Prestart(json(kind, &payload)?),
             FrameKind::Collected => Frame::Collected(json(kind, &payload)?),
+            FrameKind::Session => Frame::Session(json(kind, &payload)?),
+            FrameKind::Files => Frame::Files(json(kind, &payload)?),
+            FrameKind::Listing => Frame::Listing(json(kind, &payload)?),
             FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
@@ -241,10 +247,47 @@ mod tests {
             executable: true,
             last: true,
         }));
-        roundtrip(Frame::Done);
-        roundtrip(Frame::Error(AgentFailure {
-            message: "no".into(),
+        roundtrip(Frame::Session(SessionSpec {
+            disk_bytes: 256 << 20,
         }));
+        for op in file_ops() {
+            roundtrip(Frame::Files(op));
+        }
+        roundtrip(Frame::Listing(listing()));
+        roundtrip(Frame::Done);
+        roundtrip(Frame::Error(AgentFailure::new("no")));
+        roundtrip(Frame::Error(AgentFailure {
+            message: "x: no such file or directory".into(),
+            file: Some(FileProblem::NotFound),
+        }));
+    }
+
+    fn file_ops() -> Vec<FileOp> {
+        vec![
+            FileOp::Write {
+                path: "data/input.csv".into(),
+                offset: 0,
+                content: b"a,b\n".to_vec(),
+                executable: false,
+            },
+            FileOp::Read {
+                path: "out.png".into(),
+            },
+            FileOp::List { path: "".into() },
+            FileOp::Remove {
+                path: "data".into(),
+            },
+        ]
+    }
+
+    fn listing() -> Vec<FileEntry> {
+        vec![FileEntry {
+            name: "main.py".into(),
+            kind: FileKind::File,
+            size: 12,
+            mode: 0o644,
+            modified_s: 1_795_000_000,
+        }]
     }
 
     /// The fuzzer's seeds: one file of frames per kind of message, made
@@ -270,12 +313,7 @@ mod tests {
                     ..StageReport::new(Stage::Run)
                 })],
             ),
-            (
-                "error",
-                vec![Frame::Error(AgentFailure {
-                    message: "no".into(),
-                })],
-            ),
+            ("error", vec![Frame::Error(AgentFailure::new("no"))]),
             (
                 "stdout",
                 vec![
@@ -294,6 +332,16 @@ mod tests {
                     last: true,
                 })],
             ),
+            (
+                "session",
+                vec![
+                    Frame::Session(SessionSpec {
+                        disk_bytes: 1 << 28,
+                    }),
+                    Frame::Listing(listing()),
+                ],
+            ),
+            ("files", file_ops().into_iter().map(Frame::Files).collect()),
         ]
     }
 

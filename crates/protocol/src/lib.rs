@@ -24,18 +24,23 @@
 //! A VM that is to be snapshotted first gets [`Frame::Warm`] (a warm-up run)
 //! and [`Frame::Prestart`] (a runtime started and left waiting); a VM
 //! restored from the snapshot gets [`Frame::Wake`] before its request.
+//!
+//! A session's VM is the exception to "exactly one": after its hello it
+//! gets [`Frame::Session`], then any number of requests, one at a time, and
+//! between them operations on its files ([`Frame::Files`]).
 
 mod codec;
 mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
-    AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, File, Frame, FrameKind, Hello,
-    Limits, PrestartSpec, Stage, StageReport, StageSpec, Wake,
+    AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FILE_CHUNK, File, FileEntry,
+    FileKind, FileOp, FileProblem, Frame, FrameKind, Hello, Limits, PrestartSpec, SessionSpec,
+    Stage, StageReport, StageSpec, Wake,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

@@ -19,6 +19,9 @@ pub enum FrameKind {
     Warm = 9,
     Prestart = 10,
     Collected = 11,
+    Session = 12,
+    Files = 13,
+    Listing = 14,
 }
 
 impl FrameKind {
@@ -35,6 +38,9 @@ impl FrameKind {
             9 => Self::Warm,
             10 => Self::Prestart,
             11 => Self::Collected,
+            12 => Self::Session,
+            13 => Self::Files,
+            14 => Self::Listing,
             _ => return None,
         })
     }
@@ -77,6 +83,17 @@ pub enum Frame {
     /// piece of a file the request asked to collect
     /// ([`ExecRequest::collect`]).
     Collected(CollectedChunk),
+    /// Host → agent, before any execution: this VM is a session's and
+    /// serves many executions, one after the other, keeping its files and
+    /// processes between them. Answered with [`Frame::Done`].
+    Session(SessionSpec),
+    /// Host → agent, in a session VM between executions: an operation on
+    /// a file of the working directory. Answered with [`Frame::Done`]
+    /// (after [`Frame::Collected`] pieces for a read, or a
+    /// [`Frame::Listing`] for a list), or [`Frame::Error`].
+    Files(FileOp),
+    /// Agent → host: what a directory of the working directory holds.
+    Listing(Vec<FileEntry>),
 }
 
 impl Frame {
@@ -93,6 +110,9 @@ impl Frame {
             Frame::Warm(_) => FrameKind::Warm,
             Frame::Prestart(_) => FrameKind::Prestart,
             Frame::Collected(_) => FrameKind::Collected,
+            Frame::Session(_) => FrameKind::Session,
+            Frame::Files(_) => FrameKind::Files,
+            Frame::Listing(_) => FrameKind::Listing,
         }
     }
 }
@@ -297,6 +317,64 @@ impl StageReport {
     }
 }
 
+/// What a session VM is set up with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// What the working directory may hold, in bytes, between and during
+    /// executions (its tmpfs size).
+    pub disk_bytes: u64,
+}
+
+/// Largest piece of a file written in one [`FileOp::Write`].
+pub const FILE_CHUNK: usize = 1 << 20;
+
+/// An operation on a path of the working directory. Paths are relative,
+/// without `..`, and are never followed through a symbolic link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FileOp {
+    /// Writes `content` at `offset`: the first piece (offset 0) creates or
+    /// truncates the file and its missing parent directories, owned by the
+    /// run user.
+    Write {
+        path: String,
+        offset: u64,
+        #[serde(with = "base64_bytes")]
+        content: Vec<u8>,
+        executable: bool,
+    },
+    /// Sends a regular file back as [`Frame::Collected`] pieces.
+    Read { path: String },
+    /// Lists a directory (`""` for the working directory itself).
+    List { path: String },
+    /// Removes a file, or a directory with what it holds.
+    Remove { path: String },
+}
+
+/// What a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// One entry of a [`Frame::Listing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits, e.g. 0o644.
+    pub mode: u32,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified_s: i64,
+}
+
 /// What makes a restored VM unique.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +391,33 @@ pub struct Wake {
 #[serde(deny_unknown_fields)]
 pub struct AgentFailure {
     pub message: String,
+    /// Set when a file operation was refused for what it asked (a missing
+    /// file, a bad path, a full disk): the request's fault, not the VM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileProblem>,
+}
+
+impl AgentFailure {
+    /// The agent's own failure.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            file: None,
+        }
+    }
+}
+
+/// Why a file operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileProblem {
+    /// The path, or a directory on it, does not exist.
+    NotFound,
+    /// The path cannot be used: outside the working directory, through a
+    /// link, a directory where a file was meant, or the like.
+    Invalid,
+    /// The session's disk is full.
+    Full,
 }
 
 /// Bytes as base64 in JSON, so that binary stdin or files cost 4/3, not 4x.

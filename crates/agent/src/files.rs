@@ -1,0 +1,340 @@
+//! A session's files: writing, reading, listing and removing paths of the
+//! working directory for the host, between executions.
+//!
+//! The run user owns the working directory and may have left anything
+//! there, including symbolic links to files it cannot read, and a process
+//! of its may still be running. So every path is resolved with `openat2`
+//! beneath the working directory, refusing symbolic links at every step
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and each operation works on
+//! the file descriptors it resolved, never on a path looked up again.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+use runner_protocol::{
+    COLLECTED_CHUNK, CollectedChunk, FileEntry, FileKind, FileOp, FileProblem, Frame,
+};
+
+use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
+
+/// Why an operation failed: the request's fault (`file` set) or the
+/// agent's.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub file: Option<FileProblem>,
+}
+
+impl Failure {
+    fn invalid(message: String) -> Self {
+        Self {
+            message,
+            file: Some(FileProblem::Invalid),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            file: None,
+        }
+    }
+}
+
+/// Entries per [`Frame::Listing`], well under the agent's frame limit.
+const LISTING_CHUNK: usize = 500;
+
+/// Carries out `op`, answering on `out`.
+pub fn serve(op: &FileOp, out: &mut Port) -> Result<(), Failure> {
+    match op {
+        FileOp::Write {
+            path,
+            offset,
+            content,
+            executable,
+        } => write(path, *offset, content, *executable),
+        FileOp::Read { path } => read(path, out),
+        FileOp::List { path } => list(path, out),
+        FileOp::Remove { path } => remove(path),
+    }?;
+    Ok(out.send(&Frame::Done)?)
+}
+
+/// Writes `content` at `offset` of `path` (created or truncated at 0, with
+/// its missing directories), owned by the run user.
+pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Result<(), Failure> {
+    let (dir, name) = parent(path, true)?;
+    let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK;
+    if offset == 0 {
+        flags |= OFlag::O_TRUNC;
+    }
+    let mode = if executable { 0o755 } else { 0o644 };
+    let fd = open_beneath(&dir, &name, flags, Mode::from_bits_truncate(mode))
+        .map_err(|e| explain(path, e))?;
+    let mut file = File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(Failure::invalid(format!("{path} is not a regular file")));
+    }
+    if offset == 0 {
+        fchown(
+            &file,
+            Some(Uid::from_raw(RUN_UID)),
+            Some(Gid::from_raw(RUN_GID)),
+        )
+        .map_err(|e| format!("chown {path}: {e}"))?;
+        nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode))
+            .map_err(|e| format!("chmod {path}: {e}"))?;
+    }
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.write_all(content))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC) => explain(path, Errno::ENOSPC),
+            _ => format!("write {path}: {e}").into(),
+        })
+}
+
+fn read(path: &str, out: &mut Port) -> Result<(), Failure> {
+    let (dir, name) = parent(path, false)?;
+    let fd = open_beneath(
+        &dir,
+        &name,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| explain(path, e))?;
+    let mut file = File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(Failure::invalid(format!("{path} is not a regular file")));
+    }
+    let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+    let mut buf = vec![0; COLLECTED_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut buf).map_err(|e| format!("read {path}: {e}"))?;
+        let last = n < buf.len();
+        out.send(&Frame::Collected(CollectedChunk {
+            name: path.to_string(),
+            offset,
+            content: buf[..n].to_vec(),
+            executable,
+            last,
+        }))?;
+        offset += n as u64;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+fn list(path: &str, out: &mut Port) -> Result<(), Failure> {
+    let fd = if path.is_empty() || path == "." {
+        work_dir()?
+    } else {
+        let (dir, name) = parent(path, false)?;
+        open_beneath(
+            &dir,
+            &name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| explain(path, e))?
+    };
+    let listed = fd.try_clone().map_err(|e| format!("{path}: {e}"))?;
+    let mut dir = nix::dir::Dir::from_fd(listed).map_err(|e| format!("list {path}: {e}"))?;
+    let mut entries = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| format!("list {path}: {e}"))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let Ok(stat) = fstatat(
+            &fd,
+            entry.file_name(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            continue; // gone since the listing began
+        };
+        entries.push(entry_of(name, &stat));
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for piece in entries.chunks(LISTING_CHUNK) {
+        out.send(&Frame::Listing(piece.to_vec()))?;
+    }
+    Ok(())
+}
+
+fn entry_of(name: String, stat: &FileStat) -> FileEntry {
+    let kind = match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => FileKind::File,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    FileEntry {
+        name,
+        kind,
+        size: stat.st_size as u64,
+        mode: stat.st_mode & 0o7777,
+        modified_s: stat.st_mtime,
+    }
+}
+
+fn remove(path: &str) -> Result<(), Failure> {
+    let (dir, name) = parent(path, false)?;
+    let stat = fstatat(
+        &dir,
+        name.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| explain(path, e))?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        // std's remove_dir_all opens each level without following links;
+        // through /proc/self/fd the path starts at the directory resolved
+        // above, not at a name the run user could swap meanwhile.
+        let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        Ok(std::fs::remove_dir_all(&at).map_err(|e| format!("remove {path}: {e}"))?)
+    } else {
+        Ok(unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| format!("remove {path}: {e}"))?)
+    }
+}
+
+/// The directory that holds `path`, opened beneath the working directory
+/// (its missing directories made, owned by the run user, if `create`),
+/// and the last component's name.
+fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), Failure> {
+    let components = components(path)?;
+    let (name, dirs) = components.split_last().expect("at least one component");
+    let mut dir = work_dir()?;
+    for part in dirs {
+        let how = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        dir = match open_beneath(&dir, part, how, Mode::empty()) {
+            Ok(next) => next,
+            Err(Errno::ENOENT) if create => {
+                mkdirat(&dir, part.as_str(), Mode::from_bits_truncate(0o755))
+                    .map_err(|e| format!("create directory {part} of {path}: {e}"))?;
+                let made =
+                    open_beneath(&dir, part, how, Mode::empty()).map_err(|e| explain(path, e))?;
+                fchown(
+                    &made,
+                    Some(Uid::from_raw(RUN_UID)),
+                    Some(Gid::from_raw(RUN_GID)),
+                )
+                .map_err(|e| format!("chown {part}: {e}"))?;
+                made
+            }
+            Err(e) => return Err(explain(path, e)),
+        };
+    }
+    Ok((dir, name.clone()))
+}
+
+/// `path`'s components: relative, inside the working directory.
+fn components(path: &str) -> Result<Vec<String>, Failure> {
+    let parts: Vec<String> = Path::new(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .map(|c| match c {
+            Component::Normal(part) => Ok(part.to_string_lossy().into_owned()),
+            _ => Err(()),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|()| {
+            Failure::invalid(format!(
+                "{path:?} is not a relative path inside the working directory"
+            ))
+        })?;
+    if parts.is_empty() {
+        return Err(Failure::invalid(format!(
+            "{path:?} names the working directory itself"
+        )));
+    }
+    Ok(parts)
+}
+
+fn work_dir() -> Result<OwnedFd, String> {
+    nix::fcntl::open(
+        WORK_DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {WORK_DIR}: {e}"))
+}
+
+/// Opens `name` in `dir` without leaving it or following any link.
+fn open_beneath(dir: &impl AsFd, name: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .mode(mode)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    openat2(dir.as_fd(), name, how)
+}
+
+/// An error for `path`, in the words a user of the API understands.
+fn explain(path: &str, errno: Errno) -> Failure {
+    let (problem, message) = match errno {
+        Errno::ENOENT => (FileProblem::NotFound, "no such file or directory"),
+        Errno::ELOOP => (
+            FileProblem::Invalid,
+            "a symbolic link is in the way; links are not followed",
+        ),
+        Errno::ENOTDIR => (
+            FileProblem::Invalid,
+            "a part of the path is not a directory",
+        ),
+        Errno::EISDIR => (FileProblem::Invalid, "it is a directory"),
+        Errno::EXDEV => (
+            FileProblem::Invalid,
+            "it leads outside the working directory",
+        ),
+        Errno::ENOSPC => (
+            FileProblem::Full,
+            "the session's disk is full (its disk_mib limit)",
+        ),
+        other => return format!("{path}: {}", other.desc()).into(),
+    };
+    Failure {
+        message: format!("{path}: {message}"),
+        file: Some(problem),
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::components;
+
+    #[test]
+    fn paths_stay_inside_the_work_dir() {
+        assert_eq!(components("a/./b").unwrap(), ["a", "b"]);
+        assert_eq!(components("main.py").unwrap(), ["main.py"]);
+        for bad in ["", ".", "/etc/passwd", "../x", "a/../../x", "a/.."] {
+            assert!(components(bad).is_err(), "{bad:?}");
+        }
+    }
+}
