@@ -22,6 +22,7 @@ use toml::{Table, Value};
 use crate::exec::LimitPolicy;
 use crate::lang::Languages;
 use crate::pool::PoolConfig;
+use crate::session::SessionConfig;
 use crate::vmm::{AccelMode, VmmConfig};
 
 /// Read when `--config` and `RUNNER_CONFIG` are not given, if it exists.
@@ -77,6 +78,8 @@ pub struct Config {
     /// After SIGTERM, how long running executions may go on before they are
     /// killed.
     pub shutdown_timeout_ms: u64,
+    /// Sessions (`runner serve`): their defaults and maximums.
+    pub sessions: SessionConfig,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             max_body_bytes: 8 << 20,
             max_submission_bytes: 96 << 20,
             shutdown_timeout_ms: 30_000,
+            sessions: SessionConfig::default(),
         }
     }
 
@@ -267,6 +271,26 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_body_bytes and max_submission_bytes must be above 0".into(),
             ));
+        }
+        let sessions = &self.sessions;
+        for (default, max, key) in [
+            (
+                sessions.idle_timeout_s,
+                sessions.max_idle_timeout_s,
+                "idle_timeout_s",
+            ),
+            (sessions.lifetime_s, sessions.max_lifetime_s, "lifetime_s"),
+            (
+                sessions.default_disk_mib,
+                sessions.max_disk_mib,
+                "default_disk_mib",
+            ),
+        ] {
+            if default == 0 || default > max {
+                return Err(ConfigError::Invalid(format!(
+                    "sessions.{key} = {default} must be above 0 and at most its maximum, {max}"
+                )));
+            }
         }
         let languages = Languages::builtin().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (key, names) in [

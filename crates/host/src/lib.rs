@@ -11,6 +11,7 @@
 //!   the agent conversation, the result; [`Runner`] is its facade;
 //! - [`snapshot`]: VMs saved ready to run, restored instead of booted;
 //! - [`pool`]: warm pools of restored VMs waiting for requests;
+//! - [`session`]: sessions, one VM serving an owner's many executions;
 //! - [`state`]: where all of it lives on the host;
 //! - [`machine`]: facts about the host (its memory, its CPU).
 //!
@@ -24,6 +25,7 @@ pub mod judge;
 pub mod lang;
 pub mod machine;
 pub mod pool;
+pub mod session;
 pub mod snapshot;
 pub mod state;
 pub mod vmm;

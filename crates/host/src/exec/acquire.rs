@@ -67,6 +67,28 @@ pub(crate) enum Readiness {
     AwaitHello { wake: Option<Wake> },
 }
 
+/// What VM a piece of work needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want<'a> {
+    pub language: &'a Language,
+    /// At least this much memory.
+    pub memory_mib: u32,
+    /// Names the VM (its run directory, its logs): the trace id or the
+    /// session's id.
+    pub id: &'a str,
+}
+
+impl Plan {
+    /// The VM this plan needs.
+    pub(crate) fn want(&self) -> Want<'_> {
+        Want {
+            language: &self.language,
+            memory_mib: self.vm_memory_mib,
+            id: &self.trace_id,
+        }
+    }
+}
+
 /// A VM for one plan, counted as running while it lives.
 pub(crate) struct Acquired {
     pub vm: Box<dyn Vm>,
@@ -226,17 +248,17 @@ impl Vms {
         Ok((vm, Running::new(&self.running)))
     }
 
-    /// A VM for `plan`: from `pools` if one waits there, else restored from
-    /// the language's snapshot if there is one big enough, else booted.
+    /// A VM as `want` says: from `pools` if one waits there, else restored
+    /// from the language's snapshot if there is one big enough, else booted.
     pub async fn acquire(
         &self,
-        plan: &Plan,
+        want: Want<'_>,
         images: &GuestImages,
         backend: &dyn Backend,
         pools: Option<&Pools>,
     ) -> Result<Acquired, AcquireError> {
         let boot_timeout = boot_timeout(backend.info().accel);
-        if let Some(acquired) = self.take_pooled(plan, pools, boot_timeout).await {
+        if let Some(acquired) = self.take_pooled(want, pools, boot_timeout).await {
             return Ok(acquired);
         }
         // A snapshot's VM may be bigger than the request needs: the cgroup
@@ -246,11 +268,11 @@ impl Vms {
             .load(Ordering::Relaxed)
             .then(|| {
                 self.snapshots
-                    .find(&self.snapshot_key(&plan.language, images, backend))
+                    .find(&self.snapshot_key(want.language, images, backend))
             })
             .flatten()
-            .filter(|s| s.memory_mib() >= plan.vm_memory_mib);
-        let id = &plan.trace_id;
+            .filter(|s| s.memory_mib() >= want.memory_mib);
+        let id = want.id;
         let (spec, start, wake) = match &snapshot {
             Some(snapshot) => (
                 self.restore_spec(images, snapshot, id),
@@ -258,7 +280,7 @@ impl Vms {
                 Some(wake()),
             ),
             None => (
-                self.spec(images, plan.vm_memory_mib, id, Memory::Private),
+                self.spec(images, want.memory_mib, id, Memory::Private),
                 StartKind::Cold,
                 None,
             ),
@@ -285,12 +307,12 @@ impl Vms {
     /// lost.
     async fn take_pooled(
         &self,
-        plan: &Plan,
+        want: Want<'_>,
         pools: Option<&Pools>,
         boot_timeout: Duration,
     ) -> Option<Acquired> {
         let pools = pools?;
-        while let Some(pooled) = pools.take(&plan.language.name, plan.vm_memory_mib) {
+        while let Some(pooled) = pools.take(&want.language.name, want.memory_mib) {
             let started = Instant::now();
             let mut vm = pooled.vm;
             let running = Running::new(&self.running);
@@ -314,7 +336,7 @@ impl Vms {
                     });
                 }
             }
-            tracing::warn!(language = %plan.language.name, "a pooled VM did not come back; trying the next");
+            tracing::warn!(language = %want.language.name, "a pooled VM did not come back; trying the next");
             vm.destroy().await;
         }
         None

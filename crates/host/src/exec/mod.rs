@@ -20,13 +20,13 @@
 //! fails along the way, the status is `internal_error`, the message says
 //! why, and whatever output had come back is kept.
 
-mod acquire;
+pub(crate) mod acquire;
 pub(crate) mod conversation;
 mod limits;
 pub(crate) mod oneshot;
 mod plan;
 mod result;
-mod transcript;
+pub(crate) mod transcript;
 
 #[cfg(test)]
 mod scripted;
@@ -41,6 +41,7 @@ pub(crate) use acquire::Vms;
 pub use acquire::{AGENT_BINARY, AcquireError, agent};
 pub use conversation::ConversationError;
 pub use limits::{LimitPolicy, LimitSet, RequestLimits, StageLimits};
+pub(crate) use plan::check_exec_strings;
 pub use plan::{
     ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, new_trace_id, vm_memory_mib,
 };
@@ -82,6 +83,15 @@ pub enum ExecError {
     /// The caller stopped the execution (see [`Runner::execute_until`]).
     #[error("stopped: {0}")]
     Stopped(String),
+}
+
+/// The result of `plan` stopped before it ran to its end, for `reason`.
+pub(crate) fn stopped_result(plan: &Plan, reason: String) -> ExecutionResult {
+    transcript::Transcript::new(None).finish(
+        plan,
+        std::time::Instant::now(),
+        Err(ExecError::Stopped(reason)),
+    )
 }
 
 /// Runs executions. Cheap to share behind an `Arc`.
@@ -223,6 +233,32 @@ impl Runner {
         oneshot::execute(&self.vms, pools, &plan, output, None, stop)
             .await
             .0
+    }
+
+    /// The planner of this runner's languages and limits.
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    /// Checks a request for a session against `config`; a wrong one is
+    /// refused here, before anything boots.
+    pub fn plan_session(
+        &self,
+        config: &crate::session::SessionConfig,
+        request: crate::session::SessionRequest,
+    ) -> Result<crate::session::SessionPlan, PlanError> {
+        crate::session::plan(&self.planner, config, request)
+    }
+
+    /// A VM for the session `plan` describes, ready for its executions,
+    /// named `id`.
+    pub async fn open_session(
+        &self,
+        plan: &crate::session::SessionPlan,
+        id: &str,
+    ) -> Result<crate::session::SessionVm, ExecError> {
+        let pools = self.pools.get().map(|p| &**p);
+        crate::session::SessionVm::open(&self.vms, pools, plan, id).await
     }
 
     /// Checks a submission and plans its compile and each of its tests;

@@ -84,7 +84,7 @@ async fn run(
         .map_err(AcquireError::from)?;
     transcript.backend = Some((backend.info().name, backend.info().accel));
     let acquired = tokio::select! {
-        acquired = vms.acquire(plan, &images, &*backend, pools) => acquired?,
+        acquired = vms.acquire(plan.want(), &images, &*backend, pools) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
     run_on(acquired, &plan.exec, transcript, stop).await
@@ -641,9 +641,9 @@ mod tests {
         let plan = plan("python", None);
         let out = scripted(&plan, booting(), |mut peer| async move {
             take_request(&mut peer).await;
-            peer.send(&Frame::Error(AgentFailure {
-                message: "write main.py: no space left".into(),
-            }))
+            peer.send(&Frame::Error(AgentFailure::new(
+                "write main.py: no space left",
+            )))
             .await;
             peer.until_closed().await;
         })

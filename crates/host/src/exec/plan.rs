@@ -73,6 +73,10 @@ pub struct ExecutionRequest {
     pub compare: Option<Compare>,
     /// Given by the caller (e.g. from a `traceparent` header), else made up.
     pub trace_id: Option<String>,
+    /// A shell command (`/bin/sh -c`) run instead of the language's
+    /// program, with `args` as `$1`...; the files are then optional, each
+    /// named, and nothing is compiled.
+    pub command: Option<String>,
 }
 
 /// An accepted request, ready to run.
@@ -214,8 +218,23 @@ impl Planner {
         request: ExecutionRequest,
         part: Part,
     ) -> Result<Plan, PlanError> {
-        let files = if part == Part::Run && request.files.is_empty() {
+        if let Some(command) = &request.command {
+            if part != Part::Whole {
+                return Err(PlanError::Invalid(
+                    "a command cannot be judged; send the program's files".into(),
+                ));
+            }
+            check_exec_strings(std::slice::from_ref(command), &BTreeMap::new())
+                .map_err(|e| PlanError::Invalid(e.to_string().replace("args[0]", "command")))?;
+            if command.trim().is_empty() {
+                return Err(PlanError::Invalid("command is empty".into()));
+            }
+        }
+        let files = if (part == Part::Run || request.command.is_some()) && request.files.is_empty()
+        {
             Vec::new()
+        } else if request.command.is_some() {
+            named_files(request.files)?
         } else {
             name_files(request.files, &language.source_file)?
         };
@@ -241,13 +260,19 @@ impl Planner {
             (None, None) => None,
         };
         let mut stages = Vec::new();
-        if let (Some(compile), Part::Whole | Part::Compile) = (&language.compile, part) {
-            stages.push((Stage::Compile, compile.clone()));
-        }
-        if part != Part::Compile {
-            let mut run = language.run.clone();
+        if let Some(command) = request.command {
+            let mut run = vec!["/bin/sh".into(), "-c".into(), command, "sh".into()];
             run.extend(request.args);
             stages.push((Stage::Run, run));
+        } else {
+            if let (Some(compile), Part::Whole | Part::Compile) = (&language.compile, part) {
+                stages.push((Stage::Compile, compile.clone()));
+            }
+            if part != Part::Compile {
+                let mut run = language.run.clone();
+                run.extend(request.args);
+                stages.push((Stage::Run, run));
+            }
         }
         let mut largest = 0;
         let mut specs = Vec::with_capacity(stages.len());
@@ -306,7 +331,10 @@ const MAX_EXEC_TOTAL: usize = 512 << 10;
 /// Refuses arguments and environment that cannot reach a program intact:
 /// a NUL byte ends a C string (it would cut or split the value), and
 /// `execve` refuses strings and totals past its limits.
-fn check_exec_strings(args: &[String], env: &BTreeMap<String, String>) -> Result<(), PlanError> {
+pub(crate) fn check_exec_strings(
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), PlanError> {
     let invalid = |message: String| Err(PlanError::Invalid(message));
     for (i, arg) in args.iter().enumerate() {
         if arg.contains('\0') {
@@ -382,6 +410,27 @@ fn name_files(files: Vec<SourceFile>, entry: &str) -> Result<Vec<File>, PlanErro
                     )));
                 }
             };
+            Ok(File {
+                name,
+                content: file.content,
+                executable: false,
+            })
+        })
+        .collect()
+}
+
+/// Files that all have names (beside a command, none is the program).
+fn named_files(files: Vec<SourceFile>) -> Result<Vec<File>, PlanError> {
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| {
+            let Some(name) = file.name else {
+                return Err(PlanError::Invalid(format!(
+                    "files[{i}] has no name; beside a command every file needs one"
+                )));
+            };
+            check_file_name(i, &name)?;
             Ok(File {
                 name,
                 content: file.content,

@@ -174,6 +174,8 @@ pub enum StartKind {
     Snapshot,
     /// Taken from the warm pool: restored ahead of the request.
     Pool,
+    /// A session's VM, running already.
+    Session,
 }
 
 impl StartKind {
@@ -182,6 +184,7 @@ impl StartKind {
             StartKind::Cold => "cold",
             StartKind::Snapshot => "snapshot",
             StartKind::Pool => "pool",
+            StartKind::Session => "session",
         }
     }
 }

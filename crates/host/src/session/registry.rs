@@ -1,0 +1,550 @@
+//! The sessions of a server: ids nobody can guess, one owner each, one
+//! request at a time, and an end for every session (deleted, idle, too
+//! old, failed, or the server stopping) that destroys its VM.
+//!
+//! A request on a session takes its [`Turn`]; a second request while one
+//! holds it is refused as busy rather than queued, so that a client never
+//! waits behind another's long execution without knowing. What a turn runs
+//! runs in a task of its own: a client that goes away does not cut a
+//! conversation with the agent in half.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{OwnedMutexGuard, mpsc, watch};
+
+use super::vm::{FileError, SessionVm};
+use super::{SessionConfig, SessionPlan, SessionRequest};
+use crate::exec::{ExecutionRequest, ExecutionResult, OutputChunk, Plan, PlanError, StartKind};
+use crate::{Runner, error_chain};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session {0}")]
+    NotFound(String),
+    #[error("session {0} is busy with another request; a session takes one request at a time")]
+    Busy(String),
+    #[error("session {id} has ended: {reason}")]
+    Ended { id: String, reason: EndReason },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("the session's VM did not start: {0}")]
+    Open(String),
+    #[error(transparent)]
+    File(FileError),
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Its VM runs and takes requests.
+    Running,
+    /// Its VM is gone, and its files with it; [`SessionInfo::ended`] says
+    /// why.
+    Ended,
+    /// Ended because its VM failed.
+    Failed,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum EndReason {
+    /// No request came for its `idle_timeout_s`.
+    Idle { seconds: u64 },
+    /// It reached its `max_lifetime_s`.
+    Lifetime { seconds: u64 },
+    /// Its VM failed; the message says how.
+    Failed { message: String },
+    /// The server shut down.
+    Shutdown,
+    /// Its owner deleted it.
+    Deleted,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::Idle { seconds } => {
+                write!(
+                    f,
+                    "it was idle for its idle_timeout_s of {seconds} s; its VM and files are gone"
+                )
+            }
+            EndReason::Lifetime { seconds } => write!(
+                f,
+                "it reached its max_lifetime_s of {seconds} s; its VM and files are gone"
+            ),
+            EndReason::Failed { message } => write!(
+                f,
+                "its VM failed ({message}); its files are gone: start a new session"
+            ),
+            EndReason::Shutdown => write!(f, "the server shut down; its VM and files are gone"),
+            EndReason::Deleted => write!(f, "it was deleted"),
+        }
+    }
+}
+
+/// What a client sees of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub language: String,
+    pub state: SessionState,
+    /// How its VM was started: `pool`, `snapshot` or `cold`.
+    pub start: StartKind,
+    pub created_unix_ms: u64,
+    pub last_used_unix_ms: u64,
+    pub memory_mib: u64,
+    pub vm_memory_mib: u32,
+    pub disk_mib: u64,
+    pub idle_timeout_s: u64,
+    pub max_lifetime_s: u64,
+    pub executions: u64,
+    /// Milliseconds from the request until the session's VM was ready.
+    pub open_time_ms: f64,
+    /// Why it ended, once it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<EndReason>,
+}
+
+/// The sessions of one server.
+pub struct Sessions {
+    runner: Arc<Runner>,
+    config: SessionConfig,
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+struct Session {
+    id: String,
+    owner: String,
+    plan: SessionPlan,
+    created: SystemTime,
+    born: Instant,
+    start: StartKind,
+    open_time_ms: f64,
+    life: Mutex<Life>,
+    vm: Arc<tokio::sync::Mutex<Option<SessionVm>>>,
+    /// Set to stop what the session's turn is running (the session ended).
+    stop: watch::Sender<bool>,
+    /// What the server holds for it (its place in the capacity), given
+    /// back when the VM is destroyed.
+    hold: Mutex<Option<Box<dyn Send>>>,
+}
+
+struct Life {
+    last_used: Instant,
+    last_used_at: SystemTime,
+    executions: u64,
+    ended: Option<(EndReason, Instant)>,
+}
+
+impl Session {
+    fn info(&self) -> SessionInfo {
+        let life = self.life.lock().unwrap();
+        let state = match &life.ended {
+            None => SessionState::Running,
+            Some((EndReason::Failed { .. }, _)) => SessionState::Failed,
+            Some(_) => SessionState::Ended,
+        };
+        SessionInfo {
+            id: self.id.clone(),
+            language: self.plan.language.name.clone(),
+            state,
+            start: self.start,
+            created_unix_ms: unix_ms(self.created),
+            last_used_unix_ms: unix_ms(life.last_used_at),
+            memory_mib: self.plan.memory_mib,
+            vm_memory_mib: self.plan.vm_memory_mib,
+            disk_mib: self.plan.disk_mib,
+            idle_timeout_s: self.plan.idle_timeout.as_secs(),
+            max_lifetime_s: self.plan.max_lifetime.as_secs(),
+            executions: life.executions,
+            open_time_ms: self.open_time_ms,
+            ended: life.ended.as_ref().map(|(reason, _)| reason.clone()),
+        }
+    }
+
+    fn used(&self) {
+        let mut life = self.life.lock().unwrap();
+        life.last_used = Instant::now();
+        life.last_used_at = SystemTime::now();
+    }
+
+    fn ended(&self) -> Option<EndReason> {
+        self.life
+            .lock()
+            .unwrap()
+            .ended
+            .as_ref()
+            .map(|(r, _)| r.clone())
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A new session id: 128 random bits, so that knowing one id tells
+/// nothing about another.
+fn new_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom is readable");
+    format!("ses_{}", hex::encode(bytes))
+}
+
+impl Sessions {
+    pub fn new(runner: Arc<Runner>, config: SessionConfig) -> Arc<Self> {
+        Arc::new(Self {
+            runner,
+            config,
+            map: Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Checks a request for a new session; a wrong one is refused here,
+    /// before anything boots.
+    pub fn plan(&self, request: SessionRequest) -> Result<SessionPlan, PlanError> {
+        self.runner.plan_session(&self.config, request)
+    }
+
+    /// Starts the session `plan` describes for `owner`, holding `hold`
+    /// (its place in the server's capacity) until it ends.
+    pub async fn open(
+        &self,
+        owner: &str,
+        plan: SessionPlan,
+        hold: Box<dyn Send>,
+    ) -> Result<SessionInfo, SessionError> {
+        let id = new_id();
+        let received = Instant::now();
+        let vm = self
+            .runner
+            .open_session(&plan, &id)
+            .await
+            .map_err(|e| SessionError::Open(error_chain(&e)))?;
+        let open_time_ms = (vm.ready - received).as_secs_f64() * 1e3;
+        tracing::info!(
+            target: "runner::session",
+            session = %id,
+            language = %plan.language.name,
+            start = vm.start.as_str(),
+            open_time_ms,
+            "session started"
+        );
+        let now = SystemTime::now();
+        let session = Arc::new(Session {
+            id: id.clone(),
+            owner: owner.to_string(),
+            created: now,
+            born: Instant::now(),
+            start: vm.start,
+            open_time_ms,
+            plan,
+            life: Mutex::new(Life {
+                last_used: Instant::now(),
+                last_used_at: now,
+                executions: 0,
+                ended: None,
+            }),
+            vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+            stop: watch::channel(false).0,
+            hold: Mutex::new(Some(hold)),
+        });
+        let info = session.info();
+        self.map.lock().unwrap().insert(id, session);
+        Ok(info)
+    }
+
+    fn find(&self, owner: &str, id: &str) -> Result<Arc<Session>, SessionError> {
+        self.map
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|s| s.owner == owner)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))
+    }
+
+    pub fn get(&self, owner: &str, id: &str) -> Result<SessionInfo, SessionError> {
+        Ok(self.find(owner, id)?.info())
+    }
+
+    /// `owner`'s sessions, oldest first.
+    pub fn list(&self, owner: &str) -> Vec<SessionInfo> {
+        let mut sessions: Vec<SessionInfo> = self
+            .map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.owner == owner)
+            .map(|s| s.info())
+            .collect();
+        sessions.sort_by_key(|s| (s.created_unix_ms, s.id.clone()));
+        sessions
+    }
+
+    /// Sessions whose VM runs.
+    pub fn running(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.ended().is_none())
+            .count()
+    }
+
+    /// Plans `request` as an execution in session `id`.
+    pub fn plan_execution(
+        &self,
+        owner: &str,
+        id: &str,
+        request: ExecutionRequest,
+    ) -> Result<Plan, SessionError> {
+        let session = self.find(owner, id)?;
+        Ok(session
+            .plan
+            .plan_execution(self.runner.planner(), request)?)
+    }
+
+    /// The session's turn: refused if another request has it, or if the
+    /// session has ended.
+    pub fn turn(&self, owner: &str, id: &str) -> Result<Turn, SessionError> {
+        let session = self.find(owner, id)?;
+        let ended = |session: &Session| SessionError::Ended {
+            id: session.id.clone(),
+            reason: session.ended().expect("ended"),
+        };
+        if session.ended().is_some() {
+            return Err(ended(&session));
+        }
+        let guard = session
+            .vm
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SessionError::Busy(id.to_string()))?;
+        if guard.is_none() {
+            return Err(ended(&session));
+        }
+        session.used();
+        Ok(Turn { session, guard })
+    }
+
+    /// Ends session `id` now: what it runs is stopped and its VM destroyed.
+    pub async fn delete(&self, owner: &str, id: &str) -> Result<(), SessionError> {
+        let session = self.find(owner, id)?;
+        self.map.lock().unwrap().remove(id);
+        finish(&session, EndReason::Deleted).await;
+        tracing::info!(target: "runner::session", session = %id, "session deleted");
+        Ok(())
+    }
+
+    /// Ends every session (the server is stopping).
+    pub async fn close_all(&self) {
+        let sessions: Vec<Arc<Session>> = self.map.lock().unwrap().values().cloned().collect();
+        for session in sessions {
+            finish(&session, EndReason::Shutdown).await;
+        }
+    }
+
+    /// Ends sessions idle or old past their limits, and forgets ended ones
+    /// after `ended_kept_s`. Called every second by [`Sessions::start_reaper`].
+    pub async fn reap(&self) {
+        let now = Instant::now();
+        let kept = Duration::from_secs(self.config.ended_kept_s);
+        let sessions: Vec<Arc<Session>> = self.map.lock().unwrap().values().cloned().collect();
+        for session in sessions {
+            let (idle_for, ended_at) = {
+                let life = session.life.lock().unwrap();
+                (now - life.last_used, life.ended.as_ref().map(|(_, at)| *at))
+            };
+            if let Some(at) = ended_at {
+                if now - at >= kept {
+                    self.map.lock().unwrap().remove(&session.id);
+                }
+                continue;
+            }
+            let plan = &session.plan;
+            let reason = if now - session.born >= plan.max_lifetime {
+                EndReason::Lifetime {
+                    seconds: plan.max_lifetime.as_secs(),
+                }
+            } else if idle_for >= plan.idle_timeout && session.vm.try_lock().is_ok() {
+                EndReason::Idle {
+                    seconds: plan.idle_timeout.as_secs(),
+                }
+            } else {
+                continue;
+            };
+            tracing::info!(target: "runner::session", session = %session.id, reason = %reason, "session ended");
+            let session = session.clone();
+            tokio::spawn(async move { finish(&session, reason).await });
+        }
+    }
+
+    /// Reaps every second until the returned task is aborted.
+    pub fn start_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let sessions = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(sessions) = sessions.upgrade() else {
+                    return;
+                };
+                sessions.reap().await;
+            }
+        })
+    }
+}
+
+/// Ends `session` for `reason` (unless it has ended already): stops its
+/// turn, destroys its VM and gives back what it held.
+async fn finish(session: &Session, reason: EndReason) {
+    {
+        let mut life = session.life.lock().unwrap();
+        if life.ended.is_none() {
+            life.ended = Some((reason, Instant::now()));
+        }
+    }
+    session.stop.send_replace(true);
+    let vm = session.vm.lock().await.take();
+    if let Some(vm) = vm {
+        vm.destroy().await;
+    }
+    session.hold.lock().unwrap().take();
+}
+
+/// One request's hold on a session: the only one that may use its VM until
+/// it is dropped.
+pub struct Turn {
+    session: Arc<Session>,
+    guard: OwnedMutexGuard<Option<SessionVm>>,
+}
+
+impl Turn {
+    /// Runs `plan` (from [`Sessions::plan_execution`]) in the session's VM.
+    /// It runs to its end even if the caller goes away; if the session
+    /// ends meanwhile, it is stopped and its result says so.
+    pub async fn execute(
+        self,
+        plan: Plan,
+        output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    ) -> ExecutionResult {
+        let Turn { session, mut guard } = self;
+        let task = tokio::spawn(async move {
+            let mut stop = session.stop.subscribe();
+            let vm = guard.as_mut().expect("a turn has a VM");
+            let (result, healthy) = tokio::select! {
+                done = vm.execute(&plan, output) => done,
+                _ = stop.wait_for(|stop| *stop) => (stopped(&plan, &session), false),
+            };
+            session.life.lock().unwrap().executions += 1;
+            session.used();
+            log_execution(&session.id, &result);
+            if !healthy && session.ended().is_none() {
+                let message = result.message.clone().unwrap_or_default();
+                drop(guard);
+                fail(&session, message).await;
+            }
+            result
+        });
+        task.await.expect("a session's execution does not panic")
+    }
+
+    /// Writes a file of the working directory.
+    pub async fn write(
+        self,
+        path: String,
+        content: Vec<u8>,
+        executable: bool,
+    ) -> Result<(), SessionError> {
+        self.files(move |vm| Box::pin(async move { vm.write(&path, &content, executable).await }))
+            .await
+    }
+
+    /// Reads a regular file of the working directory, up to `limit` bytes.
+    pub async fn read(self, path: String, limit: u64) -> Result<Vec<u8>, SessionError> {
+        self.files(move |vm| Box::pin(async move { vm.read(&path, limit).await }))
+            .await
+    }
+
+    /// Lists a directory of the working directory.
+    pub async fn list(self, path: String) -> Result<Vec<super::FileEntry>, SessionError> {
+        self.files(move |vm| Box::pin(async move { vm.list(&path).await }))
+            .await
+    }
+
+    /// Removes a file or directory of the working directory.
+    pub async fn remove(self, path: String) -> Result<(), SessionError> {
+        self.files(move |vm| Box::pin(async move { vm.remove(&path).await }))
+            .await
+    }
+
+    /// Runs a file operation in a task of its own; a VM that fails in it
+    /// ends the session.
+    async fn files<T: Send + 'static>(
+        self,
+        op: impl for<'a> FnOnce(
+            &'a mut SessionVm,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, FileError>> + Send + 'a>,
+        > + Send
+        + 'static,
+    ) -> Result<T, SessionError> {
+        let Turn { session, mut guard } = self;
+        let task = tokio::spawn(async move {
+            let vm = guard.as_mut().expect("a turn has a VM");
+            let outcome = op(vm).await;
+            session.used();
+            if let Err(FileError::Broken(error)) = &outcome {
+                let message = error_chain(error);
+                drop(guard);
+                fail(&session, message).await;
+            }
+            outcome.map_err(SessionError::File)
+        });
+        task.await
+            .expect("a session's file operation does not panic")
+    }
+}
+
+/// Ends `session` because its VM failed.
+async fn fail(session: &Session, message: String) {
+    tracing::warn!(target: "runner::session", session = %session.id, error = %message, "session failed");
+    finish(session, EndReason::Failed { message }).await;
+}
+
+/// The result of an execution stopped because its session ended.
+fn stopped(plan: &Plan, session: &Session) -> ExecutionResult {
+    let reason = session
+        .ended()
+        .map_or_else(|| "it ended".to_string(), |r| r.to_string());
+    crate::exec::stopped_result(
+        plan,
+        format!("the session ended while this execution ran: {reason}"),
+    )
+}
+
+fn log_execution(session: &str, result: &ExecutionResult) {
+    tracing::info!(
+        target: "runner::execution",
+        session,
+        trace_id = %result.trace_id,
+        language = %result.language,
+        status = %result.status,
+        execution_time = result.metrics.execution_time_ms,
+        "session execution finished"
+    );
+}

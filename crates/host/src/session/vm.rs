@@ -1,0 +1,311 @@
+//! A session's VM: acquired as a one-shot execution's is, then told it is a
+//! session's; executions and file operations on it, one at a time.
+//!
+//! The guest is as untrusted here as anywhere: every answer is bounded and
+//! has a deadline. A file operation the agent refuses (a missing file, a
+//! bad path, a full disk) is the caller's error and the session goes on;
+//! anything else (a lost agent, a broken protocol) means the VM cannot be
+//! trusted to serve the session any more, and the caller ends it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runner_protocol::{FILE_CHUNK, FileEntry, FileOp, FileProblem, Frame, SessionSpec};
+use tokio::sync::mpsc;
+
+use super::SessionPlan;
+use crate::exec::acquire::{AcquireError, Running, Vms, Want};
+use crate::exec::conversation::{self, ConversationError};
+use crate::exec::transcript::{OutputChunk, Transcript};
+use crate::exec::{ExecError, ExecutionResult, Plan, StartKind};
+use crate::pool::Pools;
+use crate::vmm::{Accel, Vm};
+
+/// Why a file operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The agent refused it, for what it asked.
+    #[error("{message}")]
+    Refused {
+        problem: FileProblem,
+        message: String,
+    },
+    /// The file is bigger than the caller takes.
+    #[error("{path} is over {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
+    /// The VM failed; the session cannot go on.
+    #[error("the session's VM failed: {0}")]
+    Broken(#[source] ConversationError),
+}
+
+/// How long a file operation may take beyond its size's share.
+const FILE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Entries a listing may have.
+const MAX_LISTING: usize = 100_000;
+
+/// A running VM that serves one session.
+pub struct SessionVm {
+    vm: Box<dyn Vm>,
+    _running: Running,
+    /// How the VM was started.
+    pub start: StartKind,
+    /// When it was asked for and when its agent was ready for the session.
+    pub started: Instant,
+    pub ready: Instant,
+    version: String,
+    backend: (&'static str, Accel),
+}
+
+impl SessionVm {
+    /// A VM for `plan`: from the pool, a snapshot or a cold boot, as a
+    /// one-shot execution gets; then the agent is told it serves a session.
+    pub(crate) async fn open(
+        vms: &Vms,
+        pools: Option<&Pools>,
+        plan: &SessionPlan,
+        id: &str,
+    ) -> Result<Self, ExecError> {
+        let started = Instant::now();
+        let images = vms
+            .prepare(&plan.language, Arc::new(()))
+            .await
+            .map_err(AcquireError::from)?;
+        let backend = vms
+            .backend(&images.kernel.vmlinux, &images.initramfs)
+            .await
+            .map_err(AcquireError::from)?;
+        let want = Want {
+            language: &plan.language,
+            memory_mib: plan.vm_memory_mib,
+            id,
+        };
+        let acquired = vms.acquire(want, &images, &*backend, pools).await?;
+        let mut vm = acquired.vm;
+        let opened = async {
+            if let crate::exec::acquire::Readiness::AwaitHello { wake } = acquired.readiness {
+                conversation::await_ready(vm.channel(), wake, acquired.boot_timeout).await?;
+            }
+            let spec = SessionSpec {
+                disk_bytes: plan.disk_mib << 20,
+            };
+            request(vm.channel(), Frame::Session(spec), FILE_TIMEOUT, "session").await
+        };
+        if let Err(error) = opened.await {
+            let console = vm.console_tail();
+            vm.destroy().await;
+            return Err(ExecError::Agent { error, console });
+        }
+        Ok(Self {
+            vm,
+            _running: acquired._running,
+            start: acquired.start,
+            started,
+            ready: Instant::now(),
+            version: images.rootfs_manifest.version.clone(),
+            backend: (backend.info().name, backend.info().accel),
+        })
+    }
+
+    /// Runs `plan` in this VM; output goes to `output` as it comes. The
+    /// second value is false when the VM failed and must not be used again.
+    pub(crate) async fn execute(
+        &mut self,
+        plan: &Plan,
+        output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    ) -> (ExecutionResult, bool) {
+        let received = Instant::now();
+        let mut transcript = Transcript::new(output);
+        transcript.start = StartKind::Session;
+        transcript.version = self.version.clone();
+        transcript.backend = Some(self.backend);
+        transcript.ready(received);
+        let outcome =
+            match conversation::converse(self.vm.channel(), &plan.exec, &mut transcript).await {
+                Ok(()) => Ok(()),
+                Err(error) => Err(ExecError::Agent {
+                    error,
+                    console: self.vm.console_tail(),
+                }),
+            };
+        let healthy = outcome.is_ok() && self.vm.is_alive();
+        (transcript.finish(plan, received, outcome), healthy)
+    }
+
+    /// Writes `content` to `path` of the working directory, in pieces.
+    pub async fn write(
+        &mut self,
+        path: &str,
+        content: &[u8],
+        executable: bool,
+    ) -> Result<(), FileError> {
+        let mut offset = 0;
+        let mut pieces = content.chunks(FILE_CHUNK).peekable();
+        let empty: &[u8] = &[];
+        let first = if pieces.peek().is_none() {
+            Some(empty)
+        } else {
+            None
+        };
+        for piece in first.into_iter().chain(pieces) {
+            let op = FileOp::Write {
+                path: path.to_string(),
+                offset,
+                content: piece.to_vec(),
+                executable,
+            };
+            self.file_request(op).await?;
+            offset += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The content of the regular file `path`, if it has at most `limit`
+    /// bytes.
+    pub async fn read(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, FileError> {
+        let channel = self.vm.channel();
+        channel
+            .send(&Frame::Files(FileOp::Read {
+                path: path.to_string(),
+            }))
+            .await
+            .map_err(|e| FileError::Broken(ConversationError::Lost(e)))?;
+        let mut content = Vec::new();
+        let mut received = 0u64;
+        let mut ended = false;
+        loop {
+            match recv(channel, FILE_TIMEOUT).await? {
+                Frame::Collected(chunk)
+                    if !ended && chunk.name == path && chunk.offset == received =>
+                {
+                    received += chunk.content.len() as u64;
+                    // Past the limit, the rest is read and dropped so that
+                    // the conversation stays in step.
+                    if received <= limit {
+                        content.extend_from_slice(&chunk.content);
+                    }
+                    ended = chunk.last;
+                }
+                Frame::Done if ended && received > limit => {
+                    return Err(FileError::TooLarge {
+                        path: path.to_string(),
+                        limit,
+                    });
+                }
+                Frame::Done if ended => return Ok(content),
+                Frame::Error(failure) => return Err(refused(failure)),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// What the directory `path` holds (`""` for the working directory).
+    pub async fn list(&mut self, path: &str) -> Result<Vec<FileEntry>, FileError> {
+        let channel = self.vm.channel();
+        channel
+            .send(&Frame::Files(FileOp::List {
+                path: path.to_string(),
+            }))
+            .await
+            .map_err(|e| FileError::Broken(ConversationError::Lost(e)))?;
+        let mut entries = Vec::new();
+        loop {
+            match recv(channel, FILE_TIMEOUT).await? {
+                Frame::Listing(piece) if entries.len() + piece.len() <= MAX_LISTING => {
+                    entries.extend(piece)
+                }
+                Frame::Done => return Ok(entries),
+                Frame::Error(failure) => return Err(refused(failure)),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Removes the file or directory `path`.
+    pub async fn remove(&mut self, path: &str) -> Result<(), FileError> {
+        self.file_request(FileOp::Remove {
+            path: path.to_string(),
+        })
+        .await
+    }
+
+    async fn file_request(&mut self, op: FileOp) -> Result<(), FileError> {
+        let channel = self.vm.channel();
+        channel
+            .send(&Frame::Files(op))
+            .await
+            .map_err(|e| FileError::Broken(ConversationError::Lost(e)))?;
+        match recv(channel, FILE_TIMEOUT).await? {
+            Frame::Done => Ok(()),
+            Frame::Error(failure) => Err(refused(failure)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The end of the guest's console, for an error message.
+    pub fn console_tail(&self) -> String {
+        self.vm.console_tail()
+    }
+
+    pub async fn destroy(self) {
+        self.vm.destroy().await;
+    }
+}
+
+/// Sends `frame` and waits for the agent's `Done`.
+async fn request(
+    channel: &mut crate::vmm::AgentChannel,
+    frame: Frame,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), ConversationError> {
+    channel
+        .send(&frame)
+        .await
+        .map_err(ConversationError::Lost)?;
+    match tokio::time::timeout(timeout, channel.recv()).await {
+        Ok(Ok(Frame::Done)) => Ok(()),
+        Ok(Ok(Frame::Error(failure))) => Err(ConversationError::Agent(failure.message)),
+        Ok(Ok(other)) => Err(ConversationError::Protocol(format!(
+            "{what} answered with {:?}",
+            other.kind()
+        ))),
+        Ok(Err(e)) => Err(ConversationError::Lost(e)),
+        Err(_) => Err(ConversationError::Timeout {
+            what,
+            seconds: timeout.as_secs(),
+        }),
+    }
+}
+
+async fn recv(
+    channel: &mut crate::vmm::AgentChannel,
+    timeout: Duration,
+) -> Result<Frame, FileError> {
+    match tokio::time::timeout(timeout, channel.recv()).await {
+        Ok(Ok(frame)) => Ok(frame),
+        Ok(Err(e)) => Err(FileError::Broken(ConversationError::Lost(e))),
+        Err(_) => Err(FileError::Broken(ConversationError::Timeout {
+            what: "file operation",
+            seconds: timeout.as_secs(),
+        })),
+    }
+}
+
+/// The agent's refusal: the caller's error if it names a file problem,
+/// else the VM's.
+fn refused(failure: runner_protocol::AgentFailure) -> FileError {
+    match failure.file {
+        Some(problem) => FileError::Refused {
+            problem,
+            message: failure.message,
+        },
+        None => FileError::Broken(ConversationError::Agent(failure.message)),
+    }
+}
+
+fn unexpected(frame: Frame) -> FileError {
+    FileError::Broken(ConversationError::Protocol(format!(
+        "unexpected {:?} frame in a file operation",
+        frame.kind()
+    )))
+}
