@@ -92,6 +92,8 @@ pub enum Rejection {
     QueueTimeout { retry_after_s: u64 },
     /// The VM alone is bigger than every VM together may be.
     TooLarge { vm_memory_mib: u32, budget_mib: u64 },
+    /// There is no place now, and the request does not wait (a session).
+    NoCapacity { retry_after_s: u64 },
     /// The server is shutting down.
     ShuttingDown,
 }
@@ -102,6 +104,7 @@ impl Rejection {
             Rejection::QueueFull { .. } => "queue_full",
             Rejection::QueueTimeout { .. } => "queue_timeout",
             Rejection::TooLarge { .. } => "too_large",
+            Rejection::NoCapacity { .. } => "no_capacity",
             Rejection::ShuttingDown => "shutting_down",
         }
     }
@@ -204,6 +207,22 @@ impl Admission {
             },
             () = closing => Err(Rejection::ShuttingDown),
         }
+    }
+
+    /// A place for a VM of `vm_memory_mib` now, or a rejection: for work
+    /// that holds its place long (a session), which must not wait in the
+    /// queue of executions.
+    pub fn admit_now(&self, vm_memory_mib: u32) -> Result<Permit, Rejection> {
+        if u64::from(vm_memory_mib) > self.capacity.vm_memory_budget_mib {
+            return Err(Rejection::TooLarge {
+                vm_memory_mib,
+                budget_mib: self.capacity.vm_memory_budget_mib,
+            });
+        }
+        self.try_admit(vm_memory_mib)
+            .ok_or_else(|| Rejection::NoCapacity {
+                retry_after_s: self.retry_after(),
+            })
     }
 
     fn try_admit(&self, vm_memory_mib: u32) -> Option<Permit> {
@@ -320,6 +339,18 @@ mod tests {
         }
         drop(first);
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn admit_now_does_not_wait() {
+        let admission = admission(1, 1000, 4, 5_000);
+        let session = admission.admit_now(500).unwrap();
+        let second = admission.admit_now(100).err();
+        assert!(matches!(second, Some(Rejection::NoCapacity { .. })));
+        let too_big = admission.admit_now(2000).err();
+        assert_eq!(too_big.map(|r| r.reason()), Some("too_large"));
+        drop(session);
+        assert!(admission.admit_now(100).is_ok());
     }
 
     #[tokio::test]

@@ -88,6 +88,14 @@ impl ApiError {
                 ),
                 None,
             ),
+            Rejection::NoCapacity { retry_after_s } => (
+                Self::new(
+                    too_many,
+                    code,
+                    "every VM is busy; a session starts only when there is room now: retry later",
+                ),
+                Some(retry_after_s),
+            ),
             Rejection::ShuttingDown => (
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -37,8 +37,15 @@ use crate::trace::TraceId;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionBody {
+    /// Required, except in a session, whose language it is.
+    #[serde(default)]
     pub language: String,
+    /// The program; may be left out beside a `command`.
+    #[serde(default)]
     pub files: Vec<FileBody>,
+    /// A shell command to run instead of the language's program.
+    #[serde(default)]
+    pub command: Option<String>,
     #[serde(default)]
     pub stdin: String,
     #[serde(default)]
@@ -210,10 +217,15 @@ pub async fn stream(
     let (plan, permit) = app.accept(body, &trace_id).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
     tokio::spawn(run_streaming(app, plan, permit, lines));
+    Ok(ndjson(body_lines))
+}
+
+/// A streaming response of the lines `lines` receives.
+pub(crate) fn ndjson(lines: mpsc::Receiver<Bytes>) -> Response {
     let body = Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(body_lines).map(Ok::<_, Infallible>),
+        tokio_stream::wrappers::ReceiverStream::new(lines).map(Ok::<_, Infallible>),
     );
-    Ok((
+    (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -221,35 +233,25 @@ pub async fn stream(
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
-/// Runs an accepted request, writing its events to `lines` until the client
-/// goes away (the receiver is dropped), which stops the execution.
-async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::Sender<Bytes>) {
-    let trace_id = plan.trace_id.clone();
+/// Writes `started`, the output events of `chunks` as they come, and the
+/// `result` that `execution` ends with to `lines`. Returns the result and
+/// whether the client went away.
+pub(crate) async fn stream_events(
+    lines: &mpsc::Sender<Bytes>,
+    trace_id: &str,
+    language: &str,
+    mut chunks: mpsc::UnboundedReceiver<OutputChunk>,
+    execution: impl std::future::Future<Output = ExecutionResult>,
+) -> (ExecutionResult, bool) {
     let _ = lines
-        .send(
-            Event::Started {
-                trace_id: &trace_id,
-                language: &plan.language.name,
-            }
-            .line(),
-        )
+        .send(Event::Started { trace_id, language }.line())
         .await;
-    let (chunks, mut chunk_rx) = mpsc::unbounded_channel::<OutputChunk>();
-    let gone = lines.clone();
-    let shutdown = app.stopping();
-    let stop = async move {
-        tokio::select! {
-            reason = shutdown => reason,
-            () = gone.closed() => "the client disconnected".to_string(),
-        }
-    };
-    let execution = app.runner.execute_until(plan, Some(chunks), stop);
     let forward = async {
         let mut text = Utf8Streams::default();
-        while let Some(chunk) = chunk_rx.recv().await {
+        while let Some(chunk) = chunks.recv().await {
             let stream = if chunk.stderr { "stderr" } else { "stdout" };
             let data = text.push(chunk.stage, stream, &chunk.bytes);
             if !data.is_empty() {
@@ -272,11 +274,31 @@ async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::
     };
     let (result, ()) = tokio::join!(execution, forward);
     let cancelled = lines.is_closed();
+    let _ = lines.send(Event::Result { result: &result }.line()).await;
+    (result, cancelled)
+}
+
+/// Runs an accepted request, writing its events to `lines` until the client
+/// goes away (the receiver is dropped), which stops the execution.
+async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::Sender<Bytes>) {
+    let trace_id = plan.trace_id.clone();
+    let language = plan.language.name.clone();
+    let (chunks, chunk_rx) = mpsc::unbounded_channel::<OutputChunk>();
+    let gone = lines.clone();
+    let shutdown = app.stopping();
+    let stop = async move {
+        tokio::select! {
+            reason = shutdown => reason,
+            () = gone.closed() => "the client disconnected".to_string(),
+        }
+    };
+    let execution = app.runner.execute_until(plan, Some(chunks), stop);
+    let (result, cancelled) =
+        stream_events(&lines, &trace_id, &language, chunk_rx, execution).await;
     if cancelled {
         tracing::info!(trace_id = %trace_id, "client disconnected; execution stopped and its VM destroyed");
     }
     app.metrics.record(&result, cancelled);
-    let _ = lines.send(Event::Result { result: &result }.line()).await;
 }
 
 impl App {
@@ -306,7 +328,10 @@ impl App {
 
 /// The request a body asks for: files decoded from their transport
 /// encoding; everything else is checked by the plan.
-fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, ApiError> {
+pub(crate) fn to_request(
+    body: ExecutionBody,
+    trace_id: &str,
+) -> Result<ExecutionRequest, ApiError> {
     Ok(ExecutionRequest {
         language: body.language,
         files: decode_files(body.files)?,
@@ -317,6 +342,7 @@ fn to_request(body: ExecutionBody, trace_id: &str) -> Result<ExecutionRequest, A
         expected_output: body.expected_output.map(String::into_bytes),
         compare: to_compare(body.compare)?,
         trace_id: Some(trace_id.to_string()),
+        command: body.command,
     })
 }
 

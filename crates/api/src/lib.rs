@@ -6,6 +6,7 @@
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
 //! - `submissions`: judge submissions, a program and its tests;
+//! - `sessions`: sessions, one VM for many executions, and their files;
 //! - `metrics`: Prometheus metrics;
 //! - `trace`: trace ids from `traceparent` or `X-Request-Id`.
 //!
@@ -16,6 +17,7 @@ pub mod admission;
 mod error;
 mod executions;
 mod metrics;
+mod sessions;
 mod submissions;
 mod trace;
 
@@ -32,6 +34,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use runner_host::image::Progress;
+use runner_host::session::Sessions;
 use runner_host::{Config, Runner, error_chain};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +69,7 @@ pub struct App {
     /// The names of the languages served, worked out once from `config`.
     served: Vec<String>,
     runner: Arc<Runner>,
+    sessions: Arc<Sessions>,
     admission: Admission,
     metrics: Metrics,
     /// Per language, what the start-up image build is doing, if anything.
@@ -98,6 +102,7 @@ impl App {
         Ok(Self {
             metrics: Metrics::new(&served, capacity.max_vms),
             served,
+            sessions: Sessions::new(runner.clone(), config.sessions.clone()),
             config,
             runner,
             admission,
@@ -130,6 +135,10 @@ impl App {
                 "the server shut down and its {deadline} ms deadline for running executions passed"
             )
         }
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 
     /// Completes when the server stops taking work.
@@ -226,6 +235,23 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/executions/stream", post(executions::stream))
         .route("/v1/submissions", post(submissions::create))
         .route("/v1/submissions/stream", post(submissions::stream))
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/executions", post(sessions::execute))
+        .route(
+            "/v1/sessions/{id}/executions/stream",
+            post(sessions::execute_stream),
+        )
+        .route("/v1/sessions/{id}/files", get(sessions::list_files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(sessions::get_file)
+                .put(sessions::put_file)
+                .delete(sessions::delete_file),
+        )
         .route("/v1/languages", get(languages))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -321,6 +347,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.runner.vms_running(),
         app.admission.queue_length(),
         &pools,
+        &sessions::by_state(&app),
     );
     (
         [(
@@ -375,6 +402,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "listening"
     );
     tokio::spawn(app.clone().prepare());
+    let reaper = app.sessions.start_reaper();
 
     let shutdown = {
         let app = app.clone();
@@ -390,6 +418,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             );
             app.draining.cancel();
             app.runner.stop_pools().await;
+            app.sessions.close_all().await;
             let killing = app.killing.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(deadline).await;
@@ -402,6 +431,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(ServeError::Serve)?;
     app.runner.stop_pools().await;
+    reaper.abort();
+    app.sessions.close_all().await;
     let killed = app.killed.load(Ordering::Relaxed);
     tracing::info!(
         killed,

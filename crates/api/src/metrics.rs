@@ -62,6 +62,12 @@ pub struct Metrics {
     queue_length: Gauge,
     judge_tests: Family<VerdictLabels, Counter>,
     submission_duration: HistogramFamily,
+    sessions: Family<StateLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
 }
 
 /// The status label of an execution whose client went away before the end.
@@ -135,6 +141,12 @@ impl Metrics {
             "Time from taking a judge submission until its result, by language",
             submission_duration.clone(),
         );
+        let sessions = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "runner_sessions",
+            "Sessions by state: running, ended, failed (ended ones are kept for a while)",
+            sessions.clone(),
+        );
         let capacity: Gauge = Gauge::default();
         registry.register(
             "runner_capacity_vms",
@@ -165,6 +177,7 @@ impl Metrics {
             queue_length,
             judge_tests,
             submission_duration,
+            sessions,
         }
     }
 
@@ -248,8 +261,16 @@ impl Metrics {
         vms_running: usize,
         queue_length: usize,
         pools: &[(String, usize)],
+        sessions: &[(&str, usize)],
     ) -> String {
         self.vms_running.set(vms_running as i64);
+        for (state, count) in sessions {
+            self.sessions
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .set(*count as i64);
+        }
         for (language, size) in pools {
             self.warm_pool
                 .get_or_create(&LanguageLabel {

@@ -510,6 +510,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         env,
         limits: args.limits.request_limits()?,
         trace_id: None,
+        command: None,
     };
     // Refuse a bad request before building or booting anything.
     let plan = runner.plan(request)?;

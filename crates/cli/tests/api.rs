@@ -145,7 +145,8 @@ fn health_readiness_and_the_openapi_document() {
     assert_eq!(served, openapi());
     // Every path in the document answers something other than 404.
     for (path, operations) in openapi()["paths"].as_object().unwrap() {
-        if operations.get("get").is_some() {
+        // A path with a parameter names something that does not exist here.
+        if operations.get("get").is_some() && !path.contains('{') {
             assert_ne!(server.get(path).status(), 404, "{path}");
         }
     }
@@ -162,7 +163,7 @@ fn bad_requests_are_refused_and_start_nothing() {
         ("invalid UTF-8", b"{\"language\": \"python\xff\", \"files\": []}".to_vec(), 400, "invalid_utf8"),
         ("unknown field", python("print(1)").to_string().replace("\"files\"", "\"colour\":1,\"files\"").into_bytes(), 400, "invalid_request"),
         ("wrong type", br#"{"language": "python", "files": "print(1)"}"#.to_vec(), 400, "invalid_request"),
-        ("missing files", br#"{"language": "python"}"#.to_vec(), 400, "invalid_request"),
+        ("missing files", br#"{"language": "python"}"#.to_vec(), 422, "invalid_request"),
         ("body too large", python(&long_code).to_string().into_bytes(), 413, "body_too_large"),
         ("unknown language", br#"{"language": "cobol", "files": [{"content": "x"}]}"#.to_vec(), 422, "unknown_language"),
         ("language not served", br#"{"language": "go", "files": [{"content": "x"}]}"#.to_vec(), 422, "unknown_language"),

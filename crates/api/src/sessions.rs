@@ -1,0 +1,315 @@
+//! `/v1/sessions`: one VM that serves many executions, with its files.
+//!
+//! - `POST /v1/sessions` starts one (201, its description);
+//! - `GET /v1/sessions`, `GET` and `DELETE /v1/sessions/{id}`;
+//! - `POST /v1/sessions/{id}/executions` (and `/stream`) runs code or a
+//!   command in it, with the request of `POST /v1/executions` (its
+//!   `language` may be left out);
+//! - `PUT`, `GET` and `DELETE /v1/sessions/{id}/files/{path}` write, read
+//!   and remove a file of its working directory (the raw body), and
+//!   `GET /v1/sessions/{id}/files?path=DIR` lists a directory.
+//!
+//! A session takes one request at a time: a second one while the first
+//! runs gets 409 `session_busy` at once. A running session holds its VM's
+//! place in the capacity rule, as an execution does; when there is none, a
+//! new session gets 429 `no_capacity` with `Retry-After` rather than
+//! waiting in the queue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use runner_host::session::{FileError, FileProblem, SessionError, SessionRequest, SessionState};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::App;
+use crate::error::ApiError;
+use crate::executions::{ExecutionBody, ndjson, read_json, stream_events, to_request};
+use crate::trace::TraceId;
+
+/// Who owns sessions until API keys exist: everyone who can reach the
+/// server (loopback by default).
+const OWNER: &str = "";
+
+/// The body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    pub language: String,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub max_lifetime_s: Option<u64>,
+}
+
+impl ApiError {
+    fn from_session(error: SessionError) -> Self {
+        match error {
+            SessionError::NotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                error.to_string(),
+            ),
+            SessionError::Busy(_) => {
+                Self::new(StatusCode::CONFLICT, "session_busy", error.to_string())
+            }
+            SessionError::Ended { ref reason, .. } => {
+                let code = match reason {
+                    runner_host::session::EndReason::Failed { .. } => "session_failed",
+                    _ => "session_ended",
+                };
+                Self::new(StatusCode::CONFLICT, code, error.to_string())
+            }
+            SessionError::Plan(error) => Self::from_plan(error),
+            SessionError::Open(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                error.to_string(),
+            ),
+            SessionError::File(FileError::Refused { problem, message }) => match problem {
+                FileProblem::NotFound => {
+                    Self::new(StatusCode::NOT_FOUND, "file_not_found", message)
+                }
+                FileProblem::Invalid => {
+                    Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_path", message)
+                }
+                FileProblem::Full => {
+                    Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
+                }
+            },
+            SessionError::File(error @ FileError::TooLarge { .. }) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                error.to_string(),
+            ),
+            SessionError::File(error @ FileError::Broken(_)) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "session_failed",
+                format!(
+                    "{}; the session has ended and its files are gone",
+                    runner_host::error_chain(&error)
+                ),
+            ),
+        }
+    }
+}
+
+fn session_error(error: SessionError) -> ApiError {
+    ApiError::from_session(error)
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if app.is_draining() {
+        return Err(ApiError::from_rejection(
+            crate::admission::Rejection::ShuttingDown,
+        ));
+    }
+    let body: SessionBody = read_json(body, app.config.max_body_bytes).await?;
+    let plan = app
+        .sessions
+        .plan(SessionRequest {
+            language: body.language,
+            memory_mib: body.memory_mib,
+            disk_mib: body.disk_mib,
+            env: body.env,
+            idle_timeout_s: body.idle_timeout_s,
+            max_lifetime_s: body.max_lifetime_s,
+        })
+        .map_err(|e| ApiError::from_plan(e).traced(&trace_id))?;
+    let permit = app
+        .admission
+        .admit_now(plan.vm_memory_mib)
+        .map_err(|rejection| {
+            app.metrics.reject(rejection.reason());
+            ApiError::from_rejection(rejection).traced(&trace_id)
+        })?;
+    let info = app
+        .sessions
+        .open(OWNER, plan, Box::new(permit))
+        .await
+        .map_err(|e| session_error(e).traced(&trace_id))?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(json!({ "sessions": app.sessions.list(OWNER) }))
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
+    Ok(Json(info).into_response())
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.sessions
+        .delete(OWNER, &id)
+        .await
+        .map_err(session_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Plans an execution in session `id` and takes the session's turn.
+async fn accept(
+    app: &App,
+    id: &str,
+    body: Body,
+    trace_id: &str,
+) -> Result<(runner_host::Plan, runner_host::session::Turn), ApiError> {
+    let body: ExecutionBody = read_json(body, app.config.max_body_bytes).await?;
+    let request = to_request(body, trace_id)?;
+    let plan = app
+        .sessions
+        .plan_execution(OWNER, id, request)
+        .map_err(session_error)?;
+    let turn = app.sessions.turn(OWNER, id).map_err(session_error)?;
+    Ok((plan, turn))
+}
+
+pub async fn execute(
+    State(app): State<Arc<App>>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (plan, turn) = accept(&app, &id, body, &trace_id)
+        .await
+        .map_err(|e| e.traced(&trace_id))?;
+    let result = turn.execute(plan, None).await;
+    app.metrics.record(&result, false);
+    Ok(Json(result).into_response())
+}
+
+pub async fn execute_stream(
+    State(app): State<Arc<App>>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (plan, turn) = accept(&app, &id, body, &trace_id)
+        .await
+        .map_err(|e| e.traced(&trace_id))?;
+    let (lines, body_lines) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let language = plan.language.name.clone();
+        let (chunks, chunk_rx) = mpsc::unbounded_channel();
+        // In a session, an execution whose client goes away runs to its
+        // end: what it changes stays in the session either way.
+        let execution = turn.execute(plan, Some(chunks));
+        let (result, _) = stream_events(&lines, &trace_id, &language, chunk_rx, execution).await;
+        app.metrics.record(&result, false);
+    });
+    Ok(ndjson(body_lines))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// Written with mode 0755 instead of 0644.
+    #[serde(default)]
+    pub executable: bool,
+}
+
+pub async fn put_file(
+    State(app): State<Arc<App>>,
+    Path((id, path)): Path<(String, String)>,
+    Query(query): Query<PutQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
+    let limit = info.disk_mib << 20;
+    let content = axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!(
+                    "the file is over the session's disk limit of {} MiB (disk_mib)",
+                    info.disk_mib
+                ),
+            )
+        })?;
+    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    turn.write(path, content.to_vec(), query.executable)
+        .await
+        .map_err(session_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn get_file(
+    State(app): State<Arc<App>>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
+    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let content = turn
+        .read(path, info.disk_mib << 20)
+        .await
+        .map_err(session_error)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        content,
+    )
+        .into_response())
+}
+
+pub async fn delete_file(
+    State(app): State<Arc<App>>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    turn.remove(path).await.map_err(session_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// A directory of the working directory; the working directory itself
+    /// when left out.
+    #[serde(default)]
+    pub path: String,
+}
+
+pub async fn list_files(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let entries = turn.list(query.path.clone()).await.map_err(session_error)?;
+    Ok(Json(json!({ "path": query.path, "entries": entries })).into_response())
+}
+
+/// Sessions by state, for the metrics.
+pub(crate) fn by_state(app: &App) -> Vec<(&'static str, usize)> {
+    let sessions = app.sessions.list(OWNER);
+    let count = |state: SessionState| sessions.iter().filter(|s| s.state == state).count();
+    vec![
+        ("running", count(SessionState::Running)),
+        ("ended", count(SessionState::Ended)),
+        ("failed", count(SessionState::Failed)),
+    ]
+}

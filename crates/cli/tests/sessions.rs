@@ -1,0 +1,355 @@
+//! Sessions over HTTP, in real VMs: one VM serving many executions, its
+//! files, one request at a time, and every way a session ends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Response;
+use serde_json::{Value, json};
+
+use common::server::{Server, check, header};
+use common::vm_processes;
+
+fn create(server: &Server, request: Value) -> Value {
+    let response = server.post("/v1/sessions", request.to_string());
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    assert_eq!(status, 201, "{body:#}");
+    check("Session", &body);
+    body
+}
+
+fn exec(server: &Server, id: &str, request: Value) -> Value {
+    let response = server.post(
+        &format!("/v1/sessions/{id}/executions"),
+        request.to_string(),
+    );
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    assert_eq!(status, 200, "{body:#}");
+    check("ExecutionResult", &body);
+    body
+}
+
+fn command(server: &Server, id: &str, command: &str) -> Value {
+    exec(server, id, json!({ "command": command }))
+}
+
+/// The VM processes of session `id` (the server may be making snapshots
+/// meanwhile).
+fn session_vms(server: &Server, id: &str) -> Vec<String> {
+    vm_processes(server.pid())
+        .into_iter()
+        .filter(|vm| vm.contains(id))
+        .collect()
+}
+
+fn stdout(result: &Value) -> &str {
+    result["run"]["stdout"].as_str().unwrap()
+}
+
+/// An error response: its status and checked body.
+fn error(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().unwrap();
+    check("Error", &body);
+    (status, body)
+}
+
+fn put(server: &Server, id: &str, path: &str, content: Vec<u8>) -> Response {
+    server
+        .client
+        .put(format!("{}/v1/sessions/{id}/files/{path}", server.base))
+        .body(content)
+        .send()
+        .unwrap()
+}
+
+fn get(server: &Server, id: &str, path: &str) -> Response {
+    server.get(&format!("/v1/sessions/{id}/files/{path}"))
+}
+
+fn delete(server: &Server, path: &str) -> Response {
+    server
+        .client
+        .delete(format!("{}{path}", server.base))
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn a_session_keeps_files_and_processes_between_executions() {
+    let server = Server::start(&[]);
+    let session = create(
+        &server,
+        json!({ "language": "python", "disk_mib": 8, "env": { "GREETING": "hi" } }),
+    );
+    let id = session["id"].as_str().unwrap();
+    assert!(id.starts_with("ses_") && id.len() == 36, "{id}");
+    assert_eq!(session["state"], "running");
+    assert_eq!(session["disk_mib"], 8);
+
+    // A file from the client, read by a program, which writes another.
+    let response = put(&server, id, "data/input.txt", b"hello\n".to_vec());
+    assert_eq!(response.status(), 204);
+    let code = "import os\ntext = open('data/input.txt').read().upper()\nopen('out.txt', 'w').write(text)\nprint(text.strip(), os.environ['GREETING'], os.environ.get('EXTRA'))";
+    let first = exec(
+        &server,
+        id,
+        json!({ "files": [{ "content": code }], "env": { "EXTRA": "x" } }),
+    );
+    assert_eq!(first["status"], "ok", "{first:#}");
+    assert_eq!(stdout(&first), "HELLO hi x\n");
+    assert_eq!(first["metrics"]["start"], "session");
+
+    // The next execution sees what the first left, and not its environment.
+    let second = command(&server, id, "cat out.txt; echo ${EXTRA:-unset}; ls; id -u");
+    assert_eq!(
+        stdout(&second),
+        "HELLO\nunset\ndata\nmain.py\nout.txt\n1000\n"
+    );
+
+    // A background process outlives its execution; one that keeps the
+    // output pipes open does not hold the execution past the drain time.
+    let started = command(&server, id, "nohup sleep 300 >/dev/null 2>&1 & echo $!");
+    let pid = stdout(&started).trim().to_string();
+    let held = Instant::now();
+    let holding = command(&server, id, "sleep 300 & echo started");
+    assert_eq!(holding["status"], "ok", "{holding:#}");
+    assert_eq!(stdout(&holding), "started\n");
+    assert!(held.elapsed() < Duration::from_secs(60));
+    let alive = command(&server, id, &format!("kill -0 {pid} && echo alive"));
+    assert_eq!(stdout(&alive), "alive\n");
+
+    // Files back, a listing, removal.
+    let response = get(&server, id, "out.txt");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().unwrap().as_ref(), b"HELLO\n");
+    let listing: Value = server
+        .get(&format!("/v1/sessions/{id}/files"))
+        .json()
+        .unwrap();
+    check("FileListing", &listing);
+    let entries = listing["entries"].as_array().unwrap();
+    let out = entries.iter().find(|e| e["name"] == "out.txt").unwrap();
+    assert_eq!(
+        (out["kind"].clone(), out["size"].clone()),
+        (json!("file"), json!(6))
+    );
+    assert_eq!(out["mode"], 0o644);
+    let data = entries.iter().find(|e| e["name"] == "data").unwrap();
+    assert_eq!(data["kind"], "directory");
+    let sub: Value = server
+        .get(&format!("/v1/sessions/{id}/files?path=data"))
+        .json()
+        .unwrap();
+    assert_eq!(sub["entries"][0]["name"], "input.txt");
+    assert_eq!(
+        delete(&server, &format!("/v1/sessions/{id}/files/out.txt")).status(),
+        204
+    );
+    let (status, body) = error(get(&server, id, "out.txt"));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("file_not_found"))
+    );
+
+    // Paths that lead out of the working directory, through the run
+    // user's links, or to what is not a file are refused; nothing follows
+    // a link as root.
+    command(&server, id, "ln -s /etc/shadow shadow; ln -s /etc etc");
+    for (path, method) in [
+        ("%2E%2E%2Fx", "put"),
+        ("shadow", "get"),
+        ("etc/passwd", "get"),
+        ("etc/evil", "put"),
+        ("data", "get"),
+    ] {
+        let response = match method {
+            "put" => put(&server, id, path, b"x".to_vec()),
+            _ => get(&server, id, path),
+        };
+        let (status, body) = error(response);
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_path")),
+            "{method} {path}: {body}"
+        );
+    }
+    let untouched = command(&server, id, "test -e /etc/evil || echo untouched");
+    assert_eq!(stdout(&untouched), "untouched\n");
+
+    // The disk limit: a body over it, then files that fill it.
+    let (status, body) = error(put(&server, id, "big", vec![b'x'; 9 << 20]));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("file_too_large"))
+    );
+    assert_eq!(put(&server, id, "a", vec![b'a'; 5 << 20]).status(), 204);
+    let (status, body) = error(put(&server, id, "b", vec![b'b'; 5 << 20]));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (507, Some("disk_full")),
+        "{body}"
+    );
+
+    // One request at a time: a second one while an execution runs is
+    // refused at once, and the session goes on.
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| command(&server, id, "sleep 4; echo slept"));
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, body) = error(server.post(
+            &format!("/v1/sessions/{id}/executions"),
+            json!({ "command": "true" }).to_string(),
+        ));
+        assert_eq!((status, body["code"].as_str()), (409, Some("session_busy")));
+        let (status, _) = error(put(&server, id, "c", b"c".to_vec()));
+        assert_eq!(status, 409);
+        assert_eq!(stdout(&slow.join().unwrap()), "slept\n");
+    });
+
+    // Wrong requests, refused before they reach the VM.
+    let (status, body) = error(server.post(
+        &format!("/v1/sessions/{id}/executions"),
+        json!({ "language": "bash", "command": "true" }).to_string(),
+    ));
+    assert_eq!(status, 422);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("this session runs python")
+    );
+    let (status, _) = error(server.post(
+        &format!("/v1/sessions/{id}/executions"),
+        json!({ "limits": { "run": { "memory_mib": 4096 } }, "command": "true" }).to_string(),
+    ));
+    assert_eq!(status, 422);
+
+    // What the server says of it, then its end.
+    let info: Value = server.get(&format!("/v1/sessions/{id}")).json().unwrap();
+    check("Session", &info);
+    assert_eq!(info["executions"], 8);
+    let list: Value = server.get("/v1/sessions").json().unwrap();
+    assert_eq!(list["sessions"][0]["id"], id);
+    assert_eq!(delete(&server, &format!("/v1/sessions/{id}")).status(), 204);
+    let (status, body) = error(server.get(&format!("/v1/sessions/{id}")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("session_not_found"))
+    );
+    let (status, _) = error(server.post(
+        &format!("/v1/sessions/{id}/executions"),
+        json!({ "command": "true" }).to_string(),
+    ));
+    assert_eq!(status, 404);
+    assert_eq!(session_vms(&server, id), Vec::<String>::new());
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn sessions_end_when_their_vm_dies_when_idle_and_at_capacity() {
+    // One VM at a time: a running session holds it.
+    let server = Server::start(&["--set", "max_vms=1"]);
+    let first = create(&server, json!({ "language": "bash" }));
+    let id = first["id"].as_str().unwrap();
+    command(&server, id, "echo kept > file");
+
+    // No room for a second session: 429 at once, with Retry-After.
+    let response = server.post("/v1/sessions", json!({ "language": "bash" }).to_string());
+    let retry = header(&response, "retry-after");
+    let (status, body) = error(response);
+    assert_eq!((status, body["code"].as_str()), (429, Some("no_capacity")));
+    assert!(retry.parse::<u64>().unwrap() >= 1);
+
+    // Its VM dies: the next execution says so, and the session has failed.
+    let vms = session_vms(&server, id);
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    let qemu: i32 = vms[0].split(':').next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let lost = command(&server, id, "cat file");
+    assert_eq!(lost["status"], "internal_error", "{lost:#}");
+    let info: Value = server.get(&format!("/v1/sessions/{id}")).json().unwrap();
+    check("Session", &info);
+    assert_eq!(info["state"], "failed");
+    assert_eq!(info["ended"]["reason"], "failed");
+    let (status, body) = error(server.post(
+        &format!("/v1/sessions/{id}/executions"),
+        json!({ "command": "cat file" }).to_string(),
+    ));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("session_failed"))
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("files are gone"),
+        "{body}"
+    );
+
+    // Its place is free again. A session idle past its timeout ends.
+    let idle = create(&server, json!({ "language": "bash", "idle_timeout_s": 2 }));
+    let idle_id = idle["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info: Value = server
+            .get(&format!("/v1/sessions/{idle_id}"))
+            .json()
+            .unwrap();
+        if info["state"] != "running" || Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(info["state"], "ended", "{info:#}");
+    assert_eq!(info["ended"]["reason"], "idle");
+    let (status, body) = error(server.post(
+        &format!("/v1/sessions/{idle_id}/executions"),
+        json!({ "command": "true" }).to_string(),
+    ));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("session_ended"))
+    );
+    assert!(
+        server
+            .metrics()
+            .contains("runner_sessions{state=\"ended\"} 1")
+    );
+
+    // Bad sessions are refused before anything boots.
+    for (request, code) in [
+        (json!({ "language": "cobol" }), "unknown_language"),
+        (
+            json!({ "language": "bash", "disk_mib": 0 }),
+            "invalid_request",
+        ),
+        (
+            json!({ "language": "bash", "idle_timeout_s": 999999 }),
+            "invalid_request",
+        ),
+        (
+            json!({ "language": "bash", "colour": "red" }),
+            "invalid_request",
+        ),
+    ] {
+        let (_, body) = error(server.post("/v1/sessions", request.to_string()));
+        assert_eq!(body["code"], code, "{request}: {body}");
+    }
+    assert_eq!(session_vms(&server, id), Vec::<String>::new());
+    assert_eq!(session_vms(&server, idle_id), Vec::<String>::new());
+
+    // A one-shot execution takes a command too.
+    let result = server.execute(&json!({
+        "language": "bash", "command": "echo \"$0 $1\"", "args": ["one"]
+    }));
+    assert_eq!(result["run"]["stdout"], "sh one\n");
+
+    // A session still running when the server stops ends with it.
+    create(&server, json!({ "language": "bash" }));
+    server.stop(Duration::from_secs(30));
+}
