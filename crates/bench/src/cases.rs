@@ -36,6 +36,9 @@ pub enum Group {
     /// A judge's work two ways: one submission of many tests (compiled
     /// once), and the same tests as separate executions.
     Judge,
+    /// The same program run again in a session's VM, against a fresh
+    /// execution.
+    Session,
 }
 
 /// Tests of a judge case: `fib N` for N from 1 to this.
@@ -43,6 +46,9 @@ pub const JUDGE_TESTS: u64 = 20;
 
 /// The judge cases' languages: those whose compile dominates.
 const JUDGE_LANGUAGES: [&str; 3] = ["rust", "cpp", "java"];
+
+/// The session cases' languages: an interpreter and a compiler.
+const SESSION_LANGUAGES: [&str; 2] = ["python", "go"];
 
 /// How a judge case runs its tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,6 +216,21 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 judge: None,
             });
         }
+        if SESSION_LANGUAGES.contains(&language.as_str()) {
+            cases.push(Case {
+                id: format!("session/{language}"),
+                group: Group::Session,
+                title: "Hello World, again in a session".into(),
+                language: language.clone(),
+                start: Start::Snapshot,
+                concurrency: 1,
+                source: programs.hello.into(),
+                args: Vec::new(),
+                expected_stdout: Some(HELLO_OUTPUT.into()),
+                seed_ms: None,
+                judge: None,
+            });
+        }
         if JUDGE_LANGUAGES.contains(&language.as_str()) {
             for way in [JudgeWay::Submission, JudgeWay::Separate] {
                 let (id, title) = match way {
@@ -311,6 +332,7 @@ mod tests {
                 "python/hello",
                 "python/fib20",
                 "python/fib30",
+                "session/python",
                 "bash/hello",
                 "bash/fib20",
                 "throughput/1",

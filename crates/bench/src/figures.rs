@@ -41,8 +41,9 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
                 r.case.start.as_str()
             ),
             Group::Program => format!("{} {}", r.case.language, r.case.title),
-            // Many VMs each: no one execution's timeline.
-            Group::Throughput | Group::Judge => continue,
+            // Many VMs each, or one VM for several executions: no one
+            // execution's timeline.
+            Group::Throughput | Group::Judge | Group::Session => continue,
         };
         if r.vm.is_none() {
             continue;

@@ -29,6 +29,7 @@ use runner_host::exec::{
 use runner_host::judge::{Slots, SubmissionRequest, TestCase};
 use runner_host::lang::Language;
 use runner_host::pool::PoolConfig;
+use runner_host::session::{SessionConfig, SessionRequest, Sessions};
 use serde::Serialize;
 
 pub use cases::{Case, Group, JudgeWay, Start};
@@ -77,6 +78,23 @@ pub struct Sample {
     pub total_ms: f64,
     pub compile_ms: Option<f64>,
     pub run_ms: Option<f64>,
+    /// A session case's times (its `total_ms` is the fresh execution's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionTimes>,
+}
+
+/// A session case's sample: one fresh execution, then a session and the
+/// same program twice in it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SessionTimes {
+    /// The fresh execution, from the snapshot: request to result.
+    pub fresh_ms: f64,
+    /// The session's VM, request to ready.
+    pub open_ms: f64,
+    /// The first and the second execution in the session, request to
+    /// result.
+    pub first_ms: f64,
+    pub second_ms: f64,
 }
 
 /// Medians of the seed's phases.
@@ -295,12 +313,16 @@ pub async fn run(
         let mut result = match case.group {
             Group::Throughput => throughput_case(&runner, case, language, options, bar).await,
             Group::Judge => judge_case(&runner, case, language, bar).await,
+            Group::Session => session_case(&runner, case, language, options, bar).await,
             _ => vm_case(&runner, case, language, options, bar).await,
         };
         match &host_unavailable {
             Some(note) => result.host_note = Some(note.clone()),
             None if case.group == Group::Judge => {
                 result.host_note = Some("a judge case compares two ways in VMs".into());
+            }
+            None if case.group == Group::Session => {
+                result.host_note = Some("a session case compares two ways in VMs".into());
             }
             None => {
                 if let Err(e) = host_case(&mut result, language, rootfs, options).await {
@@ -325,6 +347,87 @@ pub async fn run(
         },
         cases: results.into_iter().flatten().collect(),
         pool_memory,
+    })
+}
+
+/// A fresh execution of the program, then a session whose VM runs it
+/// twice: what a session saves on the second run (under TCG, the
+/// interpreter's or compiler's code translated once per VM).
+async fn session_case(
+    runner: &Arc<Runner>,
+    case: &Case,
+    language: &Language,
+    options: &Options,
+    bar: &ProgressBar,
+) -> CaseResult {
+    let sessions = Sessions::new(runner.clone(), SessionConfig::default());
+    let mut samples = Vec::new();
+    for i in 0..options.warmup + options.runs {
+        let mut sample = execute(runner, case, language).await;
+        sample.warmup = i < options.warmup;
+        if sample.ok {
+            match in_session(&sessions, case, language).await {
+                Ok(times) => {
+                    sample.session = Some(SessionTimes {
+                        fresh_ms: sample.total_ms,
+                        ..times
+                    })
+                }
+                Err(e) => {
+                    sample.ok = false;
+                    sample.status = format!("session: {e}");
+                }
+            }
+        }
+        samples.push(sample);
+        bar.inc(1);
+    }
+    summarize(case, samples, None)
+}
+
+/// Opens a session and runs `case`'s program in it twice.
+async fn in_session(
+    sessions: &Sessions,
+    case: &Case,
+    language: &Language,
+) -> anyhow::Result<SessionTimes> {
+    let plan = sessions.plan(SessionRequest {
+        language: language.name.clone(),
+        ..SessionRequest::default()
+    })?;
+    let info = sessions.open("", plan, Box::new(())).await?;
+    let mut times = [0.0; 2];
+    let mut failed = None;
+    for time in &mut times {
+        let request = ExecutionRequest {
+            files: vec![SourceFile::entry(case.source.clone())],
+            args: case.args.clone(),
+            ..ExecutionRequest::default()
+        };
+        let started = Instant::now();
+        let outcome = match sessions.plan_execution("", &info.id, request) {
+            Ok(plan) => match sessions.turn("", &info.id) {
+                Ok(turn) => Ok(turn.execute(plan, None).await),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        *time = started.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            Ok(result) if vm_sample(case, &result).ok => {}
+            Ok(result) => failed = Some(format!("{}: {:?}", result.status, result.message)),
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    let _ = sessions.delete("", &info.id).await;
+    if let Some(failed) = failed {
+        anyhow::bail!("{failed}");
+    }
+    Ok(SessionTimes {
+        fresh_ms: 0.0,
+        open_ms: info.open_time_ms,
+        first_ms: times[0],
+        second_ms: times[1],
     })
 }
 
@@ -429,6 +532,7 @@ async fn judge_case(
         total_ms: 0.0,
         compile_ms: None,
         run_ms: None,
+        session: None,
     };
     match case.judge {
         Some(JudgeWay::Submission) => {
@@ -560,6 +664,7 @@ async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
             total_ms: 0.0,
             compile_ms: None,
             run_ms: None,
+            session: None,
         },
     }
 }
@@ -588,6 +693,7 @@ fn vm_sample(case: &Case, result: &ExecutionResult) -> Sample {
         total_ms: m.total_time_ms,
         compile_ms: result.compile.as_ref().map(|s| s.wall_time_ms),
         run_ms: result.run.as_ref().map(|s| s.wall_time_ms),
+        session: None,
     }
 }
 
@@ -638,6 +744,7 @@ async fn host_case(
                 total_ms: total,
                 compile_ms: run.compile_ms,
                 run_ms: Some(run.run_ms),
+                session: None,
             });
         }
         busiest_ms = busiest_ms.max(busy_ms);

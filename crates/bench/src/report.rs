@@ -156,6 +156,54 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    let sessions = group(report, Group::Session);
+    if !sessions.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Sessions: the same program again\n\n\
+             Hello World as a fresh execution (restored from the snapshot), then in a session: \
+             its VM opened, the program run once and again (request to result, milliseconds, \
+             p50 of the measured runs). Under TCG a new VM translates the interpreter or \
+             compiler afresh; a session's second run finds it translated.\n\n\
+             | language | fresh execution | session open | first in session | second in session | fresh / second |\n\
+             |---|---|---|---|---|---|"
+        );
+        for result in sessions {
+            let times: Vec<crate::SessionTimes> = result
+                .vm_samples
+                .iter()
+                .filter(|s| !s.warmup && s.ok)
+                .filter_map(|s| s.session)
+                .collect();
+            if times.is_empty() {
+                let failed = result.vm_samples.iter().find(|s| !s.ok);
+                let _ = writeln!(
+                    out,
+                    "| {} | failed: {} | | | | |",
+                    result.case.language,
+                    failed.map_or("no sample", |s| s.status.as_str())
+                );
+                continue;
+            }
+            let p50 = |f: fn(&crate::SessionTimes) -> f64| {
+                let values: Vec<f64> = times.iter().map(f).collect();
+                crate::stats::summarize(&values).map_or(0.0, |s| s.p50)
+            };
+            let (fresh, second) = (p50(|t| t.fresh_ms), p50(|t| t.second_ms));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.1}x |",
+                result.case.language,
+                ms(fresh),
+                ms(p50(|t| t.open_ms)),
+                ms(p50(|t| t.first_ms)),
+                ms(second),
+                fresh / second.max(f64::MIN_POSITIVE)
+            );
+        }
+        out.push('\n');
+    }
+
     let judged = group(report, Group::Judge);
     if !judged.is_empty() {
         let _ = writeln!(

@@ -25,6 +25,7 @@ mod bench;
 mod doctor;
 mod judge;
 mod progress;
+mod session;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ enum Command {
     Judge(Box<judge::JudgeArgs>),
     /// Serve the HTTP API (see openapi.json) until SIGTERM.
     Serve(Box<ServeArgs>),
+    /// Sessions of a `runner serve`: one VM for many executions
+    /// (create, exec, cp, ls, list, show, rm).
+    Session(Box<session::SessionArgs>),
     /// Measure start times, programs and throughput against the host, and
     /// write a report with figures.
     Bench(Box<bench::BenchArgs>),
@@ -457,6 +461,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::bench(runner()?, *args).await,
+        Command::Session(args) => session::session(*args, &config).await,
     }
 }
 

@@ -353,3 +353,83 @@ fn sessions_end_when_their_vm_dies_when_idle_and_at_capacity() {
     create(&server, json!({ "language": "bash" }));
     server.stop(Duration::from_secs(30));
 }
+
+#[test]
+fn runner_session_is_a_client_of_the_server() {
+    let server = Server::start(&[]);
+    let session = |args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["session", "--server", server.base.as_str()];
+        all.extend_from_slice(args);
+        common::run(&all, stdin)
+    };
+    let created = session(&["create", "--lang", "bash", "-e", "WHO=session"], b"");
+    assert_eq!(created.code(), Some(0), "{}", created.stderr());
+    let id = created.stdout().trim().to_string();
+    assert!(id.starts_with("ses_"), "{id}");
+
+    // exec streams the output and exits as the program did.
+    let ran = session(
+        &[
+            "exec",
+            &id,
+            "--command",
+            "read x; echo \"$x $WHO $1\"; echo err >&2; exit 3",
+            "--",
+            "arg",
+        ],
+        b"in\n",
+    );
+    assert_eq!(ran.code(), Some(3), "{}", ran.stderr());
+    assert_eq!(ran.stdout(), "in session arg\n");
+    assert!(ran.stderr().contains("err"), "{}", ran.stderr());
+
+    // Files both ways, and a listing.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("data.txt");
+    std::fs::write(&local, "42\n").unwrap();
+    let to = format!("{id}:in/data.txt");
+    assert_eq!(
+        session(&["cp", local.to_str().unwrap(), &to], b"").code(),
+        Some(0)
+    );
+    let doubled = session(
+        &[
+            "exec",
+            &id,
+            "--command",
+            "echo $(( $(cat in/data.txt) * 2 )) > out.txt",
+        ],
+        b"",
+    );
+    assert_eq!(doubled.code(), Some(0), "{}", doubled.stderr());
+    let back = session(&["cp", &format!("{id}:out.txt"), "-"], b"");
+    assert_eq!(back.stdout(), "84\n");
+    let listed = session(&["ls", &id], b"");
+    assert!(listed.stdout().contains("out.txt"), "{}", listed.stdout());
+    assert!(listed.stdout().contains("in"), "{}", listed.stdout());
+    let missing = session(&["cp", &format!("{id}:nothing"), "-"], b"");
+    assert_eq!(missing.code(), Some(2));
+    assert!(
+        missing.stderr().contains("file_not_found"),
+        "{}",
+        missing.stderr()
+    );
+
+    // Gone once removed; a server that is not there is said so.
+    assert_eq!(session(&["rm", &id], b"").code(), Some(0));
+    let gone = session(&["exec", &id, "--command", "true"], b"");
+    assert_eq!(gone.code(), Some(2));
+    assert!(
+        gone.stderr().contains("session_not_found"),
+        "{}",
+        gone.stderr()
+    );
+    let nowhere = common::run(&["session", "--server", "http://127.0.0.1:9", "list"], b"");
+    assert_eq!(nowhere.code(), Some(125));
+    assert!(
+        nowhere.stderr().contains("cannot reach the server"),
+        "{}",
+        nowhere.stderr()
+    );
+    server.stop(Duration::from_secs(30));
+}
