@@ -3,6 +3,7 @@
 //! It takes the one configuration every command uses
 //! ([`runner_host::Config`]).
 //!
+//! - `auth`: API keys, and the owner of each request;
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
 //! - `submissions`: judge submissions, a program and its tests;
@@ -14,6 +15,7 @@
 //! which the server also serves.
 
 pub mod admission;
+pub mod auth;
 mod error;
 mod executions;
 mod metrics;
@@ -70,6 +72,7 @@ pub struct App {
     served: Vec<String>,
     runner: Arc<Runner>,
     sessions: Arc<Sessions>,
+    keys: auth::Keys,
     admission: Admission,
     metrics: Metrics,
     /// Per language, what the start-up image build is doing, if anything.
@@ -103,6 +106,7 @@ impl App {
             metrics: Metrics::new(&served, capacity.max_vms),
             served,
             sessions: Sessions::new(runner.clone(), config.sessions.clone()),
+            keys: auth::Keys::new(&config),
             config,
             runner,
             admission,
@@ -259,6 +263,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::layer,
+        ))
         .layer(axum::middleware::from_fn(trace::layer))
         .with_state(app)
 }
@@ -399,9 +407,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         vm_memory_budget_mib = capacity.vm_memory_budget_mib,
         queue_size = app.config.queue_size,
         languages = %app.languages().join(","),
+        api_keys = app.config.api_keys.len(),
         "listening"
     );
+    if app.keys.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "no API keys: only clients on this machine are served; add api_keys to serve others"
+        );
+    }
     tokio::spawn(app.clone().prepare());
+    let lost = app.sessions.recover();
+    if lost > 0 {
+        tracing::warn!(
+            lost,
+            "sessions of a server that stopped without shutting down are reported lost"
+        );
+    }
     let reaper = app.sessions.start_reaper();
 
     let shutdown = {
@@ -426,10 +448,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             });
         }
     };
-    axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)?;
+    axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)?;
     app.runner.stop_pools().await;
     reaper.abort();
     app.sessions.close_all().await;

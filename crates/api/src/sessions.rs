@@ -29,13 +29,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::App;
+use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::executions::{ExecutionBody, ndjson, read_json, stream_events, to_request};
 use crate::trace::TraceId;
-
-/// Who owns sessions until API keys exist: everyone who can reach the
-/// server (loopback by default).
-const OWNER: &str = "";
 
 /// The body of `POST /v1/sessions`.
 #[derive(Debug, Deserialize)]
@@ -73,6 +70,11 @@ impl ApiError {
                 Self::new(StatusCode::CONFLICT, code, error.to_string())
             }
             SessionError::Plan(error) => Self::from_plan(error),
+            SessionError::TooMany { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                error.to_string(),
+            ),
             SessionError::Open(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -112,6 +114,7 @@ fn session_error(error: SessionError) -> ApiError {
 
 pub async fn create(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -132,6 +135,10 @@ pub async fn create(
             max_lifetime_s: body.max_lifetime_s,
         })
         .map_err(|e| ApiError::from_plan(e).traced(&trace_id))?;
+    let slot = app
+        .sessions
+        .reserve(&owner.name, owner.max_sessions)
+        .map_err(|e| session_error(e).traced(&trace_id))?;
     let permit = app
         .admission
         .admit_now(plan.vm_memory_mib)
@@ -141,30 +148,35 @@ pub async fn create(
         })?;
     let info = app
         .sessions
-        .open(OWNER, plan, Box::new(permit))
+        .open(&owner.name, plan, Box::new((slot, permit)))
         .await
         .map_err(|e| session_error(e).traced(&trace_id))?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": app.sessions.list(OWNER) }))
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
+) -> Json<serde_json::Value> {
+    Json(json!({ "sessions": app.sessions.list(&owner.name) }))
 }
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
+    let info = app.sessions.get(&owner.name, &id).map_err(session_error)?;
     Ok(Json(info).into_response())
 }
 
 pub async fn delete(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.sessions
-        .delete(OWNER, &id)
+        .delete(&owner.name, &id)
         .await
         .map_err(session_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -173,6 +185,7 @@ pub async fn delete(
 /// Plans an execution in session `id` and takes the session's turn.
 async fn accept(
     app: &App,
+    owner: &Owner,
     id: &str,
     body: Body,
     trace_id: &str,
@@ -181,19 +194,20 @@ async fn accept(
     let request = to_request(body, trace_id)?;
     let plan = app
         .sessions
-        .plan_execution(OWNER, id, request)
+        .plan_execution(&owner.name, id, request)
         .map_err(session_error)?;
-    let turn = app.sessions.turn(OWNER, id).map_err(session_error)?;
+    let turn = app.sessions.turn(&owner.name, id).map_err(session_error)?;
     Ok((plan, turn))
 }
 
 pub async fn execute(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (plan, turn) = accept(&app, &id, body, &trace_id)
+    let (plan, turn) = accept(&app, &owner, &id, body, &trace_id)
         .await
         .map_err(|e| e.traced(&trace_id))?;
     let result = turn.execute(plan, None).await;
@@ -203,11 +217,12 @@ pub async fn execute(
 
 pub async fn execute_stream(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (plan, turn) = accept(&app, &id, body, &trace_id)
+    let (plan, turn) = accept(&app, &owner, &id, body, &trace_id)
         .await
         .map_err(|e| e.traced(&trace_id))?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
@@ -233,11 +248,12 @@ pub struct PutQuery {
 
 pub async fn put_file(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path((id, path)): Path<(String, String)>,
     Query(query): Query<PutQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
+    let info = app.sessions.get(&owner.name, &id).map_err(session_error)?;
     let limit = info.disk_mib << 20;
     let content = axum::body::to_bytes(body, limit as usize)
         .await
@@ -251,7 +267,7 @@ pub async fn put_file(
                 ),
             )
         })?;
-    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
     turn.write(path, content.to_vec(), query.executable)
         .await
         .map_err(session_error)?;
@@ -260,10 +276,11 @@ pub async fn put_file(
 
 pub async fn get_file(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let info = app.sessions.get(OWNER, &id).map_err(session_error)?;
-    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let info = app.sessions.get(&owner.name, &id).map_err(session_error)?;
+    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
     let content = turn
         .read(path, info.disk_mib << 20)
         .await
@@ -277,9 +294,10 @@ pub async fn get_file(
 
 pub async fn delete_file(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
     turn.remove(path).await.map_err(session_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -295,17 +313,18 @@ pub struct ListQuery {
 
 pub async fn list_files(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let turn = app.sessions.turn(OWNER, &id).map_err(session_error)?;
+    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
     let entries = turn.list(query.path.clone()).await.map_err(session_error)?;
     Ok(Json(json!({ "path": query.path, "entries": entries })).into_response())
 }
 
 /// Sessions by state, for the metrics.
 pub(crate) fn by_state(app: &App) -> Vec<(&'static str, usize)> {
-    let sessions = app.sessions.list(OWNER);
+    let sessions = app.sessions.all();
     let count = |state: SessionState| sessions.iter().filter(|s| s.state == state).count();
     vec![
         ("running", count(SessionState::Running)),

@@ -119,9 +119,30 @@ enum Command {
     /// Sessions of a `runner serve`: one VM for many executions
     /// (create, exec, cp, ls, list, show, rm).
     Session(Box<session::SessionArgs>),
+    /// Make API keys for `runner serve`.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Measure start times, programs and throughput against the host, and
     /// write a report with figures.
     Bench(Box<bench::BenchArgs>),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new API key: prints the key (shown only this once) and the
+    /// `[[api_keys]]` entry, with the key's hash, for the server's
+    /// configuration file.
+    New {
+        /// Who holds the key: the owner of its sessions, in logs.
+        #[arg(long)]
+        name: String,
+        /// Sessions the key may have running at once [default:
+        /// sessions.max_per_owner].
+        #[arg(long, value_name = "N")]
+        max_sessions: Option<usize>,
+    },
 }
 
 /// The common settings of `runner serve` as flags of their own; any other
@@ -462,7 +483,41 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => bench::bench(runner()?, *args).await,
         Command::Session(args) => session::session(*args, &config).await,
+        Command::Key { command } => key(command),
     }
+}
+
+fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    let KeyCommand::New { name, max_sessions } = command;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        eprintln!("runner: --name must be letters, digits and - _ . @, such as alice or ci-bot");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let key = runner_api::auth::new_key();
+    let entry = runner_host::config::ApiKey {
+        name,
+        sha256: runner_api::auth::hash_key(&key),
+        max_sessions,
+    };
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        api_keys: [&'a runner_host::config::ApiKey; 1],
+    }
+    let toml = toml::to_string(&Entry { api_keys: [&entry] })?;
+    println!("# The key, shown only now (the server keeps its hash); clients send it");
+    println!("# as `Authorization: Bearer KEY` (runner session: --api-key or RUNNER_API_KEY):");
+    println!("{key}");
+    println!();
+    println!(
+        "# For the server's configuration file ({}); restart it after:",
+        runner_host::config::DEFAULT_CONFIG_FILE
+    );
+    print!("{toml}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configuration as TOML that loads back as itself, after comments on

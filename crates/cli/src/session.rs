@@ -22,6 +22,15 @@ pub struct SessionArgs {
     /// `listen` setting, env RUNNER_SERVER].
     #[arg(long, global = true, value_name = "URL", env = "RUNNER_SERVER")]
     server: Option<String>,
+    /// The API key, when the server has keys [env RUNNER_API_KEY].
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        env = "RUNNER_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: SessionCommand,
 }
@@ -90,6 +99,7 @@ enum SessionCommand {
 struct Client {
     base: String,
     http: reqwest::Client,
+    api_key: Option<String>,
 }
 
 /// The server answered with an error.
@@ -102,7 +112,7 @@ struct ApiFailure {
 }
 
 impl Client {
-    fn new(server: Option<String>, config: &runner_host::Config) -> Self {
+    fn new(server: Option<String>, api_key: Option<String>, config: &runner_host::Config) -> Self {
         let base = server.unwrap_or_else(|| {
             let mut addr = config.listen;
             if addr.ip().is_unspecified() {
@@ -113,6 +123,7 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            api_key,
         }
     }
 
@@ -124,6 +135,9 @@ impl Client {
     ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
         match body {
             Some(Body::Json(value)) => request = request.json(&value),
             Some(Body::Bytes(bytes)) => request = request.body(bytes),
@@ -140,12 +154,16 @@ impl Client {
         }
         let status = response.status();
         let body: Value = response.json().await.unwrap_or_default();
+        let mut message = body["message"]
+            .as_str()
+            .map_or_else(|| format!("the server answered {status}"), String::from);
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str("; give the key with --api-key or RUNNER_API_KEY");
+        }
         Err(ApiFailure {
             status,
             code: body["code"].as_str().unwrap_or("error").to_string(),
-            message: body["message"]
-                .as_str()
-                .map_or_else(|| format!("the server answered {status}"), String::from),
+            message,
         }
         .into())
     }
@@ -161,7 +179,7 @@ enum Body {
 }
 
 pub async fn session(args: SessionArgs, config: &runner_host::Config) -> anyhow::Result<ExitCode> {
-    let client = Client::new(args.server, config);
+    let client = Client::new(args.server, args.api_key, config);
     match run(&client, args.command).await {
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(failure) => {

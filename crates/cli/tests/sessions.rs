@@ -433,3 +433,265 @@ fn runner_session_is_a_client_of_the_server() {
     );
     server.stop(Duration::from_secs(30));
 }
+
+/// A new API key from `runner key new`: the key, and its configuration
+/// entry.
+fn new_key(args: &[&str]) -> (String, String) {
+    let mut all = vec!["key", "new"];
+    all.extend_from_slice(args);
+    let made = common::run(&all, b"");
+    assert_eq!(made.code(), Some(0), "{}", made.stderr());
+    let out = made.stdout();
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("rck_"))
+        .unwrap_or_else(|| panic!("no key in {out}"))
+        .to_string();
+    let entry = out[out.find("[[api_keys]]").unwrap()..].to_string();
+    assert!(
+        !entry.contains(&key),
+        "the entry holds the key's hash, not the key"
+    );
+    (key, entry)
+}
+
+#[test]
+fn an_api_key_owns_its_sessions_and_has_a_limit() {
+    let (alice, alice_entry) = new_key(&["--name", "alice", "--max-sessions", "1"]);
+    let (bob, bob_entry) = new_key(&["--name", "bob"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{alice_entry}\n{bob_entry}")).unwrap();
+    let server = Server::start_with_key(&["--config", config.to_str().unwrap()], Some(&alice));
+    let anonymous = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let as_bob =
+        |request: reqwest::blocking::RequestBuilder| request.bearer_auth(&bob).send().unwrap();
+
+    // Without a key, or with one the server does not know: 401, except
+    // for the liveness probe.
+    for request in [
+        anonymous.get(url("/v1/languages")),
+        anonymous.get(url("/metrics")),
+        anonymous.get(url("/v1/sessions")).bearer_auth("rck_nobody"),
+        anonymous
+            .get(url("/v1/sessions"))
+            .basic_auth("alice", Some(&alice)),
+    ] {
+        let response = request.send().unwrap();
+        assert_eq!(header(&response, "www-authenticate"), "Bearer");
+        let (status, body) = error(response);
+        assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    }
+    assert_eq!(anonymous.get(url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(as_bob(anonymous.get(url("/v1/languages"))).status(), 200);
+
+    // Alice's session is hers: to bob it does not exist.
+    let session = create(&server, json!({ "language": "bash" }));
+    let id = session["id"].as_str().unwrap();
+    let mine = format!("/v1/sessions/{id}");
+    for response in [
+        as_bob(anonymous.get(url(&mine))),
+        as_bob(anonymous.delete(url(&mine))),
+        as_bob(
+            anonymous
+                .post(url(&format!("{mine}/executions")))
+                .json(&json!({ "command": "echo stolen" })),
+        ),
+        as_bob(anonymous.put(url(&format!("{mine}/files/x"))).body("x")),
+        as_bob(anonymous.get(url(&format!("{mine}/files")))),
+    ] {
+        let (status, body) = error(response);
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("session_not_found")),
+            "{body:#}"
+        );
+    }
+    let listed: Value = as_bob(anonymous.get(url("/v1/sessions"))).json().unwrap();
+    assert_eq!(listed["sessions"], json!([]), "bob sees none of alice's");
+    assert_eq!(
+        stdout(&command(&server, id, "echo mine")),
+        "mine\n",
+        "and alice's session still works"
+    );
+
+    // Alice may have one at a time; bob's own limit is the server's.
+    let (status, body) =
+        error(server.post("/v1/sessions", json!({ "language": "bash" }).to_string()));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_sessions")),
+        "{body:#}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("alice"),
+        "{body:#}"
+    );
+    let response = as_bob(
+        anonymous
+            .post(url("/v1/sessions"))
+            .json(&json!({ "language": "bash" })),
+    );
+    assert_eq!(response.status(), 201);
+    let bobs: Value = response.json().unwrap();
+    let listed: Value = server.get("/v1/sessions").json().unwrap();
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id], "alice sees only hers");
+
+    // The CLI sends its key; without one it is told it needs one.
+    let session = |args: &[&str], key: Option<&str>| {
+        let mut all = vec!["session", "--server", server.base.as_str()];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = key.map(|k| ("RUNNER_API_KEY", k)).into_iter().collect();
+        common::run_with_env(&all, b"", &env)
+    };
+    let listed = session(&["list"], Some(&alice));
+    assert_eq!(listed.code(), Some(0), "{}", listed.stderr());
+    assert!(listed.stdout().contains(id), "{}", listed.stdout());
+    let refused = session(&["list"], None);
+    assert_eq!(refused.code(), Some(2));
+    assert!(refused.stderr().contains("API key"), "{}", refused.stderr());
+
+    // Deleting gives alice her place back.
+    assert_eq!(delete(&server, &mine).status(), 204);
+    let again = create(&server, json!({ "language": "bash" }));
+    assert_eq!(
+        delete(
+            &server,
+            &format!("/v1/sessions/{}", again["id"].as_str().unwrap())
+        )
+        .status(),
+        204
+    );
+    let bobs = format!("/v1/sessions/{}", bobs["id"].as_str().unwrap());
+    assert_eq!(as_bob(anonymous.delete(url(&bobs))).status(), 204);
+    server.stop(Duration::from_secs(60));
+}
+
+/// This machine's address on its way out, if it has one besides loopback.
+fn outward_address() -> Option<std::net::IpAddr> {
+    // Connecting a UDP socket sends nothing; it only picks a route.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback())
+}
+
+#[test]
+fn without_api_keys_only_this_machine_is_served() {
+    let Some(outward) = outward_address() else {
+        eprintln!("skipped: this machine has no address besides loopback to call from");
+        return;
+    };
+    let server = Server::start(&["--listen", "0.0.0.0:0"]);
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let client = reqwest::blocking::Client::new();
+    let near = client
+        .get(format!("http://127.0.0.1:{port}/v1/languages"))
+        .send()
+        .unwrap();
+    assert_eq!(near.status(), 200);
+    let far = client
+        .get(format!("http://{outward}:{port}/v1/languages"))
+        .send()
+        .unwrap();
+    let (status, body) = error(far);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body:#}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("api_keys"),
+        "{body:#}"
+    );
+    let logged = server.log_lines().iter().any(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no API keys"))
+    });
+    assert!(logged, "the server warns that it serves this machine only");
+    server.stop(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
+    // A state directory of its own (with the shared images and snapshots),
+    // so that no other test's server takes the killed one's records.
+    let home = tempfile::tempdir().unwrap();
+    for shared in ["images", "snapshots", "accel.json"] {
+        std::os::unix::fs::symlink(common::state_dir().join(shared), home.path().join(shared))
+            .unwrap();
+    }
+    let state_dir = format!("state_dir={}", home.path().display());
+    let args = ["--set", &state_dir, "--set", "prepare_snapshots=false"];
+    let first = Server::start(&args);
+    let session = create(&first, json!({ "language": "bash" }));
+    let id = session["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        stdout(&command(&first, &id, "echo here > f; cat f")),
+        "here\n"
+    );
+    let records = home.path().join("sessions");
+    let recorded = |id: &str| {
+        std::fs::read_dir(&records)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(id))
+            })
+            .unwrap_or(false)
+    };
+    assert!(recorded(&id), "a running session is recorded");
+    let pid = first.pid();
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // The VM died with its server; the next server sweeps what is left and
+    // tells the owner what happened.
+    let second = Server::start(&args);
+    assert_eq!(common::vm_processes(pid), Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(home.path().join("run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pid}."))
+        })
+        .collect();
+    assert!(left.is_empty(), "run directories left: {left:?}");
+    assert!(!recorded(&id), "the record was taken");
+    let info: Value = second.get(&format!("/v1/sessions/{id}")).json().unwrap();
+    check("Session", &info);
+    assert_eq!(info["state"], "ended", "{info:#}");
+    assert_eq!(info["ended"]["reason"], "lost", "{info:#}");
+    assert_eq!(info["language"], "bash");
+    let (status, body) = error(second.post(
+        &format!("/v1/sessions/{id}/executions"),
+        json!({ "command": "cat f" }).to_string(),
+    ));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("session_ended")),
+        "{body:#}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped unexpectedly"),
+        "{body:#}"
+    );
+    let listed: Value = second.get("/v1/sessions").json().unwrap();
+    assert!(listed.to_string().contains(&id), "{listed:#}");
+    assert_eq!(delete(&second, &format!("/v1/sessions/{id}")).status(), 204);
+    assert_eq!(second.get(&format!("/v1/sessions/{id}")).status(), 404);
+    second.stop(Duration::from_secs(60));
+}

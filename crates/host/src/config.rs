@@ -80,6 +80,26 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Sessions (`runner serve`): their defaults and maximums.
     pub sessions: SessionConfig,
+    /// API keys of `runner serve`, in the file only (`[[api_keys]]`). With
+    /// none, the server answers clients on this machine only; with some,
+    /// every request but `/healthz` needs `Authorization: Bearer KEY`.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// An API key of `runner serve`, as the configuration holds it: never the
+/// key itself, only its SHA-256 (`runner key new` makes a key and prints
+/// this entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds the key: the owner of the sessions it creates, in logs.
+    pub name: String,
+    /// The key's SHA-256, in lowercase hex.
+    pub sha256: String,
+    /// Sessions this key may have running at once; `sessions.max_per_owner`
+    /// when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<usize>,
 }
 
 impl Config {
@@ -119,6 +139,7 @@ impl Config {
             max_submission_bytes: 96 << 20,
             shutdown_timeout_ms: 30_000,
             sessions: SessionConfig::default(),
+            api_keys: Vec::new(),
         }
     }
 
@@ -202,6 +223,15 @@ impl Config {
         }
         for (key, default) in &leaves {
             let name = format!("RUNNER_{}", key.replace('.', "_").to_uppercase());
+            if key == "api_keys" {
+                if (sources.env)(&name).is_some() {
+                    return Err(ConfigError::Value {
+                        origin: format!("environment variable {name}"),
+                        message: "API keys are set in the configuration file only ([[api_keys]], see `runner key new`)".into(),
+                    });
+                }
+                continue;
+            }
             if let Some(raw) = (sources.env)(&name) {
                 let value = parse_value(default, &raw).map_err(|message| ConfigError::Value {
                     origin: format!("environment variable {name}"),
@@ -212,6 +242,12 @@ impl Config {
         }
         for (key, raw) in sources.flags {
             let origin = format!("setting {key}");
+            if key == "api_keys" {
+                return Err(ConfigError::Value {
+                    origin,
+                    message: "API keys are set in the configuration file only ([[api_keys]]), so that they stay out of process listings".into(),
+                });
+            }
             let Some((_, default)) = leaves.iter().find(|(k, _)| *k == key) else {
                 let known: Vec<&str> = leaves.iter().map(|(k, _)| k.as_str()).collect();
                 return Err(ConfigError::Value {
@@ -289,6 +325,26 @@ impl Config {
             if default == 0 || default > max {
                 return Err(ConfigError::Invalid(format!(
                     "sessions.{key} = {default} must be above 0 and at most its maximum, {max}"
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for key in &self.api_keys {
+            let valid_hash = key.sha256.len() == 64
+                && key
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if key.name.is_empty() || !valid_hash {
+                return Err(ConfigError::Invalid(format!(
+                    "api_keys: {:?} needs a name and a sha256 of 64 lowercase hex digits (`runner key new` prints one)",
+                    key.name
+                )));
+            }
+            if !seen.insert(&key.name) || !seen.insert(&key.sha256) {
+                return Err(ConfigError::Invalid(format!(
+                    "api_keys: {:?} appears twice (by name or by key)",
+                    key.name
                 )));
             }
         }
@@ -433,6 +489,43 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         })
+    }
+
+    #[test]
+    fn api_keys_come_from_the_file_only_and_are_checked() {
+        let hash = "ab".repeat(32);
+        let file =
+            format!("[[api_keys]]\nname = \"alice\"\nsha256 = \"{hash}\"\nmax_sessions = 2\n");
+        let config = load(Some(&file), &[], &[]).unwrap();
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.api_keys[0].max_sessions, Some(2));
+        let again = load(Some(&config.to_toml()), &[], &[]).unwrap();
+        assert_eq!(again, config, "--print-config loads back with its keys");
+
+        let e = load(None, &[("RUNNER_API_KEYS", "secret")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("RUNNER_API_KEYS") && e.contains("file only"),
+            "{e}"
+        );
+        let e = load(None, &[], &[("api_keys", "secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("file only"), "{e}");
+
+        for (bad, why) in [
+            (format!("{file}{file}"), "appears twice"),
+            (file.replace(&hash, "secret"), "64 lowercase hex"),
+            (
+                file.replace(&hash, &hash.to_uppercase()),
+                "64 lowercase hex",
+            ),
+            (file.replace("alice", ""), "needs a name"),
+        ] {
+            let e = load(Some(&bad), &[], &[]).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -28,6 +28,12 @@ impl StateDir {
         self.root.join("run")
     }
 
+    /// Records of running sessions, `<pid>.<session id>.json`: what a
+    /// server that was killed left, for the next one to report lost.
+    pub fn sessions(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+
     pub fn create(&self) -> io::Result<()> {
         fs::create_dir_all(self.images())?;
         fs::create_dir_all(self.runs())

@@ -23,8 +23,28 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_key(args, None)
+    }
+
+    /// A server whose client sends `key` as its API key with every request
+    /// (`args` may then give a configuration file with keys). A `--listen`
+    /// in `args` replaces the loopback address on a free port.
+    pub fn start_with_key(args: &[&str], key: Option<&str>) -> Server {
+        let listen = if args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().unwrap(),
+            );
+        }
         let mut child = runner()
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(listen)
             // No warm pools unless a test asks (later flags win): pooled
             // VMs would be VMs of the server's that tests do not expect.
             .args(["--set", "pool.max_size=0"])
@@ -59,6 +79,7 @@ impl Server {
             base: format!("http://{addr}"),
             log,
             client: Client::builder()
+                .default_headers(headers)
                 .timeout(Duration::from_secs(900))
                 .build()
                 .unwrap(),

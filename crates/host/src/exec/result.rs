@@ -165,7 +165,7 @@ impl StageResult {
 }
 
 /// How the VM of an execution was obtained.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartKind {
     /// Booted from the kernel.

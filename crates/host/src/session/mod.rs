@@ -51,6 +51,9 @@ pub struct SessionConfig {
     /// How long an ended session can still be looked up (its state and why
     /// it ended) before it is forgotten.
     pub ended_kept_s: u64,
+    /// Sessions one owner (an API key, or everyone when there are no keys)
+    /// may have running at once, unless its key says otherwise.
+    pub max_per_owner: usize,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +66,7 @@ impl Default for SessionConfig {
             default_disk_mib: 256,
             max_disk_mib: 2_048,
             ended_kept_s: 3_600,
+            max_per_owner: 16,
         }
     }
 }

@@ -9,10 +9,11 @@
 //! conversation with the agent in half.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
 use super::vm::{FileError, SessionVm};
@@ -30,6 +31,10 @@ pub enum SessionError {
     Ended { id: String, reason: EndReason },
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(
+        "{owner} already has {limit} sessions running, its most; delete one (DELETE /v1/sessions/ID) or wait for one to end"
+    )]
+    TooMany { owner: String, limit: usize },
     #[error("the session's VM did not start: {0}")]
     Open(String),
     #[error(transparent)]
@@ -37,7 +42,7 @@ pub enum SessionError {
 }
 
 /// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// Its VM runs and takes requests.
@@ -50,7 +55,7 @@ pub enum SessionState {
 }
 
 /// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum EndReason {
     /// No request came for its `idle_timeout_s`.
@@ -63,6 +68,9 @@ pub enum EndReason {
     Shutdown,
     /// Its owner deleted it.
     Deleted,
+    /// The server stopped without shutting down (killed, or the machine
+    /// failed) while it ran; a server starting later says so.
+    Lost,
 }
 
 impl std::fmt::Display for EndReason {
@@ -84,12 +92,16 @@ impl std::fmt::Display for EndReason {
             ),
             EndReason::Shutdown => write!(f, "the server shut down; its VM and files are gone"),
             EndReason::Deleted => write!(f, "it was deleted"),
+            EndReason::Lost => write!(
+                f,
+                "the server stopped unexpectedly (killed or crashed) while it ran; its VM and files are gone: start a new session"
+            ),
         }
     }
 }
 
 /// What a client sees of a session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub id: String,
     pub language: String,
@@ -107,8 +119,22 @@ pub struct SessionInfo {
     /// Milliseconds from the request until the session's VM was ready.
     pub open_time_ms: f64,
     /// Why it ended, once it has.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<EndReason>,
+}
+
+/// What the state directory keeps of a running session until it ends.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    owner: String,
+    info: SessionInfo,
+}
+
+/// A session a killed server left: only what its record said.
+struct Lost {
+    owner: String,
+    info: SessionInfo,
+    found: Instant,
 }
 
 /// The sessions of one server.
@@ -116,6 +142,31 @@ pub struct Sessions {
     runner: Arc<Runner>,
     config: SessionConfig,
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Per owner, the sessions that run or are starting.
+    owners: Arc<Mutex<HashMap<String, usize>>>,
+    /// Where running sessions are recorded.
+    records: PathBuf,
+    /// Sessions of a server that was killed, found by [`Sessions::recover`].
+    lost: Mutex<HashMap<String, Lost>>,
+}
+
+/// One of an owner's places for a running session, given back on drop
+/// (when the session's VM is destroyed, or its start failed).
+pub struct OwnerSlot {
+    owners: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl Drop for OwnerSlot {
+    fn drop(&mut self) {
+        let mut owners = self.owners.lock().unwrap();
+        if let Some(count) = owners.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                owners.remove(&self.owner);
+            }
+        }
+    }
 }
 
 struct Session {
@@ -128,6 +179,8 @@ struct Session {
     open_time_ms: f64,
     life: Mutex<Life>,
     vm: Arc<tokio::sync::Mutex<Option<SessionVm>>>,
+    /// Its record in the state directory, removed when it ends.
+    record: PathBuf,
     /// Set to stop what the session's turn is running (the session ended).
     stop: watch::Sender<bool>,
     /// What the server holds for it (its place in the capacity), given
@@ -203,9 +256,100 @@ fn new_id() -> String {
 impl Sessions {
     pub fn new(runner: Arc<Runner>, config: SessionConfig) -> Arc<Self> {
         Arc::new(Self {
-            runner,
             config,
             map: Mutex::default(),
+            owners: Arc::default(),
+            records: runner.state().sessions(),
+            lost: Mutex::default(),
+            runner,
+        })
+    }
+
+    /// Takes the records of sessions whose server no longer runs (it was
+    /// killed: its VMs died with it): each is reported `ended` with reason
+    /// `lost` to its owner, for `ended_kept_s`. Returns how many.
+    pub fn recover(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.records) else {
+            return 0;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid == std::process::id() as i32
+                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if alive {
+                continue;
+            }
+            let record = std::fs::read(entry.path())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
+            let _ = std::fs::remove_file(entry.path());
+            let Some(Record { owner, mut info }) = record else {
+                tracing::warn!(target: "runner::session", record = %entry.path().display(), "unreadable session record removed");
+                continue;
+            };
+            info.state = SessionState::Ended;
+            info.ended = Some(EndReason::Lost);
+            tracing::warn!(target: "runner::session", session = %info.id, "session lost: its server stopped without shutting down");
+            let lost = Lost {
+                owner,
+                info,
+                found: Instant::now(),
+            };
+            self.lost.lock().unwrap().insert(lost.info.id.clone(), lost);
+            found += 1;
+        }
+        found
+    }
+
+    /// `owner`'s lost session `id`, if there is one.
+    fn lost(&self, owner: &str, id: &str) -> Option<SessionInfo> {
+        self.lost
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|l| l.owner == owner)
+            .map(|l| l.info.clone())
+    }
+
+    /// Session `id` of `owner` that a request can use: a lost one has
+    /// ended.
+    fn usable(&self, owner: &str, id: &str) -> Result<Arc<Session>, SessionError> {
+        self.find(owner, id)
+            .map_err(|e| match self.lost(owner, id) {
+                Some(info) => SessionError::Ended {
+                    id: id.to_string(),
+                    reason: info.ended.unwrap_or(EndReason::Lost),
+                },
+                None => e,
+            })
+    }
+
+    /// Takes one of `owner`'s places for a running session, of which it has
+    /// `limit`; refused when all are taken. The slot goes into the hold
+    /// given to [`Sessions::open`].
+    pub fn reserve(&self, owner: &str, limit: usize) -> Result<OwnerSlot, SessionError> {
+        let mut owners = self.owners.lock().unwrap();
+        let count = owners.entry(owner.to_string()).or_insert(0);
+        if *count >= limit {
+            let owner = if owner.is_empty() {
+                "this server's one owner (it has no API keys)".to_string()
+            } else {
+                format!("API key {owner:?}")
+            };
+            return Err(SessionError::TooMany { owner, limit });
+        }
+        *count += 1;
+        Ok(OwnerSlot {
+            owners: self.owners.clone(),
+            owner: owner.to_string(),
         })
     }
 
@@ -259,10 +403,26 @@ impl Sessions {
                 ended: None,
             }),
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+            record: self
+                .records
+                .join(format!("{}.{id}.json", std::process::id())),
             stop: watch::channel(false).0,
             hold: Mutex::new(Some(hold)),
         });
         let info = session.info();
+        let record = Record {
+            owner: owner.to_string(),
+            info: info.clone(),
+        };
+        let written = std::fs::create_dir_all(&self.records).and_then(|()| {
+            std::fs::write(
+                &session.record,
+                serde_json::to_vec(&record).expect("a record serializes"),
+            )
+        });
+        if let Err(e) = written {
+            tracing::warn!(target: "runner::session", session = %id, error = %e, "cannot record the session; a killed server will not report it lost");
+        }
         self.map.lock().unwrap().insert(id, session);
         Ok(info)
     }
@@ -278,7 +438,10 @@ impl Sessions {
     }
 
     pub fn get(&self, owner: &str, id: &str) -> Result<SessionInfo, SessionError> {
-        Ok(self.find(owner, id)?.info())
+        match self.find(owner, id) {
+            Ok(session) => Ok(session.info()),
+            Err(e) => self.lost(owner, id).ok_or(e),
+        }
     }
 
     /// `owner`'s sessions, oldest first.
@@ -291,8 +454,29 @@ impl Sessions {
             .filter(|s| s.owner == owner)
             .map(|s| s.info())
             .collect();
+        sessions.extend(
+            self.lost
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|l| l.owner == owner)
+                .map(|l| l.info.clone()),
+        );
         sessions.sort_by_key(|s| (s.created_unix_ms, s.id.clone()));
         sessions
+    }
+
+    /// Every owner's sessions, for counting.
+    pub fn all(&self) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self
+            .map
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.info())
+            .collect();
+        all.extend(self.lost.lock().unwrap().values().map(|l| l.info.clone()));
+        all
     }
 
     /// Sessions whose VM runs.
@@ -312,7 +496,7 @@ impl Sessions {
         id: &str,
         request: ExecutionRequest,
     ) -> Result<Plan, SessionError> {
-        let session = self.find(owner, id)?;
+        let session = self.usable(owner, id)?;
         Ok(session
             .plan
             .plan_execution(self.runner.planner(), request)?)
@@ -321,7 +505,7 @@ impl Sessions {
     /// The session's turn: refused if another request has it, or if the
     /// session has ended.
     pub fn turn(&self, owner: &str, id: &str) -> Result<Turn, SessionError> {
-        let session = self.find(owner, id)?;
+        let session = self.usable(owner, id)?;
         let ended = |session: &Session| SessionError::Ended {
             id: session.id.clone(),
             reason: session.ended().expect("ended"),
@@ -343,6 +527,10 @@ impl Sessions {
 
     /// Ends session `id` now: what it runs is stopped and its VM destroyed.
     pub async fn delete(&self, owner: &str, id: &str) -> Result<(), SessionError> {
+        if self.lost(owner, id).is_some() {
+            self.lost.lock().unwrap().remove(id);
+            return Ok(());
+        }
         let session = self.find(owner, id)?;
         self.map.lock().unwrap().remove(id);
         finish(&session, EndReason::Deleted).await;
@@ -363,6 +551,10 @@ impl Sessions {
     pub async fn reap(&self) {
         let now = Instant::now();
         let kept = Duration::from_secs(self.config.ended_kept_s);
+        self.lost
+            .lock()
+            .unwrap()
+            .retain(|_, lost| now - lost.found < kept);
         let sessions: Vec<Arc<Session>> = self.map.lock().unwrap().values().cloned().collect();
         for session in sessions {
             let (idle_for, ended_at) = {
@@ -419,6 +611,7 @@ async fn finish(session: &Session, reason: EndReason) {
         }
     }
     session.stop.send_replace(true);
+    let _ = std::fs::remove_file(&session.record);
     let vm = session.vm.lock().await.take();
     if let Some(vm) = vm {
         vm.destroy().await;
