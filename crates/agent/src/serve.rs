@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use runner_protocol::{
-    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, Frame,
-    Hello, MAX_HOST_FRAME, SessionSpec, encode,
+    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, FileOp,
+    Frame, Hello, MAX_HOST_FRAME, PrestartSpec, SessionSpec, encode,
 };
 
 use crate::boot::Mode;
@@ -39,6 +39,10 @@ pub fn run(mode: Mode) -> Result<(), String> {
     let mut reader = port;
     let mut served = false;
     let mut prestarted: Option<stage::Prestarted> = None;
+    // What was prestarted before the snapshot, to prestart again in a
+    // session's VM after each execution (see `Restart`).
+    let mut prestart_spec: Option<PrestartSpec> = None;
+    let mut restart = Restart::default();
     let mut session: Option<SessionSpec> = None;
     loop {
         let frame = match decoder.read(&mut reader) {
@@ -56,10 +60,14 @@ pub fn run(mode: Mode) -> Result<(), String> {
             }
             Frame::Exec(request) => {
                 served = true;
-                if let Err(message) =
-                    execute(&request, prestarted.take(), session.as_ref(), &mut out)
-                {
+                let runtime = prestarted.take().or_else(|| restart.take());
+                if let Err(message) = execute(&request, runtime, session.as_ref(), &mut out) {
                     out.fail(message)?;
+                }
+                if session.is_some() {
+                    if let Some(spec) = &prestart_spec {
+                        restart.begin(spec, &request);
+                    }
                 }
             }
             Frame::Session(_) if served || session.is_some() => {
@@ -76,6 +84,14 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 out.fail("files can be handled only in a session's VM".into())?
             }
             Frame::Files(op) => {
+                if !matches!(op, FileOp::Read { .. } | FileOp::List { .. }) {
+                    // A file put in place now (a module, a `.pth` in the
+                    // user's site directory) must be seen as a fresh
+                    // interpreter would see it at start-up.
+                    if let Some(runtime) = restart.take() {
+                        runtime.discard();
+                    }
+                }
                 if let Err(failure) = crate::files::serve(&op, &mut out) {
                     out.refuse(failure)?;
                 }
@@ -90,6 +106,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
             Frame::Prestart(spec) => match stage::prestart(&spec) {
                 Ok(runtime) => {
                     prestarted = Some(runtime);
+                    prestart_spec = Some(spec);
                     out.send(&Frame::Done)?;
                 }
                 Err(message) => out.fail(message)?,
@@ -105,6 +122,42 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 Err(message) => out.fail(message)?,
             },
             other => out.fail(format!("unexpected {:?} frame from host", other.kind()))?,
+        }
+    }
+}
+
+/// In a session's VM, the language's runtime prestarted again after each
+/// execution, in the background while the session waits for its next
+/// request, so that every execution (not only the first, which found the
+/// snapshot's) skips the runtime's start-up. Under TCG that start-up is
+/// also what a new process translates afresh: Python's costs ~250 ms.
+///
+/// It starts only after an execution with the language's own environment
+/// (one with its own would not fit it), and never runs beside a stage: the
+/// next request waits for it to be ready first. A file operation that
+/// changes the working directory or home discards it, since a runtime that
+/// started before the change would not see it at start-up.
+#[derive(Default)]
+struct Restart(Option<std::thread::JoinHandle<Result<stage::Prestarted, String>>>);
+
+impl Restart {
+    fn begin(&mut self, spec: &PrestartSpec, after: &ExecRequest) {
+        if self.0.is_some() || after.env != spec.env {
+            return;
+        }
+        let spec = spec.clone();
+        self.0 = Some(std::thread::spawn(move || stage::prestart(&spec)));
+    }
+
+    /// The runtime, once it waits; `None` if none was started or it failed.
+    fn take(&mut self) -> Option<stage::Prestarted> {
+        match self.0.take()?.join() {
+            Ok(Ok(runtime)) => Some(runtime),
+            Ok(Err(message)) => {
+                eprintln!("runner-agent: prestarting again: {message}");
+                None
+            }
+            Err(_) => None,
         }
     }
 }

@@ -249,6 +249,83 @@ fn a_session_keeps_files_and_processes_between_executions() {
 }
 
 #[test]
+fn every_execution_in_a_session_finds_the_runtime_prestarted_and_up_to_date() {
+    let server = Server::start(&[]);
+    let session = create(&server, json!({ "language": "python" }));
+    let id = session["id"].as_str().unwrap();
+    let code = |code: &str, args: Value| json!({ "files": [{ "content": code }], "args": args });
+    let ran = |result: &Value, out: &str, prestarted: bool| {
+        assert_eq!(result["status"], "ok", "{result:#}");
+        assert_eq!(stdout(result), out, "{result:#}");
+        assert_eq!(result["run"]["prestarted"], prestarted, "{result:#}");
+    };
+
+    // The snapshot's runtime takes the first execution; the agent starts
+    // another for the next while the session waits.
+    let echo = "import sys; print(sys.argv[1:])";
+    ran(
+        &exec(&server, id, code(echo, json!(["a"]))),
+        "['a']\n",
+        true,
+    );
+    ran(
+        &exec(&server, id, code(echo, json!(["b"]))),
+        "['b']\n",
+        true,
+    );
+
+    // A package installed by an execution (here by hand, as
+    // `pip install --user` would) is seen by the next: its runtime started
+    // after the user's site directory appeared.
+    let install = "import os, site\nd = site.getusersitepackages()\nos.makedirs(d, exist_ok=True)\nopen(os.path.join(d, 'made_here.py'), 'w').write('X = 1\\n')\nprint(os.path.relpath(d, os.environ['HOME']))";
+    let installed = exec(&server, id, code(install, json!([])));
+    assert_eq!(installed["status"], "ok", "{installed:#}");
+    let site = stdout(&installed).trim().to_string();
+    assert!(site.starts_with(".local/lib/python3."), "{site}");
+    let import = |module: &str| {
+        code(
+            &format!("import {module}; print({module}.__name__)"),
+            json!([]),
+        )
+    };
+    ran(&exec(&server, id, import("made_here")), "made_here\n", true);
+
+    // A `.pth` put by the client counts only at an interpreter's start-up:
+    // the waiting runtime, started before it, is not used.
+    let response = put(
+        &server,
+        id,
+        &format!("{site}/extra.pth"),
+        b"/home/runner/extra\n".to_vec(),
+    );
+    assert_eq!(response.status(), 204);
+    let response = put(&server, id, "extra/via_pth.py", b"".to_vec());
+    assert_eq!(response.status(), 204);
+    ran(&exec(&server, id, import("via_pth")), "via_pth\n", false);
+    ran(&exec(&server, id, import("via_pth")), "via_pth\n", true);
+
+    // A command does not fit the runtime; the execution after it finds one.
+    let listed = command(&server, id, "ls extra/via_pth.py");
+    assert_eq!(stdout(&listed), "extra/via_pth.py\n", "{listed:#}");
+    assert_eq!(listed["run"]["prestarted"], false, "{listed:#}");
+    ran(
+        &exec(&server, id, code(echo, json!(["c"]))),
+        "['c']\n",
+        true,
+    );
+
+    // Reading and listing files leave the waiting runtime in place.
+    assert_eq!(get(&server, id, "extra/via_pth.py").status(), 200);
+    ran(
+        &exec(&server, id, code(echo, json!(["d"]))),
+        "['d']\n",
+        true,
+    );
+    assert_eq!(delete(&server, &format!("/v1/sessions/{id}")).status(), 204);
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
 fn sessions_end_when_their_vm_dies_when_idle_and_at_capacity() {
     // One VM at a time: a running session holds it.
     let server = Server::start(&["--set", "max_vms=1"]);
