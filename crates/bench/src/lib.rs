@@ -99,7 +99,16 @@ pub struct SessionTimes {
     pub first_ms: f64,
     pub second_ms: f64,
     pub third_ms: f64,
+    /// In another session, the second execution when the session idled
+    /// [`SESSION_IDLE`] after the first, as it does while an agent's model
+    /// decides the next step: time the agent uses to prestart the runtime
+    /// again.
+    pub idle_second_ms: f64,
 }
+
+/// The pause between a session's first and second execution in the
+/// session case's second series.
+pub const SESSION_IDLE: Duration = Duration::from_secs(1);
 
 /// Medians of the seed's phases.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -370,11 +379,21 @@ async fn session_case(
         let mut sample = execute(runner, case, language).await;
         sample.warmup = i < options.warmup;
         if sample.ok {
-            match in_session(&sessions, case, language).await {
-                Ok(times) => {
+            let series = match in_session(&sessions, case, language, 3, Duration::ZERO).await {
+                Ok(back_to_back) => in_session(&sessions, case, language, 2, SESSION_IDLE)
+                    .await
+                    .map(|idle| (back_to_back, idle)),
+                Err(e) => Err(e),
+            };
+            match series {
+                Ok(((open_ms, back_to_back), (_, idle))) => {
                     sample.session = Some(SessionTimes {
                         fresh_ms: sample.total_ms,
-                        ..times
+                        open_ms,
+                        first_ms: back_to_back[0],
+                        second_ms: back_to_back[1],
+                        third_ms: back_to_back[2],
+                        idle_second_ms: idle[1],
                     })
                 }
                 Err(e) => {
@@ -389,20 +408,26 @@ async fn session_case(
     summarize(case, samples, None)
 }
 
-/// Opens a session and runs `case`'s program in it three times.
+/// Opens a session and runs `case`'s program in it `runs` times, `idle`
+/// apart: the session's open time and each run's, request to result.
 async fn in_session(
     sessions: &Sessions,
     case: &Case,
     language: &Language,
-) -> anyhow::Result<SessionTimes> {
+    runs: usize,
+    idle: Duration,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let plan = sessions.plan(SessionRequest {
         language: language.name.clone(),
         ..SessionRequest::default()
     })?;
     let info = sessions.open("", plan, Box::new(())).await?;
-    let mut times = [0.0; 3];
+    let mut times = vec![0.0; runs];
     let mut failed = None;
-    for time in &mut times {
+    for (i, time) in times.iter_mut().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(idle).await;
+        }
         let request = ExecutionRequest {
             files: vec![SourceFile::entry(case.source.clone())],
             args: case.args.clone(),
@@ -427,13 +452,7 @@ async fn in_session(
     if let Some(failed) = failed {
         anyhow::bail!("{failed}");
     }
-    Ok(SessionTimes {
-        fresh_ms: 0.0,
-        open_ms: info.open_time_ms,
-        first_ms: times[0],
-        second_ms: times[1],
-        third_ms: times[2],
-    })
+    Ok((info.open_time_ms, times))
 }
 
 async fn vm_case(

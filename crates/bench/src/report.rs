@@ -162,14 +162,18 @@ pub fn markdown(report: &Report) -> String {
             out,
             "## Sessions: the same program again\n\n\
              Hello World as a fresh execution (restored from the snapshot), then in a session: \
-             its VM opened, the program run three times (request to result, milliseconds, \
-             p50 of the measured runs). Under TCG a new VM translates the interpreter or \
-             compiler afresh; a session's later runs find it translated. Where the language \
-             has a prestarted interpreter (Python, bash), the first run uses it, past its \
-             start-up, so the second is the first to start the interpreter in this VM and \
-             the third the first to find its start-up translated.\n\n\
-             | language | fresh execution | session open | first in session | second | third | fresh / second | fresh / third |\n\
-             |---|---|---|---|---|---|---|---|"
+             its VM opened, the program run three times back to back (request to result, \
+             milliseconds, p50 of the measured runs); then, in another session, the second run \
+             after the session idled {} s, as it does while an agent's model decides its next \
+             step. Under TCG a new VM translates the interpreter or compiler afresh; a \
+             session's later runs find it translated. Where the language has a prestarted \
+             interpreter (Python, bash), the first run uses the snapshot's, and after each run \
+             the agent starts another while the session waits: back to back, the second run \
+             waits for it, and it is the first in this VM to translate the interpreter's \
+             start-up; after an idle second it is ready.\n\n\
+             | language | fresh execution | session open | first in session | second | third | second after idling | fresh / second | fresh / third | fresh / second after idling |\n\
+             |---|---|---|---|---|---|---|---|---|---|",
+            crate::SESSION_IDLE.as_secs()
         );
         for result in sessions {
             let times: Vec<crate::SessionTimes> = result
@@ -182,7 +186,7 @@ pub fn markdown(report: &Report) -> String {
                 let failed = result.vm_samples.iter().find(|s| !s.ok);
                 let _ = writeln!(
                     out,
-                    "| {} | failed: {} | | | | | | |",
+                    "| {} | failed: {} | | | | | | | | |",
                     result.case.language,
                     failed.map_or("no sample", |s| s.status.as_str())
                 );
@@ -192,23 +196,26 @@ pub fn markdown(report: &Report) -> String {
                 let values: Vec<f64> = times.iter().map(f).collect();
                 crate::stats::summarize(&values).map_or(0.0, |s| s.p50)
             };
-            let (fresh, second, third) = (
+            let (fresh, second, third, idle) = (
                 p50(|t| t.fresh_ms),
                 p50(|t| t.second_ms),
                 p50(|t| t.third_ms),
+                p50(|t| t.idle_second_ms),
             );
             let ratio = |later: f64| fresh / later.max(f64::MIN_POSITIVE);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {:.1}x | {:.1}x |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1}x | {:.1}x | {:.1}x |",
                 result.case.language,
                 ms(fresh),
                 ms(p50(|t| t.open_ms)),
                 ms(p50(|t| t.first_ms)),
                 ms(second),
                 ms(third),
+                ms(idle),
                 ratio(second),
-                ratio(third)
+                ratio(third),
+                ratio(idle)
             );
         }
         out.push('\n');
