@@ -42,24 +42,32 @@ impl StateDir {
     /// Removes run directories left by runner processes that no longer
     /// exist (killed with SIGKILL, machine crash). Returns how many.
     pub fn sweep_stale_runs(&self) -> usize {
-        let Ok(entries) = fs::read_dir(self.runs()) else {
-            return 0;
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
+        left_by_dead_processes(&self.runs())
+            .into_iter()
+            .filter(|path| fs::remove_dir_all(path).is_ok())
+            .count()
+    }
+}
+
+/// The entries of `dir` named `<pid>.<anything>` whose process no longer
+/// runs: what a runner process killed with SIGKILL left behind.
+pub fn left_by_dead_processes(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
             let name = entry.file_name();
-            let Some(pid) = name
+            let pid = name
                 .to_str()
                 .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if !alive && fs::remove_dir_all(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
-    }
+                .and_then(|p| p.parse::<i32>().ok());
+            pid.is_some_and(|pid| {
+                pid != std::process::id() as i32
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            })
+        })
+        .map(|entry| entry.path())
+        .collect()
 }

@@ -269,30 +269,14 @@ impl Sessions {
     /// killed: its VMs died with it): each is reported `ended` with reason
     /// `lost` to its owner, for `ended_kept_s`. Returns how many.
     pub fn recover(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.records) else {
-            return 0;
-        };
         let mut found = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let alive = pid == std::process::id() as i32
-                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if alive {
-                continue;
-            }
-            let record = std::fs::read(entry.path())
+        for path in crate::state::left_by_dead_processes(&self.records) {
+            let record = std::fs::read(&path)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(&path);
             let Some(Record { owner, mut info }) = record else {
-                tracing::warn!(target: "runner::session", record = %entry.path().display(), "unreadable session record removed");
+                tracing::warn!(target: "runner::session", record = %path.display(), "unreadable session record removed");
                 continue;
             };
             info.state = SessionState::Ended;
