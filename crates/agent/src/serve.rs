@@ -4,7 +4,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use runner_protocol::{
     AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, FileOp,
@@ -134,30 +135,73 @@ pub fn run(mode: Mode) -> Result<(), String> {
 ///
 /// It starts only after an execution with the language's own environment
 /// (one with its own would not fit it), and never runs beside a stage: the
-/// next request waits for it to be ready first. A file operation that
-/// changes the working directory or home discards it, since a runtime that
-/// started before the change would not see it at start-up.
+/// next request waits for it to be ready, for [`RESTART_WAIT`] at most (a
+/// program left running can slow it down without end), after which the
+/// request runs in a fresh process and the runtime is discarded whenever it
+/// gets ready. A file operation that changes the working directory or home
+/// discards it too, since a runtime that started before the change would
+/// not see it at start-up.
 #[derive(Default)]
-struct Restart(Option<std::thread::JoinHandle<Result<stage::Prestarted, String>>>);
+struct Restart(Option<Arc<Mutex<Handoff>>>);
+
+/// Between the thread that prestarts and the loop that takes the runtime.
+#[derive(Default)]
+struct Handoff {
+    ready: Option<Result<stage::Prestarted, String>>,
+    /// The loop stopped waiting: the thread discards what it makes.
+    abandoned: bool,
+}
+
+/// How long a request waits for a runtime still being prestarted.
+const RESTART_WAIT: Duration = Duration::from_secs(3);
 
 impl Restart {
     fn begin(&mut self, spec: &PrestartSpec, after: &ExecRequest) {
         if self.0.is_some() || after.env != spec.env {
             return;
         }
+        let handoff = Arc::new(Mutex::new(Handoff::default()));
+        let theirs = handoff.clone();
         let spec = spec.clone();
-        self.0 = Some(std::thread::spawn(move || stage::prestart(&spec)));
+        std::thread::spawn(move || {
+            let made = stage::prestart(&spec);
+            let mut handoff = theirs.lock().unwrap_or_else(|e| e.into_inner());
+            if handoff.abandoned {
+                if let Ok(runtime) = made {
+                    runtime.discard();
+                }
+            } else {
+                handoff.ready = Some(made);
+            }
+        });
+        self.0 = Some(handoff);
     }
 
-    /// The runtime, once it waits; `None` if none was started or it failed.
+    /// The runtime, once it waits; `None` if none was started, it failed,
+    /// or it was not ready within [`RESTART_WAIT`].
     fn take(&mut self) -> Option<stage::Prestarted> {
-        match self.0.take()?.join() {
-            Ok(Ok(runtime)) => Some(runtime),
-            Ok(Err(message)) => {
-                eprintln!("runner-agent: prestarting again: {message}");
-                None
+        let handoff = self.0.take()?;
+        let deadline = Instant::now() + RESTART_WAIT;
+        loop {
+            let mut handoff = handoff.lock().unwrap_or_else(|e| e.into_inner());
+            match handoff.ready.take() {
+                Some(Ok(runtime)) => return Some(runtime),
+                Some(Err(message)) => {
+                    eprintln!("runner-agent: prestarting again: {message}");
+                    return None;
+                }
+                None if Instant::now() >= deadline => {
+                    handoff.abandoned = true;
+                    eprintln!(
+                        "runner-agent: the runtime prestarted again was not ready within {} s; running afresh",
+                        RESTART_WAIT.as_secs()
+                    );
+                    return None;
+                }
+                None => {}
             }
-            Err(_) => None,
+            drop(handoff);
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

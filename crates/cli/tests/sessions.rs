@@ -326,6 +326,55 @@ fn every_execution_in_a_session_finds_the_runtime_prestarted_and_up_to_date() {
 }
 
 #[test]
+fn a_runtime_slow_to_prestart_again_is_not_waited_for() {
+    let server = Server::start(&[]);
+    let session = create(&server, json!({ "language": "python" }));
+    let id = session["id"].as_str().unwrap();
+    // An execution makes every later interpreter's start-up take 6 s (the
+    // agent waits 3 s for the runtime it prestarts again).
+    let slow = "import os, site\nd = site.getusersitepackages()\nos.makedirs(d, exist_ok=True)\nopen(os.path.join(d, 'usercustomize.py'), 'w').write('import time; time.sleep(6)\\n')";
+    let made = exec(&server, id, json!({ "files": [{ "content": slow }] }));
+    assert_eq!(made["status"], "ok", "{made:#}");
+    assert_eq!(made["run"]["prestarted"], true, "{made:#}");
+
+    // The next execution does not wait for the runtime still starting: it
+    // runs in a fresh interpreter (as slow to start, and right).
+    let next = exec(
+        &server,
+        id,
+        json!({
+            "files": [{ "content": "print('fresh')" }],
+            "limits": { "run": { "wall_time_ms": 60000 } }
+        }),
+    );
+    assert_eq!(next["status"], "ok", "{next:#}");
+    assert_eq!(stdout(&next), "fresh\n");
+    assert_eq!(next["run"]["prestarted"], false, "{next:#}");
+
+    // Undone by a command (which does not wait either); once the runtimes
+    // that were not waited for got ready, they were discarded: no Python
+    // is left in the VM.
+    let undone = exec(
+        &server,
+        id,
+        json!({
+            "command": "rm .local/lib/python3.*/site-packages/usercustomize.py && sleep 8 && ps -C python3 --no-headers | wc -l",
+            "limits": { "run": { "wall_time_ms": 60000 } }
+        }),
+    );
+    assert_eq!(stdout(&undone), "0\n", "{undone:#}");
+    let back = exec(
+        &server,
+        id,
+        json!({ "files": [{ "content": "print('back')" }] }),
+    );
+    assert_eq!(stdout(&back), "back\n");
+    assert_eq!(back["run"]["prestarted"], true, "{back:#}");
+    assert_eq!(delete(&server, &format!("/v1/sessions/{id}")).status(), 204);
+    server.stop(Duration::from_secs(30));
+}
+
+#[test]
 fn sessions_end_when_their_vm_dies_when_idle_and_at_capacity() {
     // One VM at a time: a running session holds it.
     let server = Server::start(&["--set", "max_vms=1"]);
