@@ -85,11 +85,11 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 out.fail("files can be handled only in a session's VM".into())?
             }
             Frame::Files(op) => {
-                if !matches!(op, FileOp::Read { .. } | FileOp::List { .. }) {
-                    // A file put in place now (a module, a `.pth` in the
+                if changes_start_up(&op) {
+                    // A file put in place now (a `.pth` or a package in the
                     // user's site directory) must be seen as a fresh
                     // interpreter would see it at start-up.
-                    if let Some(runtime) = restart.take() {
+                    for runtime in [prestarted.take(), restart.take()].into_iter().flatten() {
                         runtime.discard();
                     }
                 }
@@ -127,6 +127,23 @@ pub fn run(mode: Mode) -> Result<(), String> {
     }
 }
 
+/// Whether a file operation may change what a runtime reads at start-up:
+/// a write or removal under a hidden entry of the home directory (the
+/// working directory), such as Python's user site directory under `.local`
+/// or a tool's `.config`. Data and sources elsewhere are read by the
+/// program, after the hand-over, and keep the waiting runtime.
+fn changes_start_up(op: &FileOp) -> bool {
+    match op {
+        FileOp::Read { .. } | FileOp::List { .. } => false,
+        FileOp::Write { path, .. } | FileOp::Remove { path } => {
+            Path::new(path).components().find_map(|c| match c {
+                Component::Normal(name) => Some(name.to_string_lossy().starts_with('.')),
+                _ => None,
+            }) != Some(false)
+        }
+    }
+}
+
 /// In a session's VM, the language's runtime prestarted again after each
 /// execution, in the background while the session waits for its next
 /// request, so that every execution (not only the first, which found the
@@ -138,9 +155,8 @@ pub fn run(mode: Mode) -> Result<(), String> {
 /// next request waits for it to be ready, for [`RESTART_WAIT`] at most (a
 /// program left running can slow it down without end), after which the
 /// request runs in a fresh process and the runtime is discarded whenever it
-/// gets ready. A file operation that changes the working directory or home
-/// discards it too, since a runtime that started before the change would
-/// not see it at start-up.
+/// gets ready. A file operation that may change what start-up reads
+/// ([`changes_start_up`]) discards it too.
 #[derive(Default)]
 struct Restart(Option<Arc<Mutex<Handoff>>>);
 
@@ -411,7 +427,39 @@ fn uptime_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::safe_relative;
+    use super::{changes_start_up, safe_relative};
+    use runner_protocol::FileOp;
+
+    #[test]
+    fn only_hidden_entries_of_home_can_change_a_start_up() {
+        let write = |path: &str| FileOp::Write {
+            path: path.into(),
+            offset: 0,
+            content: Vec::new(),
+            executable: false,
+        };
+        for path in [
+            ".local/lib/python3.13/site-packages/x.pth",
+            "./.config/a",
+            ".bashrc",
+            "",
+        ] {
+            assert!(changes_start_up(&write(path)), "{path:?}");
+            assert!(
+                changes_start_up(&FileOp::Remove { path: path.into() }),
+                "{path:?}"
+            );
+        }
+        for path in ["data.csv", "src/.hidden", "./main.py"] {
+            assert!(!changes_start_up(&write(path)), "{path:?}");
+        }
+        assert!(!changes_start_up(&FileOp::Read {
+            path: ".local".into()
+        }));
+        assert!(!changes_start_up(&FileOp::List {
+            path: ".local".into()
+        }));
+    }
 
     #[test]
     fn file_names_stay_inside_the_work_dir() {

@@ -314,14 +314,35 @@ fn every_execution_in_a_session_finds_the_runtime_prestarted_and_up_to_date() {
         true,
     );
 
-    // Reading and listing files leave the waiting runtime in place.
+    // Reading files, and writing data outside the hidden entries of home,
+    // leave the waiting runtime in place.
     assert_eq!(get(&server, id, "extra/via_pth.py").status(), 200);
+    let response = put(&server, id, "data/input.csv", b"1,2\n".to_vec());
+    assert_eq!(response.status(), 204);
     ran(
         &exec(&server, id, code(echo, json!(["d"]))),
         "['d']\n",
         true,
     );
     assert_eq!(delete(&server, &format!("/v1/sessions/{id}")).status(), 204);
+
+    // The same holds for the snapshot's runtime, before a first execution.
+    let other = create(&server, json!({ "language": "python" }));
+    let other = other["id"].as_str().unwrap();
+    let response = put(
+        &server,
+        other,
+        &format!("{site}/extra.pth"),
+        b"/home/runner/extra\n".to_vec(),
+    );
+    assert_eq!(response.status(), 204);
+    let response = put(&server, other, "extra/via_pth.py", b"".to_vec());
+    assert_eq!(response.status(), 204);
+    ran(&exec(&server, other, import("via_pth")), "via_pth\n", false);
+    assert_eq!(
+        delete(&server, &format!("/v1/sessions/{other}")).status(),
+        204
+    );
     server.stop(Duration::from_secs(30));
 }
 
