@@ -4,8 +4,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use runner_protocol::{
     AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, FileOp,
@@ -158,7 +158,7 @@ fn changes_start_up(op: &FileOp) -> bool {
 /// gets ready. A file operation that may change what start-up reads
 /// ([`changes_start_up`]) discards it too.
 #[derive(Default)]
-struct Restart(Option<Arc<Mutex<Handoff>>>);
+struct Restart(Option<Arc<(Mutex<Handoff>, Condvar)>>);
 
 /// Between the thread that prestarts and the loop that takes the runtime.
 #[derive(Default)]
@@ -176,18 +176,20 @@ impl Restart {
         if self.0.is_some() || after.env != spec.env {
             return;
         }
-        let handoff = Arc::new(Mutex::new(Handoff::default()));
+        let handoff = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
         let theirs = handoff.clone();
         let spec = spec.clone();
         std::thread::spawn(move || {
             let made = stage::prestart(&spec);
-            let mut handoff = theirs.lock().unwrap_or_else(|e| e.into_inner());
+            let (lock, ready) = &*theirs;
+            let mut handoff = lock.lock().unwrap_or_else(|e| e.into_inner());
             if handoff.abandoned {
                 if let Ok(runtime) = made {
                     runtime.discard();
                 }
             } else {
                 handoff.ready = Some(made);
+                ready.notify_one();
             }
         });
         self.0 = Some(handoff);
@@ -197,27 +199,25 @@ impl Restart {
     /// or it was not ready within [`RESTART_WAIT`].
     fn take(&mut self) -> Option<stage::Prestarted> {
         let handoff = self.0.take()?;
-        let deadline = Instant::now() + RESTART_WAIT;
-        loop {
-            let mut handoff = handoff.lock().unwrap_or_else(|e| e.into_inner());
-            match handoff.ready.take() {
-                Some(Ok(runtime)) => return Some(runtime),
-                Some(Err(message)) => {
-                    eprintln!("runner-agent: prestarting again: {message}");
-                    return None;
-                }
-                None if Instant::now() >= deadline => {
-                    handoff.abandoned = true;
-                    eprintln!(
-                        "runner-agent: the runtime prestarted again was not ready within {} s; running afresh",
-                        RESTART_WAIT.as_secs()
-                    );
-                    return None;
-                }
-                None => {}
+        let (lock, ready) = &*handoff;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut handoff, _) = ready
+            .wait_timeout_while(guard, RESTART_WAIT, |h| h.ready.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        match handoff.ready.take() {
+            Some(Ok(runtime)) => Some(runtime),
+            Some(Err(message)) => {
+                eprintln!("runner-agent: prestarting again: {message}");
+                None
             }
-            drop(handoff);
-            std::thread::sleep(Duration::from_millis(2));
+            None => {
+                handoff.abandoned = true;
+                eprintln!(
+                    "runner-agent: the runtime prestarted again was not ready within {} s; running afresh",
+                    RESTART_WAIT.as_secs()
+                );
+                None
+            }
         }
     }
 }
