@@ -97,8 +97,13 @@ pub fn run(mode: Mode) -> Result<(), String> {
                     out.refuse(failure)?;
                 }
             }
-            // Warming, prestarting and waking happen before the one execution.
-            Frame::Warm(_) | Frame::Wake(_) | Frame::Prestart(_) if served => {
+            // Warming, prestarting and waking happen before the one
+            // execution; a session's VM is woken again when it resumes
+            // from disk.
+            Frame::Warm(_) | Frame::Prestart(_) if served => {
+                out.fail("this VM has served its one execution; start a new VM".into())?
+            }
+            Frame::Wake(_) if served && session.is_none() => {
                 out.fail("this VM has served its one execution; start a new VM".into())?
             }
             Frame::Prestart(_) if prestarted.is_some() => {

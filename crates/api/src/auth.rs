@@ -27,6 +27,7 @@ pub struct Owner {
     /// The key's name; empty without keys.
     pub name: String,
     pub max_sessions: usize,
+    pub max_paused: usize,
 }
 
 /// The keys a server accepts, by their hashes.
@@ -69,6 +70,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 impl Keys {
     pub fn new(config: &Config) -> Self {
         let default_max = config.sessions.max_per_owner;
+        let default_paused = config.sessions.max_paused_per_owner;
         let by_hash = config
             .api_keys
             .iter()
@@ -78,6 +80,7 @@ impl Keys {
                 let owner = Owner {
                     name: key.name.clone(),
                     max_sessions: key.max_sessions.unwrap_or(default_max),
+                    max_paused: key.max_paused_sessions.unwrap_or(default_paused),
                 };
                 Some((hash, owner))
             })
@@ -87,6 +90,7 @@ impl Keys {
             anonymous: Owner {
                 name: String::new(),
                 max_sessions: default_max,
+                max_paused: default_paused,
             },
         }
     }
@@ -186,11 +190,13 @@ mod tests {
                 name: "alice".into(),
                 sha256: hash_key("rck_alice"),
                 max_sessions: Some(1),
+                max_paused_sessions: None,
             },
             ApiKey {
                 name: "bob".into(),
                 sha256: hash_key("rck_bob"),
                 max_sessions: None,
+                max_paused_sessions: Some(2),
             },
         ];
         Keys::new(&config)

@@ -244,6 +244,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
         )
+        .route("/v1/sessions/{id}/pause", post(sessions::pause))
+        .route("/v1/sessions/{id}/resume", post(sessions::resume))
         .route("/v1/sessions/{id}/executions", post(sessions::execute))
         .route(
             "/v1/sessions/{id}/executions/stream",
@@ -356,6 +358,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.admission.queue_length(),
         &pools,
         &sessions::by_state(&app),
+        app.sessions.paused_bytes(),
     );
     (
         [(
@@ -417,12 +420,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     tokio::spawn(app.clone().prepare());
-    let lost = app.sessions.recover();
+    let (lost, paused) = app.sessions.recover();
     if lost > 0 {
         tracing::warn!(
             lost,
             "sessions of a server that stopped without shutting down are reported lost"
         );
+    }
+    if paused > 0 {
+        tracing::info!(paused, "paused sessions of an earlier server taken up");
     }
     let reaper = app.sessions.start_reaper();
 

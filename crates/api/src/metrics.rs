@@ -63,6 +63,9 @@ pub struct Metrics {
     judge_tests: Family<VerdictLabels, Counter>,
     submission_duration: HistogramFamily,
     sessions: Family<StateLabel, Gauge>,
+    pause: Histogram,
+    resume: Histogram,
+    paused_bytes: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,8 +147,26 @@ impl Metrics {
         let sessions = Family::<StateLabel, Gauge>::default();
         registry.register(
             "runner_sessions",
-            "Sessions by state: running, ended, failed (ended ones are kept for a while)",
+            "Sessions by state: running, paused, ended, failed (ended ones are kept for a while)",
             sessions.clone(),
+        );
+        let pause = Histogram::new(BOOT_BUCKETS);
+        registry.register(
+            "runner_session_pause_seconds",
+            "Time to save a session's VM to disk and free it",
+            pause.clone(),
+        );
+        let resume = Histogram::new(BOOT_BUCKETS);
+        registry.register(
+            "runner_session_resume_seconds",
+            "Time to bring a paused session's VM back until its agent answers",
+            resume.clone(),
+        );
+        let paused_bytes = Gauge::default();
+        registry.register(
+            "runner_session_paused_bytes",
+            "Bytes the saved VMs of paused sessions take on disk",
+            paused_bytes.clone(),
         );
         let capacity: Gauge = Gauge::default();
         registry.register(
@@ -178,7 +199,20 @@ impl Metrics {
             judge_tests,
             submission_duration,
             sessions,
+            pause,
+            resume,
+            paused_bytes,
         }
+    }
+
+    /// A session paused in `seconds`.
+    pub fn paused(&self, seconds: f64) {
+        self.pause.observe(seconds);
+    }
+
+    /// A session resumed in `seconds`.
+    pub fn resumed(&self, seconds: f64) {
+        self.resume.observe(seconds);
     }
 
     /// Counts a judged submission's tests by verdict, and its duration.
@@ -262,8 +296,10 @@ impl Metrics {
         queue_length: usize,
         pools: &[(String, usize)],
         sessions: &[(&str, usize)],
+        paused_bytes: u64,
     ) -> String {
         self.vms_running.set(vms_running as i64);
+        self.paused_bytes.set(paused_bytes as i64);
         for (state, count) in sessions {
             self.sessions
                 .get_or_create(&StateLabel {

@@ -9,6 +9,11 @@
 //!   and remove a file of its working directory (the raw body), and
 //!   `GET /v1/sessions/{id}/files?path=DIR` lists a directory.
 //!
+//! - `POST /v1/sessions/{id}/pause` saves its VM to disk and frees it;
+//!   `POST /v1/sessions/{id}/resume` brings it back. A request for a
+//!   paused session (an execution, a file) resumes it first, so that a
+//!   session paused for being idle goes on where it was.
+//!
 //! A session takes one request at a time: a second one while the first
 //! runs gets 409 `session_busy` at once. A running session holds its VM's
 //! place in the capacity rule, as an execution does; when there is none, a
@@ -23,7 +28,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use runner_host::session::{FileError, FileProblem, SessionError, SessionRequest, SessionState};
+use runner_host::session::{
+    FileError, FileProblem, SessionError, SessionInfo, SessionRequest, SessionState, Turn,
+};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -80,6 +87,33 @@ impl ApiError {
                 "internal_error",
                 error.to_string(),
             ),
+            SessionError::Paused(_) => {
+                Self::new(StatusCode::CONFLICT, "session_paused", error.to_string())
+            }
+            SessionError::TooManyPaused { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_paused_sessions",
+                error.to_string(),
+            ),
+            SessionError::NoDisk { .. } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "no_disk_for_paused_sessions",
+                    error.to_string(),
+                );
+                e.retry_after_s = Some(NO_DISK_RETRY_S);
+                e
+            }
+            SessionError::Pause(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pause_failed",
+                error.to_string(),
+            ),
+            SessionError::Resume(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "resume_failed",
+                error.to_string(),
+            ),
             SessionError::File(FileError::Refused { problem, message }) => match problem {
                 FileProblem::NotFound => {
                     Self::new(StatusCode::NOT_FOUND, "file_not_found", message)
@@ -108,8 +142,81 @@ impl ApiError {
     }
 }
 
+/// When to try a pause again that found the disk budget used up: paused
+/// sessions are resumed, deleted or reach their lifetime in minutes.
+const NO_DISK_RETRY_S: u64 = 60;
+
 fn session_error(error: SessionError) -> ApiError {
     ApiError::from_session(error)
+}
+
+/// The turn of session `id`, resumed first if it is paused.
+async fn turn(app: &App, owner: &Owner, id: &str) -> Result<Turn, ApiError> {
+    match app.sessions.turn(&owner.name, id) {
+        Err(SessionError::Paused(_)) => {
+            resume_session(app, owner, id).await?;
+            app.sessions.turn(&owner.name, id).map_err(session_error)
+        }
+        other => other.map_err(session_error),
+    }
+}
+
+/// Resumes paused session `id` in a place of the capacity, as a new
+/// session would take one.
+async fn resume_session(app: &App, owner: &Owner, id: &str) -> Result<SessionInfo, ApiError> {
+    let info = app.sessions.get(&owner.name, id).map_err(session_error)?;
+    if info.state != SessionState::Paused {
+        return Ok(info);
+    }
+    let slot = app
+        .sessions
+        .reserve(&owner.name, owner.max_sessions)
+        .map_err(session_error)?;
+    let permit = app
+        .admission
+        .admit_now(info.vm_memory_mib)
+        .map_err(|rejection| {
+            app.metrics.reject(rejection.reason());
+            ApiError::from_rejection(rejection)
+        })?;
+    let begun = std::time::Instant::now();
+    let info = app
+        .sessions
+        .resume(&owner.name, id, Box::new((slot, permit)))
+        .await
+        .map_err(session_error)?;
+    app.metrics.resumed(begun.elapsed().as_secs_f64());
+    Ok(info)
+}
+
+pub async fn pause(
+    State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let before = app.sessions.get(&owner.name, &id).map_err(session_error)?;
+    let info = app
+        .sessions
+        .pause(&owner.name, &id)
+        .await
+        .map_err(|e| session_error(e).traced(&trace_id))?;
+    if let (SessionState::Running, Some(paused)) = (before.state, &info.paused) {
+        app.metrics.paused(paused.pause_time_ms / 1e3);
+    }
+    Ok(Json(info).into_response())
+}
+
+pub async fn resume(
+    State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
+    Extension(TraceId(trace_id)): Extension<TraceId>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = resume_session(&app, &owner, &id)
+        .await
+        .map_err(|e| e.traced(&trace_id))?;
+    Ok(Json(info).into_response())
 }
 
 pub async fn create(
@@ -148,7 +255,12 @@ pub async fn create(
         })?;
     let info = app
         .sessions
-        .open(&owner.name, plan, Box::new((slot, permit)))
+        .open(
+            &owner.name,
+            owner.max_paused,
+            plan,
+            Box::new((slot, permit)),
+        )
         .await
         .map_err(|e| session_error(e).traced(&trace_id))?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
@@ -196,7 +308,7 @@ async fn accept(
         .sessions
         .plan_execution(&owner.name, id, request)
         .map_err(session_error)?;
-    let turn = app.sessions.turn(&owner.name, id).map_err(session_error)?;
+    let turn = turn(app, owner, id).await?;
     Ok((plan, turn))
 }
 
@@ -267,7 +379,7 @@ pub async fn put_file(
                 ),
             )
         })?;
-    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
+    let turn = turn(&app, &owner, &id).await?;
     turn.write(path, content.to_vec(), query.executable)
         .await
         .map_err(session_error)?;
@@ -280,7 +392,7 @@ pub async fn get_file(
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let info = app.sessions.get(&owner.name, &id).map_err(session_error)?;
-    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
+    let turn = turn(&app, &owner, &id).await?;
     let content = turn
         .read(path, info.disk_mib << 20)
         .await
@@ -297,7 +409,7 @@ pub async fn delete_file(
     Extension(owner): Extension<Owner>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
+    let turn = turn(&app, &owner, &id).await?;
     turn.remove(path).await.map_err(session_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -317,7 +429,7 @@ pub async fn list_files(
     Path(id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let turn = app.sessions.turn(&owner.name, &id).map_err(session_error)?;
+    let turn = turn(&app, &owner, &id).await?;
     let entries = turn.list(query.path.clone()).await.map_err(session_error)?;
     Ok(Json(json!({ "path": query.path, "entries": entries })).into_response())
 }
@@ -328,6 +440,7 @@ pub(crate) fn by_state(app: &App) -> Vec<(&'static str, usize)> {
     let count = |state: SessionState| sessions.iter().filter(|s| s.state == state).count();
     vec![
         ("running", count(SessionState::Running)),
+        ("paused", count(SessionState::Paused)),
         ("ended", count(SessionState::Ended)),
         ("failed", count(SessionState::Failed)),
     ]

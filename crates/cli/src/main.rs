@@ -502,6 +502,7 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
         name,
         sha256: runner_api::auth::hash_key(&key),
         max_sessions,
+        max_paused_sessions: None,
     };
     #[derive(serde::Serialize)]
     struct Entry<'a> {

@@ -397,8 +397,14 @@ fn a_runtime_slow_to_prestart_again_is_not_waited_for() {
 
 #[test]
 fn sessions_end_when_their_vm_dies_when_idle_and_at_capacity() {
-    // One VM at a time: a running session holds it.
-    let server = Server::start(&["--set", "max_vms=1"]);
+    // One VM at a time: a running session holds it. Idle sessions end
+    // rather than pause (see the next test for pausing).
+    let server = Server::start(&[
+        "--set",
+        "max_vms=1",
+        "--set",
+        "sessions.pause_when_idle=false",
+    ]);
     let first = create(&server, json!({ "language": "bash" }));
     let id = first["id"].as_str().unwrap();
     command(&server, id, "echo kept > file");
@@ -768,14 +774,7 @@ fn without_api_keys_only_this_machine_is_served() {
 
 #[test]
 fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
-    // A state directory of its own (with the shared images and snapshots),
-    // so that no other test's server takes the killed one's records.
-    let home = tempfile::tempdir().unwrap();
-    for shared in ["images", "snapshots", "accel.json"] {
-        std::os::unix::fs::symlink(common::state_dir().join(shared), home.path().join(shared))
-            .unwrap();
-    }
-    let state_dir = format!("state_dir={}", home.path().display());
+    let (home, state_dir) = own_state_dir();
     let args = ["--set", &state_dir, "--set", "prepare_snapshots=false"];
     let first = Server::start(&args);
     let session = create(&first, json!({ "language": "bash" }));
@@ -841,4 +840,155 @@ fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
     assert_eq!(delete(&second, &format!("/v1/sessions/{id}")).status(), 204);
     assert_eq!(second.get(&format!("/v1/sessions/{id}")).status(), 404);
     second.stop(Duration::from_secs(60));
+}
+
+/// A state directory of its own, sharing the images and snapshots, so that
+/// no other test's server takes its sessions; and the server arguments
+/// that use it.
+fn own_state_dir() -> (tempfile::TempDir, String) {
+    let home = tempfile::tempdir().unwrap();
+    for shared in ["images", "snapshots", "accel.json"] {
+        std::os::unix::fs::symlink(common::state_dir().join(shared), home.path().join(shared))
+            .unwrap();
+    }
+    let state_dir = format!("state_dir={}", home.path().display());
+    (home, state_dir)
+}
+
+fn info(server: &Server, id: &str) -> Value {
+    let info: Value = server.get(&format!("/v1/sessions/{id}")).json().unwrap();
+    check("Session", &info);
+    info
+}
+
+fn pause(server: &Server, id: &str) -> Value {
+    let response = server.post(&format!("/v1/sessions/{id}/pause"), "");
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    assert_eq!(status, 200, "{body:#}");
+    check("Session", &body);
+    body
+}
+
+#[test]
+fn a_paused_session_outlives_its_server_and_resumes_as_it_was() {
+    let (home, state_dir) = own_state_dir();
+    let args = ["--set", &state_dir, "--set", "prepare_snapshots=false"];
+    let first = Server::start(&args);
+    let session = create(&first, json!({ "language": "python" }));
+    let id = session["id"].as_str().unwrap().to_string();
+    // What the session changed: a file of random bytes, a counter that a
+    // background process keeps writing, and that process.
+    let mut random = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut random,
+    )
+    .unwrap();
+    assert_eq!(put(&first, &id, "random.bin", random.clone()).status(), 204);
+    let started = command(
+        &first,
+        &id,
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > count; sleep 0.2; done' >/dev/null 2>&1 & echo $!",
+    );
+    let pid = stdout(&started).trim().to_string();
+    let counting = command(&first, &id, "sleep 1; cat count");
+    let before: u64 = stdout(&counting).trim().parse().unwrap();
+
+    let paused = pause(&first, &id);
+    assert_eq!(paused["state"], "paused", "{paused:#}");
+    let disk_bytes = paused["paused"]["disk_bytes"].as_u64().unwrap();
+    let vm_bytes = paused["vm_memory_mib"].as_u64().unwrap() << 20;
+    // A delta over the snapshot: the megabyte written and what else
+    // changed, far from the VM's size.
+    assert!(
+        (1 << 20) < disk_bytes && disk_bytes < vm_bytes / 2,
+        "{disk_bytes} bytes saved of a {vm_bytes}-byte VM"
+    );
+    assert_eq!(session_vms(&first, &id), Vec::<String>::new());
+    assert_eq!(
+        pause(&first, &id)["state"],
+        "paused",
+        "pausing again is no change"
+    );
+    let metrics = first.get("/metrics").text().unwrap();
+    assert!(
+        metrics.contains("runner_sessions{state=\"paused\"} 1"),
+        "{metrics}"
+    );
+    let saved = home.path().join("sessions/paused").join(&id);
+    assert!(saved.join("state").exists());
+    first.stop(Duration::from_secs(60));
+
+    // The next server has it, paused; it resumes as it was.
+    let second = Server::start(&args);
+    assert_eq!(info(&second, &id)["state"], "paused");
+    let response = second.post(&format!("/v1/sessions/{id}/resume"), "");
+    assert_eq!(response.status(), 200);
+    let resumed: Value = response.json().unwrap();
+    check("Session", &resumed);
+    assert_eq!(resumed["state"], "running", "{resumed:#}");
+    assert!(resumed.get("paused").is_none(), "{resumed:#}");
+    assert!(!saved.exists(), "the saved VM is removed once resumed");
+    let after = command(
+        &second,
+        &id,
+        &format!(
+            "kill -0 {pid} && echo alive; a=$(cat count); sleep 1; b=$(cat count); echo $a $b"
+        ),
+    );
+    let out = stdout(&after);
+    assert!(out.starts_with("alive\n"), "{after:#}");
+    let counts: Vec<u64> = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        before <= counts[0] && counts[0] < counts[1],
+        "the counter went on from {before}: {counts:?}"
+    );
+    let response = get(&second, &id, "random.bin");
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().unwrap().as_ref() == random.as_slice());
+
+    // A request for a paused session resumes it first; deleting a paused
+    // session removes what was saved.
+    pause(&second, &id);
+    let python = exec(
+        &second,
+        &id,
+        json!({ "files": [{ "content": "print(open('count').read().strip().isdigit())" }] }),
+    );
+    assert_eq!(stdout(&python), "True\n", "{python:#}");
+    assert_eq!(info(&second, &id)["state"], "running");
+    pause(&second, &id);
+    assert!(saved.exists());
+    assert_eq!(delete(&second, &format!("/v1/sessions/{id}")).status(), 204);
+    assert!(!saved.exists(), "a deleted session leaves nothing");
+
+    // A session idle past its timeout is paused, and goes on when asked.
+    let idle = create(&second, json!({ "language": "bash", "idle_timeout_s": 2 }));
+    let idle_id = idle["id"].as_str().unwrap();
+    command(&second, idle_id, "echo kept > file");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        let state = info(&second, idle_id)["state"].clone();
+        if state != "running" || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(state, "paused");
+    assert_eq!(session_vms(&second, idle_id), Vec::<String>::new());
+    assert_eq!(stdout(&command(&second, idle_id, "cat file")), "kept\n");
+    second.stop(Duration::from_secs(60));
+    let left: Vec<_> = std::fs::read_dir(home.path().join("sessions/paused"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "only paused sessions stay: {left:?}");
 }

@@ -100,6 +100,10 @@ pub struct ApiKey {
     /// when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<usize>,
+    /// Sessions this key may have paused at once;
+    /// `sessions.max_paused_per_owner` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_paused_sessions: Option<usize>,
 }
 
 impl Config {

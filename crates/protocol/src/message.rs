@@ -65,9 +65,10 @@ pub enum Frame {
     /// Agent → host: the agent could not do what was asked (our fault, not
     /// the program's).
     Error(AgentFailure),
-    /// Host → agent, first thing in a VM restored from a snapshot: make this
-    /// VM unique (fresh entropy, the host's clock); the agent answers with a
-    /// new [`Frame::Hello`].
+    /// Host → agent, first thing in a VM restored from a snapshot (or a
+    /// session's VM resumed from disk): make this VM unique (fresh
+    /// entropy, the host's clock); the agent answers with a new
+    /// [`Frame::Hello`].
     Wake(Wake),
     /// Host → agent, in a VM about to be snapshotted: run these stages to
     /// warm the page cache (the interpreter's files), then forget them. Not

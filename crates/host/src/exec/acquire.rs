@@ -221,12 +221,16 @@ impl Vms {
             memory_mib,
             vcpus: 1,
             kernel_args: Vec::new(),
-            run_dir: self
-                .state
-                .runs()
-                .join(format!("{}.{id}", std::process::id())),
+            run_dir: self.run_dir(id),
             memory,
         }
+    }
+
+    /// Where VM `id` of this process keeps its sockets.
+    pub fn run_dir(&self, id: &str) -> std::path::PathBuf {
+        self.state
+            .runs()
+            .join(format!("{}.{id}", std::process::id()))
     }
 
     /// A VM of `snapshot`'s size that restores it instead of booting.

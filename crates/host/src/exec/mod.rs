@@ -261,6 +261,15 @@ impl Runner {
         crate::session::SessionVm::open(&self.vms, pools, plan, id).await
     }
 
+    /// Brings back a session's VM saved by a pause, named `id`.
+    pub async fn resume_session(
+        &self,
+        paused: &crate::session::PausedVm,
+        id: &str,
+    ) -> Result<crate::session::SessionVm, crate::session::ResumeError> {
+        crate::session::SessionVm::resume(&self.vms, paused, id).await
+    }
+
     /// Checks a submission and plans its compile and each of its tests;
     /// a wrong one is refused here, before anything boots.
     pub fn plan_submission(

@@ -51,6 +51,10 @@ impl Vm for ScriptedVm {
         Err(VmmError::Unsupported("a scripted guest has no snapshot"))
     }
 
+    async fn save(&mut self, _state: &std::path::Path) -> Result<crate::vmm::Saved, VmmError> {
+        Err(VmmError::Unsupported("a scripted guest cannot be saved"))
+    }
+
     async fn pause(&mut self, _paused: bool) -> Result<(), VmmError> {
         Ok(())
     }

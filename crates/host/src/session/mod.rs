@@ -9,8 +9,8 @@
 //!   one-shot execution (pool, snapshot, cold boot), then told it is a
 //!   session's; executions and file operations on it;
 //! - [`registry`]: the sessions of a server: unguessable ids, one request
-//!   at a time per session, idle and lifetime limits, and what is left of a
-//!   session that ended.
+//!   at a time per session, idle and lifetime limits, pausing to disk and
+//!   resuming, and what is left of a session that ended.
 //!
 //! A session's VM belongs to one owner and is never given to another: it is
 //! destroyed when the session ends, whatever the reason.
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use registry::{EndReason, SessionError, SessionInfo, SessionState, Sessions, Turn};
 pub use runner_protocol::{FileEntry, FileKind, FileProblem};
-pub use vm::{FileError, SessionVm};
+pub use vm::{FileError, PauseError, PausedVm, ResumeError, SessionVm};
 
 use crate::exec::{ExecutionRequest, Plan, PlanError, Planner, StageLimits, vm_memory_mib};
 use crate::lang::Language;
@@ -54,6 +54,15 @@ pub struct SessionConfig {
     /// Sessions one owner (an API key, or everyone when there are no keys)
     /// may have running at once, unless its key says otherwise.
     pub max_per_owner: usize,
+    /// A session idle for its `idle_timeout_s` is paused (saved to disk,
+    /// its VM freed) rather than ended; it ends at its `max_lifetime_s`.
+    pub pause_when_idle: bool,
+    /// Sessions one owner may have paused at once, unless its key says
+    /// otherwise.
+    pub max_paused_per_owner: usize,
+    /// What all paused sessions together may take on disk; a pause past
+    /// it is refused (and an idle session ends instead).
+    pub paused_disk_mib: u64,
 }
 
 impl Default for SessionConfig {
@@ -67,12 +76,15 @@ impl Default for SessionConfig {
             max_disk_mib: 2_048,
             ended_kept_s: 3_600,
             max_per_owner: 16,
+            pause_when_idle: true,
+            max_paused_per_owner: 64,
+            paused_disk_mib: 16_384,
         }
     }
 }
 
 /// What a caller asks of a new session.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRequest {
     /// A language name or alias.
     pub language: String,
@@ -99,6 +111,9 @@ pub struct SessionPlan {
     pub env: BTreeMap<String, String>,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    /// What was asked, to plan the session again when a server takes up
+    /// a paused one.
+    pub request: SessionRequest,
 }
 
 /// Checks `request` against `config` and the limits of `planner`.
@@ -148,7 +163,7 @@ pub fn plan(
     )?;
     crate::exec::check_exec_strings(&[], &request.env)?;
     let mut env = language.env.clone();
-    env.extend(request.env);
+    env.extend(request.env.clone());
     Ok(SessionPlan {
         vm_memory_mib: vm_memory_mib(memory_mib),
         language,
@@ -157,6 +172,7 @@ pub fn plan(
         env,
         idle_timeout: Duration::from_secs(idle),
         max_lifetime: Duration::from_secs(lifetime),
+        request,
     })
 }
 

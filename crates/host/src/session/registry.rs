@@ -2,6 +2,12 @@
 //! request at a time, and an end for every session (deleted, idle, too
 //! old, failed, or the server stopping) that destroys its VM.
 //!
+//! A running session can be paused: its VM saved to the state directory
+//! (`sessions/paused/<id>/`) as a delta over its snapshot and destroyed,
+//! which frees its memory and its place in the capacity. A paused session
+//! outlives the server: a server starting later takes it up, and it
+//! resumes on request, or by itself when a request comes for it.
+//!
 //! A request on a session takes its [`Turn`]; a second request while one
 //! holds it is refused as busy rather than queued, so that a client never
 //! waits behind another's long execution without knowing. What a turn runs
@@ -16,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
-use super::vm::{FileError, SessionVm};
+use super::vm::{FileError, PauseError, PausedVm, SessionVm};
 use super::{SessionConfig, SessionPlan, SessionRequest};
 use crate::exec::{ExecutionRequest, ExecutionResult, OutputChunk, Plan, PlanError, StartKind};
 use crate::{Runner, error_chain};
@@ -37,6 +43,20 @@ pub enum SessionError {
     TooMany { owner: String, limit: usize },
     #[error("the session's VM did not start: {0}")]
     Open(String),
+    #[error("session {0} is paused; resume it (POST /v1/sessions/{0}/resume)")]
+    Paused(String),
+    #[error("{owner} already has {limit} paused sessions, its most; resume or delete one")]
+    TooManyPaused { owner: String, limit: usize },
+    #[error(
+        "paused sessions take {used_mib} MiB of disk, this server's most (sessions.paused_disk_mib = {limit_mib}); resume or delete one, or try later"
+    )]
+    NoDisk { used_mib: u64, limit_mib: u64 },
+    /// Saving failed; the session runs on.
+    #[error("the session could not be paused; it runs on: {0}")]
+    Pause(String),
+    /// Resuming failed; the session has ended.
+    #[error("the session could not resume, and has ended: {0}")]
+    Resume(String),
     #[error(transparent)]
     File(FileError),
 }
@@ -47,6 +67,8 @@ pub enum SessionError {
 pub enum SessionState {
     /// Its VM runs and takes requests.
     Running,
+    /// Its VM is saved to disk; it resumes on request.
+    Paused,
     /// Its VM is gone, and its files with it; [`SessionInfo::ended`] says
     /// why.
     Ended,
@@ -121,6 +143,20 @@ pub struct SessionInfo {
     /// Why it ended, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<EndReason>,
+    /// While it is paused: when, and what its saved VM takes on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedInfo>,
+}
+
+/// What a client sees of a paused session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PausedInfo {
+    pub paused_unix_ms: u64,
+    /// Bytes its saved VM takes on disk: what it changed of its snapshot's
+    /// memory, and its devices.
+    pub disk_bytes: u64,
+    /// Milliseconds from the request to pause until the VM was saved.
+    pub pause_time_ms: f64,
 }
 
 /// What the state directory keeps of a running session until it ends.
@@ -129,6 +165,22 @@ struct Record {
     owner: String,
     info: SessionInfo,
 }
+
+/// What the state directory keeps of a paused session, next to its saved
+/// VM, for a server that starts later.
+#[derive(Serialize, Deserialize)]
+struct PausedRecord {
+    owner: String,
+    info: SessionInfo,
+    request: SessionRequest,
+    max_paused: usize,
+    vm: PausedVm,
+}
+
+/// The file of a paused session's record, in its directory.
+const PAUSED_RECORD: &str = "session.json";
+/// The file of its saved VM.
+const PAUSED_STATE: &str = "state";
 
 /// A session a killed server left: only what its record said.
 struct Lost {
@@ -148,6 +200,8 @@ pub struct Sessions {
     records: PathBuf,
     /// Sessions of a server that was killed, found by [`Sessions::recover`].
     lost: Mutex<HashMap<String, Lost>>,
+    /// Where paused sessions are saved, a directory each.
+    paused: PathBuf,
 }
 
 /// One of an owner's places for a running session, given back on drop
@@ -178,7 +232,12 @@ struct Session {
     start: StartKind,
     open_time_ms: f64,
     life: Mutex<Life>,
+    /// `None` once it ended, or while it is paused.
     vm: Arc<tokio::sync::Mutex<Option<SessionVm>>>,
+    /// Sessions its owner may have paused.
+    max_paused: usize,
+    /// Where it is saved while paused.
+    paused_dir: PathBuf,
     /// Its record in the state directory, removed when it ends.
     record: PathBuf,
     /// Set to stop what the session's turn is running (the session ended).
@@ -193,15 +252,17 @@ struct Life {
     last_used_at: SystemTime,
     executions: u64,
     ended: Option<(EndReason, Instant)>,
+    paused: Option<(PausedVm, SystemTime)>,
 }
 
 impl Session {
     fn info(&self) -> SessionInfo {
         let life = self.life.lock().unwrap();
-        let state = match &life.ended {
-            None => SessionState::Running,
-            Some((EndReason::Failed { .. }, _)) => SessionState::Failed,
-            Some(_) => SessionState::Ended,
+        let state = match (&life.ended, &life.paused) {
+            (None, None) => SessionState::Running,
+            (None, Some(_)) => SessionState::Paused,
+            (Some((EndReason::Failed { .. }, _)), _) => SessionState::Failed,
+            (Some(_), _) => SessionState::Ended,
         };
         SessionInfo {
             id: self.id.clone(),
@@ -218,7 +279,22 @@ impl Session {
             executions: life.executions,
             open_time_ms: self.open_time_ms,
             ended: life.ended.as_ref().map(|(reason, _)| reason.clone()),
+            paused: life.paused.as_ref().map(|(vm, at)| PausedInfo {
+                paused_unix_ms: unix_ms(*at),
+                disk_bytes: vm.saved.bytes,
+                pause_time_ms: vm.pause_time_ms,
+            }),
         }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.life.lock().unwrap().paused.is_some()
+    }
+
+    /// Bytes its saved VM takes, while it is paused.
+    fn paused_bytes(&self) -> u64 {
+        let life = self.life.lock().unwrap();
+        life.paused.as_ref().map_or(0, |(vm, _)| vm.saved.bytes)
     }
 
     fn used(&self) {
@@ -235,6 +311,25 @@ impl Session {
             .as_ref()
             .map(|(r, _)| r.clone())
     }
+}
+
+/// `owner` as a message names it.
+fn owner_name(owner: &str) -> String {
+    if owner.is_empty() {
+        "this server's one owner (it has no API keys)".to_string()
+    } else {
+        format!("API key {owner:?}")
+    }
+}
+
+/// Creates `dir`, readable by this user only: a saved VM holds the
+/// guest's memory.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -260,15 +355,125 @@ impl Sessions {
             map: Mutex::default(),
             owners: Arc::default(),
             records: runner.state().sessions(),
+            paused: runner.state().sessions().join("paused"),
             lost: Mutex::default(),
             runner,
         })
     }
 
+    /// Writes the record of running session `session`, so that a server
+    /// started after this one is killed can report it lost.
+    fn record_running(&self, session: &Session) {
+        let record = Record {
+            owner: session.owner.clone(),
+            info: session.info(),
+        };
+        let written = std::fs::create_dir_all(&self.records).and_then(|()| {
+            std::fs::write(
+                &session.record,
+                serde_json::to_vec(&record).expect("a record serializes"),
+            )
+        });
+        if let Err(e) = written {
+            tracing::warn!(target: "runner::session", session = %session.id, error = %e, "cannot record the session; a killed server will not report it lost");
+        }
+    }
+
+    /// Takes up the sessions paused by earlier servers: each is paused
+    /// here as it was there. One that no longer plans under this server's
+    /// configuration is reported failed. Returns how many were taken up.
+    fn take_up_paused(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.paused) else {
+            return 0;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let record = std::fs::read(dir.join(PAUSED_RECORD))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<PausedRecord>(&bytes).ok());
+            let Some(record) = record else {
+                // A pause that did not finish (the server was killed in
+                // it): the session was reported lost with the others.
+                tracing::warn!(target: "runner::session", dir = %dir.display(), "unfinished pause removed");
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            };
+            let id = record.info.id.clone();
+            if self.map.lock().unwrap().contains_key(&id) {
+                continue;
+            }
+            let plan = match self.plan(record.request.clone()) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let mut info = record.info;
+                    info.state = SessionState::Failed;
+                    info.paused = None;
+                    info.ended = Some(EndReason::Failed {
+                        message: format!(
+                            "it was paused, and no longer fits this server's configuration: {}",
+                            error_chain(&e)
+                        ),
+                    });
+                    let lost = Lost {
+                        owner: record.owner,
+                        info,
+                        found: Instant::now(),
+                    };
+                    self.lost.lock().unwrap().insert(id, lost);
+                    continue;
+                }
+            };
+            let created =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(record.info.created_unix_ms);
+            let age = SystemTime::now()
+                .duration_since(created)
+                .unwrap_or_default();
+            let last_used_at =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(record.info.last_used_unix_ms);
+            let paused_at = record.info.paused.as_ref().map_or(last_used_at, |p| {
+                SystemTime::UNIX_EPOCH + Duration::from_millis(p.paused_unix_ms)
+            });
+            let now = Instant::now();
+            let session = Arc::new(Session {
+                id: id.clone(),
+                owner: record.owner,
+                created,
+                born: now.checked_sub(age).unwrap_or(now),
+                start: record.info.start,
+                open_time_ms: record.info.open_time_ms,
+                plan,
+                life: Mutex::new(Life {
+                    last_used: now,
+                    last_used_at,
+                    executions: record.info.executions,
+                    ended: None,
+                    paused: Some((record.vm, paused_at)),
+                }),
+                vm: Arc::new(tokio::sync::Mutex::new(None)),
+                max_paused: record.max_paused,
+                paused_dir: dir,
+                record: self
+                    .records
+                    .join(format!("{}.{id}.json", std::process::id())),
+                stop: watch::channel(false).0,
+                hold: Mutex::new(None),
+            });
+            tracing::info!(target: "runner::session", session = %id, "paused session taken up");
+            self.map.lock().unwrap().insert(id, session);
+            found += 1;
+        }
+        found
+    }
+
     /// Takes the records of sessions whose server no longer runs (it was
     /// killed: its VMs died with it): each is reported `ended` with reason
-    /// `lost` to its owner, for `ended_kept_s`. Returns how many.
-    pub fn recover(&self) -> usize {
+    /// `lost` to its owner, for `ended_kept_s`; and takes up the paused
+    /// sessions earlier servers left, which resume as if nothing happened.
+    /// Returns how many were lost and how many were taken up.
+    pub fn recover(&self) -> (usize, usize) {
+        let taken_up = self.take_up_paused();
         let mut found = 0;
         for path in crate::state::left_by_dead_processes(&self.records) {
             let record = std::fs::read(&path)
@@ -290,7 +495,7 @@ impl Sessions {
             self.lost.lock().unwrap().insert(lost.info.id.clone(), lost);
             found += 1;
         }
-        found
+        (found, taken_up)
     }
 
     /// `owner`'s lost session `id`, if there is one.
@@ -323,12 +528,10 @@ impl Sessions {
         let mut owners = self.owners.lock().unwrap();
         let count = owners.entry(owner.to_string()).or_insert(0);
         if *count >= limit {
-            let owner = if owner.is_empty() {
-                "this server's one owner (it has no API keys)".to_string()
-            } else {
-                format!("API key {owner:?}")
-            };
-            return Err(SessionError::TooMany { owner, limit });
+            return Err(SessionError::TooMany {
+                owner: owner_name(owner),
+                limit,
+            });
         }
         *count += 1;
         Ok(OwnerSlot {
@@ -352,6 +555,7 @@ impl Sessions {
     pub async fn open(
         &self,
         owner: &str,
+        max_paused: usize,
         plan: SessionPlan,
         hold: Box<dyn Send>,
     ) -> Result<SessionInfo, SessionError> {
@@ -385,8 +589,11 @@ impl Sessions {
                 last_used_at: now,
                 executions: 0,
                 ended: None,
+                paused: None,
             }),
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
+            max_paused,
+            paused_dir: self.paused.join(&id),
             record: self
                 .records
                 .join(format!("{}.{id}.json", std::process::id())),
@@ -394,19 +601,7 @@ impl Sessions {
             hold: Mutex::new(Some(hold)),
         });
         let info = session.info();
-        let record = Record {
-            owner: owner.to_string(),
-            info: info.clone(),
-        };
-        let written = std::fs::create_dir_all(&self.records).and_then(|()| {
-            std::fs::write(
-                &session.record,
-                serde_json::to_vec(&record).expect("a record serializes"),
-            )
-        });
-        if let Err(e) = written {
-            tracing::warn!(target: "runner::session", session = %id, error = %e, "cannot record the session; a killed server will not report it lost");
-        }
+        self.record_running(&session);
         self.map.lock().unwrap().insert(id, session);
         Ok(info)
     }
@@ -469,8 +664,18 @@ impl Sessions {
             .lock()
             .unwrap()
             .values()
-            .filter(|s| s.ended().is_none())
+            .filter(|s| s.ended().is_none() && !s.is_paused())
             .count()
+    }
+
+    /// Bytes all paused sessions take on disk.
+    pub fn paused_bytes(&self) -> u64 {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.paused_bytes())
+            .sum()
     }
 
     /// Plans `request` as an execution in session `id`.
@@ -503,10 +708,180 @@ impl Sessions {
             .try_lock_owned()
             .map_err(|_| SessionError::Busy(id.to_string()))?;
         if guard.is_none() {
+            if session.is_paused() {
+                return Err(SessionError::Paused(id.to_string()));
+            }
             return Err(ended(&session));
         }
         session.used();
         Ok(Turn { session, guard })
+    }
+
+    /// Pauses session `id`: saves its VM to disk and destroys it, which
+    /// gives back its memory and its place in the capacity. A paused
+    /// session is left as it is. If saving fails the session runs on.
+    pub async fn pause(&self, owner: &str, id: &str) -> Result<SessionInfo, SessionError> {
+        let session = self.usable(owner, id)?;
+        self.pause_session(&session).await
+    }
+
+    async fn pause_session(&self, session: &Arc<Session>) -> Result<SessionInfo, SessionError> {
+        let ended = |session: &Session| SessionError::Ended {
+            id: session.id.clone(),
+            reason: session.ended().expect("ended"),
+        };
+        if session.ended().is_some() {
+            return Err(ended(session));
+        }
+        if session.is_paused() {
+            return Ok(session.info());
+        }
+        let paused_by_owner = self
+            .map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.owner == session.owner && s.is_paused())
+            .count();
+        if paused_by_owner >= session.max_paused {
+            return Err(SessionError::TooManyPaused {
+                owner: owner_name(&session.owner),
+                limit: session.max_paused,
+            });
+        }
+        let used = self.paused_bytes();
+        if used >= self.config.paused_disk_mib << 20 {
+            return Err(SessionError::NoDisk {
+                used_mib: used >> 20,
+                limit_mib: self.config.paused_disk_mib,
+            });
+        }
+        let mut guard = session
+            .vm
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SessionError::Busy(session.id.clone()))?;
+        let Some(vm) = guard.take() else {
+            return match session.is_paused() {
+                true => Ok(session.info()),
+                false => Err(ended(session)),
+            };
+        };
+        let dir = &session.paused_dir;
+        if let Err(e) = create_private_dir(dir) {
+            *guard = Some(vm);
+            return Err(SessionError::Pause(format!(
+                "create {}: {e}",
+                dir.display()
+            )));
+        }
+        match vm.pause(&dir.join(PAUSED_STATE)).await {
+            Ok(paused) => {
+                let at = SystemTime::now();
+                tracing::info!(
+                    target: "runner::session",
+                    session = %session.id,
+                    disk_bytes = paused.saved.bytes,
+                    pause_time_ms = paused.pause_time_ms,
+                    "session paused"
+                );
+                session.life.lock().unwrap().paused = Some((paused.clone(), at));
+                let record = PausedRecord {
+                    owner: session.owner.clone(),
+                    info: session.info(),
+                    request: session.plan.request.clone(),
+                    max_paused: session.max_paused,
+                    vm: paused,
+                };
+                let path = dir.join(PAUSED_RECORD);
+                let temporary = dir.join(".session.json");
+                let written = std::fs::write(
+                    &temporary,
+                    serde_json::to_vec(&record).expect("a record serializes"),
+                )
+                .and_then(|()| std::fs::rename(&temporary, &path));
+                if let Err(e) = written {
+                    tracing::warn!(target: "runner::session", session = %session.id, error = %e, "cannot record the paused session; it will not outlive this server");
+                }
+                let _ = std::fs::remove_file(&session.record);
+                session.hold.lock().unwrap().take();
+                Ok(session.info())
+            }
+            Err((vm, PauseError::Save(error))) => {
+                *guard = Some(vm);
+                let _ = std::fs::remove_dir_all(dir);
+                let message = error_chain(&error);
+                tracing::warn!(target: "runner::session", session = %session.id, error = %message, "pause failed; the session runs on");
+                Err(SessionError::Pause(message))
+            }
+            Err((vm, error @ PauseError::Broken(_))) => {
+                let message = error_chain(&error);
+                drop(guard);
+                vm.destroy().await;
+                fail(session, message.clone()).await;
+                Err(SessionError::Pause(message))
+            }
+        }
+    }
+
+    /// Resumes paused session `id` holding `hold` (its place in the
+    /// capacity, as [`Sessions::open`] takes it): its VM comes back from
+    /// disk with its files, processes and memory, fresh entropy and the
+    /// host's clock. A running session is left as it is. A session that
+    /// cannot resume ends, with the reason.
+    pub async fn resume(
+        &self,
+        owner: &str,
+        id: &str,
+        hold: Box<dyn Send>,
+    ) -> Result<SessionInfo, SessionError> {
+        let session = self.usable(owner, id)?;
+        if let Some(reason) = session.ended() {
+            return Err(SessionError::Ended {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        let mut guard = session
+            .vm
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| SessionError::Busy(id.to_string()))?;
+        if guard.is_some() {
+            return Ok(session.info());
+        }
+        let paused = session.life.lock().unwrap().paused.clone();
+        let Some((paused, _)) = paused else {
+            return Err(SessionError::Ended {
+                id: id.to_string(),
+                reason: session.ended().unwrap_or(EndReason::Deleted),
+            });
+        };
+        let begun = Instant::now();
+        match self.runner.resume_session(&paused, &session.id).await {
+            Ok(vm) => {
+                *guard = Some(vm);
+                drop(guard);
+                session.life.lock().unwrap().paused = None;
+                *session.hold.lock().unwrap() = Some(hold);
+                session.used();
+                self.record_running(&session);
+                let _ = std::fs::remove_dir_all(&session.paused_dir);
+                tracing::info!(
+                    target: "runner::session",
+                    session = %id,
+                    resume_time_ms = begun.elapsed().as_secs_f64() * 1e3,
+                    "session resumed"
+                );
+                Ok(session.info())
+            }
+            Err(error) => {
+                let message = error_chain(&error);
+                drop(guard);
+                fail(&session, format!("it could not resume: {message}")).await;
+                Err(SessionError::Resume(message))
+            }
+        }
     }
 
     /// Ends session `id` now: what it runs is stopped and its VM destroyed.
@@ -526,13 +901,17 @@ impl Sessions {
     pub async fn close_all(&self) {
         let sessions: Vec<Arc<Session>> = self.map.lock().unwrap().values().cloned().collect();
         for session in sessions {
-            finish(&session, EndReason::Shutdown).await;
+            // A paused session stays on disk for the next server.
+            if !session.is_paused() {
+                finish(&session, EndReason::Shutdown).await;
+            }
         }
     }
 
-    /// Ends sessions idle or old past their limits, and forgets ended ones
-    /// after `ended_kept_s`. Called every second by [`Sessions::start_reaper`].
-    pub async fn reap(&self) {
+    /// Ends sessions old past their limits, pauses (or ends) those idle
+    /// past theirs, and forgets ended ones after `ended_kept_s`. Called
+    /// every second by [`Sessions::start_reaper`].
+    pub async fn reap(self: &Arc<Self>) {
         let now = Instant::now();
         let kept = Duration::from_secs(self.config.ended_kept_s);
         self.lost
@@ -556,13 +935,31 @@ impl Sessions {
                 EndReason::Lifetime {
                     seconds: plan.max_lifetime.as_secs(),
                 }
-            } else if idle_for >= plan.idle_timeout && session.vm.try_lock().is_ok() {
+            } else if idle_for >= plan.idle_timeout
+                && !session.is_paused()
+                && session.vm.try_lock().is_ok()
+            {
                 EndReason::Idle {
                     seconds: plan.idle_timeout.as_secs(),
                 }
             } else {
                 continue;
             };
+            if let (EndReason::Idle { .. }, true) = (&reason, self.config.pause_when_idle) {
+                let sessions = self.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    match sessions.pause_session(&session).await {
+                        Ok(_) => {}
+                        Err(SessionError::Busy(_)) => {}
+                        Err(error) => {
+                            tracing::info!(target: "runner::session", session = %session.id, error = %error, "an idle session could not be paused; it ends");
+                            finish(&session, reason).await;
+                        }
+                    }
+                });
+                continue;
+            }
             tracing::info!(target: "runner::session", session = %session.id, reason = %reason, "session ended");
             let session = session.clone();
             tokio::spawn(async move { finish(&session, reason).await });
@@ -596,6 +993,9 @@ async fn finish(session: &Session, reason: EndReason) {
     }
     session.stop.send_replace(true);
     let _ = std::fs::remove_file(&session.record);
+    if session.life.lock().unwrap().paused.take().is_some() {
+        let _ = std::fs::remove_dir_all(&session.paused_dir);
+    }
     let vm = session.vm.lock().await.take();
     if let Some(vm) = vm {
         vm.destroy().await;

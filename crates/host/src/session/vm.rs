@@ -7,10 +7,12 @@
 //! anything else (a lost agent, a broken protocol) means the VM cannot be
 //! trusted to serve the session any more, and the caller ends it.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner_protocol::{FILE_CHUNK, FileEntry, FileOp, FileProblem, Frame, SessionSpec};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::SessionPlan;
@@ -19,7 +21,7 @@ use crate::exec::conversation::{self, ConversationError};
 use crate::exec::transcript::{OutputChunk, Transcript};
 use crate::exec::{ExecError, ExecutionResult, Plan, StartKind};
 use crate::pool::Pools;
-use crate::vmm::{Accel, Vm};
+use crate::vmm::{Accel, Saved, Vm, VmmError};
 
 /// Why a file operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,49 @@ pub enum FileError {
     /// The VM failed; the session cannot go on.
     #[error("the session's VM failed: {0}")]
     Broken(#[source] ConversationError),
+}
+
+/// Why a session's VM was not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// Saving failed; the VM runs on as before.
+    #[error("saving the session's VM failed; it runs on")]
+    Save(#[source] VmmError),
+    /// Saving failed, and the VM could not go on.
+    #[error("saving the session's VM failed, and it could not go on")]
+    Broken(#[source] VmmError),
+}
+
+/// Why a saved session's VM did not come back.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{} is gone", .0.display())]
+    Missing(PathBuf),
+    #[error("it was saved under {saved}, and this server runs {now}")]
+    Backend { saved: String, now: String },
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    #[error(
+        "the resumed VM did not answer: {}; console:\n{console}",
+        crate::error_chain(error)
+    )]
+    NotReady {
+        error: ConversationError,
+        console: String,
+    },
+}
+
+/// A session's VM saved to disk by [`SessionVm::pause`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PausedVm {
+    pub saved: Saved,
+    /// The language's version, for results.
+    pub version: String,
+    /// Milliseconds from the request to pause until the VM was saved and
+    /// gone.
+    pub pause_time_ms: f64,
 }
 
 /// How long a file operation may take beyond its size's share.
@@ -239,6 +284,72 @@ impl SessionVm {
             Frame::Error(failure) => Err(refused(failure)),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Saves the VM to `state` (see [`Vm::save`]) and destroys it. On
+    /// error it runs on, unless the error says it could not.
+    pub(crate) async fn pause(mut self, state: &Path) -> Result<PausedVm, (Self, PauseError)> {
+        let begun = Instant::now();
+        match self.vm.save(state).await {
+            Ok(saved) => {
+                self.vm.destroy().await;
+                Ok(PausedVm {
+                    saved,
+                    version: self.version,
+                    pause_time_ms: begun.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(state);
+                match self.vm.pause(false).await {
+                    Ok(()) => Err((self, PauseError::Save(error))),
+                    Err(_) => Err((self, PauseError::Broken(error))),
+                }
+            }
+        }
+    }
+
+    /// Brings back the VM `paused` describes, as session `id`'s, with
+    /// fresh entropy and the host's clock.
+    pub(crate) async fn resume(
+        vms: &Vms,
+        paused: &PausedVm,
+        id: &str,
+    ) -> Result<Self, ResumeError> {
+        let started = Instant::now();
+        let saved = &paused.saved;
+        if let Some(missing) = saved.needs().into_iter().find(|path| !path.exists()) {
+            return Err(ResumeError::Missing(missing.to_path_buf()));
+        }
+        let backend = vms.backend(&saved.kernel, &saved.initramfs).await?;
+        let now = backend.info().describe();
+        if now != saved.backend {
+            return Err(ResumeError::Backend {
+                saved: saved.backend.clone(),
+                now,
+            });
+        }
+        let (mut vm, running) = vms
+            .start(&*backend, saved.spec(id, vms.run_dir(id)))
+            .await?;
+        let timeout = crate::exec::acquire::boot_timeout(backend.info().accel);
+        let woken =
+            conversation::await_ready(vm.channel(), Some(crate::exec::acquire::wake()), timeout)
+                .await;
+        if let Err(error) = woken {
+            let console = vm.console_tail();
+            vm.destroy().await;
+            return Err(ResumeError::NotReady { error, console });
+        }
+        Ok(Self {
+            vm,
+            _running: running,
+            start: StartKind::Snapshot,
+            started,
+            ready: Instant::now(),
+            version: paused.version.clone(),
+            backend: (backend.info().name, backend.info().accel),
+        })
     }
 
     /// The end of the guest's console, for an error message.

@@ -12,6 +12,7 @@
 
 pub mod accel;
 mod channel;
+mod mapped_ram;
 mod qemu;
 mod qmp;
 
@@ -153,7 +154,8 @@ pub struct VmSpec {
 }
 
 /// Guest memory, and what it has to do with a snapshot.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Memory {
     /// Anonymous memory: a plain VM.
     #[default]
@@ -164,6 +166,61 @@ pub enum Memory {
     /// A VM restored from a snapshot: the memory file mapped copy-on-write
     /// (never written), and the device state loaded from `state`.
     Restore { path: PathBuf, state: PathBuf },
+    /// A VM saved by [`Vm::save`] brought back: the memory it was restored
+    /// from (`base`, mapped as for [`Memory::Restore`]; anonymous memory
+    /// when `None`), then the pages it changed and its devices from
+    /// `state`.
+    Resume {
+        base: Option<PathBuf>,
+        state: PathBuf,
+    },
+}
+
+/// A VM saved by [`Vm::save`]: what it takes to start it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: Option<PathBuf>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub kernel_args: Vec<String>,
+    /// [`Memory::Resume`] with the saved state.
+    pub memory: Memory,
+    /// The backend, its version and acceleration, as
+    /// [`BackendInfo::describe`] says: a VM resumes only on the same.
+    pub backend: String,
+    /// Bytes the saved state takes on disk.
+    pub bytes: u64,
+}
+
+impl Saved {
+    /// A spec that resumes the VM, named `id`, with its sockets in
+    /// `run_dir`.
+    pub fn spec(&self, id: &str, run_dir: PathBuf) -> VmSpec {
+        VmSpec {
+            id: id.to_string(),
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            rootfs: self.rootfs.clone(),
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            kernel_args: self.kernel_args.clone(),
+            run_dir,
+            memory: self.memory.clone(),
+        }
+    }
+
+    /// The files the saved VM needs to resume.
+    pub fn needs(&self) -> Vec<&Path> {
+        let mut files = vec![self.kernel.as_path(), self.initramfs.as_path()];
+        files.extend(self.rootfs.as_deref());
+        if let Memory::Resume { base, state } = &self.memory {
+            files.extend(base.as_deref());
+            files.push(state);
+        }
+        files
+    }
 }
 
 /// What a backend is, for logs, `doctor` and results.
@@ -174,6 +231,13 @@ pub struct BackendInfo {
     pub accel: Accel,
     /// Why this acceleration was chosen.
     pub reason: String,
+}
+
+impl BackendInfo {
+    /// Name, version and acceleration in one line.
+    pub fn describe(&self) -> String {
+        format!("{} {} ({})", self.name, self.version, self.accel)
+    }
 }
 
 #[async_trait]
@@ -201,9 +265,15 @@ pub trait Vm: Send {
     async fn snapshot(&mut self, state: &std::path::Path) -> Result<(), VmmError>;
 
     /// Stops the guest's CPUs (a VM waiting in a pool uses no CPU), or lets
-    /// them run again. Only VMs restored from a snapshot have a monitor to
-    /// do it with.
+    /// them run again.
     async fn pause(&mut self, paused: bool) -> Result<(), VmmError>;
+
+    /// Stops the VM and saves it whole to `state`, for a VM started from
+    /// what it returns to carry on from: of its memory only what differs
+    /// from the memory it was restored from (its non-zero pages for a VM
+    /// with private memory). On error the VM is stopped but intact:
+    /// `pause(false)` lets it go on; on success, destroy it.
+    async fn save(&mut self, state: &std::path::Path) -> Result<Saved, VmmError>;
 
     /// Whether the VMM process still runs (a pool VM can be killed from
     /// outside while it waits).

@@ -4,7 +4,8 @@
 //! The agent talks over a virtio-serial port whose QEMU end connects to a Unix
 //! socket the host listens on before QEMU starts, so there is no wait for a
 //! socket file to appear; the file is unlinked as soon as QEMU connected. The
-//! VM has no network device and its root disk is read-only.
+//! VM has no network device and its root disk is read-only. A QMP monitor
+//! on a second socket stops, saves and loads it.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -20,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use super::qmp::{Qmp, QmpError};
 use super::{
-    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Vm, VmSpec,
+    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Saved, Vm, VmSpec,
     VmmConfig, VmmError,
 };
 
@@ -102,11 +103,15 @@ impl QemuBackend {
         };
         let cpu = self.cpu_model();
         // Snapshots: memory in a file (x-ignore-shared leaves it out of the
-        // migration stream), and a QMP monitor to stop, save and load.
+        // migration stream); every VM has a QMP monitor to stop, save and
+        // load it.
         let (memory_file, share) = match &spec.memory {
-            Memory::Private => (None, false),
+            Memory::Private | Memory::Resume { base: None, .. } => (None, false),
             Memory::Template { path } => (Some(path), true),
             Memory::Restore { path, .. } => (Some(path), false),
+            Memory::Resume {
+                base: Some(path), ..
+            } => (Some(path), false),
         };
         let memory_backend = if memory_file.is_some() {
             ",memory-backend=mem"
@@ -169,12 +174,12 @@ impl QemuBackend {
                 spec.memory_mib,
                 path.display(),
             ));
-            command
-                .arg("-chardev")
-                .arg(format!("socket,id=qmp,path={}", qmp.display()))
-                .args(["-mon", "chardev=qmp,mode=control"]);
         }
-        if let Memory::Restore { .. } = spec.memory {
+        command
+            .arg("-chardev")
+            .arg(format!("socket,id=qmp,path={}", qmp.display()))
+            .args(["-mon", "chardev=qmp,mode=control"]);
+        if let Memory::Restore { .. } | Memory::Resume { .. } = spec.memory {
             command.args(["-incoming", "defer"]);
         }
         if let Some(rootfs) = &spec.rootfs {
@@ -230,10 +235,7 @@ impl Backend for QemuBackend {
         };
         let listener = listen(&socket)?;
         let qmp_socket = run_dir.path.join("qmp.sock");
-        let qmp_listener = match spec.memory {
-            Memory::Private => None,
-            _ => Some(listen(&qmp_socket)?),
-        };
+        let qmp_listener = listen(&qmp_socket)?;
         let mut child = self
             .command(&spec, &socket, &qmp_socket)
             .spawn()
@@ -251,21 +253,14 @@ impl Backend for QemuBackend {
                 path: socket.clone(),
                 source,
             })?;
-            let qmp = match &qmp_listener {
-                None => None,
-                Some(listener) => {
-                    let (stream, _) = listener.accept().await.map_err(|source| VmmError::Io {
-                        what: "accept on",
-                        path: qmp_socket.clone(),
-                        source,
-                    })?;
-                    Some(
-                        Qmp::handshake(stream)
-                            .await
-                            .map_err(control("connect to"))?,
-                    )
-                }
-            };
+            let (stream, _) = qmp_listener.accept().await.map_err(|source| VmmError::Io {
+                what: "accept on",
+                path: qmp_socket.clone(),
+                source,
+            })?;
+            let qmp = Qmp::handshake(stream)
+                .await
+                .map_err(control("connect to"))?;
             Ok::<_, VmmError>((agent, qmp))
         };
         let (accepted, mut qmp) = tokio::select! {
@@ -288,14 +283,35 @@ impl Backend for QemuBackend {
         drop(qmp_listener);
         let _ = fs::remove_file(&socket);
         let _ = fs::remove_file(&qmp_socket);
-        if let (Memory::Restore { state, .. }, Some(qmp)) = (&spec.memory, &mut qmp) {
-            restore(qmp, state).await.map_err(control("restore"))?;
+        match &spec.memory {
+            Memory::Restore { state, .. } => {
+                load(&mut qmp, state, ignore_shared())
+                    .await
+                    .map_err(control("restore"))?;
+            }
+            Memory::Resume { state, .. } => {
+                load(&mut qmp, state, mapped_ram())
+                    .await
+                    .map_err(control("resume"))?;
+            }
+            Memory::Private | Memory::Template { .. } => {}
         }
+        let base = match &spec.memory {
+            Memory::Restore { path, .. }
+            | Memory::Resume {
+                base: Some(path), ..
+            } => Base::File(path.clone()),
+            Memory::Private | Memory::Resume { base: None, .. } => Base::Anonymous,
+            Memory::Template { .. } => Base::Template,
+        };
         Ok(Box::new(QemuVm {
             child,
             channel: AgentChannel::new(accepted.0),
             console,
             qmp,
+            base,
+            spec,
+            backend: self.info.describe(),
             _run_dir: run_dir,
         }))
     }
@@ -309,10 +325,15 @@ fn control(operation: &'static str) -> impl FnOnce(QmpError) -> VmmError {
     }
 }
 
-/// Loads the device state of a snapshot into a VM started with `-incoming
-/// defer`, and lets it run.
-async fn restore(qmp: &mut Qmp, state: &Path) -> Result<(), QmpError> {
-    qmp.execute("migrate-set-capabilities", ignore_shared())
+/// Loads a saved VM (a snapshot's device state, or a whole VM saved by
+/// [`Vm::save`]) into a VM started with `-incoming defer`, with the
+/// migration `capabilities` it was saved with, and lets it run.
+async fn load(
+    qmp: &mut Qmp,
+    state: &Path,
+    capabilities: serde_json::Value,
+) -> Result<(), QmpError> {
+    qmp.execute("migrate-set-capabilities", capabilities)
         .await?;
     qmp.execute(
         "migrate-incoming",
@@ -344,12 +365,40 @@ fn ignore_shared() -> serde_json::Value {
     })
 }
 
+/// Every page in the file, at a fixed place (see [`super::mapped_ram`]).
+/// Capabilities outlive a migration: a VM restored with `x-ignore-shared`
+/// still has it, and it would change the layout.
+fn mapped_ram() -> serde_json::Value {
+    serde_json::json!({
+        "capabilities": [
+            { "capability": "x-ignore-shared", "state": false },
+            { "capability": "mapped-ram", "state": true },
+        ]
+    })
+}
+
+/// The name QEMU gives the RAM block of a memory backend `mem`.
+const MEMORY_BLOCK: &str = "mem";
+
+/// What a VM's memory started as.
+enum Base {
+    /// Anonymous memory: zero.
+    Anonymous,
+    /// A snapshot's memory file, mapped copy-on-write.
+    File(PathBuf),
+    /// A template VM's own file, written through.
+    Template,
+}
+
 struct QemuVm {
     child: Child,
     channel: AgentChannel,
     console: Console,
-    /// The monitor, for VMs with their memory in a file.
-    qmp: Option<Qmp>,
+    qmp: Qmp,
+    base: Base,
+    /// What it was started from, for [`Vm::save`].
+    spec: VmSpec,
+    backend: String,
     // Dropped after `child` (fields drop in order): QEMU is killed first.
     _run_dir: RunDir,
 }
@@ -365,10 +414,7 @@ impl Vm for QemuVm {
     }
 
     async fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
-        let qmp = self
-            .qmp
-            .as_mut()
-            .ok_or(VmmError::Unsupported("this VM has no monitor to pause it"))?;
+        let qmp = &mut self.qmp;
         let (command, operation) = if paused {
             ("stop", "pause")
         } else {
@@ -385,10 +431,76 @@ impl Vm for QemuVm {
     }
 
     async fn snapshot(&mut self, state: &Path) -> Result<(), VmmError> {
-        let qmp = self.qmp.as_mut().ok_or(VmmError::Unsupported(
-            "this VM has no memory file to snapshot",
-        ))?;
-        save(qmp, state).await.map_err(control("save"))
+        if !matches!(self.base, Base::Template) {
+            return Err(VmmError::Unsupported(
+                "this VM has no memory file to snapshot",
+            ));
+        }
+        save(&mut self.qmp, state, ignore_shared())
+            .await
+            .map_err(control("save"))
+    }
+
+    async fn save(&mut self, state: &Path) -> Result<Saved, VmmError> {
+        let base = match &self.base {
+            Base::Template => {
+                return Err(VmmError::Unsupported(
+                    "a template VM is saved as a snapshot",
+                ));
+            }
+            Base::Anonymous => None,
+            Base::File(path) => Some(path.clone()),
+        };
+        save(&mut self.qmp, state, mapped_ram())
+            .await
+            .map_err(control("save"))?;
+        let path = state.to_path_buf();
+        let kept_base = base.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let io = |what: &'static str, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| VmmError::Io { what, path, source }
+            };
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            if let Some(base) = base {
+                let memory = fs::File::open(&base).map_err(io("open", &base))?;
+                let reduced =
+                    super::mapped_ram::reduce(&file, &memory, MEMORY_BLOCK).map_err(|source| {
+                        VmmError::Control {
+                            operation: "save",
+                            source: Box::new(source),
+                        }
+                    })?;
+                tracing::debug!(
+                    pages = reduced.pages,
+                    "saved the pages that differ from the snapshot"
+                );
+            }
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().map_err(io("stat", &path))?;
+            Ok::<_, VmmError>(meta.blocks() * 512)
+        })
+        .await
+        .expect("saving does not panic")?;
+        let spec = &self.spec;
+        Ok(Saved {
+            kernel: spec.kernel.clone(),
+            initramfs: spec.initramfs.clone(),
+            rootfs: spec.rootfs.clone(),
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            kernel_args: spec.kernel_args.clone(),
+            memory: Memory::Resume {
+                base: kept_base,
+                state: state.to_path_buf(),
+            },
+            backend: self.backend.clone(),
+            bytes,
+        })
     }
 
     async fn destroy(mut self: Box<Self>) {
@@ -397,11 +509,16 @@ impl Vm for QemuVm {
     }
 }
 
-/// Stops the VM and saves its device state to `state` (its memory is in
-/// its file already).
-async fn save(qmp: &mut Qmp, state: &Path) -> Result<(), QmpError> {
+/// Stops the VM and saves it to `state` with the migration
+/// `capabilities`: its device state only, for a template VM whose memory
+/// is in its file already; all of it in the mapped-ram layout otherwise.
+async fn save(
+    qmp: &mut Qmp,
+    state: &Path,
+    capabilities: serde_json::Value,
+) -> Result<(), QmpError> {
     qmp.execute("stop", serde_json::Value::Null).await?;
-    qmp.execute("migrate-set-capabilities", ignore_shared())
+    qmp.execute("migrate-set-capabilities", capabilities)
         .await?;
     qmp.execute(
         "migrate",
