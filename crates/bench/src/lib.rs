@@ -104,7 +104,29 @@ pub struct SessionTimes {
     /// decides the next step: time the agent uses to prestart the runtime
     /// again.
     pub idle_second_ms: f64,
+    /// A third session, paused to disk after its program ran once and
+    /// [`PAUSE_CHANGE_MIB`] of random bytes were written to it, then
+    /// resumed and the program run again.
+    pub paused: PauseTimes,
 }
+
+/// The pause series of a session case's sample.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PauseTimes {
+    /// The session VM's memory.
+    pub vm_mib: u32,
+    /// Request to paused (saved, VM gone).
+    pub pause_ms: f64,
+    /// What the saved VM takes on disk.
+    pub disk_mib: f64,
+    /// Request to resumed (the agent answers).
+    pub resume_ms: f64,
+    /// The program's first run after resuming, request to result.
+    pub after_resume_ms: f64,
+}
+
+/// What the pause series writes into its session before pausing it.
+pub const PAUSE_CHANGE_MIB: usize = 10;
 
 /// The pause between a session's first and second execution in the
 /// session case's second series.
@@ -380,13 +402,18 @@ async fn session_case(
         sample.warmup = i < options.warmup;
         if sample.ok {
             let series = match in_session(&sessions, case, language, 3, Duration::ZERO).await {
-                Ok(back_to_back) => in_session(&sessions, case, language, 2, SESSION_IDLE)
-                    .await
-                    .map(|idle| (back_to_back, idle)),
+                Ok(back_to_back) => {
+                    match in_session(&sessions, case, language, 2, SESSION_IDLE).await {
+                        Ok(idle) => paused_session(&sessions, case, language)
+                            .await
+                            .map(|paused| (back_to_back, idle, paused)),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match series {
-                Ok(((open_ms, back_to_back), (_, idle))) => {
+                Ok(((open_ms, back_to_back), (_, idle), paused)) => {
                     sample.session = Some(SessionTimes {
                         fresh_ms: sample.total_ms,
                         open_ms,
@@ -394,6 +421,7 @@ async fn session_case(
                         second_ms: back_to_back[1],
                         third_ms: back_to_back[2],
                         idle_second_ms: idle[1],
+                        paused,
                     })
                 }
                 Err(e) => {
@@ -428,24 +456,9 @@ async fn in_session(
         if i > 0 {
             tokio::time::sleep(idle).await;
         }
-        let request = ExecutionRequest {
-            files: vec![SourceFile::entry(case.source.clone())],
-            args: case.args.clone(),
-            ..ExecutionRequest::default()
-        };
-        let started = Instant::now();
-        let outcome = match sessions.plan_execution("", &info.id, request) {
-            Ok(plan) => match sessions.turn("", &info.id) {
-                Ok(turn) => Ok(turn.execute(plan, None).await),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        *time = started.elapsed().as_secs_f64() * 1e3;
-        match outcome {
-            Ok(result) if vm_sample(case, &result).ok => {}
-            Ok(result) => failed = Some(format!("{}: {:?}", result.status, result.message)),
-            Err(e) => failed = Some(e.to_string()),
+        match run_in_session(sessions, &info.id, case).await {
+            Ok(ms) => *time = ms,
+            Err(e) => failed = Some(e),
         }
     }
     let _ = sessions.delete("", &info.id).await;
@@ -453,6 +466,68 @@ async fn in_session(
         anyhow::bail!("{failed}");
     }
     Ok((info.open_time_ms, times))
+}
+
+/// Runs `case`'s program in session `id`: request to result, if it ran
+/// as it should.
+async fn run_in_session(sessions: &Sessions, id: &str, case: &Case) -> anyhow::Result<f64> {
+    let request = ExecutionRequest {
+        files: vec![SourceFile::entry(case.source.clone())],
+        args: case.args.clone(),
+        ..ExecutionRequest::default()
+    };
+    let started = Instant::now();
+    let plan = sessions.plan_execution("", id, request)?;
+    let result = sessions.turn("", id)?.execute(plan, None).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if !vm_sample(case, &result).ok {
+        anyhow::bail!("{}: {:?}", result.status, result.message);
+    }
+    Ok(ms)
+}
+
+/// Opens a session, runs `case`'s program once, writes
+/// [`PAUSE_CHANGE_MIB`] of random bytes into it, pauses it, resumes it
+/// and runs the program again.
+async fn paused_session(
+    sessions: &Sessions,
+    case: &Case,
+    language: &Language,
+) -> anyhow::Result<PauseTimes> {
+    let plan = sessions.plan(SessionRequest {
+        language: language.name.clone(),
+        ..SessionRequest::default()
+    })?;
+    let info = sessions.open("", usize::MAX, plan, Box::new(())).await?;
+    let id = info.id.clone();
+    let series = async {
+        run_in_session(sessions, &id, case).await?;
+        let mut random = vec![0u8; PAUSE_CHANGE_MIB << 20];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+        sessions
+            .turn("", &id)?
+            .write("changed.bin".into(), random, false)
+            .await?;
+        let started = Instant::now();
+        let paused = sessions.pause("", &id).await?;
+        let pause_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        sessions.resume("", &id, Box::new(())).await?;
+        let resume_ms = started.elapsed().as_secs_f64() * 1e3;
+        let after_resume_ms = run_in_session(sessions, &id, case).await?;
+        Ok(PauseTimes {
+            vm_mib: paused.vm_memory_mib,
+            pause_ms,
+            disk_mib: paused
+                .paused
+                .map_or(0.0, |p| p.disk_bytes as f64 / (1 << 20) as f64),
+            resume_ms,
+            after_resume_ms,
+        })
+    }
+    .await;
+    let _ = sessions.delete("", &id).await;
+    series
 }
 
 async fn vm_case(

@@ -219,6 +219,41 @@ pub fn markdown(report: &Report) -> String {
             );
         }
         out.push('\n');
+        let _ = writeln!(
+            out,
+            "### Pause to disk and resume\n\n\
+             A session that ran the program once and had {} MiB of random bytes written to its \
+             working directory, paused (its VM saved as the pages it changed over its snapshot, \
+             plus its devices, and destroyed), resumed, and the program run again (p50, \
+             milliseconds).\n\n\
+             | language | VM memory | on disk when paused | pause | resume | first run after resume |\n\
+             |---|---|---|---|---|---|",
+            crate::PAUSE_CHANGE_MIB
+        );
+        for result in group(report, Group::Session) {
+            let times: Vec<crate::PauseTimes> = result
+                .vm_samples
+                .iter()
+                .filter(|s| !s.warmup && s.ok)
+                .filter_map(|s| s.session.map(|t| t.paused))
+                .collect();
+            let Some(first) = times.first() else { continue };
+            let p50 = |f: fn(&crate::PauseTimes) -> f64| {
+                let values: Vec<f64> = times.iter().map(f).collect();
+                crate::stats::summarize(&values).map_or(0.0, |s| s.p50)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} MiB | {:.1} MiB | {} | {} | {} |",
+                result.case.language,
+                first.vm_mib,
+                p50(|t| t.disk_mib),
+                ms(p50(|t| t.pause_ms)),
+                ms(p50(|t| t.resume_ms)),
+                ms(p50(|t| t.after_resume_ms)),
+            );
+        }
+        out.push('\n');
     }
 
     let judged = group(report, Group::Judge);

@@ -812,9 +812,11 @@ async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode
         }
         ImageCommand::Prune => {
             let languages = runner.languages().all().to_vec();
-            let removed = runner
-                .images()
-                .prune(&languages, runner_host::exec::agent())?;
+            let removed = runner.images().prune(
+                &languages,
+                runner_host::exec::agent(),
+                &runner_host::session::files_of_paused(&runner.state().sessions()),
+            )?;
             for id in &removed {
                 outln!("removed {id}");
             }

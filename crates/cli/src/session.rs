@@ -93,6 +93,11 @@ enum SessionCommand {
     Show { id: String },
     /// End a session: its VM and files are gone.
     Rm { id: String },
+    /// Save a session's VM to disk and free it; it resumes when asked, or
+    /// with its next request.
+    Pause { id: String },
+    /// Bring a paused session back.
+    Resume { id: String },
 }
 
 /// A client of one server.
@@ -309,6 +314,24 @@ async fn run(client: &Client, command: SessionCommand) -> anyhow::Result<ExitCod
             client
                 .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
                 .await?;
+        }
+        SessionCommand::Pause { id } => {
+            let session = client
+                .json(Method::POST, &format!("/v1/sessions/{id}/pause"), None)
+                .await?;
+            let paused = &session["paused"];
+            outln!(
+                "{id} paused: {:.1} MiB on disk (a {} MiB VM), saved in {:.0} ms",
+                paused["disk_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+                session["vm_memory_mib"],
+                paused["pause_time_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+        SessionCommand::Resume { id } => {
+            let session = client
+                .json(Method::POST, &format!("/v1/sessions/{id}/resume"), None)
+                .await?;
+            outln!("{id} {}", session["state"].as_str().unwrap_or_default());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -568,6 +568,26 @@ fn runner_session_is_a_client_of_the_server() {
         missing.stderr()
     );
 
+    // Paused and resumed.
+    let paused = session(&["pause", &id], b"");
+    assert_eq!(paused.code(), Some(0), "{}", paused.stderr());
+    assert!(
+        paused.stdout().contains("paused:") && paused.stdout().contains("MiB on disk"),
+        "{}",
+        paused.stdout()
+    );
+    let listed = session(&["list"], b"");
+    assert!(listed.stdout().contains("paused"), "{}", listed.stdout());
+    let resumed = session(&["resume", &id], b"");
+    assert_eq!(
+        resumed.stdout(),
+        format!("{id} running\n"),
+        "{}",
+        resumed.stderr()
+    );
+    let back = session(&["cp", &format!("{id}:out.txt"), "-"], b"");
+    assert_eq!(back.stdout(), "84\n");
+
     // Gone once removed; a server that is not there is said so.
     assert_eq!(session(&["rm", &id], b"").code(), Some(0));
     let gone = session(&["exec", &id, "--command", "true"], b"");
@@ -968,6 +988,20 @@ fn a_paused_session_outlives_its_server_and_resumes_as_it_was() {
     assert!(saved.exists());
     assert_eq!(delete(&second, &format!("/v1/sessions/{id}")).status(), 204);
     assert!(!saved.exists(), "a deleted session leaves nothing");
+
+    // A session bigger than its language's snapshot boots cold; paused,
+    // it keeps all it has in memory, and comes back as well.
+    let big = create(&second, json!({ "language": "bash", "memory_mib": 512 }));
+    assert_eq!(big["start"], "cold", "{big:#}");
+    let big_id = big["id"].as_str().unwrap();
+    command(&second, big_id, "echo cold > file");
+    let paused = pause(&second, big_id);
+    assert_eq!(paused["state"], "paused", "{paused:#}");
+    assert_eq!(stdout(&command(&second, big_id, "cat file")), "cold\n");
+    assert_eq!(
+        delete(&second, &format!("/v1/sessions/{big_id}")).status(),
+        204
+    );
 
     // A session idle past its timeout is paused, and goes on when asked.
     let idle = create(&second, json!({ "language": "bash", "idle_timeout_s": 2 }));

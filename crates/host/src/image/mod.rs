@@ -249,12 +249,30 @@ impl ImageStore {
     /// for `languages` (older recipes, older agents) and leftover build
     /// directories. Returns what was removed. Images are only ever replaced
     /// by new ids, so a runner still using an old one keeps its open files.
-    pub fn prune(&self, languages: &[Language], agent: &Agent) -> Result<Vec<String>, ImageError> {
-        let keep: Vec<String> = self
+    /// Images with a file in `in_use` (what paused sessions need to
+    /// resume, see [`crate::session::files_of_paused`]) are kept.
+    pub fn prune(
+        &self,
+        languages: &[Language],
+        agent: &Agent,
+        in_use: &[PathBuf],
+    ) -> Result<Vec<String>, ImageError> {
+        let mut keep: Vec<String> = self
             .status(languages, agent)
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        // Images a paused session needs to resume.
+        keep.extend(in_use.iter().filter_map(|path| {
+            let rest = path.strip_prefix(&self.dir).ok()?;
+            Some(
+                rest.components()
+                    .next()?
+                    .as_os_str()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }));
         let mut removed = Vec::new();
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -505,4 +523,29 @@ fn run(command: &mut Command) -> Result<String, ImageError> {
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_images_a_paused_session_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path(), DebianSource::new(""));
+        for id in [
+            "rootfs-bash-0000000000000000",
+            "rootfs-bash-1111111111111111",
+        ] {
+            fs::create_dir_all(dir.path().join(id)).unwrap();
+            fs::write(dir.path().join(id).join(MANIFEST), "{}").unwrap();
+        }
+        let in_use = [dir
+            .path()
+            .join("rootfs-bash-1111111111111111")
+            .join("rootfs.ext4")];
+        let removed = store.prune(&[], &Agent::new(b"agent"), &in_use).unwrap();
+        assert_eq!(removed, ["rootfs-bash-0000000000000000"]);
+        assert!(dir.path().join("rootfs-bash-1111111111111111").exists());
+    }
 }

@@ -24,7 +24,9 @@ use std::time::Duration;
 use runner_protocol::Stage;
 use serde::{Deserialize, Serialize};
 
-pub use registry::{EndReason, SessionError, SessionInfo, SessionState, Sessions, Turn};
+pub use registry::{
+    EndReason, PausedInfo, SessionError, SessionInfo, SessionState, Sessions, Turn, files_of_paused,
+};
 pub use runner_protocol::{FileEntry, FileKind, FileProblem};
 pub use vm::{FileError, PauseError, PausedVm, ResumeError, SessionVm};
 

@@ -313,6 +313,28 @@ impl Session {
     }
 }
 
+/// The files the sessions paused under `sessions` (a state directory's
+/// `sessions`) need to resume: images, snapshot memory, saved state.
+pub fn files_of_paused(sessions: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(sessions.join("paused")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join(PAUSED_RECORD)).ok())
+        .filter_map(|bytes| serde_json::from_slice::<PausedRecord>(&bytes).ok())
+        .flat_map(|record| {
+            record
+                .vm
+                .saved
+                .needs()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// `owner` as a message names it.
 fn owner_name(owner: &str) -> String {
     if owner.is_empty() {
