@@ -10,6 +10,7 @@
 mod boot;
 mod devices;
 mod files;
+mod inputs;
 mod serve;
 mod stage;
 mod wake;

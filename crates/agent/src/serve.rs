@@ -8,12 +8,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use runner_protocol::{
-    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, Decoder, ExecRequest, FileOp,
-    Frame, Hello, MAX_HOST_FRAME, PrestartSpec, SessionSpec, encode,
+    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FileOp, Frame,
+    Hello, PrestartSpec, SessionSpec, encode,
 };
 
 use crate::boot::Mode;
-use crate::stage;
+use crate::inputs::{Incoming, Inputs, read_frames};
+use crate::stage::{self, Live, StageInput};
 
 /// The unprivileged user every program runs as.
 pub const RUN_UID: u32 = 1000;
@@ -36,8 +37,8 @@ pub fn run(mode: Mode) -> Result<(), String> {
         return Ok(());
     }
 
-    let decoder = Decoder::new(MAX_HOST_FRAME);
-    let mut reader = port;
+    let inputs = Inputs::default();
+    let frames = read_frames(port, inputs.clone());
     let mut served = false;
     let mut prestarted: Option<stage::Prestarted> = None;
     // What was prestarted before the snapshot, to prestart again in a
@@ -46,13 +47,13 @@ pub fn run(mode: Mode) -> Result<(), String> {
     let mut restart = Restart::default();
     let mut session: Option<SessionSpec> = None;
     loop {
-        let frame = match decoder.read(&mut reader) {
-            Ok(Some(frame)) => frame,
+        let frame = match frames.recv() {
+            Ok(Incoming::Frame(frame)) => frame,
             // The host hung up: the VM is about to be destroyed.
-            Ok(None) => return Ok(()),
-            Err(e) => {
+            Ok(Incoming::Closed) | Err(_) => return Ok(()),
+            Ok(Incoming::Bad(e)) => {
                 out.fail(format!("bad frame from host: {e}"))?;
-                return Err(e.to_string());
+                return Err(e);
             }
         };
         match frame {
@@ -62,7 +63,12 @@ pub fn run(mode: Mode) -> Result<(), String> {
             Frame::Exec(request) => {
                 served = true;
                 let runtime = prestarted.take().or_else(|| restart.take());
-                if let Err(message) = execute(&request, runtime, session.as_ref(), &mut out) {
+                if request.interactive.is_some() {
+                    inputs.open();
+                }
+                let executed = execute(&request, runtime, session.as_ref(), &inputs, &mut out);
+                inputs.close();
+                if let Err(message) = executed {
                     out.fail(message)?;
                 }
                 if session.is_some() {
@@ -118,7 +124,8 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 Err(message) => out.fail(message)?,
             },
             Frame::Warm(request) => {
-                let warmed = execute(&request, None, None, &mut out).and_then(|()| clear_scratch());
+                let warmed =
+                    execute(&request, None, None, &inputs, &mut out).and_then(|()| clear_scratch());
                 if let Err(message) = warmed {
                     out.fail(message)?;
                 }
@@ -267,27 +274,38 @@ impl Port {
 }
 
 /// Runs the request's stages in order. The first one goes to the
-/// prestarted runtime if it fits; else the runtime is killed first, so that
-/// it takes no memory from the stages.
+/// prestarted runtime if it fits (and needs no terminal: the runtime's
+/// stdio are pipes); else the runtime is killed first, so that it takes no
+/// memory from the stages. The client's input (see [`Inputs`]) goes to the
+/// stage that reads the request's stdin.
 fn execute(
     request: &ExecRequest,
     prestarted: Option<stage::Prestarted>,
     session: Option<&SessionSpec>,
+    inputs: &Inputs,
     out: &mut Port,
 ) -> Result<(), String> {
+    let on_terminal = request.interactive.is_some_and(|i| i.pty.is_some());
     let mut prestarted = prestarted.and_then(|mut runtime| match request.stages.first() {
-        Some(first) if runtime.fits(first, &request.env) => Some(runtime),
+        Some(first) if !on_terminal && runtime.fits(first, &request.env) => Some(runtime),
         _ => {
             runtime.discard();
             None
         }
     });
     prepare_work_dir(request)?;
+    let input = StageInput {
+        bytes: &request.stdin,
+        live: request.interactive.map(|interactive| Live {
+            inputs,
+            pty: interactive.pty,
+        }),
+    };
     let mut failed = false;
     for spec in &request.stages {
         let report = match prestarted.take() {
-            Some(runtime) => runtime.run(spec, &request.stdin, session, out)?,
-            None => stage::run(spec, &request.stdin, &request.env, session, out)?,
+            Some(runtime) => runtime.run(spec, input, session, out)?,
+            None => stage::run(spec, input, &request.env, session, out)?,
         };
         failed = report.exit_code != Some(0);
         out.send(&Frame::StageEnd(report))?;

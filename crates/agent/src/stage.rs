@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -25,8 +25,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use runner_protocol::{Frame, Limits, PrestartSpec, SessionSpec, StageReport, StageSpec};
+use runner_protocol::{
+    Control, Frame, Limits, PrestartSpec, SessionSpec, SignalKind, StageReport, StageSpec,
+    WindowSize,
+};
 
+use crate::inputs::Inputs;
 use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
 
 /// How long to wait for the pipes to close once the process tree was killed.
@@ -36,15 +40,48 @@ const CPU_POLL: Duration = Duration::from_millis(20);
 const CHUNK: usize = 32 << 10;
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-enum Event {
-    Output { stderr: bool, bytes: Vec<u8> },
+/// What a stage's supervisor waits for.
+pub enum Event {
+    Output {
+        stderr: bool,
+        bytes: Vec<u8>,
+    },
     Closed,
     Exited(ExitStatus, Instant),
+    /// From the client of an interactive execution (see [`Inputs`]).
+    Control(Control),
+}
+
+/// What a stage reads.
+#[derive(Clone, Copy)]
+pub struct StageInput<'a> {
+    /// The request's stdin, for a stage that takes it.
+    pub bytes: &'a [u8],
+    /// The client's input while the stage runs, after `bytes`.
+    pub live: Option<Live<'a>>,
+}
+
+/// An interactive stage's input.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub inputs: &'a Inputs,
+    /// On a terminal of this size, else on pipes.
+    pub pty: Option<WindowSize>,
+}
+
+/// How a stage's stdin, stdout and stderr are connected.
+enum Stdio3 {
+    /// stdin from `/dev/null`, stdout and stderr piped.
+    Null,
+    /// All three piped.
+    Pipes,
+    /// All three on a new terminal of this size.
+    Pty(WindowSize),
 }
 
 pub fn run(
     spec: &StageSpec,
-    stdin: &[u8],
+    input: StageInput<'_>,
     env: &BTreeMap<String, String>,
     session: Option<&SessionSpec>,
     out: &mut Port,
@@ -59,19 +96,39 @@ pub fn run(
         cgroup.remove();
         return Err(e);
     }
-    let stdin_pipe = spec.stdin && !stdin.is_empty();
+    let stdio = match input.live {
+        _ if !spec.stdin => Stdio3::Null,
+        Some(Live {
+            pty: Some(size), ..
+        }) => Stdio3::Pty(size),
+        Some(_) => Stdio3::Pipes,
+        None if input.bytes.is_empty() => Stdio3::Null,
+        None => Stdio3::Pipes,
+    };
     let started = Instant::now();
-    let (mut child, cgroup) = spawn_in(&spec.argv, env, stdin_pipe, cgroup, Some(limits), None)?;
-    let input = child.stdin.take();
+    let (mut child, cgroup, terminal) =
+        spawn_in(&spec.argv, env, stdio, cgroup, Some(limits), None)?;
+    let stdin = match &terminal {
+        Some(master) => Some(Box::new(File::from(
+            master
+                .try_clone()
+                .map_err(|e| format!("dup the terminal: {e}"))?,
+        )) as Box<dyn Write + Send>),
+        None => child
+            .stdin
+            .take()
+            .map(|pipe| Box::new(pipe) as Box<dyn Write + Send>),
+    };
     let process = Process {
         child,
         cgroup,
-        input,
+        input: stdin,
+        terminal,
         started,
         cpu_baseline_us: 0,
         prestarted: false,
     };
-    supervise(spec, process, stdin, scratch, session, out)
+    supervise(spec, process, input, scratch, session, out)
 }
 
 /// A runtime started before the snapshot, waiting on fd 3 for its run
@@ -96,10 +153,10 @@ pub fn prestart(spec: &PrestartSpec) -> Result<Prestarted, String> {
     let (control_read, control_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("control pipe: {e}"))?;
     let cgroup = Cgroup::create("prestart")?;
-    let (mut child, cgroup) = spawn_in(
+    let (mut child, cgroup, _) = spawn_in(
         &spec.argv,
         &spec.env,
-        true,
+        Stdio3::Pipes,
         cgroup,
         None,
         Some(control_read.as_raw_fd()),
@@ -178,10 +235,11 @@ impl Prestarted {
 
     /// Runs `spec` in the waiting runtime: the stage's limits on its cgroup
     /// and process, then the arguments on the control pipe.
+    /// Not for a stage on a terminal: the runtime's stdio are pipes.
     pub fn run(
         self,
         spec: &StageSpec,
-        stdin: &[u8],
+        input: StageInput<'_>,
         session: Option<&SessionSpec>,
         out: &mut Port,
     ) -> Result<StageReport, String> {
@@ -189,7 +247,7 @@ impl Prestarted {
             spec: prestart,
             child,
             cgroup,
-            input,
+            input: stdin_pipe,
             mut control,
         } = self;
         let limits = spec.limits;
@@ -236,12 +294,13 @@ impl Prestarted {
         let process = Process {
             child,
             cgroup,
-            input: Some(input),
+            input: Some(Box::new(stdin_pipe)),
+            terminal: None,
             started,
             cpu_baseline_us,
             prestarted: true,
         };
-        supervise(spec, process, stdin, scratch, session, out)
+        supervise(spec, process, input, scratch, session, out)
     }
 }
 
@@ -268,24 +327,50 @@ fn prlimit(
     }
 }
 
-/// Starts `argv` (not empty) with the base environment plus `env`, piped
-/// stdout and stderr, stdin piped or `/dev/null`, in `cgroup`'s sandbox
-/// (see [`enter_sandbox`]). The cgroup is removed if the process cannot
-/// start.
+/// Starts `argv` (not empty) with the base environment plus `env`, its
+/// stdio as `stdio` says, in `cgroup`'s sandbox (see [`enter_sandbox`]).
+/// Returns the terminal's master side if it has one. The cgroup is
+/// removed if the process cannot start.
 fn spawn_in(
     argv: &[String],
     env: &BTreeMap<String, String>,
-    stdin_pipe: bool,
+    stdio: Stdio3,
     cgroup: Cgroup,
     limits: Option<Limits>,
     control: Option<i32>,
-) -> Result<(Child, Cgroup), String> {
+) -> Result<(Child, Cgroup, Option<OwnedFd>), String> {
     let mut command = command(argv, env);
-    command.stdin(if stdin_pipe {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    let mut terminal = None;
+    match stdio {
+        Stdio3::Null => {
+            command.stdin(Stdio::null());
+        }
+        Stdio3::Pipes => {
+            command.stdin(Stdio::piped());
+        }
+        Stdio3::Pty(size) => {
+            let (master, slave) = match open_terminal(size) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    cgroup.remove();
+                    return Err(e);
+                }
+            };
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup the terminal: {e}"));
+            let (stdin, stdout) = match (dup(&slave), dup(&slave)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    cgroup.remove();
+                    return Err(e);
+                }
+            };
+            command
+                .stdin(Stdio::from(stdin))
+                .stdout(Stdio::from(stdout))
+                .stderr(Stdio::from(slave));
+            terminal = Some(master);
+        }
+    }
     let cgroup_procs = cgroup.procs.as_raw_fd();
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls on values copied into it; the caller
@@ -293,8 +378,13 @@ fn spawn_in(
     unsafe {
         command.pre_exec(move || enter_sandbox(cgroup_procs, limits.as_ref(), control));
     }
-    match command.spawn() {
-        Ok(child) => Ok((child, cgroup)),
+    // The parent's copies of the terminal's slave side close with
+    // `command`, so that the master reads end-of-file (EIO) once the
+    // stage's processes are gone.
+    let spawned = command.spawn();
+    drop(command);
+    match spawned {
+        Ok(child) => Ok((child, cgroup, terminal)),
         Err(e) => {
             cgroup.remove();
             Err(format!("start {}: {e}", argv[0]))
@@ -320,12 +410,49 @@ fn command(argv: &[String], env: &BTreeMap<String, String>) -> Command {
     command
 }
 
+/// Ctrl-D: end of input on a terminal.
+const EOT: u8 = 0x04;
+
+/// Gives the terminal `master` a new size; the kernel tells its foreground
+/// job with `SIGWINCH`.
+fn resize_terminal(master: &OwnedFd, size: WindowSize) {
+    let winsize = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from this stack frame.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) };
+}
+
+/// A new terminal of `size`: its master side (close-on-exec, for the
+/// agent) and its slave side (for the stage).
+fn open_terminal(size: WindowSize) -> Result<(OwnedFd, OwnedFd), String> {
+    let winsize = nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pair =
+        nix::pty::openpty(Some(&winsize), None).map_err(|e| format!("open a terminal: {e}"))?;
+    nix::fcntl::fcntl(
+        &pair.master,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("set close-on-exec on the terminal: {e}"))?;
+    Ok((pair.master, pair.slave))
+}
+
 /// A stage's main process, running, with its cgroup.
 struct Process {
     child: Child,
     cgroup: Cgroup,
-    /// The write end of its stdin, if it is a pipe.
-    input: Option<ChildStdin>,
+    /// Where its stdin is written, if it is a pipe or a terminal.
+    input: Option<Box<dyn Write + Send>>,
+    /// The master side of its terminal, if it runs on one.
+    terminal: Option<OwnedFd>,
     started: Instant,
     /// The cgroup's CPU time before the stage began (a prestarted runtime's
     /// start-up).
@@ -345,7 +472,7 @@ struct Process {
 fn supervise(
     spec: &StageSpec,
     process: Process,
-    stdin: &[u8],
+    input: StageInput<'_>,
     scratch: Scratch,
     session: Option<&SessionSpec>,
     out: &mut Port,
@@ -353,26 +480,66 @@ fn supervise(
     let Process {
         mut child,
         cgroup,
-        input,
+        input: stdin,
+        terminal,
         started,
         cpu_baseline_us,
         prestarted,
     } = process;
     let limits = spec.limits;
     let pgid = Pid::from_raw(child.id() as i32);
+    let live = input.live.filter(|_| spec.stdin);
 
     let (tx, rx) = mpsc::channel();
-    if let Some(mut pipe) = input {
-        if spec.stdin && !stdin.is_empty() {
-            let input = stdin.to_vec();
-            // A program that does not read its stdin closes the pipe: not an error.
-            thread::spawn(move || drop(pipe.write_all(&input)));
+    // Input is written by a thread of its own: a program that does not
+    // read must not hold up the supervision.
+    let mut feed = stdin.map(|mut writer| {
+        let (feed, fed) = mpsc::channel::<Vec<u8>>();
+        thread::spawn(move || {
+            for bytes in fed {
+                // A program that does not read its stdin closes the pipe:
+                // not an error.
+                if writer
+                    .write_all(&bytes)
+                    .and_then(|()| writer.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        feed
+    });
+    if let Some(feed) = &feed {
+        if spec.stdin && !input.bytes.is_empty() {
+            let _ = feed.send(input.bytes.to_vec());
         }
     }
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    forward(stdout, false, tx.clone());
-    forward(stderr, true, tx.clone());
+    if live.is_none() {
+        // The request's bytes are all: end of file after them.
+        feed = None;
+    }
+    let mut open_pipes = match &terminal {
+        Some(master) => {
+            let reader = File::from(
+                master
+                    .try_clone()
+                    .map_err(|e| format!("dup the terminal: {e}"))?,
+            );
+            forward(reader, false, tx.clone());
+            1
+        }
+        None => {
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let stderr = child.stderr.take().expect("stderr is piped");
+            forward(stdout, false, tx.clone());
+            forward(stderr, true, tx.clone());
+            2
+        }
+    };
+    if let Some(live) = live {
+        live.inputs.attach(tx.clone());
+    }
     thread::spawn(move || {
         if let Ok(status) = child.wait() {
             let _ = tx.send(Event::Exited(status, Instant::now()));
@@ -388,7 +555,6 @@ fn supervise(
         ..StageReport::new(spec.stage)
     };
     let mut budget = limits.output_bytes;
-    let mut open_pipes = 2;
     let mut exited = false;
     let mut killed = false;
     let mut deadline = started + Duration::from_millis(limits.wall_time_ms);
@@ -420,6 +586,42 @@ fn supervise(
                 }
             }
             Ok(Event::Closed) => open_pipes -= 1,
+            Ok(Event::Control(control)) => match control {
+                Control::Input { data } => {
+                    if let Some(feed) = &feed {
+                        let _ = feed.send(data);
+                    }
+                }
+                // A terminal reads end-of-file at Ctrl-D; closing it would
+                // hang it up.
+                Control::InputEnd if terminal.is_some() => {
+                    if let Some(feed) = &feed {
+                        let _ = feed.send(vec![EOT]);
+                    }
+                }
+                Control::InputEnd => feed = None,
+                Control::Signal {
+                    signal: SignalKind::Kill,
+                } => kill(),
+                Control::Signal { signal } => {
+                    let signal = match signal {
+                        SignalKind::Interrupt => Signal::SIGINT,
+                        _ => Signal::SIGTERM,
+                    };
+                    // On a terminal, the job in the foreground (a shell's
+                    // child); else the stage's process group.
+                    let group = terminal
+                        .as_ref()
+                        .and_then(|master| nix::unistd::tcgetpgrp(master).ok())
+                        .unwrap_or(pgid);
+                    let _ = killpg(group, signal);
+                }
+                Control::Resize { size } => {
+                    if let Some(master) = &terminal {
+                        resize_terminal(master, size);
+                    }
+                }
+            },
             Ok(Event::Exited(status, at)) => {
                 exited = true;
                 report.wall_time_us = at.duration_since(started).as_micros() as u64;
@@ -543,6 +745,13 @@ fn enter_sandbox(
     check(unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } as libc::c_int)?;
     // SAFETY: setsid takes no arguments and is async-signal-safe.
     check(unsafe { libc::setsid() })?;
+    // On a terminal, it becomes the new session's controlling terminal, so
+    // that Ctrl-C, job control and /dev/tty work.
+    // SAFETY: isatty on a descriptor this process owns.
+    if unsafe { libc::isatty(0) } == 1 {
+        // SAFETY: TIOCSCTTY takes an integer argument and writes nothing.
+        check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })?;
+    }
     rlimit(libc::RLIMIT_CORE, 0, 0)?;
     if let Some(limits) = limits {
         rlimit(
@@ -566,19 +775,20 @@ fn enter_sandbox(
             check(unsafe { libc::dup2(fd, CONTROL_FD) })?;
         }
     }
-    // The stage's stdin, stdout and stderr pipes were made by root, mode
-    // 0600: hand them to the run user, so that it can open them again by
-    // name (/dev/stdout is /proc/self/fd/1) as it could pipes of its own.
-    // /dev/null and other files keep their owner.
+    // The stage's stdin, stdout and stderr pipes (or terminal) were made
+    // by root, mode 0600: hand them to the run user, so that it can open
+    // them again by name (/dev/stdout is /proc/self/fd/1, /dev/tty) as it
+    // could its own. /dev/null and other files keep their owner.
     for fd in 0..=2 {
         let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: fstat writes a stat into the buffer on this stack frame;
-        // it is read only when fstat succeeded.
-        let is_pipe = unsafe {
+        // it is read only when fstat succeeded; isatty reads nothing.
+        let is_own = unsafe {
             libc::fstat(fd, stat.as_mut_ptr()) == 0
-                && stat.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
+                && (stat.assume_init().st_mode & libc::S_IFMT == libc::S_IFIFO
+                    || libc::isatty(fd) == 1)
         };
-        if is_pipe {
+        if is_own {
             // SAFETY: fchown on a descriptor this process owns.
             check(unsafe { libc::fchown(fd, RUN_UID, RUN_GID) })?;
         }

@@ -59,6 +59,10 @@ pub struct ExecutionBody {
     pub expected_output: Option<String>,
     #[serde(default)]
     pub compare: Option<CompareBody>,
+    /// Run the program on a terminal of this size: only over the
+    /// WebSocket endpoints, whose client types into it.
+    #[serde(default)]
+    pub pty: Option<runner_host::exec::WindowSize>,
 }
 
 /// The `compare` object: `{"mode": "float", "absolute_tolerance": 1e-6}`,
@@ -313,6 +317,14 @@ impl App {
     async fn plan_and_admit(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
         let body: ExecutionBody = read_json(body, self.config.max_body_bytes).await?;
         let request = to_request(body, trace_id)?;
+        self.admit_request(request).await
+    }
+
+    /// Plans `request`, then waits for capacity for it.
+    pub(crate) async fn admit_request(
+        &self,
+        request: ExecutionRequest,
+    ) -> Result<(Plan, Permit), ApiError> {
         let plan = self.runner.plan(request).map_err(ApiError::from_plan)?;
         let permit = self
             .admission
@@ -332,6 +344,14 @@ pub(crate) fn to_request(
     body: ExecutionBody,
     trace_id: &str,
 ) -> Result<ExecutionRequest, ApiError> {
+    if body.pty.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "pty needs a client that types into the terminal: use the WebSocket endpoint \
+             (GET /v1/executions/ws, or /v1/sessions/{id}/executions/ws)",
+        ));
+    }
     Ok(ExecutionRequest {
         language: body.language,
         files: decode_files(body.files)?,
@@ -343,6 +363,7 @@ pub(crate) fn to_request(
         compare: to_compare(body.compare)?,
         trace_id: Some(trace_id.to_string()),
         command: body.command,
+        interactive: None,
     })
 }
 

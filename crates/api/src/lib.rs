@@ -6,6 +6,7 @@
 //! - `auth`: API keys, and the owner of each request;
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
+//! - `interactive`: executions over a WebSocket, with input while they run;
 //! - `submissions`: judge submissions, a program and its tests;
 //! - `sessions`: sessions, one VM for many executions, and their files;
 //! - `metrics`: Prometheus metrics;
@@ -18,6 +19,7 @@ pub mod admission;
 pub mod auth;
 mod error;
 mod executions;
+mod interactive;
 mod metrics;
 mod sessions;
 mod submissions;
@@ -237,6 +239,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/executions", post(executions::create))
         .route("/v1/executions/stream", post(executions::stream))
+        .route("/v1/executions/ws", get(interactive::execution))
         .route("/v1/submissions", post(submissions::create))
         .route("/v1/submissions/stream", post(submissions::stream))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
@@ -245,6 +248,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(sessions::get).delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/pause", post(sessions::pause))
+        .route(
+            "/v1/sessions/{id}/executions/ws",
+            get(interactive::session_execution),
+        )
         .route("/v1/sessions/{id}/resume", post(sessions::resume))
         .route("/v1/sessions/{id}/executions", post(sessions::execute))
         .route(

@@ -59,7 +59,7 @@ pub struct SessionBody {
 }
 
 impl ApiError {
-    fn from_session(error: SessionError) -> Self {
+    pub(crate) fn from_session(error: SessionError) -> Self {
         match error {
             SessionError::NotFound(_) => Self::new(
                 StatusCode::NOT_FOUND,
@@ -151,7 +151,7 @@ fn session_error(error: SessionError) -> ApiError {
 }
 
 /// The turn of session `id`, resumed first if it is paused.
-async fn turn(app: &App, owner: &Owner, id: &str) -> Result<Turn, ApiError> {
+pub(crate) async fn turn(app: &App, owner: &Owner, id: &str) -> Result<Turn, ApiError> {
     match app.sessions.turn(&owner.name, id) {
         Err(SessionError::Paused(_)) => {
             resume_session(app, owner, id).await?;

@@ -572,6 +572,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: args.limits.request_limits()?,
         trace_id: None,
         command: None,
+        interactive: None,
     };
     // Refuse a bad request before building or booting anything.
     let plan = runner.plan(request)?;

@@ -181,6 +181,7 @@ fn bad_requests_are_refused_and_start_nothing() {
         ("NUL in an environment name", json!({"language": "python", "files": [{"content": "1"}], "env": {"A\u{0}B": "x"}}).to_string().into_bytes(), 422, "invalid_request"),
         ("NUL in a file name", json!({"language": "python", "files": [{"content": "1"}, {"name": "a\u{0}.py", "content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
         ("bad name of the first file", json!({"language": "python", "files": [{"name": "../main.py", "content": "1"}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("a terminal without a client to type", json!({"language": "python", "files": [{"content": "1"}], "pty": {"rows": 24, "cols": 80}}).to_string().into_bytes(), 422, "invalid_request"),
     ];
     for (what, body, status, code) in cases {
         for path in ["/v1/executions", "/v1/executions/stream"] {

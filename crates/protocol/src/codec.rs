@@ -54,6 +54,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Session(m) => json(out, m),
         Frame::Files(m) => json(out, m),
         Frame::Listing(m) => json(out, m),
+        Frame::Control(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -114,6 +115,7 @@ impl Decoder {
             FrameKind::Session => Frame::Session(json(kind, &payload)?),
             FrameKind::Files => Frame::Files(json(kind, &payload)?),
             FrameKind::Listing => Frame::Listing(json(kind, &payload)?),
+            FrameKind::Control => Frame::Control(json(kind, &payload)?),
             FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
@@ -214,6 +216,9 @@ mod tests {
             stdin: vec![0, 1, 2, 255],
             env: BTreeMap::from([("A".into(), "b".into())]),
             collect: vec!["main".into(), "*.class".into()],
+            interactive: Some(Interactive {
+                pty: Some(WindowSize { rows: 24, cols: 80 }),
+            }),
         }
     }
 
@@ -254,6 +259,9 @@ mod tests {
             roundtrip(Frame::Files(op));
         }
         roundtrip(Frame::Listing(listing()));
+        for control in controls() {
+            roundtrip(Frame::Control(control));
+        }
         roundtrip(Frame::Done);
         roundtrip(Frame::Error(AgentFailure::new("no")));
         roundtrip(Frame::Error(AgentFailure {
@@ -342,6 +350,25 @@ mod tests {
                 ],
             ),
             ("files", file_ops().into_iter().map(Frame::Files).collect()),
+            (
+                "control",
+                controls().into_iter().map(Frame::Control).collect(),
+            ),
+        ]
+    }
+
+    fn controls() -> Vec<Control> {
+        vec![
+            Control::Input {
+                data: b"1+1\n".to_vec(),
+            },
+            Control::InputEnd,
+            Control::Signal {
+                signal: SignalKind::Interrupt,
+            },
+            Control::Resize {
+                size: WindowSize { rows: 24, cols: 80 },
+            },
         ]
     }
 

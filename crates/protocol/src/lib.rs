@@ -34,13 +34,13 @@ mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
-    AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FILE_CHUNK, File, FileEntry,
-    FileKind, FileOp, FileProblem, Frame, FrameKind, Hello, Limits, PrestartSpec, SessionSpec,
-    Stage, StageReport, StageSpec, Wake,
+    AgentFailure, COLLECTED_CHUNK, CollectedChunk, Control, ExecRequest, FILE_CHUNK, File,
+    FileEntry, FileKind, FileOp, FileProblem, Frame, FrameKind, Hello, Interactive, Limits,
+    PrestartSpec, SessionSpec, SignalKind, Stage, StageReport, StageSpec, Wake, WindowSize,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

@@ -22,6 +22,7 @@ pub enum FrameKind {
     Session = 12,
     Files = 13,
     Listing = 14,
+    Control = 15,
 }
 
 impl FrameKind {
@@ -41,6 +42,7 @@ impl FrameKind {
             12 => Self::Session,
             13 => Self::Files,
             14 => Self::Listing,
+            15 => Self::Control,
             _ => return None,
         })
     }
@@ -95,6 +97,12 @@ pub enum Frame {
     Files(FileOp),
     /// Agent → host: what a directory of the working directory holds.
     Listing(Vec<FileEntry>),
+    /// Host → agent, during an interactive execution
+    /// ([`ExecRequest::interactive`]): input for its run stage, the end of
+    /// it, a signal, or the terminal's new size. Not answered; one that
+    /// comes before the run stage waits for it, one that comes after is
+    /// dropped.
+    Control(Control),
 }
 
 impl Frame {
@@ -114,6 +122,7 @@ impl Frame {
             Frame::Session(_) => FrameKind::Session,
             Frame::Files(_) => FrameKind::Files,
             Frame::Listing(_) => FrameKind::Listing,
+            Frame::Control(_) => FrameKind::Control,
         }
     }
 }
@@ -220,6 +229,58 @@ pub struct ExecRequest {
     /// least one.
     #[serde(default)]
     pub collect: Vec<String>,
+    /// The run stage takes more input while it runs ([`Frame::Control`]),
+    /// after [`ExecRequest::stdin`], until the input ends; with a
+    /// terminal if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Interactive>,
+}
+
+/// How an execution is interactive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interactive {
+    /// Run the program on a terminal of this size (stdin, stdout and
+    /// stderr all on it: output comes as [`Frame::Stdout`]), else on pipes.
+    pub pty: Option<WindowSize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What a client does to an interactive execution while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Bytes for the program's stdin.
+    Input {
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The end of its input: it reads end-of-file (on a terminal, once
+    /// what it has read is consumed).
+    InputEnd,
+    /// A signal for the program.
+    Signal { signal: SignalKind },
+    /// The terminal's new size (the program gets `SIGWINCH`).
+    Resize { size: WindowSize },
+}
+
+/// Signals a client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// `SIGINT`, as Ctrl-C (on a terminal, Ctrl-C itself).
+    Interrupt,
+    /// `SIGTERM`.
+    Terminate,
+    /// Every process of the stage killed at once.
+    Kill,
 }
 
 /// Largest piece of a collected file in one frame: its base64 in JSON stays

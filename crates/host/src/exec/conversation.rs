@@ -10,7 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use runner_protocol::{CollectedChunk, ExecRequest, File, Frame, PrestartSpec, Stage, Wake};
+use runner_protocol::{
+    CollectedChunk, Control, ExecRequest, File, Frame, PrestartSpec, Stage, Wake,
+};
+use tokio::sync::mpsc;
 
 use super::transcript::Transcript;
 use crate::vmm::{AgentChannel, ChannelError};
@@ -77,13 +80,22 @@ pub async fn await_ready(
     }
 }
 
+/// A client's input for an interactive execution, sent to the agent as it
+/// comes; the end of the channel is the end of the input.
+pub type Input = mpsc::UnboundedReceiver<Control>;
+
 /// Sends `exec` to a ready agent and records its output and stage reports
-/// in `transcript` until it says it is done.
+/// in `transcript` until it says it is done; for an interactive `exec`,
+/// passes on what comes from `input` meanwhile.
 pub async fn converse(
     channel: &mut AgentChannel,
     exec: &ExecRequest,
     transcript: &mut Transcript,
+    mut input: Option<&mut Input>,
 ) -> Result<(), ConversationError> {
+    if exec.interactive.is_none() {
+        input = None;
+    }
     channel
         .send(&Frame::Exec(exec.clone()))
         .await
@@ -95,7 +107,27 @@ pub async fn converse(
         .sum();
     let deadline = tokio::time::Instant::now() + budget;
     loop {
-        let frame = match tokio::time::timeout_at(deadline, channel.recv()).await {
+        let received = match input.as_deref_mut() {
+            None => tokio::time::timeout_at(deadline, channel.recv()).await,
+            Some(controls) => {
+                tokio::select! {
+                    received = tokio::time::timeout_at(deadline, channel.recv()) => received,
+                    control = controls.recv() => {
+                        // The client's input ended with its channel.
+                        let control = control.unwrap_or_else(|| {
+                            input = None;
+                            Control::InputEnd
+                        });
+                        channel
+                            .send(&Frame::Control(control))
+                            .await
+                            .map_err(ConversationError::Lost)?;
+                        continue;
+                    }
+                }
+            }
+        };
+        let frame = match received {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => return Err(ConversationError::Lost(e)),
             Err(_) => {

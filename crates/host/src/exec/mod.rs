@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use acquire::Vms;
 pub use acquire::{AGENT_BINARY, AcquireError, agent};
-pub use conversation::ConversationError;
+pub use conversation::{ConversationError, Input};
 pub use limits::{LimitPolicy, LimitSet, RequestLimits, StageLimits};
 pub(crate) use plan::check_exec_strings;
 pub use plan::{
@@ -47,6 +47,7 @@ pub use plan::{
 };
 pub use result::{ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 pub use runner_protocol::Stage;
+pub use runner_protocol::{Control, Interactive, SignalKind, WindowSize};
 pub use transcript::OutputChunk;
 
 use crate::config::Config;
@@ -229,8 +230,21 @@ impl Runner {
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
         stop: impl Future<Output = String> + Send,
     ) -> ExecutionResult {
+        self.execute_interactive(plan, output, None, stop).await
+    }
+
+    /// [`Runner::execute_until`] with the client's `input` passed on while
+    /// the program runs, for a plan made interactive
+    /// ([`ExecutionRequest::interactive`]).
+    pub async fn execute_interactive(
+        &self,
+        plan: Plan,
+        output: Option<mpsc::UnboundedSender<OutputChunk>>,
+        input: Option<conversation::Input>,
+        stop: impl Future<Output = String> + Send,
+    ) -> ExecutionResult {
         let pools = self.pools.get().map(|p| &**p);
-        oneshot::execute(&self.vms, pools, &plan, output, None, stop)
+        oneshot::execute(&self.vms, pools, &plan, output, input, None, stop)
             .await
             .0
     }

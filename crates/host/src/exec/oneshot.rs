@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::ExecError;
 use super::acquire::{AcquireError, Acquired, Readiness, Vms};
-use super::conversation;
+use super::conversation::{self, Input};
 use super::plan::Plan;
 use super::result::ExecutionResult;
 use super::transcript::{OutputChunk, Transcript};
@@ -29,12 +29,21 @@ pub(crate) async fn execute(
     pools: Option<&Pools>,
     plan: &Plan,
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    input: Option<Input>,
     checker: Option<&Checker>,
     stop: impl Future<Output = String> + Send,
 ) -> (ExecutionResult, Vec<File>) {
     let received = Instant::now();
     let mut transcript = Transcript::new(output);
-    let outcome = run(vms, pools, plan, &mut transcript, std::pin::pin!(stop)).await;
+    let outcome = run(
+        vms,
+        pools,
+        plan,
+        &mut transcript,
+        input,
+        std::pin::pin!(stop),
+    )
+    .await;
     let collected = std::mem::take(&mut transcript.collected.files);
     let mut result = transcript.finish(plan, received, outcome);
     if let Some(expected) = &plan.expected {
@@ -71,6 +80,7 @@ async fn run(
     pools: Option<&Pools>,
     plan: &Plan,
     transcript: &mut Transcript,
+    input: Option<Input>,
     mut stop: Stop<'_>,
 ) -> Result<(), ExecError> {
     let images = tokio::select! {
@@ -87,7 +97,7 @@ async fn run(
         acquired = vms.acquire(plan.want(), &images, &*backend, pools) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
-    run_on(acquired, &plan.exec, transcript, stop).await
+    run_on(acquired, &plan.exec, transcript, input, stop).await
 }
 
 /// Waits for an acquired VM to be ready, runs `exec` on it, and destroys
@@ -96,6 +106,7 @@ pub(crate) async fn run_on(
     acquired: Acquired,
     exec: &ExecRequest,
     transcript: &mut Transcript,
+    mut input: Option<Input>,
     mut stop: Stop<'_>,
 ) -> Result<(), ExecError> {
     let Acquired {
@@ -117,7 +128,7 @@ pub(crate) async fn run_on(
                 conversation::await_ready(vm.channel(), wake, boot_timeout).await?;
                 transcript.ready(Instant::now());
             }
-            conversation::converse(vm.channel(), exec, transcript).await
+            conversation::converse(vm.channel(), exec, transcript, input.as_mut()).await
         } => Ok(outcome),
         reason = &mut stop => Err(reason),
     };
@@ -144,7 +155,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use runner_protocol::{AgentFailure, Frame, MAGIC, MAX_AGENT_FRAME, PROTOCOL_VERSION};
+    use runner_protocol::{AgentFailure, Control, Frame, MAGIC, MAX_AGENT_FRAME, PROTOCOL_VERSION};
     use runner_protocol::{FrameKind, Stage, StageReport};
 
     use super::*;
@@ -194,13 +205,14 @@ mod tests {
         S: FnOnce(Peer) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        scripted_until(plan, readiness, script, std::future::pending()).await
+        scripted_until(plan, readiness, script, None, std::future::pending()).await
     }
 
     async fn scripted_until<S, F>(
         plan: &Plan,
         readiness: Readiness,
         script: S,
+        input: Option<Input>,
         stop: impl Future<Output = String> + Send,
     ) -> Outcome
     where
@@ -225,7 +237,14 @@ mod tests {
         let guest = tokio::spawn(script(peer));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut transcript = Transcript::new(Some(tx));
-        let outcome = run_on(acquired, &plan.exec, &mut transcript, std::pin::pin!(stop)).await;
+        let outcome = run_on(
+            acquired,
+            &plan.exec,
+            &mut transcript,
+            input,
+            std::pin::pin!(stop),
+        )
+        .await;
         let collected = std::mem::take(&mut transcript.collected.files);
         let result = transcript.finish(plan, now, outcome);
         assert!(destroyed.load(Ordering::SeqCst), "the VM was destroyed");
@@ -265,6 +284,41 @@ mod tests {
 
     fn message(result: &ExecutionResult) -> &str {
         result.message.as_deref().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_clients_input_reaches_the_agent_while_the_program_runs() {
+        let mut plan = plan("python", None);
+        plan.exec.interactive = Some(runner_protocol::Interactive { pty: None });
+        let (input, input_rx) = tokio::sync::mpsc::unbounded_channel();
+        input
+            .send(Control::Input {
+                data: b"typed\n".to_vec(),
+            })
+            .unwrap();
+        let script = move |mut peer: Peer| async move {
+            let request = take_request(&mut peer).await;
+            assert!(request.interactive.is_some());
+            peer.send(&Frame::Stdout(b"prompt: ".to_vec())).await;
+            // What the client typed, echoed; then its input ends, as the
+            // client's channel closes.
+            let Some(Frame::Control(Control::Input { data })) = peer.recv().await else {
+                panic!("no input")
+            };
+            peer.send(&Frame::Stdout(data)).await;
+            assert_eq!(peer.recv().await, Some(Frame::Control(Control::InputEnd)));
+            peer.send(&ended(Stage::Run, 0)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        };
+        let ends = async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(input);
+            std::future::pending::<String>().await
+        };
+        let out = scripted_until(&plan, booting(), script, Some(input_rx), ends).await;
+        assert_eq!(out.result.status, Status::Ok, "{:?}", out.result.message);
+        assert_eq!(out.result.run.unwrap().stdout, b"prompt: typed\n");
     }
 
     #[tokio::test]
@@ -665,6 +719,7 @@ mod tests {
                 let _ = stop_tx.send(());
                 peer.until_closed().await;
             },
+            None,
             async move {
                 let _ = stop_rx.await;
                 // Let the output already sent arrive first.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use runner_protocol::{ExecRequest, File, Stage, StageSpec};
+use runner_protocol::{ExecRequest, File, Interactive, Stage, StageSpec};
 
 use super::limits::{LimitPolicy, RequestLimits};
 use crate::judge::{Check, Compare, Expected};
@@ -51,6 +51,9 @@ impl SourceFile {
     }
 }
 
+/// The most rows or columns a terminal may have.
+const MAX_TERMINAL: u16 = 1000;
+
 /// What a caller (the CLI, the API, the bench) asks to run.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionRequest {
@@ -77,6 +80,9 @@ pub struct ExecutionRequest {
     /// program, with `args` as `$1`...; the files are then optional, each
     /// named, and nothing is compiled.
     pub command: Option<String>,
+    /// The program takes input while it runs (a WebSocket client's), on
+    /// a terminal if asked.
+    pub interactive: Option<Interactive>,
 }
 
 /// An accepted request, ready to run.
@@ -191,6 +197,15 @@ impl Planner {
     /// [`Planner::plan`] for `part` of the program.
     pub fn plan_part(&self, request: ExecutionRequest, part: Part) -> Result<Plan, PlanError> {
         let language = self.language(&request.language)?.clone();
+        if let Some(size) = request.interactive.and_then(|i| i.pty) {
+            if !(1..=MAX_TERMINAL).contains(&size.rows) || !(1..=MAX_TERMINAL).contains(&size.cols)
+            {
+                return Err(PlanError::Invalid(format!(
+                    "pty: rows and cols must be 1 to {MAX_TERMINAL}, not {} and {}",
+                    size.rows, size.cols
+                )));
+            }
+        }
         if part == Part::Compile && language.compile.is_none() {
             return Err(PlanError::Invalid(format!(
                 "{} has no compile stage",
@@ -304,6 +319,7 @@ impl Planner {
             } else {
                 Vec::new()
             },
+            interactive: request.interactive.filter(|_| part != Part::Compile),
         };
         // A checker runs in VMs of its own, one after the other with the
         // program's: the largest of them is what the execution needs.

@@ -221,6 +221,7 @@ pub(crate) async fn run(
                     compile,
                     None,
                     None,
+                    None,
                     stopped(stop_rx.clone()),
                 )
                 .await
@@ -337,6 +338,7 @@ pub(crate) async fn run(
                                 &vms,
                                 pools.as_deref(),
                                 &plan,
+                                None,
                                 None,
                                 checker,
                                 stop,

@@ -142,8 +142,16 @@ pub(crate) fn prepare<'a>(
     Box::pin(async move {
         let mut files = plan.files.clone();
         if let Some(compile) = &plan.compile {
-            let (result, collected) =
-                oneshot::execute(vms, pools, compile, None, None, std::future::pending()).await;
+            let (result, collected) = oneshot::execute(
+                vms,
+                pools,
+                compile,
+                None,
+                None,
+                None,
+                std::future::pending(),
+            )
+            .await;
             if result.status != Status::Ok {
                 let stderr = result
                     .compile
@@ -189,7 +197,7 @@ impl Checker {
                 });
             }
             let (result, _) =
-                oneshot::execute(vms, pools, &plan, None, None, std::future::pending()).await;
+                oneshot::execute(vms, pools, &plan, None, None, None, std::future::pending()).await;
             let Some(run) = &result.run else {
                 return Outcome::Failed(format!(
                     "the checker did not run: {}",

@@ -1041,12 +1041,23 @@ impl Turn {
         plan: Plan,
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
     ) -> ExecutionResult {
+        self.execute_interactive(plan, output, None).await
+    }
+
+    /// [`Turn::execute`] with the client's `input` passed on while the
+    /// program runs, for an interactive plan.
+    pub async fn execute_interactive(
+        self,
+        plan: Plan,
+        output: Option<mpsc::UnboundedSender<OutputChunk>>,
+        input: Option<crate::exec::Input>,
+    ) -> ExecutionResult {
         let Turn { session, mut guard } = self;
         let task = tokio::spawn(async move {
             let mut stop = session.stop.subscribe();
             let vm = guard.as_mut().expect("a turn has a VM");
             let (result, healthy) = tokio::select! {
-                done = vm.execute(&plan, output) => done,
+                done = vm.execute(&plan, output, input) => done,
                 _ = stop.wait_for(|stop| *stop) => (stopped(&plan, &session), false),
             };
             session.life.lock().unwrap().executions += 1;

@@ -157,6 +157,7 @@ impl SessionVm {
         &mut self,
         plan: &Plan,
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
+        mut input: Option<crate::exec::Input>,
     ) -> (ExecutionResult, bool) {
         let received = Instant::now();
         let mut transcript = Transcript::new(output);
@@ -164,14 +165,20 @@ impl SessionVm {
         transcript.version = self.version.clone();
         transcript.backend = Some(self.backend);
         transcript.ready(received);
-        let outcome =
-            match conversation::converse(self.vm.channel(), &plan.exec, &mut transcript).await {
-                Ok(()) => Ok(()),
-                Err(error) => Err(ExecError::Agent {
-                    error,
-                    console: self.vm.console_tail(),
-                }),
-            };
+        let outcome = match conversation::converse(
+            self.vm.channel(),
+            &plan.exec,
+            &mut transcript,
+            input.as_mut(),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) => Err(ExecError::Agent {
+                error,
+                console: self.vm.console_tail(),
+            }),
+        };
         let healthy = outcome.is_ok() && self.vm.is_alive();
         (transcript.finish(plan, received, outcome), healthy)
     }

@@ -18,7 +18,12 @@ pub struct AgentChannel {
     stream: UnixStream,
     decoder: Decoder,
     out: Vec<u8>,
+    /// Bytes read and not yet a whole frame.
+    input: Vec<u8>,
 }
+
+/// Bytes asked of the stream at a time.
+const READ_CHUNK: usize = 64 << 10;
 
 impl AgentChannel {
     pub fn new(stream: UnixStream) -> Self {
@@ -26,6 +31,7 @@ impl AgentChannel {
             stream,
             decoder: Decoder::new(MAX_AGENT_FRAME),
             out: Vec::new(),
+            input: Vec::new(),
         }
     }
 
@@ -40,20 +46,26 @@ impl AgentChannel {
 
     /// The next frame from the agent. Frames over [`MAX_AGENT_FRAME`] are
     /// refused before their payload is read.
+    ///
+    /// Cancel-safe: what was read of a frame stays for the next call, so
+    /// that a caller may wait for a frame and for something else at once.
     pub async fn recv(&mut self) -> Result<Frame, ChannelError> {
-        let mut header = [0u8; HEADER_LEN];
-        self.read_exact(&mut header).await?;
-        let (kind, len) = self.decoder.header(&header)?;
-        let mut payload = vec![0; len as usize];
-        self.read_exact(&mut payload).await?;
-        Ok(self.decoder.payload(kind, payload)?)
-    }
-
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ChannelError> {
-        match self.stream.read_exact(buf).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ChannelError::Closed),
-            Err(e) => Err(ChannelError::Io(e)),
+        loop {
+            if let Some(header) = self.input.first_chunk::<HEADER_LEN>() {
+                let (kind, len) = self.decoder.header(header)?;
+                let end = HEADER_LEN + len as usize;
+                if self.input.len() >= end {
+                    let payload = self.input[HEADER_LEN..end].to_vec();
+                    self.input.drain(..end);
+                    return Ok(self.decoder.payload(kind, payload)?);
+                }
+            }
+            self.input.reserve(READ_CHUNK);
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) => return Err(ChannelError::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(ChannelError::Io(e)),
+            }
         }
     }
 }

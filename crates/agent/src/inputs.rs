@@ -1,0 +1,145 @@
+//! The host's frames, read by a thread of their own, so that a client's
+//! input reaches a program while the agent is busy supervising it.
+//!
+//! Requests go to the serve loop in order, as they come. [`Frame::Control`]
+//! frames (input, end of input, signals, terminal size) go to the run stage
+//! of the interactive execution under way: kept until that stage starts
+//! (the client may type during a compile), then passed on as they come,
+//! and dropped once the execution is over (they crossed its end on the
+//! wire).
+
+use std::fs::File;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use runner_protocol::{Control, Decoder, Frame, MAX_HOST_FRAME};
+
+use crate::stage::Event;
+
+/// What the serve loop gets from the host.
+pub enum Incoming {
+    Frame(Frame),
+    /// The host hung up: the VM is about to be destroyed.
+    Closed,
+    /// A frame that does not decode; nothing after it can be trusted.
+    Bad(String),
+}
+
+/// Where [`Frame::Control`] frames go.
+#[derive(Clone, Default)]
+pub struct Inputs(Arc<Mutex<Route>>);
+
+#[derive(Default)]
+struct Route {
+    /// An interactive execution is under way.
+    open: bool,
+    /// Its run stage, once it runs.
+    stage: Option<Sender<Event>>,
+    /// What came before that.
+    pending: Vec<Control>,
+}
+
+impl Inputs {
+    /// An interactive execution begins: controls are kept for its run
+    /// stage.
+    pub fn open(&self) {
+        let mut route = self.0.lock().unwrap();
+        *route = Route {
+            open: true,
+            ..Route::default()
+        };
+    }
+
+    /// Its run stage runs: what was kept goes to `stage` now, and the rest
+    /// as it comes.
+    pub fn attach(&self, stage: Sender<Event>) {
+        let mut route = self.0.lock().unwrap();
+        if !route.open {
+            return;
+        }
+        for control in route.pending.drain(..) {
+            let _ = stage.send(Event::Control(control));
+        }
+        route.stage = Some(stage);
+    }
+
+    /// The execution is over: controls that still come are dropped.
+    pub fn close(&self) {
+        *self.0.lock().unwrap() = Route::default();
+    }
+
+    fn route(&self, control: Control) {
+        let mut route = self.0.lock().unwrap();
+        if !route.open {
+            return;
+        }
+        match &route.stage {
+            Some(stage) => {
+                let _ = stage.send(Event::Control(control));
+            }
+            None => route.pending.push(control),
+        }
+    }
+}
+
+/// Reads frames from `port` until the host hangs up: controls to `inputs`,
+/// the rest to the returned receiver.
+pub fn read_frames(mut port: File, inputs: Inputs) -> Receiver<Incoming> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let decoder = Decoder::new(MAX_HOST_FRAME);
+        loop {
+            let incoming = match decoder.read(&mut port) {
+                Ok(Some(Frame::Control(control))) => {
+                    inputs.route(control);
+                    continue;
+                }
+                Ok(Some(frame)) => Incoming::Frame(frame),
+                Ok(None) => Incoming::Closed,
+                Err(e) => Incoming::Bad(e.to_string()),
+            };
+            let last = !matches!(incoming, Incoming::Frame(_));
+            if tx.send(incoming).is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(data: &[u8]) -> Control {
+        Control::Input {
+            data: data.to_vec(),
+        }
+    }
+
+    fn controls(rx: &Receiver<Event>) -> Vec<Control> {
+        rx.try_iter()
+            .filter_map(|e| match e {
+                Event::Control(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn controls_wait_for_the_run_stage_and_stop_with_the_execution() {
+        let inputs = Inputs::default();
+        // None belongs to an execution that is not interactive.
+        inputs.route(input(b"stray"));
+        inputs.open();
+        inputs.route(input(b"early"));
+        let (tx, rx) = mpsc::channel();
+        inputs.attach(tx);
+        inputs.route(input(b"later"));
+        assert_eq!(controls(&rx), [input(b"early"), input(b"later")]);
+        inputs.close();
+        inputs.route(input(b"late"));
+        assert!(controls(&rx).is_empty());
+    }
+}
