@@ -147,13 +147,17 @@ pub fn run(mode: Mode) -> Result<(), String> {
 fn changes_start_up(op: &FileOp) -> bool {
     match op {
         FileOp::Read { .. } | FileOp::List { .. } => false,
-        FileOp::Write { path, .. } | FileOp::Remove { path } => {
-            Path::new(path).components().find_map(|c| match c {
-                Component::Normal(name) => Some(name.to_string_lossy().starts_with('.')),
-                _ => None,
-            }) != Some(false)
-        }
+        FileOp::Write { path, .. } | FileOp::Remove { path } => under_hidden_entry(path),
     }
+}
+
+/// Whether `path`, relative to the home directory, is under (or is) a
+/// hidden entry of it, or is the home directory itself.
+fn under_hidden_entry(path: &str) -> bool {
+    Path::new(path).components().find_map(|c| match c {
+        Component::Normal(name) => Some(name.to_string_lossy().starts_with('.')),
+        _ => None,
+    }) != Some(false)
 }
 
 /// In a session's VM, the language's runtime prestarted again after each
@@ -286,8 +290,14 @@ fn execute(
     out: &mut Port,
 ) -> Result<(), String> {
     let on_terminal = request.interactive.is_some_and(|i| i.pty.is_some());
+    // A request's file under a hidden entry of home (a `.pth` in the user
+    // site directory) is one a fresh runtime would read at start-up: the
+    // waiting one started before it existed.
+    let changes_start_up = request.files.iter().any(|f| under_hidden_entry(&f.name));
     let mut prestarted = prestarted.and_then(|mut runtime| match request.stages.first() {
-        Some(first) if !on_terminal && runtime.fits(first, &request.env) => Some(runtime),
+        Some(first) if !on_terminal && !changes_start_up && runtime.fits(first, &request.env) => {
+            Some(runtime)
+        }
         _ => {
             runtime.discard();
             None

@@ -343,6 +343,17 @@ fn every_execution_in_a_session_finds_the_runtime_prestarted_and_up_to_date() {
         delete(&server, &format!("/v1/sessions/{other}")).status(),
         204
     );
+
+    // And for a one-shot execution whose files put a `.pth` in place.
+    let one_shot = server.execute(&json!({
+        "language": "python",
+        "files": [
+            { "content": "import via_pth; print(via_pth.__name__)" },
+            { "name": format!("{site}/extra.pth"), "content": "/home/runner/extra\n" },
+            { "name": "extra/via_pth.py", "content": "" },
+        ],
+    }));
+    ran(&one_shot, "via_pth\n", false);
     server.stop(Duration::from_secs(30));
 }
 
@@ -793,7 +804,7 @@ fn without_api_keys_only_this_machine_is_served() {
 }
 
 #[test]
-fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
+fn a_killed_servers_running_sessions_are_reported_lost_and_paused_ones_go_on() {
     let (home, state_dir) = own_state_dir();
     let args = ["--set", &state_dir, "--set", "prepare_snapshots=false"];
     let first = Server::start(&args);
@@ -814,6 +825,11 @@ fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
             .unwrap_or(false)
     };
     assert!(recorded(&id), "a running session is recorded");
+    // A paused one, beside it.
+    let paused = create(&first, json!({ "language": "bash" }));
+    let paused_id = paused["id"].as_str().unwrap().to_string();
+    command(&first, &paused_id, "echo still here > f");
+    assert_eq!(pause(&first, &paused_id)["state"], "paused");
     let pid = first.pid();
     let mut first = first;
     first.child.kill().unwrap();
@@ -857,6 +873,12 @@ fn a_killed_servers_sessions_are_reported_lost_by_the_next() {
     );
     let listed: Value = second.get("/v1/sessions").json().unwrap();
     assert!(listed.to_string().contains(&id), "{listed:#}");
+    // The paused session outlived the killed server, and goes on.
+    assert_eq!(self::info(&second, &paused_id)["state"], "paused");
+    assert_eq!(
+        stdout(&command(&second, &paused_id, "cat f")),
+        "still here\n"
+    );
     assert_eq!(delete(&second, &format!("/v1/sessions/{id}")).status(), 204);
     assert_eq!(second.get(&format!("/v1/sessions/{id}")).status(), 404);
     second.stop(Duration::from_secs(60));
