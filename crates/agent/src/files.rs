@@ -263,7 +263,7 @@ fn components(path: &str) -> Result<Vec<String>, Failure> {
     Ok(parts)
 }
 
-fn work_dir() -> Result<OwnedFd, String> {
+pub(crate) fn work_dir() -> Result<OwnedFd, String> {
     nix::fcntl::open(
         WORK_DIR,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -273,7 +273,12 @@ fn work_dir() -> Result<OwnedFd, String> {
 }
 
 /// Opens `name` in `dir` without leaving it or following any link.
-fn open_beneath(dir: &impl AsFd, name: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_beneath(
+    dir: &impl AsFd,
+    name: &str,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .mode(mode)

@@ -11,6 +11,7 @@ mod boot;
 mod devices;
 mod files;
 mod inputs;
+mod outputs;
 mod serve;
 mod stage;
 mod wake;

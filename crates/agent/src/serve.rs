@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use runner_protocol::{
     AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FileOp, Frame,
-    Hello, PrestartSpec, SessionSpec, encode,
+    Hello, PrestartSpec, SessionSpec, Stage, encode,
 };
 
 use crate::boot::Mode;
@@ -312,12 +312,14 @@ fn execute(
         }),
     };
     let mut failed = false;
+    let mut ran = false;
     for spec in &request.stages {
         let report = match prestarted.take() {
             Some(runtime) => runtime.run(spec, input, session, out)?,
             None => stage::run(spec, input, &request.env, session, out)?,
         };
         failed = report.exit_code != Some(0);
+        ran |= spec.stage == Stage::Run;
         out.send(&Frame::StageEnd(report))?;
         if failed {
             break;
@@ -325,6 +327,11 @@ fn execute(
     }
     if !failed {
         collect(&request.collect, out)?;
+    }
+    // Output files come back however the program ended: a partial CSV or
+    // the plot before a crash tell what went wrong.
+    if let (Some(outputs), true) = (&request.outputs, ran) {
+        crate::outputs::send(outputs, out)?;
     }
     out.send(&Frame::Done)
 }

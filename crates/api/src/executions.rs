@@ -63,6 +63,10 @@ pub struct ExecutionBody {
     /// WebSocket endpoints, whose client types into it.
     #[serde(default)]
     pub pty: Option<runner_host::exec::WindowSize>,
+    /// Files to send back with the result: paths or patterns under the
+    /// working directory.
+    #[serde(default)]
+    pub outputs: Vec<String>,
 }
 
 /// The `compare` object: `{"mode": "float", "absolute_tolerance": 1e-6}`,
@@ -364,6 +368,7 @@ pub(crate) fn to_request(
         trace_id: Some(trace_id.to_string()),
         command: body.command,
         interactive: None,
+        outputs: body.outputs,
     })
 }
 

@@ -224,6 +224,15 @@ struct RunArgs {
     /// streaming the program's output.
     #[arg(long)]
     json: bool,
+    /// Files the program writes to bring back, by path or pattern under
+    /// its working directory (`*.png`, `out/**`; repeatable). They are
+    /// written under --output-dir.
+    #[arg(short = 'O', long = "output", value_name = "PATTERN")]
+    outputs: Vec<String>,
+    /// Where the files named by --output go [default: the current
+    /// directory].
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -573,6 +582,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         trace_id: None,
         command: None,
         interactive: None,
+        outputs: args.outputs.clone(),
     };
     // Refuse a bad request before building or booting anything.
     let plan = runner.plan(request)?;
@@ -607,6 +617,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(printer) = printer {
         let _ = printer.await;
     }
+    write_outputs(&result.outputs, &args.output_dir)?;
     if args.json {
         let text = serde_json::to_string_pretty(&result)?;
         // A closed stdout (`| head`) is the reader's choice, not a failure;
@@ -627,6 +638,33 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(exit_code(&result))
+}
+
+/// Writes the files a run sent back under `dir`, each at its path (the
+/// host checked that every path stays relative, without `..`); says which
+/// were over a cap.
+fn write_outputs(
+    outputs: &[runner_host::exec::OutputFile],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    for output in outputs {
+        if output.truncated {
+            eprintln!(
+                "runner: {} ({} bytes) is over the cap of files sent back; not written",
+                output.path, output.size
+            );
+            continue;
+        }
+        let path = dir.join(&output.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::fs::write(&path, &output.content)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("runner: wrote {} ({} bytes)", path.display(), output.size);
+    }
+    Ok(())
 }
 
 /// `--env NAME=value` flags as a map.

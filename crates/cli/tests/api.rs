@@ -6,6 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
@@ -181,6 +182,7 @@ fn bad_requests_are_refused_and_start_nothing() {
         ("NUL in an environment name", json!({"language": "python", "files": [{"content": "1"}], "env": {"A\u{0}B": "x"}}).to_string().into_bytes(), 422, "invalid_request"),
         ("NUL in a file name", json!({"language": "python", "files": [{"content": "1"}, {"name": "a\u{0}.py", "content": ""}]}).to_string().into_bytes(), 422, "invalid_request"),
         ("bad name of the first file", json!({"language": "python", "files": [{"name": "../main.py", "content": "1"}]}).to_string().into_bytes(), 422, "invalid_request"),
+        ("an output outside the working directory", json!({"language": "python", "files": [{"content": "1"}], "outputs": ["../etc/passwd"]}).to_string().into_bytes(), 422, "invalid_request"),
         ("a terminal without a client to type", json!({"language": "python", "files": [{"content": "1"}], "pty": {"rows": 24, "cols": 80}}).to_string().into_bytes(), 422, "invalid_request"),
     ];
     for (what, body, status, code) in cases {
@@ -322,6 +324,64 @@ impl Events {
         check("StreamEvent", &event);
         Some(event)
     }
+}
+
+#[test]
+fn a_run_sends_back_the_files_it_names() {
+    let server = Server::start(&["--languages", "python"]);
+    let code = r#"
+import os
+os.makedirs("plots/deep", exist_ok=True)
+open("result.csv", "w").write("a,b\n1,2\n")
+open("plots/deep/fig.svg", "w").write("<svg/>")
+open("big.bin", "wb").write(b"x" * (9 << 20))
+open("empty.txt", "w").close()
+open("notes.md", "w").write("not asked for")
+os.symlink("/etc/shadow", "shadow.csv")
+raise SystemExit(3)
+"#;
+    let mut request = python(code);
+    request["outputs"] = json!([
+        "*.csv",
+        "plots/**/*.svg",
+        "big.bin",
+        "empty.txt",
+        "missing/*.png"
+    ]);
+    let result = server.execute(&request);
+    // However the program ended, what it wrote comes back.
+    assert_eq!(result["run"]["exit_code"], 3, "{result:#}");
+    let outputs = result["outputs"].as_array().unwrap();
+    let paths: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    // In path order; a link is never followed, whatever it is named.
+    assert_eq!(
+        paths,
+        ["big.bin", "empty.txt", "plots/deep/fig.svg", "result.csv"],
+        "{result:#}"
+    );
+    let content = |i: usize| {
+        base64::engine::general_purpose::STANDARD
+            .decode(outputs[i]["content"].as_str().unwrap())
+            .unwrap()
+    };
+    // Over the 8 MiB cap: listed with its size, not sent.
+    assert_eq!(outputs[0]["truncated"], true);
+    assert_eq!(outputs[0]["size"], 9 << 20);
+    assert!(content(0).is_empty());
+    assert_eq!((outputs[1]["size"].as_u64(), content(1)), (Some(0), vec![]));
+    assert_eq!(outputs[2]["media_type"], "image/svg+xml");
+    assert_eq!(content(2), b"<svg/>");
+    assert_eq!(outputs[3]["media_type"], "text/csv");
+    assert_eq!(outputs[3]["truncated"], false);
+    assert_eq!(content(3), b"a,b\n1,2\n");
+
+    // Without outputs, the result has none.
+    let plain = server.execute(&python("open('x.csv', 'w').write('1')"));
+    assert!(plain.get("outputs").is_none(), "{plain:#}");
+    server.stop(Duration::from_secs(30));
 }
 
 fn stream(server: &Server, request: &Value) -> Events {

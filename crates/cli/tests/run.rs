@@ -15,6 +15,33 @@ fn bash_hello_world() {
 }
 
 #[test]
+fn files_the_program_writes_come_back_with_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = "import os\nos.makedirs('out', exist_ok=True)\nopen('out/a.csv', 'w').write('1,2\\n')\nopen('skip.txt', 'w').write('no')";
+    let done = run(
+        &[
+            "run",
+            "--lang",
+            "python",
+            "-c",
+            code,
+            "--output",
+            "out/*.csv",
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(done.code(), Some(0), "stderr: {}", done.stderr());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/a.csv")).unwrap(),
+        "1,2\n"
+    );
+    assert!(!dir.path().join("skip.txt").exists());
+    assert!(done.stderr().contains("wrote"), "{}", done.stderr());
+}
+
+#[test]
 fn python_hello_world_with_timings() {
     let done = run(
         &["run", "--json", "--lang", "python", "-c", "print(6*7)"],

@@ -55,6 +55,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Files(m) => json(out, m),
         Frame::Listing(m) => json(out, m),
         Frame::Control(m) => json(out, m),
+        Frame::OutputFile(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -116,6 +117,7 @@ impl Decoder {
             FrameKind::Files => Frame::Files(json(kind, &payload)?),
             FrameKind::Listing => Frame::Listing(json(kind, &payload)?),
             FrameKind::Control => Frame::Control(json(kind, &payload)?),
+            FrameKind::OutputFile => Frame::OutputFile(json(kind, &payload)?),
             FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
@@ -219,6 +221,12 @@ mod tests {
             interactive: Some(Interactive {
                 pty: Some(WindowSize { rows: 24, cols: 80 }),
             }),
+            outputs: Some(Outputs {
+                patterns: vec!["**/*.png".into(), "out.csv".into()],
+                file_bytes: 8 << 20,
+                total_bytes: 16 << 20,
+                max_files: 100,
+            }),
         }
     }
 
@@ -262,6 +270,7 @@ mod tests {
         for control in controls() {
             roundtrip(Frame::Control(control));
         }
+        roundtrip(Frame::OutputFile(output_piece()));
         roundtrip(Frame::Done);
         roundtrip(Frame::Error(AgentFailure::new("no")));
         roundtrip(Frame::Error(AgentFailure {
@@ -354,7 +363,19 @@ mod tests {
                 "control",
                 controls().into_iter().map(Frame::Control).collect(),
             ),
+            ("output_file", vec![Frame::OutputFile(output_piece())]),
         ]
+    }
+
+    fn output_piece() -> OutputPiece {
+        OutputPiece {
+            path: "plots/a.png".into(),
+            size: 4,
+            offset: 0,
+            content: b"\x89PNG".to_vec(),
+            last: true,
+            truncated: false,
+        }
     }
 
     fn controls() -> Vec<Control> {

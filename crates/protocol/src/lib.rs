@@ -30,17 +30,19 @@
 //! between them operations on its files ([`Frame::Files`]).
 
 mod codec;
+pub mod glob;
 mod message;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
     AgentFailure, COLLECTED_CHUNK, CollectedChunk, Control, ExecRequest, FILE_CHUNK, File,
     FileEntry, FileKind, FileOp, FileProblem, Frame, FrameKind, Hello, Interactive, Limits,
-    PrestartSpec, SessionSpec, SignalKind, Stage, StageReport, StageSpec, Wake, WindowSize,
+    OutputPiece, Outputs, PrestartSpec, SessionSpec, SignalKind, Stage, StageReport, StageSpec,
+    Wake, WindowSize,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 8;
+pub const PROTOCOL_VERSION: u8 = 9;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

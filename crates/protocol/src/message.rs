@@ -23,6 +23,7 @@ pub enum FrameKind {
     Files = 13,
     Listing = 14,
     Control = 15,
+    OutputFile = 16,
 }
 
 impl FrameKind {
@@ -43,6 +44,7 @@ impl FrameKind {
             13 => Self::Files,
             14 => Self::Listing,
             15 => Self::Control,
+            16 => Self::OutputFile,
             _ => return None,
         })
     }
@@ -103,6 +105,11 @@ pub enum Frame {
     /// comes before the run stage waits for it, one that comes after is
     /// dropped.
     Control(Control),
+    /// Agent → host, after the run stage and before [`Frame::Done`]: a
+    /// piece of a file the request named as an output
+    /// ([`ExecRequest::outputs`]), or one over a cap, listed without its
+    /// content.
+    OutputFile(OutputPiece),
 }
 
 impl Frame {
@@ -123,6 +130,7 @@ impl Frame {
             Frame::Files(_) => FrameKind::Files,
             Frame::Listing(_) => FrameKind::Listing,
             Frame::Control(_) => FrameKind::Control,
+            Frame::OutputFile(_) => FrameKind::OutputFile,
         }
     }
 }
@@ -234,6 +242,42 @@ pub struct ExecRequest {
     /// terminal if asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactive: Option<Interactive>,
+    /// Files of the working directory to send back once the run stage
+    /// ran, however it ended, as [`Frame::OutputFile`] pieces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Outputs>,
+}
+
+/// The files a request wants back, and how much of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    /// Paths or patterns (see [`crate::glob`]) relative to the working
+    /// directory. A pattern that matches nothing is no error.
+    pub patterns: Vec<String>,
+    /// A file bigger than this is listed, not sent.
+    pub file_bytes: u64,
+    /// Past this much content in all, further files are listed, not sent.
+    pub total_bytes: u64,
+    /// At most this many files, in path order; the rest are left out.
+    pub max_files: u32,
+}
+
+/// A piece of an output file. A file comes as pieces in order, each
+/// starting where the one before ended; the last one says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputPiece {
+    /// Relative to the working directory.
+    pub path: String,
+    /// The whole file's size.
+    pub size: u64,
+    pub offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    pub last: bool,
+    /// Over a cap: this one piece, empty, lists the file.
+    pub truncated: bool,
 }
 
 /// How an execution is interactive.

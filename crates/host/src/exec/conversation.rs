@@ -26,6 +26,8 @@ pub enum ConversationError {
     Lost(#[source] ChannelError),
     #[error("the agent broke the protocol: {0}")]
     Protocol(String),
+    #[error("the agent sent output files that were not asked for, or past their caps: {0}")]
+    Outputs(String),
     #[error("the agent failed: {0}")]
     Agent(String),
     #[error("the agent gave no result within {seconds} s of the time limit; the VM was killed")]
@@ -160,11 +162,15 @@ pub async fn converse(
             Frame::Collected(chunk) if current.is_none() => {
                 transcript.collected.add(chunk, &exec.collect)?;
             }
+            Frame::OutputFile(piece) if current.is_none() => {
+                transcript.outputs.add(piece, exec.outputs.as_ref())?;
+            }
             Frame::Done => {
                 // The agent collects only after every stage exited 0.
                 if transcript.all_succeeded(exec.stages.len()) {
                     transcript.collected.finish(&exec.collect)?;
                 }
+                transcript.outputs.finish()?;
                 transcript.done(Instant::now());
                 return Ok(());
             }

@@ -24,6 +24,7 @@ pub(crate) mod acquire;
 pub(crate) mod conversation;
 mod limits;
 pub(crate) mod oneshot;
+pub mod outputs;
 mod plan;
 mod result;
 pub(crate) mod transcript;
@@ -41,6 +42,7 @@ pub(crate) use acquire::Vms;
 pub use acquire::{AGENT_BINARY, AcquireError, agent};
 pub use conversation::{ConversationError, Input};
 pub use limits::{LimitPolicy, LimitSet, RequestLimits, StageLimits};
+pub use outputs::OutputFile;
 pub(crate) use plan::check_exec_strings;
 pub use plan::{
     ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, new_trace_id, vm_memory_mib,

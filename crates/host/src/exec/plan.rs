@@ -83,6 +83,9 @@ pub struct ExecutionRequest {
     /// The program takes input while it runs (a WebSocket client's), on
     /// a terminal if asked.
     pub interactive: Option<Interactive>,
+    /// Files of the working directory to send back after the run: paths
+    /// or patterns (see [`runner_protocol::glob`]).
+    pub outputs: Vec<String>,
 }
 
 /// An accepted request, ready to run.
@@ -197,6 +200,15 @@ impl Planner {
     /// [`Planner::plan`] for `part` of the program.
     pub fn plan_part(&self, request: ExecutionRequest, part: Part) -> Result<Plan, PlanError> {
         let language = self.language(&request.language)?.clone();
+        if request.outputs.len() > super::outputs::MAX_PATTERNS {
+            return Err(PlanError::Invalid(format!(
+                "outputs names at most {} patterns",
+                super::outputs::MAX_PATTERNS
+            )));
+        }
+        for pattern in &request.outputs {
+            runner_protocol::glob::check(pattern).map_err(PlanError::Invalid)?;
+        }
         if let Some(size) = request.interactive.and_then(|i| i.pty) {
             if !(1..=MAX_TERMINAL).contains(&size.rows) || !(1..=MAX_TERMINAL).contains(&size.cols)
             {
@@ -320,6 +332,9 @@ impl Planner {
                 Vec::new()
             },
             interactive: request.interactive.filter(|_| part != Part::Compile),
+            outputs: Some(request.outputs)
+                .filter(|patterns| !patterns.is_empty() && part != Part::Compile)
+                .map(super::outputs::spec),
         };
         // A checker runs in VMs of its own, one after the other with the
         // program's: the largest of them is what the execution needs.

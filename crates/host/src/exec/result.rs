@@ -251,6 +251,9 @@ pub struct ExecutionResult {
     /// `wrong_answer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub difference: Option<Difference>,
+    /// The files the request named as `outputs`, in path order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<super::outputs::OutputFile>,
 }
 
 impl ExecutionResult {

@@ -49,6 +49,8 @@ pub(crate) struct Transcript {
     stderr: Vec<u8>,
     /// Files the request asked to collect, once every stage has run.
     pub collected: Collected,
+    /// Output files the request named, once the run stage ran.
+    pub outputs: super::outputs::Received,
 }
 
 impl Transcript {
@@ -64,6 +66,7 @@ impl Transcript {
             stdout: Vec::new(),
             stderr: Vec::new(),
             collected: Collected::default(),
+            outputs: Default::default(),
         }
     }
 
@@ -224,6 +227,7 @@ impl Transcript {
             backend,
             accel,
             difference: None,
+            outputs: self.outputs.files,
         }
     }
 }
