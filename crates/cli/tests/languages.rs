@@ -335,6 +335,38 @@ fn bash_stdin_args_and_files() {
 }
 
 #[test]
+fn python_data_has_its_stack_imported_and_draws_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = program("python-data/plot.py");
+    let done = run(
+        &[
+            "run",
+            "--json",
+            "--lang",
+            "python-data",
+            "--wall-time-ms",
+            "120000",
+            "--cpu-time-ms",
+            "120000",
+            &path,
+            "--output",
+            "*.png",
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    let json = done.json();
+    assert_eq!(json["status"], "ok", "{json:#}");
+    assert_eq!(json["run"]["stdout"], "385\n");
+    // pandas and matplotlib were imported before the snapshot.
+    assert_eq!(json["run"]["prestarted"], true, "{json:#}");
+    assert_eq!(json["outputs"][0]["media_type"], "image/png");
+    let png = std::fs::read(dir.path().join("squares.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n"), "not a PNG");
+}
+
+#[test]
 fn languages_lists_installed_versions() {
     let output = common::runner().arg("languages").output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
@@ -347,6 +379,7 @@ fn languages_lists_installed_versions() {
         ("c", "gcc (Debian 14"),
         ("cpp", "g++ (Debian 14"),
         ("java", "OpenJDK 21"),
+        ("python-data", "Python 3.13"),
     ] {
         let line = text
             .lines()
