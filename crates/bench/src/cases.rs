@@ -1,5 +1,7 @@
 //! What `runner bench` measures: the seed's cases, or one of the user's.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// How the VMs of a case start.
@@ -82,7 +84,16 @@ pub struct Case {
     pub seed_ms: Option<f64>,
     /// For judge cases, which way.
     pub judge: Option<JudgeWay>,
+    /// On top of the language's environment. Any variable makes the
+    /// request not fit the snapshot's prestarted runtime: the program runs
+    /// in a fresh interpreter.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
+
+/// The language with the data stack, and the script its cases run.
+const DATA_LANGUAGE: &str = "python-data";
+const DATA_PLOT: &str = include_str!("../../../programs/python-data/plot.py");
 
 /// The seed's programs, from `programs/`.
 struct Programs {
@@ -175,6 +186,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             // The seed's boot times are to ready, not to a result.
             seed_ms,
             judge: None,
+            env: BTreeMap::new(),
         });
     }
     for language in languages {
@@ -200,6 +212,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             expected_stdout: Some(HELLO_OUTPUT.into()),
             seed_ms: programs.seed_ms[0],
             judge: None,
+            env: BTreeMap::new(),
         });
         for (i, (n, result)) in fibs.iter().enumerate() {
             cases.push(Case {
@@ -214,6 +227,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 expected_stdout: Some(format!("{result}\n")),
                 seed_ms: programs.seed_ms[i + 1],
                 judge: None,
+                env: BTreeMap::new(),
             });
         }
         if SESSION_LANGUAGES.contains(&language.as_str()) {
@@ -229,6 +243,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 expected_stdout: Some(HELLO_OUTPUT.into()),
                 seed_ms: None,
                 judge: None,
+                env: BTreeMap::new(),
             });
         }
         if JUDGE_LANGUAGES.contains(&language.as_str()) {
@@ -249,8 +264,39 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                     expected_stdout: None,
                     seed_ms: None,
                     judge: Some(way),
+                    env: BTreeMap::new(),
                 });
             }
+        }
+    }
+    if languages.iter().any(|l| l == DATA_LANGUAGE) {
+        // The data stack's import is what the prestarted interpreter saves.
+        for (id, title, env) in [
+            (
+                "plot",
+                "pandas + matplotlib plot, prestarted",
+                BTreeMap::new(),
+            ),
+            (
+                "plot-fresh",
+                "the same plot, fresh interpreter",
+                BTreeMap::from([("RUNNER_BENCH_FRESH".to_string(), "1".to_string())]),
+            ),
+        ] {
+            cases.push(Case {
+                id: format!("{DATA_LANGUAGE}/{id}"),
+                group: Group::Program,
+                title: title.into(),
+                language: DATA_LANGUAGE.into(),
+                start: Start::Snapshot,
+                concurrency: 1,
+                source: DATA_PLOT.into(),
+                args: Vec::new(),
+                expected_stdout: Some("385\n".into()),
+                seed_ms: None,
+                judge: None,
+                env,
+            });
         }
     }
     for concurrency in CONCURRENCY {
@@ -266,6 +312,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             expected_stdout: Some(HELLO_OUTPUT.into()),
             seed_ms: None,
             judge: None,
+            env: BTreeMap::new(),
         });
     }
     cases
@@ -296,6 +343,7 @@ pub fn custom(language: &str, source: String, args: Vec<String>) -> Case {
         expected_stdout: None,
         seed_ms: None,
         judge: None,
+        env: BTreeMap::new(),
     }
 }
 
@@ -340,5 +388,15 @@ mod tests {
                 "throughput/4",
             ]
         );
+        // The data stack: the plot prestarted, and in a fresh interpreter.
+        let data: Vec<String> = ["python", "python-data"].map(String::from).into();
+        let cases = suite(&data);
+        let plots: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.language == "python-data")
+            .collect();
+        assert_eq!(plots.len(), 2);
+        assert!(plots[0].env.is_empty() && !plots[1].env.is_empty());
+        assert!(plots.iter().all(|c| c.source.contains("savefig")));
     }
 }

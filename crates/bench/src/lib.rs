@@ -744,6 +744,7 @@ async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
         language: language.name.clone(),
         files: vec![SourceFile::entry(case.source.clone())],
         args: case.args.clone(),
+        env: case.env.clone(),
         limits: RequestLimits {
             compile: limits,
             run: limits,
