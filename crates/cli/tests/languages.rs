@@ -367,6 +367,46 @@ fn python_data_has_its_stack_imported_and_draws_a_png() {
 }
 
 #[test]
+fn a_language_file_of_the_operators_runs_without_a_rebuild() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/languages");
+    let set = format!("languages_dir={dir}");
+    let done = run(
+        &[
+            "run",
+            "--set",
+            &set,
+            "--json",
+            "--lang",
+            "lua",
+            "-c",
+            "print('hi from ' .. _VERSION)",
+        ],
+        b"",
+    );
+    let json = done.json();
+    assert_eq!(json["status"], "ok", "{json:#}");
+    assert_eq!(json["run"]["stdout"], "hi from Lua 5.4\n");
+    let listed = common::runner()
+        .args(["languages", "--set", &set])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lua ") && l.contains("Lua 5.4")),
+        "{text}"
+    );
+    // Without the setting there is no such language.
+    let unknown = run(&["run", "--lang", "lua", "-c", "print(1)"], b"");
+    assert_eq!(unknown.code(), Some(2));
+    assert!(
+        unknown.stderr().contains("unknown language"),
+        "{}",
+        unknown.stderr()
+    );
+}
+
+#[test]
 fn languages_lists_installed_versions() {
     let output = common::runner().arg("languages").output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);

@@ -35,6 +35,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Languages that run here; empty for every language.
     pub languages: Vec<String>,
+    /// A directory of the operator's own language files (`*.toml`, as in
+    /// the repository's `languages/`), added to the built-in languages;
+    /// empty for none.
+    pub languages_dir: PathBuf,
     /// Per-stage defaults and maximums of execution limits.
     pub limits: LimitPolicy,
     /// Restore VMs from snapshots where they exist; `false` boots every VM
@@ -124,6 +128,7 @@ impl Config {
         Self {
             state_dir,
             languages: Vec::new(),
+            languages_dir: PathBuf::new(),
             limits: LimitPolicy::default(),
             snapshots: true,
             prestart: true,
@@ -352,7 +357,9 @@ impl Config {
                 )));
             }
         }
-        let languages = Languages::builtin().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let languages = self
+            .all_languages()
+            .map_err(|e| ConfigError::Invalid(crate::error_chain(&e)))?;
         for (key, names) in [
             ("languages", &self.languages),
             ("pool.languages", &self.pool.languages),
@@ -364,6 +371,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The built-in languages and those of `languages_dir`.
+    pub fn all_languages(&self) -> Result<Languages, crate::lang::LanguageError> {
+        let dir = Some(self.languages_dir.as_path()).filter(|d| !d.as_os_str().is_empty());
+        Languages::with_dir(dir)
     }
 
     /// The configuration as TOML, as `--print-config` shows it; it loads

@@ -1,5 +1,6 @@
 //! The languages Runner Codes runs, loaded from the TOML files under
-//! `languages/` that are embedded at build time.
+//! `languages/` that are embedded at build time, and from the operator's
+//! own directory of such files (`languages_dir`), read at start-up.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,18 @@ pub enum LanguageError {
         #[source]
         source: toml::de::Error,
     },
+    #[error("reading the language files of {dir}")]
+    Read {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("language file {file}: {name:?} is already a language's name or alias")]
+    Duplicate { file: String, name: String },
+    #[error(
+        "language file {file}: {name:?} is no name: a language's name is lowercase letters, digits and dashes (it names images and files), an alias has no spaces, capitals or slashes"
+    )]
+    BadName { file: String, name: String },
 }
 
 /// One language: its root filesystem and how code in it is built and run.
@@ -86,6 +99,74 @@ impl Languages {
         Ok(Self { list })
     }
 
+    /// The built-in languages, then those of the `*.toml` files in `dir`
+    /// (in file name order), if given. A file's language may not take a
+    /// name or alias that another has.
+    pub fn with_dir(dir: Option<&std::path::Path>) -> Result<Self, LanguageError> {
+        let mut languages = Self::builtin()?;
+        let Some(dir) = dir else {
+            return Ok(languages);
+        };
+        let read = |source| LanguageError::Read {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map_err(read)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        files.retain(|path| path.extension().is_some_and(|e| e == "toml"));
+        files.sort();
+        for path in files {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(read)?;
+            let language: Language =
+                toml::from_str(&text).map_err(|source| LanguageError::Parse {
+                    file: file.clone(),
+                    source,
+                })?;
+            // The name names images and files; an alias is only looked up.
+            let good_name = |name: &str| {
+                !name.is_empty()
+                    && !name.starts_with('-')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            };
+            let good_alias = |alias: &str| {
+                !alias.is_empty()
+                    && alias
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() && !c.is_ascii_uppercase() && c != '/')
+            };
+            for (i, name) in std::iter::once(&language.name)
+                .chain(&language.aliases)
+                .enumerate()
+            {
+                let good = if i == 0 {
+                    good_name(name)
+                } else {
+                    good_alias(name)
+                };
+                if !good {
+                    return Err(LanguageError::BadName {
+                        file,
+                        name: name.clone(),
+                    });
+                }
+                if languages.get(name).is_ok() {
+                    return Err(LanguageError::Duplicate {
+                        file,
+                        name: name.clone(),
+                    });
+                }
+            }
+            languages.list.push(language);
+        }
+        Ok(languages)
+    }
+
     pub fn all(&self) -> &[Language] {
         &self.list
     }
@@ -125,6 +206,47 @@ impl Languages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operators_language_files_add_to_the_builtin_ones() {
+        let example = include_str!("../../../examples/languages/lua.toml");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lua.toml"), example).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a language").unwrap();
+        let languages = Languages::with_dir(Some(dir.path())).unwrap();
+        assert_eq!(languages.get("lua5.4").unwrap().run, ["lua", "main.lua"]);
+        assert!(languages.get("python").is_ok());
+
+        for (file, text, wanted) in [
+            (
+                "clash.toml",
+                example.replace("\"lua\"", "\"python\""),
+                "already",
+            ),
+            (
+                "alias.toml",
+                example
+                    .replace("name = \"lua\"", "name = \"luajit\"")
+                    .replace("\"lua5.4\"]", "\"py\"]"),
+                "already",
+            ),
+            (
+                "bad.toml",
+                example.replace("name = \"lua\"", "name = \"../lua\""),
+                "lowercase",
+            ),
+            ("broken.toml", "name = ".to_string(), "language file"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(file), text).unwrap();
+            let error = Languages::with_dir(Some(dir.path())).unwrap_err();
+            let message = crate::error_chain(&error);
+            assert!(message.contains(wanted), "{file}: {message}");
+            assert!(message.contains(file), "{file}: {message}");
+        }
+        let missing = Languages::with_dir(Some(std::path::Path::new("/nonexistent")));
+        assert!(matches!(missing, Err(LanguageError::Read { .. })));
+    }
 
     #[test]
     fn builtin_languages_parse_and_resolve() {

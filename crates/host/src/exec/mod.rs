@@ -122,7 +122,7 @@ impl Runner {
         let images = ImageStore::new(state.images(), DebianSource::new(&config.debian_mirror));
         Ok(Self {
             planner: Planner::new(
-                Languages::builtin()?,
+                config.all_languages()?,
                 config.limits.clone(),
                 &config.languages,
             ),
