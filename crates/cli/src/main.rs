@@ -383,6 +383,9 @@ enum SnapshotCommand {
     },
     /// List snapshots with their size, id and what they were made from.
     List,
+    /// Remove snapshots this runner no longer restores (made from older
+    /// images, agents or settings), except those a paused session needs.
+    Prune,
 }
 
 #[derive(Subcommand)]
@@ -795,6 +798,26 @@ async fn snapshot(runner: Runner, command: SnapshotCommand) -> anyhow::Result<Ex
                     snapshot.manifest.create_seconds
                 );
             }
+        }
+        SnapshotCommand::Prune => {
+            let mut keep = runner.current_snapshot_ids().await?;
+            let snapshots = runner.state().root().join("snapshots");
+            let paused = runner_host::session::files_of_paused(&runner.state().sessions());
+            keep.extend(paused.iter().filter_map(|path| {
+                let rest = path.strip_prefix(&snapshots).ok()?;
+                Some(
+                    rest.components()
+                        .next()?
+                        .as_os_str()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            }));
+            let removed = runner.snapshots().prune(&keep)?;
+            for id in &removed {
+                outln!("removed {id}");
+            }
+            outln!("{} snapshot(s) removed", removed.len());
         }
         SnapshotCommand::List => {
             outln!(

@@ -312,6 +312,56 @@ fn a_snapshot_that_does_not_match_is_not_restored_but_made_again() {
 }
 
 #[test]
+fn prune_removes_the_snapshots_no_longer_restored() {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(state_dir().join("images"), home.path().join("images")).unwrap();
+    let runner_here = |args: &[&str]| {
+        let output = runner()
+            .env("RUNNER_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    runner_here(&["snapshot", "create", "--lang", "bash"]);
+    let snapshots = home.path().join("snapshots");
+    let current = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").exists())
+        .expect("the bash snapshot");
+    // One made from something else, as an older image leaves behind.
+    let stale = snapshots.join("snapshot-bash-0000000000000000");
+    std::fs::create_dir(&stale).unwrap();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(current.join("manifest.json")).unwrap()).unwrap();
+    manifest["id"] = "snapshot-bash-0000000000000000".into();
+    manifest["key"]["rootfs"] = "rootfs-bash-0000000000000000".into();
+    std::fs::write(stale.join("manifest.json"), manifest.to_string()).unwrap();
+    assert!(runner_here(&["snapshot", "list"]).contains("snapshot-bash-0000000000000000"));
+
+    let pruned = runner_here(&["snapshot", "prune"]);
+    assert!(
+        pruned.contains("removed snapshot-bash-0000000000000000"),
+        "{pruned}"
+    );
+    assert!(pruned.contains("1 snapshot(s) removed"), "{pruned}");
+    assert!(!stale.exists());
+    assert!(current.join("memory").exists(), "the current one stays");
+    let restored: Value = serde_json::from_str(&runner_here(&[
+        "run", "--json", "--lang", "bash", "-c", "echo hi",
+    ]))
+    .unwrap();
+    assert_eq!(restored["metrics"]["start"], "snapshot");
+}
+
+#[test]
 fn snapshots_can_be_turned_off_and_do_not_fit_bigger_vms() {
     create(&["bash"]);
     let output = runner()

@@ -330,6 +330,27 @@ impl Runner {
         crate::snapshot::make(&self.vms, language, warm).await
     }
 
+    /// The ids of the snapshots this runner restores: one per language
+    /// whose images are built (nothing is built here; choosing the
+    /// backend may boot its probe VM once).
+    pub async fn current_snapshot_ids(&self) -> Result<Vec<String>, SnapshotError> {
+        let mut ids = Vec::new();
+        for language in self.languages().all() {
+            let built = self.vms.images().rootfs_manifest(language).is_some()
+                && self.vms.images().boot_files(agent()).is_some();
+            if !built {
+                continue;
+            }
+            let images = self.vms.prepare(language, Arc::new(())).await?;
+            let backend = self
+                .vms
+                .backend(&images.kernel.vmlinux, &images.initramfs)
+                .await?;
+            ids.push(self.vms.snapshot_key(language, &images, &*backend).id());
+        }
+        Ok(ids)
+    }
+
     /// Starts warm pools: a task that keeps restored, paused VMs ready per
     /// language (see [`crate::pool`]) until the runner is dropped or
     /// [`Runner::stop_pools`] is called. `memory_mib` bounds all pooled VMs
