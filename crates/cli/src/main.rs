@@ -800,20 +800,9 @@ async fn snapshot(runner: Runner, command: SnapshotCommand) -> anyhow::Result<Ex
             }
         }
         SnapshotCommand::Prune => {
-            let mut keep = runner.current_snapshot_ids().await?;
-            let snapshots = runner.state().root().join("snapshots");
+            let keep = runner.current_snapshot_ids().await?;
             let paused = runner_host::session::files_of_paused(&runner.state().sessions());
-            keep.extend(paused.iter().filter_map(|path| {
-                let rest = path.strip_prefix(&snapshots).ok()?;
-                Some(
-                    rest.components()
-                        .next()?
-                        .as_os_str()
-                        .to_string_lossy()
-                        .into_owned(),
-                )
-            }));
-            let removed = runner.snapshots().prune(&keep)?;
+            let removed = runner.snapshots().prune(&keep, &paused)?;
             for id in &removed {
                 outln!("removed {id}");
             }

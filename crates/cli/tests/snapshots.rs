@@ -8,6 +8,22 @@ use common::{run, run_with_env, runner, state_dir};
 
 use serde_json::Value;
 
+/// Runs `runner` with `args` on the state directory `home`; its stdout,
+/// once it succeeded.
+fn runner_in(home: &std::path::Path, args: &[&str]) -> String {
+    let output = runner()
+        .env("RUNNER_HOME", home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Makes the snapshots of `languages` (cached across runs, like images).
 fn create(languages: &[&str]) {
     let mut command = runner();
@@ -251,21 +267,9 @@ fn a_snapshot_that_does_not_match_is_not_restored_but_made_again() {
     // never see the snapshot this one tampers with.
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(state_dir().join("images"), home.path().join("images")).unwrap();
-    let runner_here = |args: &[&str]| {
-        let output = runner()
-            .env("RUNNER_HOME", home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
+    let runner_here = |args: &[&str]| runner_in(home.path(), args);
     let run_json = |code: &str| -> Value {
-        serde_json::from_slice(&runner_here(&[
+        serde_json::from_str(&runner_here(&[
             "run", "--json", "--lang", "bash", "-c", code,
         ]))
         .unwrap()
@@ -315,19 +319,7 @@ fn a_snapshot_that_does_not_match_is_not_restored_but_made_again() {
 fn prune_removes_the_snapshots_no_longer_restored() {
     let home = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(state_dir().join("images"), home.path().join("images")).unwrap();
-    let runner_here = |args: &[&str]| {
-        let output = runner()
-            .env("RUNNER_HOME", home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let runner_here = |args: &[&str]| runner_in(home.path(), args);
     runner_here(&["snapshot", "create", "--lang", "bash"]);
     let snapshots = home.path().join("snapshots");
     let current = std::fs::read_dir(&snapshots)

@@ -49,6 +49,18 @@ impl StateDir {
     }
 }
 
+/// The names of the entries of `dir` that hold one of `paths` (a store's
+/// images or snapshots that these files lie in).
+pub fn entries_holding(dir: &Path, paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|path| {
+            let entry = path.strip_prefix(dir).ok()?.components().next()?;
+            Some(entry.as_os_str().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
 /// The entries of `dir` named `<pid>.<anything>` whose process no longer
 /// runs: what a runner process killed with SIGKILL left behind.
 pub fn left_by_dead_processes(dir: &Path) -> Vec<PathBuf> {

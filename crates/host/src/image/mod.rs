@@ -263,16 +263,7 @@ impl ImageStore {
             .map(|(id, _)| id)
             .collect();
         // Images a paused session needs to resume.
-        keep.extend(in_use.iter().filter_map(|path| {
-            let rest = path.strip_prefix(&self.dir).ok()?;
-            Some(
-                rest.components()
-                    .next()?
-                    .as_os_str()
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        }));
+        keep.extend(crate::state::entries_holding(&self.dir, in_use));
         let mut removed = Vec::new();
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,

@@ -251,8 +251,12 @@ impl SnapshotStore {
         list
     }
 
-    /// Removes the snapshots whose ids are not in `keep`. Returns their ids.
-    pub fn prune(&self, keep: &[String]) -> Result<Vec<String>, ImageError> {
+    /// Removes the snapshots whose ids are not in `keep` and that hold
+    /// none of `in_use` (what paused sessions need, see
+    /// [`crate::session::files_of_paused`]). Returns their ids.
+    pub fn prune(&self, keep: &[String], in_use: &[PathBuf]) -> Result<Vec<String>, ImageError> {
+        let mut keep = keep.to_vec();
+        keep.extend(crate::state::entries_holding(&self.dir, in_use));
         let mut removed = Vec::new();
         for manifest in self.list() {
             if keep.contains(&manifest.id) {
@@ -330,7 +334,9 @@ mod tests {
         .unwrap();
         assert!(store.find(&key("rootfs-b")).is_none());
         assert_eq!(store.list().len(), 1);
-        assert_eq!(store.prune(&[]).unwrap(), [key("rootfs-a").id()]);
+        let memory = dir.path().join(key("rootfs-a").id()).join(MEMORY_FILE);
+        assert!(store.prune(&[], &[memory]).unwrap().is_empty());
+        assert_eq!(store.prune(&[], &[]).unwrap(), [key("rootfs-a").id()]);
         assert!(store.list().is_empty());
     }
 }
