@@ -830,6 +830,15 @@ fn a_killed_servers_running_sessions_are_reported_lost_and_paused_ones_go_on() {
     let paused_id = paused["id"].as_str().unwrap().to_string();
     command(&first, &paused_id, "echo still here > f");
     assert_eq!(pause(&first, &paused_id)["state"], "paused");
+    // Another server on the same state directory leaves alone what a
+    // living server holds, and its stop takes nothing with it.
+    let bystander = Server::start(&args);
+    assert_eq!(
+        bystander.get(&format!("/v1/sessions/{paused_id}")).status(),
+        404
+    );
+    bystander.stop(Duration::from_secs(30));
+    assert_eq!(self::info(&first, &paused_id)["state"], "paused");
     let pid = first.pid();
     let mut first = first;
     first.child.kill().unwrap();

@@ -6,7 +6,10 @@
 //! (`sessions/paused/<id>/`) as a delta over its snapshot and destroyed,
 //! which frees its memory and its place in the capacity. A paused session
 //! outlives the server: a server starting later takes it up, and it
-//! resumes on request, or by itself when a request comes for it.
+//! resumes on request, or by itself when a request comes for it. While a
+//! server holds a paused session it holds a lock on its directory, so that
+//! another server on the same state directory leaves it alone; a server
+//! that is killed lets go of it, and the next one takes it up.
 //!
 //! A request on a session takes its [`Turn`]; a second request while one
 //! holds it is refused as busy rather than queued, so that a client never
@@ -15,7 +18,7 @@
 //! conversation with the agent in half.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -181,6 +184,24 @@ struct PausedRecord {
 const PAUSED_RECORD: &str = "session.json";
 /// The file of its saved VM.
 const PAUSED_STATE: &str = "state";
+/// The file the server holding it keeps locked.
+const PAUSED_LOCK: &str = "lock";
+
+/// A server's hold on a paused session's directory: an exclusive `flock`
+/// on its lock file, let go when dropped or when the server dies.
+type DirHold = nix::fcntl::Flock<std::fs::File>;
+
+/// Holds the paused session directory `dir` unless another living server
+/// does; `None` then (or if it cannot be opened: it was just removed).
+fn hold_paused_dir(dir: &Path) -> Option<DirHold> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(PAUSED_LOCK))
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+}
 
 /// A session a killed server left: only what its record said.
 struct Lost {
@@ -238,6 +259,8 @@ struct Session {
     max_paused: usize,
     /// Where it is saved while paused.
     paused_dir: PathBuf,
+    /// This server's hold on `paused_dir`, while it is there.
+    dir_hold: Mutex<Option<DirHold>>,
     /// Its record in the state directory, removed when it ends.
     record: PathBuf,
     /// Set to stop what the session's turn is running (the session ended).
@@ -289,6 +312,14 @@ impl Session {
 
     fn is_paused(&self) -> bool {
         self.life.lock().unwrap().paused.is_some()
+    }
+
+    /// Removes its saved VM's directory, if this server holds one.
+    fn remove_paused_dir(&self) {
+        if let Some(hold) = self.dir_hold.lock().unwrap().take() {
+            let _ = std::fs::remove_dir_all(&self.paused_dir);
+            drop(hold);
+        }
     }
 
     /// Bytes its saved VM takes, while it is paused.
@@ -411,6 +442,13 @@ impl Sessions {
         let mut found = 0;
         for entry in entries.flatten() {
             let dir = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Some(hold) = hold_paused_dir(&dir) else {
+                // Another server on this state directory holds it.
+                continue;
+            };
             let record = std::fs::read(dir.join(PAUSED_RECORD))
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<PausedRecord>(&bytes).ok());
@@ -476,6 +514,7 @@ impl Sessions {
                 vm: Arc::new(tokio::sync::Mutex::new(None)),
                 max_paused: record.max_paused,
                 paused_dir: dir,
+                dir_hold: Mutex::new(Some(hold)),
                 record: self
                     .records
                     .join(format!("{}.{id}.json", std::process::id())),
@@ -495,6 +534,9 @@ impl Sessions {
     /// sessions earlier servers left, which resume as if nothing happened.
     /// Returns how many were lost and how many were taken up.
     pub fn recover(&self) -> (usize, usize) {
+        for staged in crate::state::left_by_dead_processes(&self.records.join("saving")) {
+            let _ = std::fs::remove_dir_all(staged);
+        }
         let taken_up = self.take_up_paused();
         let mut found = 0;
         for path in crate::state::left_by_dead_processes(&self.records) {
@@ -616,6 +658,7 @@ impl Sessions {
             vm: Arc::new(tokio::sync::Mutex::new(Some(vm))),
             max_paused,
             paused_dir: self.paused.join(&id),
+            dir_hold: Mutex::new(None),
             record: self
                 .records
                 .join(format!("{}.{id}.json", std::process::id())),
@@ -739,6 +782,25 @@ impl Sessions {
         Ok(Turn { session, guard })
     }
 
+    /// Makes `dir`, the directory session `id` is paused into, already
+    /// held: it is made and locked under another name (`saving/<pid>.<id>`)
+    /// and moved into place, so that another server never finds it
+    /// unheld while this one saves into it.
+    fn new_paused_dir(&self, id: &str, dir: &Path) -> std::io::Result<DirHold> {
+        let saving = self.records.join("saving");
+        let staged = saving.join(format!("{}.{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staged);
+        create_private_dir(&staged)?;
+        let hold = hold_paused_dir(&staged)
+            .ok_or_else(|| std::io::Error::other(format!("cannot lock {}", staged.display())))?;
+        create_private_dir(&self.paused)?;
+        if let Err(e) = std::fs::rename(&staged, dir) {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        Ok(hold)
+    }
+
     /// Pauses session `id`: saves its VM to disk and destroys it, which
     /// gives back its memory and its place in the capacity. A paused
     /// session is left as it is. If saving fails the session runs on.
@@ -790,12 +852,15 @@ impl Sessions {
             };
         };
         let dir = &session.paused_dir;
-        if let Err(e) = create_private_dir(dir) {
-            *guard = Some(vm);
-            return Err(SessionError::Pause(format!(
-                "create {}: {e}",
-                dir.display()
-            )));
+        match self.new_paused_dir(&session.id, dir) {
+            Ok(hold) => *session.dir_hold.lock().unwrap() = Some(hold),
+            Err(e) => {
+                *guard = Some(vm);
+                return Err(SessionError::Pause(format!(
+                    "create {}: {e}",
+                    dir.display()
+                )));
+            }
         }
         match vm.pause(&dir.join(PAUSED_STATE)).await {
             Ok(paused) => {
@@ -831,7 +896,7 @@ impl Sessions {
             }
             Err((vm, PauseError::Save(error))) => {
                 *guard = Some(vm);
-                let _ = std::fs::remove_dir_all(dir);
+                session.remove_paused_dir();
                 let message = error_chain(&error);
                 tracing::warn!(target: "runner::session", session = %session.id, error = %message, "pause failed; the session runs on");
                 Err(SessionError::Pause(message))
@@ -888,7 +953,7 @@ impl Sessions {
                 *session.hold.lock().unwrap() = Some(hold);
                 session.used();
                 self.record_running(&session);
-                let _ = std::fs::remove_dir_all(&session.paused_dir);
+                session.remove_paused_dir();
                 tracing::info!(
                     target: "runner::session",
                     session = %id,
@@ -1015,9 +1080,8 @@ async fn finish(session: &Session, reason: EndReason) {
     }
     session.stop.send_replace(true);
     let _ = std::fs::remove_file(&session.record);
-    if session.life.lock().unwrap().paused.take().is_some() {
-        let _ = std::fs::remove_dir_all(&session.paused_dir);
-    }
+    session.life.lock().unwrap().paused = None;
+    session.remove_paused_dir();
     let vm = session.vm.lock().await.take();
     if let Some(vm) = vm {
         vm.destroy().await;
