@@ -11,6 +11,7 @@ mod boot;
 mod devices;
 mod files;
 mod inputs;
+mod net;
 mod outputs;
 mod serve;
 mod stage;

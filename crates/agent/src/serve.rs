@@ -22,7 +22,7 @@ pub const RUN_GID: u32 = 1000;
 pub const WORK_DIR: &str = "/home/runner";
 
 pub fn run(mode: Mode) -> Result<(), String> {
-    let path = find_port(mode.devices())?;
+    let path = find_port(mode.devices(), AGENT_PORT_NAME)?;
     let port = OpenOptions::new()
         .read(true)
         .write(true)
@@ -304,6 +304,9 @@ fn execute(
         }
     });
     prepare_work_dir(request)?;
+    if request.network {
+        crate::net::start()?;
+    }
     let input = StageInput {
         bytes: &request.stdin,
         live: request.interactive.map(|interactive| Live {
@@ -440,13 +443,14 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The port device is `vportNpM` in `devices`; its name is in sysfs.
-fn find_port(devices: &str) -> Result<PathBuf, String> {
+/// The device of the port named `wanted` is `vportNpM` in `devices`; its
+/// name is in sysfs.
+pub fn find_port(devices: &str, wanted: &str) -> Result<PathBuf, String> {
     for _ in 0..2000 {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
             for entry in entries.flatten() {
                 let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-                if name.trim() == AGENT_PORT_NAME {
+                if name.trim() == wanted {
                     let dev = Path::new(devices).join(entry.file_name());
                     if dev.exists() {
                         return Ok(dev);
@@ -456,7 +460,7 @@ fn find_port(devices: &str) -> Result<PathBuf, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(format!("no virtio-serial port named {AGENT_PORT_NAME}"))
+    Err(format!("no virtio-serial port named {wanted}"))
 }
 
 fn uptime_ms() -> u64 {

@@ -26,6 +26,8 @@ pub enum ProtocolError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("a network frame that is not data must be empty, has {len} bytes")]
+    UnexpectedNetPayload { len: u32 },
     #[error("connection closed in the middle of a frame")]
     Truncated,
     #[error("reading a frame")]
@@ -227,6 +229,7 @@ mod tests {
                 total_bytes: 16 << 20,
                 max_files: 100,
             }),
+            network: true,
         }
     }
 

@@ -32,6 +32,7 @@
 mod codec;
 pub mod glob;
 mod message;
+pub mod net;
 
 pub use codec::{Decoder, HEADER_LEN, MAGIC, ProtocolError, encode};
 pub use message::{
@@ -42,7 +43,7 @@ pub use message::{
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 9;
+pub const PROTOCOL_VERSION: u8 = 10;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

@@ -246,6 +246,11 @@ pub struct ExecRequest {
     /// ran, however it ended, as [`Frame::OutputFile`] pieces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
+    /// The program may reach the network through the proxy: the agent
+    /// listens on [`crate::net::PROXY_PORT`] (once asked, for the VM's
+    /// life) and carries connections over the network port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
 }
 
 /// The files a request wants back, and how much of them.

@@ -335,6 +335,7 @@ impl Planner {
             outputs: Some(request.outputs)
                 .filter(|patterns| !patterns.is_empty() && part != Part::Compile)
                 .map(super::outputs::spec),
+            network: false,
         };
         // A checker runs in VMs of its own, one after the other with the
         // program's: the largest of them is what the execution needs.

@@ -256,6 +256,13 @@ pub trait Backend: Send + Sync {
 pub trait Vm: Send {
     fn channel(&mut self) -> &mut AgentChannel;
 
+    /// The host's end of the network port (see [`crate::net`]), once: the
+    /// execution or session that may use the network serves it. A VM
+    /// without one (a scripted peer) gives `None`.
+    fn take_network(&mut self) -> Option<tokio::net::UnixStream> {
+        None
+    }
+
     /// The end of what the guest printed on its console, for error reports.
     fn console_tail(&self) -> String;
 

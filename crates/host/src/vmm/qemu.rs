@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 use super::qmp::{Qmp, QmpError};
@@ -95,7 +95,7 @@ impl QemuBackend {
         }
     }
 
-    fn command(&self, spec: &VmSpec, socket: &Path, qmp: &Path) -> Command {
+    fn command(&self, spec: &VmSpec, socket: &Path, net: &Path, qmp: &Path) -> Command {
         let mut command = Command::new(&self.binary);
         let accel = match self.info.accel {
             Accel::Kvm => "kvm",
@@ -157,6 +157,16 @@ impl QemuBackend {
             .arg(format!(
                 "virtserialport,bus=serial0.0,chardev=agent,name={}",
                 runner_protocol::AGENT_PORT_NAME
+            ))
+            // The network port: nothing goes over it unless the host serves
+            // it (see `crate::net`); a VM without it could not be restored
+            // from a snapshot of one with it, so every VM has it.
+            .arg("-chardev")
+            .arg(format!("socket,id=net,path={}", net.display()))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=serial0.0,chardev=net,name={}",
+                runner_protocol::net::NET_PORT_NAME
             ))
             .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
             .args(["-device", "virtio-rng-pci,rng=rng0"]);
@@ -234,10 +244,12 @@ impl Backend for QemuBackend {
             })
         };
         let listener = listen(&socket)?;
+        let net_socket = run_dir.path.join("net.sock");
+        let net_listener = listen(&net_socket)?;
         let qmp_socket = run_dir.path.join("qmp.sock");
         let qmp_listener = listen(&qmp_socket)?;
         let mut child = self
-            .command(&spec, &socket, &qmp_socket)
+            .command(&spec, &socket, &net_socket, &qmp_socket)
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 binary: self.binary.display().to_string(),
@@ -253,6 +265,11 @@ impl Backend for QemuBackend {
                 path: socket.clone(),
                 source,
             })?;
+            let (net, _) = net_listener.accept().await.map_err(|source| VmmError::Io {
+                what: "accept on",
+                path: net_socket.clone(),
+                source,
+            })?;
             let (stream, _) = qmp_listener.accept().await.map_err(|source| VmmError::Io {
                 what: "accept on",
                 path: qmp_socket.clone(),
@@ -261,9 +278,9 @@ impl Backend for QemuBackend {
             let qmp = Qmp::handshake(stream)
                 .await
                 .map_err(control("connect to"))?;
-            Ok::<_, VmmError>((agent, qmp))
+            Ok::<_, VmmError>((agent, net, qmp))
         };
-        let (accepted, mut qmp) = tokio::select! {
+        let (accepted, net, mut qmp) = tokio::select! {
             accepted = accept => accepted?,
             status = child.wait() => {
                 return Err(VmmError::ExitedEarly {
@@ -281,7 +298,9 @@ impl Backend for QemuBackend {
         // Connected: the socket files have served their purpose.
         drop(listener);
         drop(qmp_listener);
+        drop(net_listener);
         let _ = fs::remove_file(&socket);
+        let _ = fs::remove_file(&net_socket);
         let _ = fs::remove_file(&qmp_socket);
         match &spec.memory {
             Memory::Restore { state, .. } => {
@@ -307,6 +326,7 @@ impl Backend for QemuBackend {
         Ok(Box::new(QemuVm {
             child,
             channel: AgentChannel::new(accepted.0),
+            net: Some(net),
             console,
             qmp,
             base,
@@ -393,6 +413,8 @@ enum Base {
 struct QemuVm {
     child: Child,
     channel: AgentChannel,
+    /// The network port, until taken.
+    net: Option<UnixStream>,
     console: Console,
     qmp: Qmp,
     base: Base,
@@ -407,6 +429,10 @@ struct QemuVm {
 impl Vm for QemuVm {
     fn channel(&mut self) -> &mut AgentChannel {
         &mut self.channel
+    }
+
+    fn take_network(&mut self) -> Option<UnixStream> {
+        self.net.take()
     }
 
     fn console_tail(&self) -> String {
