@@ -42,10 +42,11 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
 # mmdebstrap builds the trixie guests (the keyring has trixie's keys);
 # e2fsprogs writes ext4 images; xz unpacks kernel modules; gcc and
-# libc6-dev (libc.a) link the static guest agent.
+# libc6-dev (libc.a) link the static guest agent; python3 makes the wheel
+# and npm tarball the network tests serve.
 apt-get install -y -q --no-install-recommends \
     mmdebstrap debian-archive-keyring e2fsprogs xz-utils ca-certificates \
-    gcc libc6-dev
+    gcc libc6-dev python3
 
 if ! command -v cargo >/dev/null; then
     if [ "${VERSION_CODENAME:-}" = bookworm ]; then

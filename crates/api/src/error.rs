@@ -46,6 +46,7 @@ impl ApiError {
         let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         match error {
             PlanError::Invalid(message) => Self::new(unprocessable, "invalid_request", message),
+            PlanError::Network(message) => Self::new(unprocessable, "network_not_allowed", message),
             PlanError::TooLarge(message) => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
             }

@@ -67,6 +67,9 @@ pub struct ExecutionBody {
     /// working directory.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// What the program may reach of the network (`{"allow": [...]}`).
+    #[serde(default)]
+    pub network: Option<runner_host::net::NetworkRequest>,
 }
 
 /// The `compare` object: `{"mode": "float", "absolute_tolerance": 1e-6}`,
@@ -369,6 +372,7 @@ pub(crate) fn to_request(
         command: body.command,
         interactive: None,
         outputs: body.outputs,
+        network: body.network,
     })
 }
 

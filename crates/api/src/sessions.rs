@@ -56,6 +56,8 @@ pub struct SessionBody {
     pub idle_timeout_s: Option<u64>,
     #[serde(default)]
     pub max_lifetime_s: Option<u64>,
+    #[serde(default)]
+    pub network: Option<runner_host::net::NetworkRequest>,
 }
 
 impl ApiError {
@@ -240,6 +242,7 @@ pub async fn create(
             env: body.env,
             idle_timeout_s: body.idle_timeout_s,
             max_lifetime_s: body.max_lifetime_s,
+            network: body.network,
         })
         .map_err(|e| ApiError::from_plan(e).traced(&trace_id))?;
     let slot = app

@@ -233,6 +233,11 @@ struct RunArgs {
     /// directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     output_dir: PathBuf,
+    /// Let the program reach this domain (`pypi.example`, `*.example`;
+    /// repeatable) through the proxy, within the configuration's
+    /// network.allow.
+    #[arg(long = "allow-net", value_name = "PATTERN")]
+    allow_net: Vec<String>,
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -586,6 +591,9 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         command: None,
         interactive: None,
         outputs: args.outputs.clone(),
+        network: (!args.allow_net.is_empty()).then(|| runner_host::net::NetworkRequest {
+            allow: args.allow_net.clone(),
+        }),
     };
     // Refuse a bad request before building or booting anything.
     let plan = runner.plan(request)?;

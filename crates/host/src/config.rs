@@ -21,6 +21,7 @@ use toml::{Table, Value};
 
 use crate::exec::LimitPolicy;
 use crate::lang::Languages;
+use crate::net::NetworkConfig;
 use crate::pool::PoolConfig;
 use crate::session::SessionConfig;
 use crate::vmm::{AccelMode, VmmConfig};
@@ -84,6 +85,9 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Sessions (`runner serve`): their defaults and maximums.
     pub sessions: SessionConfig,
+    /// What executions may reach of the network, and how much (none by
+    /// default).
+    pub network: NetworkConfig,
     /// API keys of `runner serve`, in the file only (`[[api_keys]]`). With
     /// none, the server answers clients on this machine only; with some,
     /// every request but `/healthz` needs `Authorization: Bearer KEY`.
@@ -148,6 +152,7 @@ impl Config {
             max_submission_bytes: 96 << 20,
             shutdown_timeout_ms: 30_000,
             sessions: SessionConfig::default(),
+            network: NetworkConfig::default(),
             api_keys: Vec::new(),
         }
     }
@@ -317,6 +322,7 @@ impl Config {
                 "max_body_bytes and max_submission_bytes must be above 0".into(),
             ));
         }
+        self.network.check().map_err(ConfigError::Invalid)?;
         let sessions = &self.sessions;
         for (default, max, key) in [
             (

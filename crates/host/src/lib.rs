@@ -24,6 +24,7 @@ pub mod image;
 pub mod judge;
 pub mod lang;
 pub mod machine;
+pub mod net;
 pub mod pool;
 pub mod session;
 pub mod snapshot;

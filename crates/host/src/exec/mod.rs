@@ -125,7 +125,8 @@ impl Runner {
                 config.all_languages()?,
                 config.limits.clone(),
                 &config.languages,
-            ),
+            )
+            .with_network(config.network.clone()),
             vms: Arc::new(Vms::new(
                 state,
                 images,
@@ -277,13 +278,15 @@ impl Runner {
         crate::session::SessionVm::open(&self.vms, pools, plan, id).await
     }
 
-    /// Brings back a session's VM saved by a pause, named `id`.
+    /// Brings back a session's VM saved by a pause, named `id`, with the
+    /// network it had.
     pub async fn resume_session(
         &self,
         paused: &crate::session::PausedVm,
         id: &str,
+        network: Option<&crate::net::Egress>,
     ) -> Result<crate::session::SessionVm, crate::session::ResumeError> {
-        crate::session::SessionVm::resume(&self.vms, paused, id).await
+        crate::session::SessionVm::resume(&self.vms, paused, id, network).await
     }
 
     /// Checks a submission and plans its compile and each of its tests;

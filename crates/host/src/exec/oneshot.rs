@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use runner_protocol::{ExecRequest, File};
+use runner_protocol::File;
 use tokio::sync::mpsc;
 
 use super::ExecError;
@@ -16,6 +16,7 @@ use super::plan::Plan;
 use super::result::ExecutionResult;
 use super::transcript::{OutputChunk, Transcript};
 use crate::judge::checker::Checker;
+use crate::net::Proxy;
 use crate::pool::Pools;
 
 /// What stops an execution early, with the reason to report.
@@ -97,14 +98,14 @@ async fn run(
         acquired = vms.acquire(plan.want(), &images, &*backend, pools) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
-    run_on(acquired, &plan.exec, transcript, input, stop).await
+    run_on(acquired, plan, transcript, input, stop).await
 }
 
-/// Waits for an acquired VM to be ready, runs `exec` on it, and destroys
-/// it.
+/// Waits for an acquired VM to be ready, runs `plan` on it (serving its
+/// network port if the plan may use the network), and destroys it.
 pub(crate) async fn run_on(
     acquired: Acquired,
-    exec: &ExecRequest,
+    plan: &Plan,
     transcript: &mut Transcript,
     mut input: Option<Input>,
     mut stop: Stop<'_>,
@@ -122,16 +123,22 @@ pub(crate) async fn run_on(
     if let Some(ready) = timeline.ready {
         transcript.ready(ready);
     }
+    let proxy = plan
+        .network
+        .clone()
+        .and_then(|egress| Some(Proxy::serve(vm.take_network()?, egress)));
     let ended = tokio::select! {
         outcome = async {
             if let Readiness::AwaitHello { wake } = readiness {
                 conversation::await_ready(vm.channel(), wake, boot_timeout).await?;
                 transcript.ready(Instant::now());
             }
-            conversation::converse(vm.channel(), exec, transcript, input.as_mut()).await
+            conversation::converse(vm.channel(), &plan.exec, transcript, input.as_mut()).await
         } => Ok(outcome),
         reason = &mut stop => Err(reason),
     };
+    transcript.network = proxy.as_ref().map(Proxy::report);
+    drop(proxy);
     let outcome = match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ExecError::Agent {
@@ -237,14 +244,7 @@ mod tests {
         let guest = tokio::spawn(script(peer));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut transcript = Transcript::new(Some(tx));
-        let outcome = run_on(
-            acquired,
-            &plan.exec,
-            &mut transcript,
-            input,
-            std::pin::pin!(stop),
-        )
-        .await;
+        let outcome = run_on(acquired, plan, &mut transcript, input, std::pin::pin!(stop)).await;
         let collected = std::mem::take(&mut transcript.collected.files);
         let result = transcript.finish(plan, now, outcome);
         assert!(destroyed.load(Ordering::SeqCst), "the VM was destroyed");

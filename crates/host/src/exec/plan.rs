@@ -11,6 +11,7 @@ use runner_protocol::{ExecRequest, File, Interactive, Stage, StageSpec};
 use super::limits::{LimitPolicy, RequestLimits};
 use crate::judge::{Check, Compare, Expected};
 use crate::lang::{Language, LanguageError, Languages};
+use crate::net::{Egress, NetworkConfig, NetworkRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -20,6 +21,9 @@ pub enum PlanError {
     NotEnabled { language: String, enabled: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request asks for network this server does not give.
+    #[error("{0}")]
+    Network(String),
     /// Within the protocol's rules but more than a request may carry.
     #[error("request too large: {0}")]
     TooLarge(String),
@@ -86,6 +90,8 @@ pub struct ExecutionRequest {
     /// Files of the working directory to send back after the run: paths
     /// or patterns (see [`runner_protocol::glob`]).
     pub outputs: Vec<String>,
+    /// What the program may reach of the network; none when not given.
+    pub network: Option<NetworkRequest>,
 }
 
 /// An accepted request, ready to run.
@@ -100,6 +106,8 @@ pub struct Plan {
     pub vm_memory_mib: u32,
     /// What the program must print, if the request said.
     pub expected: Option<Expected>,
+    /// What it may reach of the network, if anything.
+    pub network: Option<Egress>,
 }
 
 impl Plan {
@@ -145,6 +153,7 @@ pub struct Planner {
     limits: LimitPolicy,
     /// Names of the languages that run here; empty for all.
     enabled: Vec<String>,
+    network: NetworkConfig,
 }
 
 impl Planner {
@@ -164,7 +173,20 @@ impl Planner {
             languages,
             limits,
             enabled,
+            network: NetworkConfig::default(),
         }
+    }
+
+    /// The planner, granting requests the network within `network`.
+    pub fn with_network(self, network: NetworkConfig) -> Self {
+        Self { network, ..self }
+    }
+
+    /// What a request asking for `request` may reach of the network.
+    pub fn network(&self, request: Option<&NetworkRequest>) -> Result<Option<Egress>, PlanError> {
+        request
+            .map(|request| self.network.grant(request).map_err(PlanError::Network))
+            .transpose()
     }
 
     pub fn languages(&self) -> &Languages {
@@ -273,6 +295,7 @@ impl Planner {
             return Err(PlanError::Invalid("two files have the same name".into()));
         }
         check_exec_strings(&request.args, &request.env)?;
+        let network = self.network(request.network.as_ref())?;
         let trace_id = request.trace_id.unwrap_or_else(new_trace_id);
         let expected = match (request.expected_output, request.compare) {
             (Some(output), compare) => Some(Expected {
@@ -319,6 +342,9 @@ impl Planner {
         }
         // The language's environment, then the request's on top.
         let mut env = language.env.clone();
+        if network.is_some() {
+            env.extend(Egress::env());
+        }
         env.extend(request.env);
         let exec = ExecRequest {
             language: language.name.clone(),
@@ -335,7 +361,7 @@ impl Planner {
             outputs: Some(request.outputs)
                 .filter(|patterns| !patterns.is_empty() && part != Part::Compile)
                 .map(super::outputs::spec),
-            network: false,
+            network: network.is_some() && part != Part::Compile,
         };
         // A checker runs in VMs of its own, one after the other with the
         // program's: the largest of them is what the execution needs.
@@ -349,6 +375,7 @@ impl Planner {
             exec,
             vm_memory_mib: vm_memory_mib(largest).max(checker_mib),
             expected,
+            network,
         })
     }
 }

@@ -254,6 +254,9 @@ pub struct ExecutionResult {
     /// The files the request named as `outputs`, in path order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<super::outputs::OutputFile>,
+    /// The connections the program made, when it could use the network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::proxy::NetworkReport>,
 }
 
 impl ExecutionResult {

@@ -51,6 +51,8 @@ pub(crate) struct Transcript {
     pub collected: Collected,
     /// Output files the request named, once the run stage ran.
     pub outputs: super::outputs::Received,
+    /// What the program did on the network, if it could.
+    pub network: Option<crate::net::proxy::NetworkReport>,
 }
 
 impl Transcript {
@@ -67,6 +69,7 @@ impl Transcript {
             stderr: Vec::new(),
             collected: Collected::default(),
             outputs: Default::default(),
+            network: None,
         }
     }
 
@@ -228,6 +231,7 @@ impl Transcript {
             accel,
             difference: None,
             outputs: self.outputs.files,
+            network: self.network,
         }
     }
 }

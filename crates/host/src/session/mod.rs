@@ -32,6 +32,7 @@ pub use vm::{FileError, PauseError, PausedVm, ResumeError, SessionVm};
 
 use crate::exec::{ExecutionRequest, Plan, PlanError, Planner, StageLimits, vm_memory_mib};
 use crate::lang::Language;
+use crate::net::{Egress, NetworkRequest};
 
 /// The server's rules for sessions: defaults and maximums of what a
 /// session may ask for.
@@ -101,6 +102,10 @@ pub struct SessionRequest {
     pub env: BTreeMap<String, String>,
     pub idle_timeout_s: Option<u64>,
     pub max_lifetime_s: Option<u64>,
+    /// What its programs may reach of the network, for its whole life
+    /// (paused and resumed too); none when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRequest>,
 }
 
 /// A session request, checked and resolved.
@@ -113,6 +118,8 @@ pub struct SessionPlan {
     pub env: BTreeMap<String, String>,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    /// What its programs may reach of the network.
+    pub network: Option<Egress>,
     /// What was asked, to plan the session again when a server takes up
     /// a paused one.
     pub request: SessionRequest,
@@ -164,6 +171,7 @@ pub fn plan(
         config.max_lifetime_s,
     )?;
     crate::exec::check_exec_strings(&[], &request.env)?;
+    let network = planner.network(request.network.as_ref())?;
     let mut env = language.env.clone();
     env.extend(request.env.clone());
     Ok(SessionPlan {
@@ -174,6 +182,7 @@ pub fn plan(
         env,
         idle_timeout: Duration::from_secs(idle),
         max_lifetime: Duration::from_secs(lifetime),
+        network,
         request,
     })
 }
@@ -198,6 +207,12 @@ impl SessionPlan {
         for stage in [&mut request.limits.compile, &mut request.limits.run] {
             stage.memory_mib.get_or_insert(self.memory_mib);
         }
+        if request.network.is_some() {
+            return Err(PlanError::Invalid(
+                "network is the session's: set it when the session is created".into(),
+            ));
+        }
+        request.network = self.request.network.clone();
         let mut env = self.env.clone();
         env.extend(std::mem::take(&mut request.env));
         request.env = env;

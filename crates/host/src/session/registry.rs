@@ -945,7 +945,11 @@ impl Sessions {
             });
         };
         let begun = Instant::now();
-        match self.runner.resume_session(&paused, &session.id).await {
+        match self
+            .runner
+            .resume_session(&paused, &session.id, session.plan.network.as_ref())
+            .await
+        {
             Ok(vm) => {
                 *guard = Some(vm);
                 drop(guard);

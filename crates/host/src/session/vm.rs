@@ -20,6 +20,7 @@ use crate::exec::acquire::{AcquireError, Running, Vms, Want};
 use crate::exec::conversation::{self, ConversationError};
 use crate::exec::transcript::{OutputChunk, Transcript};
 use crate::exec::{ExecError, ExecutionResult, Plan, StartKind};
+use crate::net::{Egress, Proxy};
 use crate::pool::Pools;
 use crate::vmm::{Accel, Saved, Vm, VmmError};
 
@@ -99,6 +100,9 @@ pub struct SessionVm {
     pub ready: Instant,
     version: String,
     backend: (&'static str, Accel),
+    /// Its network port, served for its life if the session may use the
+    /// network.
+    proxy: Option<Proxy>,
 }
 
 impl SessionVm {
@@ -140,8 +144,10 @@ impl SessionVm {
             vm.destroy().await;
             return Err(ExecError::Agent { error, console });
         }
+        let proxy = serve_network(&mut *vm, plan.network.as_ref());
         Ok(Self {
             vm,
+            proxy,
             _running: acquired._running,
             start: acquired.start,
             started,
@@ -165,6 +171,8 @@ impl SessionVm {
         transcript.version = self.version.clone();
         transcript.backend = Some(self.backend);
         transcript.ready(received);
+        // What happened on the network between executions is nobody's.
+        let _ = self.proxy.as_ref().map(Proxy::report);
         let outcome = match conversation::converse(
             self.vm.channel(),
             &plan.exec,
@@ -179,6 +187,7 @@ impl SessionVm {
                 console: self.vm.console_tail(),
             }),
         };
+        transcript.network = self.proxy.as_ref().map(Proxy::report);
         let healthy = outcome.is_ok() && self.vm.is_alive();
         (transcript.finish(plan, received, outcome), healthy)
     }
@@ -322,6 +331,7 @@ impl SessionVm {
         vms: &Vms,
         paused: &PausedVm,
         id: &str,
+        network: Option<&Egress>,
     ) -> Result<Self, ResumeError> {
         let started = Instant::now();
         let saved = &paused.saved;
@@ -348,8 +358,10 @@ impl SessionVm {
             vm.destroy().await;
             return Err(ResumeError::NotReady { error, console });
         }
+        let proxy = serve_network(&mut *vm, network);
         Ok(Self {
             vm,
+            proxy,
             _running: running,
             start: StartKind::Snapshot,
             started,
@@ -367,6 +379,12 @@ impl SessionVm {
     pub async fn destroy(self) {
         self.vm.destroy().await;
     }
+}
+
+/// Serves `vm`'s network port under `network`, if the session may use
+/// the network.
+fn serve_network(vm: &mut dyn Vm, network: Option<&Egress>) -> Option<Proxy> {
+    Some(Proxy::serve(vm.take_network()?, network?.clone()))
 }
 
 /// Sends `frame` and waits for the agent's `Done`.
