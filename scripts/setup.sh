@@ -46,7 +46,7 @@ apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
 # and npm tarball the network tests serve.
 apt-get install -y -q --no-install-recommends \
     mmdebstrap debian-archive-keyring e2fsprogs xz-utils ca-certificates \
-    gcc libc6-dev python3
+    gcc libc6-dev python3 python3-venv
 
 if ! command -v cargo >/dev/null; then
     if [ "${VERSION_CODENAME:-}" = bookworm ]; then

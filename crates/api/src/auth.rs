@@ -161,6 +161,12 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
         .map(|ConnectInfo(peer)| *peer);
     match app.keys.owner(request.headers(), peer) {
         Ok(owner) => {
+            // The MCP tools' caller (`/mcp`): the same owner.
+            request.extensions_mut().insert(runner_mcp::Caller {
+                owner: owner.name.clone(),
+                max_sessions: owner.max_sessions,
+                max_paused: owner.max_paused,
+            });
             request.extensions_mut().insert(owner);
             next.run(request).await
         }

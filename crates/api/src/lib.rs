@@ -20,6 +20,7 @@ pub mod auth;
 mod error;
 mod executions;
 mod interactive;
+mod mcp;
 mod metrics;
 mod sessions;
 mod submissions;
@@ -266,6 +267,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(sessions::delete_file),
         )
         .route("/v1/languages", get(languages))
+        .nest_service("/mcp", mcp::service(&app))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

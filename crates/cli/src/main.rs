@@ -119,6 +119,10 @@ enum Command {
     /// Sessions of a `runner serve`: one VM for many executions
     /// (create, exec, cp, ls, list, show, rm).
     Session(Box<session::SessionArgs>),
+    /// Serve the tools of an MCP server (Model Context Protocol) on stdin
+    /// and stdout: run code, languages, sessions. Executions run here,
+    /// with this configuration.
+    Mcp,
     /// Make API keys for `runner serve`.
     Key {
         #[command(subcommand)]
@@ -501,6 +505,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::bench(runner()?, *args).await,
         Command::Session(args) => session::session(*args, &config).await,
         Command::Key { command } => key(command),
+        Command::Mcp => {
+            let engine = runner_mcp::Engine::local(&config, "")?;
+            let served = runner_mcp::serve_stdio(engine.clone()).await;
+            engine.close().await;
+            served?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,0 +1,254 @@
+//! What the tools run on: this process's engine (a [`Runner`] and its
+//! [`Sessions`]), for one owner. Every error a caller can cause comes back
+//! as a [`ToolError`]: a code (as the HTTP API's) and a message.
+
+use std::sync::Arc;
+
+use runner_host::session::{FileEntry, SessionError, SessionInfo, SessionRequest, Sessions};
+use runner_host::{Config, ExecutionRequest, ExecutionResult, PlanError, Runner};
+
+/// A request the engine refused, or that failed: the code names the kind
+/// (`unknown_language`, `invalid_request`, `session_not_found`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ToolError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<PlanError> for ToolError {
+    fn from(error: PlanError) -> Self {
+        let code = match &error {
+            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
+            PlanError::Network(_) => "network_not_allowed",
+            PlanError::TooLarge(_) => "request_too_large",
+            PlanError::Invalid(_) => "invalid_request",
+        };
+        Self {
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<SessionError> for ToolError {
+    fn from(error: SessionError) -> Self {
+        let code = match &error {
+            SessionError::NotFound(_) => "session_not_found",
+            SessionError::Busy(_) => "session_busy",
+            SessionError::TooMany { .. } => "too_many_sessions",
+            SessionError::Ended { .. } => "session_ended",
+            SessionError::Plan(e) => return Self::from_plan_ref(e, error.to_string()),
+            SessionError::Paused(_) => "session_paused",
+            SessionError::TooManyPaused { .. } | SessionError::NoDisk { .. } => "no_capacity",
+            SessionError::File(_) => "file_error",
+            _ => "internal_error",
+        };
+        Self {
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl ToolError {
+    fn from_plan_ref(error: &PlanError, message: String) -> Self {
+        let code = match error {
+            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
+            PlanError::Network(_) => "network_not_allowed",
+            PlanError::TooLarge(_) => "request_too_large",
+            PlanError::Invalid(_) => "invalid_request",
+        };
+        Self { code, message }
+    }
+}
+
+/// Who calls: the owner of the sessions it creates, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub owner: String,
+    pub max_sessions: usize,
+    pub max_paused: usize,
+}
+
+/// Places for VMs: an execution or a session holds one while its VM
+/// lives. `runner serve` shares its own with its HTTP API.
+#[async_trait::async_trait]
+pub trait Capacity: Send + Sync {
+    /// A place for a VM of `vm_memory_mib`, given back when dropped; an
+    /// execution may wait in the queue (`wait`), a session does not.
+    async fn admit(&self, vm_memory_mib: u32, wait: bool) -> Result<Box<dyn Send>, ToolError>;
+}
+
+/// No bound but the host's: `runner mcp` on its own, as `runner run`.
+struct Unbounded;
+
+#[async_trait::async_trait]
+impl Capacity for Unbounded {
+    async fn admit(&self, _: u32, _: bool) -> Result<Box<dyn Send>, ToolError> {
+        Ok(Box::new(()))
+    }
+}
+
+/// The engine the tools run on.
+pub struct Engine {
+    runner: Arc<Runner>,
+    sessions: Arc<Sessions>,
+    capacity: Arc<dyn Capacity>,
+    /// Who calls when the transport does not say (stdio).
+    local: Caller,
+}
+
+impl Engine {
+    /// This process's own engine, with `config`'s languages, limits,
+    /// images and sessions settings; its sessions belong to `owner`.
+    /// Starts the task that ends idle and old sessions.
+    pub fn local(config: &Config, owner: &str) -> Result<Arc<Self>, runner_host::RunnerError> {
+        let runner = Arc::new(Runner::new(config)?);
+        let sessions = Sessions::new(runner.clone(), config.sessions.clone());
+        sessions.start_reaper();
+        let local = Caller {
+            owner: owner.to_string(),
+            max_sessions: config.sessions.max_per_owner,
+            max_paused: config.sessions.max_paused_per_owner,
+        };
+        Ok(Self::shared(runner, sessions, Arc::new(Unbounded), local))
+    }
+
+    /// An engine on a server's runner, sessions and capacity.
+    pub fn shared(
+        runner: Arc<Runner>,
+        sessions: Arc<Sessions>,
+        capacity: Arc<dyn Capacity>,
+        local: Caller,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            runner,
+            sessions,
+            capacity,
+            local,
+        })
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// The caller when the transport names none.
+    pub fn local_caller(&self) -> &Caller {
+        &self.local
+    }
+
+    /// Runs `request` in a VM of its own.
+    pub async fn run(&self, request: ExecutionRequest) -> Result<ExecutionResult, ToolError> {
+        let plan = self.runner.plan(request)?;
+        let _place = self.capacity.admit(plan.vm_memory_mib, true).await?;
+        Ok(self.runner.execute(plan, None).await)
+    }
+
+    pub async fn create_session(
+        &self,
+        caller: &Caller,
+        request: SessionRequest,
+    ) -> Result<SessionInfo, ToolError> {
+        let plan = self.sessions.plan(request)?;
+        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
+        let place = self.capacity.admit(plan.vm_memory_mib, false).await?;
+        Ok(self
+            .sessions
+            .open(
+                &caller.owner,
+                caller.max_paused,
+                plan,
+                Box::new((slot, place)),
+            )
+            .await?)
+    }
+
+    /// Session `id`'s turn, resuming it first if it is paused.
+    async fn turn(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<runner_host::session::Turn, ToolError> {
+        match self.sessions.turn(&caller.owner, id) {
+            Err(SessionError::Paused(_)) => {
+                self.resume(caller, id).await?;
+                Ok(self.sessions.turn(&caller.owner, id)?)
+            }
+            turn => Ok(turn?),
+        }
+    }
+
+    pub async fn run_in_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+        request: ExecutionRequest,
+    ) -> Result<ExecutionResult, ToolError> {
+        let plan = self.sessions.plan_execution(&caller.owner, id, request)?;
+        let turn = self.turn(caller, id).await?;
+        Ok(turn.execute(plan, None).await)
+    }
+
+    pub async fn write_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+        content: Vec<u8>,
+        executable: bool,
+    ) -> Result<(), ToolError> {
+        Ok(self
+            .turn(caller, id)
+            .await?
+            .write(path, content, executable)
+            .await?)
+    }
+
+    pub async fn read_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+        limit: u64,
+    ) -> Result<Vec<u8>, ToolError> {
+        Ok(self.turn(caller, id).await?.read(path, limit).await?)
+    }
+
+    pub async fn list_files(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+    ) -> Result<Vec<FileEntry>, ToolError> {
+        Ok(self.turn(caller, id).await?.list(path).await?)
+    }
+
+    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
+        Ok(self.sessions.pause(&caller.owner, id).await?)
+    }
+
+    /// Resumes paused session `id` in a place of the capacity.
+    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
+        let info = self.sessions.get(&caller.owner, id)?;
+        if info.paused.is_none() {
+            return Ok(info);
+        }
+        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
+        let place = self.capacity.admit(info.vm_memory_mib, false).await?;
+        Ok(self
+            .sessions
+            .resume(&caller.owner, id, Box::new((slot, place)))
+            .await?)
+    }
+
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError> {
+        Ok(self.sessions.delete(&caller.owner, id).await?)
+    }
+
+    /// Ends every session (the server is stopping).
+    pub async fn close(&self) {
+        self.sessions.close_all().await;
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The Python tests (tests/python): a virtual environment from PyPI (the
+# machine's pip configuration says where PyPI is), made once under target/,
+# then pytest against the runner built by `cargo test` (target/debug/runner).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/python-venv
+requirements=tests/python/requirements.txt
+if [ ! -x "$venv/bin/pytest" ] || ! cmp -s "$requirements" "$venv/requirements.txt"; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$requirements"
+    cp "$requirements" "$venv/requirements.txt"
+fi
+# The runner the Rust tests ran, built if they have not run.
+[ -x target/debug/runner ] || cargo build -q -p runner-cli
+exec "$venv/bin/pytest" -q tests/python "$@"
