@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The Python tests (tests/python): a virtual environment from PyPI (the
-# machine's pip configuration says where PyPI is), made once under target/,
-# then pytest against the runner built by `cargo test` (target/debug/runner).
+# The Python tests (tests/python, clients/python/tests): a virtual
+# environment from PyPI (the machine's pip configuration says where PyPI
+# is) with the Python client installed from clients/python, made once under
+# target/, then pytest against the runner `cargo test` built
+# (target/debug/runner).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +17,4 @@ if [ ! -x "$venv/bin/pytest" ] || ! cmp -s "$requirements" "$venv/requirements.t
 fi
 # The runner the Rust tests ran, built if they have not run.
 [ -x target/debug/runner ] || cargo build -q -p runner-cli
-exec "$venv/bin/pytest" -q tests/python "$@"
+exec "$venv/bin/pytest" -q tests/python clients/python/tests "$@"
