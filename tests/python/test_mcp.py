@@ -28,11 +28,11 @@ TOOLS = {
 }
 
 
-def over_stdio(test):
+def over_stdio(test, args=()):
     """Runs `test(session)` against a `runner mcp` started for it."""
 
     async def main():
-        params = StdioServerParameters(command=runner_binary(), args=["mcp"])
+        params = StdioServerParameters(command=runner_binary(), args=["mcp", *args])
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()
@@ -55,13 +55,16 @@ def over_http(served, test, key=True):
     asyncio.run(main())
 
 
-@pytest.fixture(params=["stdio", "http"])
+@pytest.fixture(params=["stdio", "http", "stdio-to-server"])
 def with_server(request):
-    """Each test runs over both transports."""
+    """Each test runs over both transports, and with `runner mcp` as a
+    client of a `runner serve`."""
     if request.param == "stdio":
         return over_stdio
     served = request.getfixturevalue("server")
-    return lambda test: over_http(served, test)
+    if request.param == "http":
+        return lambda test: over_http(served, test)
+    return lambda test: over_stdio(test, ["--server", served.base, "--api-key", served.key])
 
 
 def text(result) -> str:
@@ -126,7 +129,7 @@ def test_run_code_reads_well_and_carries_the_whole_result(with_server):
             await session.call_tool("rm_rf", {})
         languages = await session.call_tool("languages", {})
         assert "python" in text(languages)
-        assert any(l["name"] == "go" for l in languages.structuredContent["languages"])
+        assert any(l["language"] == "go" for l in languages.structuredContent["languages"])
 
     with_server(test)
 

@@ -24,6 +24,7 @@ macro_rules! usage {
 mod bench;
 mod doctor;
 mod judge;
+mod mcp;
 mod progress;
 mod session;
 
@@ -121,8 +122,8 @@ enum Command {
     Session(Box<session::SessionArgs>),
     /// Serve the tools of an MCP server (Model Context Protocol) on stdin
     /// and stdout: run code, languages, sessions. Executions run here,
-    /// with this configuration.
-    Mcp,
+    /// with this configuration, or on the `runner serve` at --server.
+    Mcp(McpArgs),
     /// Make API keys for `runner serve`.
     Key {
         #[command(subcommand)]
@@ -131,6 +132,22 @@ enum Command {
     /// Measure start times, programs and throughput against the host, and
     /// write a report with figures.
     Bench(Box<bench::BenchArgs>),
+}
+
+#[derive(clap::Args)]
+struct McpArgs {
+    /// Run the tools on this `runner serve` (its HTTP API) instead of here
+    /// [env RUNNER_SERVER].
+    #[arg(long, value_name = "URL", env = "RUNNER_SERVER")]
+    server: Option<String>,
+    /// The server's API key, when it has keys [env RUNNER_API_KEY].
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "RUNNER_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -505,7 +522,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::bench(runner()?, *args).await,
         Command::Session(args) => session::session(*args, &config).await,
         Command::Key { command } => key(command),
-        Command::Mcp => {
+        Command::Mcp(args) => {
+            if args.server.is_some() {
+                let client = session::Client::new(args.server, args.api_key, &config);
+                runner_mcp::serve_stdio(Arc::new(mcp::Remote(client))).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let engine = runner_mcp::Engine::local(&config, "")?;
             let served = runner_mcp::serve_stdio(engine.clone()).await;
             engine.close().await;

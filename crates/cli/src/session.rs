@@ -101,7 +101,7 @@ enum SessionCommand {
 }
 
 /// A client of one server.
-struct Client {
+pub struct Client {
     base: String,
     http: reqwest::Client,
     api_key: Option<String>,
@@ -110,14 +110,18 @@ struct Client {
 /// The server answered with an error.
 #[derive(Debug, thiserror::Error)]
 #[error("{message} ({code})")]
-struct ApiFailure {
+pub struct ApiFailure {
     status: StatusCode,
-    code: String,
-    message: String,
+    pub code: String,
+    pub message: String,
 }
 
 impl Client {
-    fn new(server: Option<String>, api_key: Option<String>, config: &runner_host::Config) -> Self {
+    pub fn new(
+        server: Option<String>,
+        api_key: Option<String>,
+        config: &runner_host::Config,
+    ) -> Self {
         let base = server.unwrap_or_else(|| {
             let mut addr = config.listen;
             if addr.ip().is_unspecified() {
@@ -132,7 +136,7 @@ impl Client {
         }
     }
 
-    async fn send(
+    pub async fn send(
         &self,
         method: Method,
         path: &str,
@@ -173,12 +177,17 @@ impl Client {
         .into())
     }
 
-    async fn json(&self, method: Method, path: &str, body: Option<Body>) -> anyhow::Result<Value> {
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> anyhow::Result<Value> {
         Ok(self.send(method, path, body).await?.json().await?)
     }
 }
 
-enum Body {
+pub enum Body {
     Json(Value),
     Bytes(Vec<u8>),
 }
@@ -446,7 +455,7 @@ fn remote(arg: &str) -> Option<(&str, &str)> {
 }
 
 /// A path for a URL: each segment percent-encoded, `/` kept.
-fn encode_path(path: &str) -> String {
+pub fn encode_path(path: &str) -> String {
     path.split('/')
         .map(|segment| {
             segment

@@ -1,11 +1,15 @@
-//! What the tools run on: this process's engine (a [`Runner`] and its
-//! [`Sessions`]), for one owner. Every error a caller can cause comes back
-//! as a [`ToolError`]: a code (as the HTTP API's) and a message.
+//! What the tools run on: a [`Backend`], either an [`Engine`] (a
+//! [`Runner`] and its [`Sessions`] in this process) or a client of a
+//! `runner serve` (the CLI's). Results travel as the HTTP API's JSON, so
+//! that both give the tools the same thing. Every error a caller can
+//! cause comes back as a [`ToolError`]: a code (as the HTTP API's) and a
+//! message.
 
 use std::sync::Arc;
 
-use runner_host::session::{FileEntry, SessionError, SessionInfo, SessionRequest, Sessions};
-use runner_host::{Config, ExecutionRequest, ExecutionResult, PlanError, Runner};
+use runner_host::session::{SessionError, SessionInfo, SessionRequest, Sessions};
+use runner_host::{Config, ExecutionRequest, PlanError, Runner};
+use serde_json::{Value, json};
 
 /// A request the engine refused, or that failed: the code names the kind
 /// (`unknown_language`, `invalid_request`, `session_not_found`, ...).
@@ -61,6 +65,51 @@ impl ToolError {
         };
         Self { code, message }
     }
+}
+
+/// What the tools ask of an engine, local or remote.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The caller when the transport names none (stdio).
+    fn local_caller(&self) -> Caller;
+    /// `{"languages": [...]}` as `GET /v1/languages` lists them, and the
+    /// limits' defaults and maximums (`"limits"`) where known.
+    async fn languages(&self) -> Result<Value, ToolError>;
+    /// Runs `request` in a VM of its own: the result's JSON.
+    async fn run(&self, caller: &Caller, request: ExecutionRequest) -> Result<Value, ToolError>;
+    /// A new session: its description's JSON.
+    async fn create_session(
+        &self,
+        caller: &Caller,
+        request: SessionRequest,
+    ) -> Result<Value, ToolError>;
+    async fn run_in_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+        request: ExecutionRequest,
+    ) -> Result<Value, ToolError>;
+    async fn write_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+        content: Vec<u8>,
+        executable: bool,
+    ) -> Result<(), ToolError>;
+    async fn read_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: String,
+        limit: u64,
+    ) -> Result<Vec<u8>, ToolError>;
+    /// A directory's entries' JSON (an array).
+    async fn list_files(&self, caller: &Caller, id: &str, path: String)
+    -> Result<Value, ToolError>;
+    async fn pause(&self, caller: &Caller, id: &str) -> Result<Value, ToolError>;
+    async fn resume(&self, caller: &Caller, id: &str) -> Result<Value, ToolError>;
+    async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError>;
 }
 
 /// Who calls: the owner of the sessions it creates, and its limits.
@@ -130,41 +179,6 @@ impl Engine {
         })
     }
 
-    pub fn runner(&self) -> &Runner {
-        &self.runner
-    }
-
-    /// The caller when the transport names none.
-    pub fn local_caller(&self) -> &Caller {
-        &self.local
-    }
-
-    /// Runs `request` in a VM of its own.
-    pub async fn run(&self, request: ExecutionRequest) -> Result<ExecutionResult, ToolError> {
-        let plan = self.runner.plan(request)?;
-        let _place = self.capacity.admit(plan.vm_memory_mib, true).await?;
-        Ok(self.runner.execute(plan, None).await)
-    }
-
-    pub async fn create_session(
-        &self,
-        caller: &Caller,
-        request: SessionRequest,
-    ) -> Result<SessionInfo, ToolError> {
-        let plan = self.sessions.plan(request)?;
-        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
-        let place = self.capacity.admit(plan.vm_memory_mib, false).await?;
-        Ok(self
-            .sessions
-            .open(
-                &caller.owner,
-                caller.max_paused,
-                plan,
-                Box::new((slot, place)),
-            )
-            .await?)
-    }
-
     /// Session `id`'s turn, resuming it first if it is paused.
     async fn turn(
         &self,
@@ -173,25 +187,99 @@ impl Engine {
     ) -> Result<runner_host::session::Turn, ToolError> {
         match self.sessions.turn(&caller.owner, id) {
             Err(SessionError::Paused(_)) => {
-                self.resume(caller, id).await?;
+                self.resume_session(caller, id).await?;
                 Ok(self.sessions.turn(&caller.owner, id)?)
             }
             turn => Ok(turn?),
         }
     }
 
-    pub async fn run_in_session(
+    /// Resumes paused session `id` in a place of the capacity.
+    async fn resume_session(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
+        let info = self.sessions.get(&caller.owner, id)?;
+        if info.paused.is_none() {
+            return Ok(info);
+        }
+        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
+        let place = self.capacity.admit(info.vm_memory_mib, false).await?;
+        Ok(self
+            .sessions
+            .resume(&caller.owner, id, Box::new((slot, place)))
+            .await?)
+    }
+
+    /// Ends every session (the server is stopping).
+    pub async fn close(&self) {
+        self.sessions.close_all().await;
+    }
+}
+
+fn to_json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("results serialize")
+}
+
+#[async_trait::async_trait]
+impl Backend for Engine {
+    fn local_caller(&self) -> Caller {
+        self.local.clone()
+    }
+
+    async fn languages(&self) -> Result<Value, ToolError> {
+        let languages: Vec<Value> = self
+            .runner
+            .enabled_languages()
+            .into_iter()
+            .map(|l| {
+                json!({
+                    "language": l.name,
+                    "aliases": l.aliases,
+                    "source_file": l.source_file,
+                    "compiled": l.compile.is_some(),
+                    "memory_mib": l.memory_mib,
+                })
+            })
+            .collect();
+        Ok(json!({ "languages": languages, "limits": self.runner.limits() }))
+    }
+
+    async fn run(&self, _: &Caller, request: ExecutionRequest) -> Result<Value, ToolError> {
+        let plan = self.runner.plan(request)?;
+        let _place = self.capacity.admit(plan.vm_memory_mib, true).await?;
+        Ok(to_json(self.runner.execute(plan, None).await))
+    }
+
+    async fn create_session(
+        &self,
+        caller: &Caller,
+        request: SessionRequest,
+    ) -> Result<Value, ToolError> {
+        let plan = self.sessions.plan(request)?;
+        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
+        let place = self.capacity.admit(plan.vm_memory_mib, false).await?;
+        let info = self
+            .sessions
+            .open(
+                &caller.owner,
+                caller.max_paused,
+                plan,
+                Box::new((slot, place)),
+            )
+            .await?;
+        Ok(to_json(info))
+    }
+
+    async fn run_in_session(
         &self,
         caller: &Caller,
         id: &str,
         request: ExecutionRequest,
-    ) -> Result<ExecutionResult, ToolError> {
+    ) -> Result<Value, ToolError> {
         let plan = self.sessions.plan_execution(&caller.owner, id, request)?;
         let turn = self.turn(caller, id).await?;
-        Ok(turn.execute(plan, None).await)
+        Ok(to_json(turn.execute(plan, None).await))
     }
 
-    pub async fn write_file(
+    async fn write_file(
         &self,
         caller: &Caller,
         id: &str,
@@ -206,7 +294,7 @@ impl Engine {
             .await?)
     }
 
-    pub async fn read_file(
+    async fn read_file(
         &self,
         caller: &Caller,
         id: &str,
@@ -216,39 +304,24 @@ impl Engine {
         Ok(self.turn(caller, id).await?.read(path, limit).await?)
     }
 
-    pub async fn list_files(
+    async fn list_files(
         &self,
         caller: &Caller,
         id: &str,
         path: String,
-    ) -> Result<Vec<FileEntry>, ToolError> {
-        Ok(self.turn(caller, id).await?.list(path).await?)
+    ) -> Result<Value, ToolError> {
+        Ok(to_json(self.turn(caller, id).await?.list(path).await?))
     }
 
-    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
-        Ok(self.sessions.pause(&caller.owner, id).await?)
+    async fn pause(&self, caller: &Caller, id: &str) -> Result<Value, ToolError> {
+        Ok(to_json(self.sessions.pause(&caller.owner, id).await?))
     }
 
-    /// Resumes paused session `id` in a place of the capacity.
-    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
-        let info = self.sessions.get(&caller.owner, id)?;
-        if info.paused.is_none() {
-            return Ok(info);
-        }
-        let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
-        let place = self.capacity.admit(info.vm_memory_mib, false).await?;
-        Ok(self
-            .sessions
-            .resume(&caller.owner, id, Box::new((slot, place)))
-            .await?)
+    async fn resume(&self, caller: &Caller, id: &str) -> Result<Value, ToolError> {
+        Ok(to_json(self.resume_session(caller, id).await?))
     }
 
-    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError> {
+    async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError> {
         Ok(self.sessions.delete(&caller.owner, id).await?)
-    }
-
-    /// Ends every session (the server is stopping).
-    pub async fn close(&self) {
-        self.sessions.close_all().await;
     }
 }

@@ -12,20 +12,21 @@
 //! missing or of the wrong type are refused by the protocol layer with an
 //! error naming them.
 //!
-//! The tools run on an [`Engine`]: `runner mcp`'s own (the same engine and
-//! configuration as `runner run`, over stdio), or `runner serve`'s (its
-//! runner, sessions and capacity, over MCP's streamable HTTP at `/mcp`,
-//! where the API key says who calls).
+//! The tools run on a [`Backend`]: an [`Engine`], `runner mcp`'s own (the
+//! same engine and configuration as `runner run`, over stdio) or `runner
+//! serve`'s (its runner, sessions and capacity, over MCP's streamable HTTP
+//! at `/mcp`, where the API key says who calls); or, for `runner mcp
+//! --server`, a client of a `runner serve` (in the CLI).
 
 mod engine;
 mod tools;
 
-pub use engine::{Caller, Capacity, Engine, ToolError};
+pub use engine::{Backend, Caller, Capacity, Engine, ToolError};
 pub use tools::{RunnerMcp, TEXT_LIMIT};
 
 /// Serves the tools over this process's stdin and stdout until the client
 /// closes them.
-pub async fn serve_stdio(engine: std::sync::Arc<Engine>) -> Result<(), std::io::Error> {
+pub async fn serve_stdio(engine: std::sync::Arc<dyn Backend>) -> Result<(), std::io::Error> {
     use rmcp::ServiceExt;
     let service = RunnerMcp::new(engine)
         .serve(rmcp::transport::stdio())

@@ -9,14 +9,14 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerInfo};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use runner_host::ExecutionRequest;
 use runner_host::exec::{RequestLimits, SourceFile, StageLimits};
 use runner_host::session::SessionRequest;
-use runner_host::{ExecutionRequest, ExecutionResult};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::engine::{Caller, Engine, ToolError};
+use crate::engine::{Backend, Caller, ToolError};
 
 /// Bytes of each output stream a tool's text shows; the rest is cut with
 /// a note (the structured content has it all).
@@ -136,16 +136,16 @@ pub struct SessionArgs {
     pub session_id: String,
 }
 
-/// The MCP server: the tools, on an [`Engine`].
+/// The MCP server: the tools, on a [`Backend`].
 #[derive(Clone)]
 pub struct RunnerMcp {
-    engine: Arc<Engine>,
+    engine: Arc<dyn Backend>,
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl RunnerMcp {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<dyn Backend>) -> Self {
         Self {
             engine,
             tool_router: Self::tool_router(),
@@ -159,8 +159,8 @@ impl RunnerMcp {
             .extensions
             .get::<http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
             .unwrap_or_else(|| self.engine.local_caller())
-            .clone()
     }
 
     #[tool(
@@ -169,6 +169,7 @@ impl RunnerMcp {
     async fn run_code(
         &self,
         Parameters(args): Parameters<RunArgs>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let request = ExecutionRequest {
             language: args.language,
@@ -181,61 +182,55 @@ impl RunnerMcp {
             command: args.command,
             ..ExecutionRequest::default()
         };
-        Ok(execution(self.engine.run(request).await))
+        Ok(execution(
+            self.engine.run(&self.caller(&context), request).await,
+        ))
     }
 
     #[tool(
         description = "List the languages this server runs, with their aliases, entry-point file names and the limits' defaults and maximums."
     )]
     async fn languages(&self) -> Result<CallToolResult, ErrorData> {
-        let runner = self.engine.runner();
-        let languages: Vec<Value> = runner
-            .enabled_languages()
-            .into_iter()
-            .map(|l| {
-                json!({
-                    "name": l.name,
-                    "aliases": l.aliases,
-                    "source_file": l.source_file,
-                    "compiled": l.compile.is_some(),
-                    "memory_mib": l.memory_mib,
-                })
-            })
-            .collect();
-        let limits = runner.limits();
-        let structured = json!({ "languages": languages, "limits": limits });
-        let text = languages
+        let listed = match self.engine.languages().await {
+            Ok(listed) => listed,
+            Err(error) => return Ok(refused(error)),
+        };
+        let languages = listed["languages"].as_array().cloned().unwrap_or_default();
+        let mut text = languages
             .iter()
             .map(|l| {
+                let aliases: Vec<&str> = l["aliases"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
                 format!(
                     "{} ({}{}), entry point {}",
-                    l["name"].as_str().unwrap_or_default(),
+                    l["language"].as_str().unwrap_or_default(),
                     if l["compiled"] == true {
                         "compiled"
                     } else {
                         "interpreted"
                     },
-                    l["aliases"]
-                        .as_array()
-                        .filter(|a| !a.is_empty())
-                        .map(|a| format!(
-                            "; also {}",
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                        .unwrap_or_default(),
+                    if aliases.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; also {}", aliases.join(", "))
+                    },
                     l["source_file"].as_str().unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let text = format!(
-            "{text}\nRun limits: {} ms wall and CPU time by default, at most {} ms; memory at most {} MiB.",
-            limits.run.wall_time_ms, limits.max.wall_time_ms, limits.max.memory_mib
-        );
-        Ok(with_structure(text, structured, false))
+        let limits = &listed["limits"];
+        if limits.is_object() {
+            text += &format!(
+                "\nRun limits: {} ms wall and CPU time by default, at most {} ms; memory at most {} MiB.",
+                limits["run"]["wall_time_ms"],
+                limits["max"]["wall_time_ms"],
+                limits["max"]["memory_mib"]
+            );
+        }
+        Ok(with_structure(text, listed, false))
     }
 
     #[tool(
@@ -477,36 +472,39 @@ fn cut(bytes: &[u8]) -> String {
     )
 }
 
-/// What a model reads of an execution's result.
-fn describe(result: &ExecutionResult) -> String {
-    let mut text = format!("status: {}", result.status);
-    if let Some(run) = &result.run {
-        if let Some(code) = run.exit_code {
-            text += &format!(" (exit code {code})");
-        }
-        if let Some(signal) = &run.signal_name {
-            text += &format!(" (killed by {signal})");
-        }
+/// What a model reads of an execution's result (the API's JSON).
+fn describe(result: &Value) -> String {
+    let mut text = format!("status: {}", result["status"].as_str().unwrap_or("unknown"));
+    let run = &result["run"];
+    if let Some(code) = run["exit_code"].as_i64() {
+        text += &format!(" (exit code {code})");
     }
+    if let Some(signal) = run["signal_name"].as_str() {
+        text += &format!(" (killed by {signal})");
+    }
+    let metrics = &result["metrics"];
     text += &format!(
         " · {} · run {:.0} ms, total {:.0} ms",
-        result.version, result.metrics.execution_time_ms, result.metrics.total_time_ms
+        result["version"].as_str().unwrap_or_default(),
+        metrics["execution_time_ms"].as_f64().unwrap_or_default(),
+        metrics["total_time_ms"].as_f64().unwrap_or_default()
     );
-    if let Some(message) = &result.message {
+    if let Some(message) = result["message"].as_str() {
         text += &format!("\n{message}");
     }
-    for (name, stage) in [("compile", &result.compile), ("run", &result.run)] {
-        let Some(stage) = stage else { continue };
-        if name == "compile" && stage.stdout.is_empty() && stage.stderr.is_empty() {
+    for name in ["compile", "run"] {
+        let stage = &result[name];
+        if !stage.is_object() {
             continue;
         }
-        for (stream, bytes) in [("stdout", &stage.stdout), ("stderr", &stage.stderr)] {
-            if !bytes.is_empty() || (name == "run" && stream == "stdout") {
+        for stream in ["stdout", "stderr"] {
+            let output = stage[stream].as_str().unwrap_or_default();
+            if !output.is_empty() || (name == "run" && stream == "stdout") {
                 let label = match name {
                     "compile" => format!("compiler {stream}"),
                     _ => stream.to_string(),
                 };
-                text += &format!("\n--- {label} ---\n{}", cut(bytes));
+                text += &format!("\n--- {label} ---\n{}", cut(output.as_bytes()));
             }
         }
     }
@@ -523,28 +521,22 @@ fn with_structure(text: String, structured: Value, is_error: bool) -> CallToolRe
     result
 }
 
-fn execution(result: Result<ExecutionResult, ToolError>) -> CallToolResult {
+fn execution(result: Result<Value, ToolError>) -> CallToolResult {
     match result {
-        Ok(result) => {
-            let structured = serde_json::to_value(&result).expect("a result serializes");
-            with_structure(describe(&result), structured, false)
-        }
+        Ok(result) => with_structure(describe(&result), result, false),
         Err(error) => refused(error),
     }
 }
 
-fn session_info(info: Result<runner_host::session::SessionInfo, ToolError>) -> CallToolResult {
-    outcome(
-        info.map(|i| serde_json::to_value(i).expect("a session serializes")),
-        |v| {
-            format!(
-                "session_id: {} · {} · state {}",
-                v["id"].as_str().unwrap_or_default(),
-                v["language"].as_str().unwrap_or_default(),
-                v["state"].as_str().unwrap_or_default()
-            )
-        },
-    )
+fn session_info(info: Result<Value, ToolError>) -> CallToolResult {
+    outcome(info, |v| {
+        format!(
+            "session_id: {} · {} · state {}",
+            v["id"].as_str().unwrap_or_default(),
+            v["language"].as_str().unwrap_or_default(),
+            v["state"].as_str().unwrap_or_default()
+        )
+    })
 }
 
 fn outcome(value: Result<Value, ToolError>, text: impl FnOnce(&Value) -> String) -> CallToolResult {
