@@ -158,7 +158,10 @@ fn byte_limit(max: u64) -> String {
 /// A VM's network port, served for as long as this lives.
 pub struct Proxy {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<tokio::task::JoinHandle<()>>,
+    /// The port, kept to serve it again if the serving task ends while the
+    /// VM lives (see [`Proxy::revive`]); `None` if it could not be kept.
+    port: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Proxy {
@@ -168,8 +171,48 @@ impl Proxy {
             egress,
             ledger: Mutex::default(),
         });
+        let kept = port
+            .into_std()
+            .and_then(|std| Ok((std.try_clone()?, UnixStream::from_std(std)?)));
+        let (port, kept) = match kept {
+            Ok((kept, port)) => (port, Some(kept)),
+            Err(error) => {
+                tracing::warn!(target: "runner::net", %error, "cannot keep the network port; the proxy will not be restarted");
+                return Self {
+                    task: Mutex::new(tokio::spawn(async {})),
+                    shared,
+                    port: None,
+                };
+            }
+        };
         let task = tokio::spawn(serve(port, shared.clone()));
-        Self { shared, task }
+        Self {
+            shared,
+            task: Mutex::new(task),
+            port: kept,
+        }
+    }
+
+    /// Serves the port again if its serving task ended (it failed, or the
+    /// guest broke the port's protocol) while the VM lives: the
+    /// connections it had are gone (their programs saw them fail), and new
+    /// ones are served. Whether it had to.
+    pub fn revive(&self) -> bool {
+        let mut task = self.task.lock().unwrap();
+        if !task.is_finished() {
+            return false;
+        }
+        let Some(port) = self
+            .port
+            .as_ref()
+            .and_then(|p| p.try_clone().ok())
+            .and_then(|p| UnixStream::from_std(p).ok())
+        else {
+            return false;
+        };
+        tracing::warn!(target: "runner::net", "the network proxy had stopped; it serves again");
+        *task = tokio::spawn(serve(port, self.shared.clone()));
+        true
     }
 
     /// What the connections did since the last report (or since it began
@@ -191,7 +234,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         // Its connections are tasks of the serving task's, ended with it.
-        self.task.abort();
+        self.task.lock().unwrap().abort();
     }
 }
 
@@ -201,11 +244,22 @@ struct Open {
     handler: AbortHandle,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn serve(port: UnixStream, shared: Arc<Shared>) {
-    let (mut from_guest, mut to_guest) = port.into_split();
+    // Not `into_split`: its write half shuts the socket down when dropped,
+    // and a revived proxy writes on it again.
+    let (mut from_guest, mut to_guest) = tokio::io::split(port);
     let (frames, mut outgoing) = mpsc::channel::<NetFrame>(64);
     let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
+    let writer = tokio::spawn(async move {
         let mut bytes = Vec::new();
         while let Some(frame) = outgoing.recv().await {
             bytes.clear();
@@ -215,6 +269,8 @@ async fn serve(port: UnixStream, shared: Arc<Shared>) {
             }
         }
     });
+    // Ends the writer with this task (aborted, or returning).
+    let _writer = AbortOnDrop(writer.abort_handle());
     let mut open: HashMap<u32, Open> = HashMap::new();
     loop {
         let frame = match read_frame(&mut from_guest).await {
@@ -269,6 +325,18 @@ async fn serve(port: UnixStream, shared: Arc<Shared>) {
             }
         }
     }
+    // The guest's connections end with the serving: it is told so, as far
+    // as it listens.
+    open.retain(|_, o| !o.handler.is_finished());
+    tasks.abort_all();
+    let closing = async {
+        for id in open.into_keys() {
+            let _ = frames.send(NetFrame::close(id)).await;
+        }
+        drop(frames);
+        let _ = writer.await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
 }
 
 /// Reads one frame of the guest's; `None` once it hung up.
@@ -379,7 +447,13 @@ async fn handle(client: DuplexStream, shared: Arc<Shared>) {
     }
     let up = carry(&mut from_client, &mut to_server, &shared, entry, true);
     let down = carry(&mut from_server, &mut to_client, &shared, entry, false);
-    let _ = tokio::try_join!(up, down);
+    // A connection of the port has no half-close: when either side is
+    // done, so is the connection (the guest is told by the Close that the
+    // client side's end sends).
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 /// Copies `from` to `to` counting the bytes, until `from` ends (then `to`
@@ -951,17 +1025,63 @@ mod tests {
     async fn a_guest_that_breaks_the_port_protocol_loses_its_connections() {
         let port = web_server(b"slow").await;
         let (mut guest, host) = UnixStream::pair().unwrap();
-        let _proxy = Proxy::serve(host, egress(true, 1 << 20));
+        let proxy = Proxy::serve(host, egress(true, 1 << 20));
         let get = format!("GET http://pkgs.test:{port}/ HTTP/1.1\r\n\r\n");
         assert!(ask(&mut guest, 1, get.as_bytes()).await.contains("slow"));
-        // A frame past the limit: the host reads no further and hangs up.
+        // A connection left open, then a frame past the limit: the host
+        // reads no further, ends the connection and stops serving.
         let mut bad = Vec::new();
+        NetFrame::open(2).encode(&mut bad);
         bad.extend_from_slice(&1u32.to_le_bytes());
         bad.push(NetKind::Data as u8);
         bad.extend_from_slice(&(MAX_NET_PAYLOAD + 1).to_le_bytes());
         guest.write_all(&bad).await.unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut guest)).await;
-        assert!(matches!(ended, Ok(Ok(None)) | Ok(Err(_))), "{ended:?}");
+        let closed = async {
+            loop {
+                let frame = read_frame(&mut guest).await.unwrap().expect("a frame");
+                if (frame.connection, frame.kind) == (2, NetKind::Close) {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the open connection is closed");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !proxy.task.lock().unwrap().is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("it stopped serving");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_stopped_serves_again_when_revived() {
+        let port = web_server(b"back").await;
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let proxy = Proxy::serve(host, egress(true, 1 << 20));
+        let get = format!("GET http://pkgs.test:{port}/ HTTP/1.1\r\n\r\n");
+        assert!(ask(&mut guest, 1, get.as_bytes()).await.contains("back"));
+        assert!(!proxy.revive(), "a proxy that serves is left alone");
+        // It dies (as a panic would end it) with a connection open: the
+        // program's connection ends, not its VM.
+        let mut open = Vec::new();
+        NetFrame::open(2).encode(&mut open);
+        guest.write_all(&open).await.unwrap();
+        proxy.task.lock().unwrap().abort();
+        while !proxy.task.lock().unwrap().is_finished() {
+            tokio::task::yield_now().await;
+        }
+        assert!(proxy.revive());
+        assert!(ask(&mut guest, 3, get.as_bytes()).await.contains("back"));
+        let hosts: Vec<_> = proxy
+            .report()
+            .connections
+            .into_iter()
+            .map(|c| c.host)
+            .collect();
+        assert_eq!(hosts, ["pkgs.test", "pkgs.test"]);
     }
 
     #[tokio::test]

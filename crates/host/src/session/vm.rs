@@ -171,8 +171,12 @@ impl SessionVm {
         transcript.version = self.version.clone();
         transcript.backend = Some(self.backend);
         transcript.ready(received);
-        // What happened on the network between executions is nobody's.
-        let _ = self.proxy.as_ref().map(Proxy::report);
+        // What happened on the network between executions is nobody's; a
+        // proxy that stopped serves again.
+        if let Some(proxy) = &self.proxy {
+            proxy.revive();
+            proxy.report();
+        }
         let outcome = match conversation::converse(
             self.vm.channel(),
             &plan.exec,
