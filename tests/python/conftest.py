@@ -33,9 +33,19 @@ def server():
         [runner_binary(), "key", "new", "--name", "python-tests"], capture_output=True, text=True, check=True
     )
     key = next(l for l in made.stdout.splitlines() if l.startswith("rck_"))
-    entry = made.stdout[made.stdout.index("[[api_keys]]") :]
+    yield from serve(made.stdout[made.stdout.index("[[api_keys]]") :], key)
+
+
+@pytest.fixture(scope="session")
+def open_server():
+    """A `runner serve` on a free port of this machine without API keys
+    (it then answers this machine only), as a playground runs."""
+    yield from serve("", None)
+
+
+def serve(config_text, key):
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(entry)
+    config.write(config_text)
     config.close()
     process = subprocess.Popen(
         [runner_binary(), "serve", "--config", config.name, "--listen", "127.0.0.1:0", "--set", "pool.max_size=0"],
@@ -59,7 +69,8 @@ def server():
 
         threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
         deadline = time.monotonic() + 120
-        while httpx.get(base + "/readyz", headers={"Authorization": f"Bearer {key}"}).status_code != 200:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        while httpx.get(base + "/readyz", headers=auth).status_code != 200:
             assert time.monotonic() < deadline, "runner serve became ready"
             time.sleep(0.2)
         yield Served(base, key)

@@ -22,6 +22,7 @@ mod executions;
 mod interactive;
 mod mcp;
 mod metrics;
+mod playground;
 mod sessions;
 mod submissions;
 mod trace;
@@ -237,7 +238,14 @@ impl App {
 
 /// Every route of the API.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if app.config.playground_served() {
+        router = router
+            .route("/", get(playground::index))
+            .route("/playground.css", get(playground::style))
+            .route("/playground.js", get(playground::script));
+    }
+    router
         .route("/v1/executions", post(executions::create))
         .route("/v1/executions/stream", post(executions::stream))
         .route("/v1/executions/ws", get(interactive::execution))

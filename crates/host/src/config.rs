@@ -88,10 +88,23 @@ pub struct Config {
     /// What executions may reach of the network, and how much (none by
     /// default).
     pub network: NetworkConfig,
+    /// The playground page at `/` of `runner serve`: `auto` serves it when
+    /// the server listens on a loopback address only, `on` always, `off`
+    /// never.
+    pub playground: Switch,
     /// API keys of `runner serve`, in the file only (`[[api_keys]]`). With
     /// none, the server answers clients on this machine only; with some,
     /// every request but `/healthz` needs `Authorization: Bearer KEY`.
     pub api_keys: Vec<ApiKey>,
+}
+
+/// On, off, or decided by the situation (see where it is used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
 }
 
 /// An API key of `runner serve`, as the configuration holds it: never the
@@ -115,6 +128,16 @@ pub struct ApiKey {
 }
 
 impl Config {
+    /// Whether `runner serve` serves the playground: `auto` for a loopback
+    /// listener only.
+    pub fn playground_served(&self) -> bool {
+        match self.playground {
+            Switch::On => true,
+            Switch::Off => false,
+            Switch::Auto => self.listen.ip().is_loopback(),
+        }
+    }
+
     /// The built-in defaults. The state directory is `/var/lib/runner` for
     /// root and the user's cache directory (`XDG_CACHE_HOME` or
     /// `~/.cache`, looked up with `env`) for everyone else.
@@ -153,6 +176,7 @@ impl Config {
             shutdown_timeout_ms: 30_000,
             sessions: SessionConfig::default(),
             network: NetworkConfig::default(),
+            playground: Switch::Auto,
             api_keys: Vec::new(),
         }
     }
