@@ -79,3 +79,25 @@ def test_stop_ends_an_endless_loop(page):
     expect(page.locator("#status")).not_to_contain_text("Status: ok")
     expect(page.locator("#run")).to_be_enabled()
     page.fill("#wall", "10000")
+
+
+def test_the_status_page_lists_executions_and_refreshes_itself(page, open_server):
+    import httpx
+
+    page.goto(open_server.base + "/status")
+    expect(page.locator("#capacity")).to_contain_text("admitted")
+    expect(page.locator("#updated")).to_contain_text("updated")
+    before = page.locator("#updated").text_content()
+    expect(page.locator("#updated")).not_to_have_text(before, timeout=10_000)
+    ran = httpx.post(
+        open_server.base + "/v1/executions",
+        json={"language": "bash", "command": "echo from-status-test"},
+        timeout=120,
+    ).json()
+    newest = page.locator("#recent tbody tr").first
+    expect(newest).to_contain_text(ran["trace_id"][:8], timeout=10_000)
+    expect(newest).to_contain_text("ok")
+    expect(page.locator("#sessions")).to_contain_text("running")
+    expect(page.locator("#rate polyline")).to_have_count(1)
+    page.screenshot(path=str(SCREENSHOTS / "status.png"), full_page=True)
+    page.goto(open_server.base + "/")

@@ -157,6 +157,16 @@ impl Admission {
         }
     }
 
+    /// Places taken now: VMs, and their memory in MiB.
+    pub fn in_use(&self) -> (usize, u64) {
+        let budget =
+            usize::try_from(self.capacity.vm_memory_budget_mib).unwrap_or(Semaphore::MAX_PERMITS);
+        (
+            self.capacity.max_vms - self.slots.available_permits(),
+            (budget - self.memory.available_permits()) as u64,
+        )
+    }
+
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
     }

@@ -243,7 +243,9 @@ pub fn router(app: Arc<App>) -> Router {
         router = router
             .route("/", get(playground::index))
             .route("/playground.css", get(playground::style))
-            .route("/playground.js", get(playground::script));
+            .route("/playground.js", get(playground::script))
+            .route("/status", get(playground::status_page))
+            .route("/status.js", get(playground::status_script));
     }
     router
         .route("/v1/executions", post(executions::create))
@@ -275,6 +277,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(sessions::delete_file),
         )
         .route("/v1/languages", get(languages))
+        .route("/v1/status", get(status))
         .nest_service("/mcp", mcp::service(&app))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -385,6 +388,44 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// What the status page shows: the capacity rule and what uses it,
+/// sessions, pools, the latest executions.
+async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let capacity = app.admission.capacity();
+    let (vms, memory_mib) = app.admission.in_use();
+    let pools: Vec<_> = app
+        .languages()
+        .iter()
+        .map(|l| {
+            json!({
+                "language": l,
+                "size": app.runner.pool_size(l),
+                "target": app.runner.pool_target(l),
+            })
+        })
+        .collect();
+    let sessions: serde_json::Map<String, serde_json::Value> = sessions::by_state(&app)
+        .into_iter()
+        .map(|(state, count)| (state.to_string(), json!(count)))
+        .collect();
+    Json(json!({
+        "capacity": {
+            "cpus": capacity.cpus,
+            "max_vms": capacity.max_vms,
+            "vm_memory_budget_mib": capacity.vm_memory_budget_mib,
+            "pool_memory_mib": capacity.pool_memory_mib,
+            "admitted_vms": vms,
+            "admitted_memory_mib": memory_mib,
+            "vms_running": app.runner.vms_running(),
+            "queue_length": app.admission.queue_length(),
+            "queue_size": app.config.queue_size,
+        },
+        "sessions": sessions,
+        "pools": pools,
+        "recent": app.metrics.recent(),
+    }))
 }
 
 async fn openapi() -> Response {

@@ -49,7 +49,23 @@ struct ReasonLabel {
 
 type HistogramFamily = Family<LanguageLabel, Histogram, fn() -> Histogram>;
 
+/// One of the latest executions, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recent {
+    pub trace_id: String,
+    pub language: String,
+    pub status: String,
+    pub start: String,
+    pub total_time_ms: f64,
+    pub finished_unix_ms: u64,
+}
+
+/// How many of the latest executions are kept.
+const RECENT: usize = 50;
+
 pub struct Metrics {
+    /// The latest executions, newest last.
+    recent: std::sync::Mutex<std::collections::VecDeque<Recent>>,
     registry: Registry,
     vm_boot: Histogram,
     code_execution: HistogramFamily,
@@ -186,6 +202,7 @@ impl Metrics {
             });
         }
         Self {
+            recent: std::sync::Mutex::default(),
             registry,
             vm_boot,
             code_execution,
@@ -269,6 +286,25 @@ impl Metrics {
         self.total
             .get_or_create(&language)
             .observe(m.total_time_ms / 1e3);
+        let mut recent = self.recent.lock().unwrap();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Recent {
+            trace_id: result.trace_id.clone(),
+            language: result.language.clone(),
+            status: status.to_string(),
+            start: m.start.as_str().to_string(),
+            total_time_ms: m.total_time_ms,
+            finished_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+    }
+
+    /// The latest executions, newest first.
+    pub fn recent(&self) -> Vec<Recent> {
+        self.recent.lock().unwrap().iter().rev().cloned().collect()
     }
 
     /// Counts an execution dropped with its request, before any result.

@@ -386,6 +386,12 @@ impl Runner {
     pub fn pool_size(&self, language: &str) -> usize {
         self.pools.get().map_or(0, |p| p.size(language))
     }
+
+    /// How many VMs `language`'s warm pool should hold now (0 without
+    /// pools).
+    pub fn pool_target(&self, language: &str) -> usize {
+        self.pools.get().map_or(0, |p| p.target(language))
+    }
 }
 
 impl Drop for Runner {
