@@ -114,6 +114,11 @@ fn every_language_over_http() {
     );
     assert_eq!(metric(&metrics, "runner_vms_running"), 0.0);
     assert_eq!(metric(&metrics, "runner_queue_length"), 0.0);
+    // The status page's data: the five executions, newest first.
+    let status: Value = server.get("/v1/status").json().unwrap();
+    check("ServerStatus", &status);
+    assert_eq!(status["recent"].as_array().unwrap().len(), 5, "{status:#}");
+    assert_eq!(status["capacity"]["admitted_vms"], 0, "{status:#}");
     assert_eq!(
         metric(&metrics, "runner_warm_pool_size{language=\"python\"}"),
         0.0
