@@ -43,15 +43,14 @@ impl ApiError {
 
     /// A request that is wrong: the caller should change it.
     pub fn from_plan(error: PlanError) -> Self {
-        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let code = error.code();
         match error {
-            PlanError::Invalid(message) => Self::new(unprocessable, "invalid_request", message),
-            PlanError::Network(message) => Self::new(unprocessable, "network_not_allowed", message),
-            PlanError::TooLarge(message) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
+            PlanError::TooLarge(message) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
+            PlanError::Invalid(message) | PlanError::Network(message) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
             unknown @ (PlanError::Language(_) | PlanError::NotEnabled { .. }) => {
-                Self::new(unprocessable, "unknown_language", unknown.to_string())
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, unknown.to_string())
             }
         }
     }

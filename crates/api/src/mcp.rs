@@ -56,7 +56,7 @@ impl Capacity for Places {
                 app.metrics.reject(rejection.reason());
                 let error = ApiError::from_rejection(rejection);
                 ToolError {
-                    code: error.code,
+                    code: error.code.into(),
                     message: error.message,
                 }
             })

@@ -19,46 +19,14 @@ pub struct Remote(pub Client);
 fn tool_error(error: anyhow::Error) -> ToolError {
     match error.downcast::<ApiFailure>() {
         Ok(failure) => ToolError {
-            code: code_name(&failure.code),
+            code: failure.code.into(),
             message: failure.message,
         },
         Err(other) => ToolError {
-            code: "unreachable",
+            code: "unreachable".into(),
             message: format!("{other:#}"),
         },
     }
-}
-
-/// The server's codes are a known set; anything else is reported as such.
-fn code_name(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "invalid_request",
-        "unknown_language",
-        "network_not_allowed",
-        "too_large",
-        "request_too_large",
-        "queue_full",
-        "queue_timeout",
-        "shutting_down",
-        "no_capacity",
-        "session_not_found",
-        "session_busy",
-        "session_ended",
-        "session_failed",
-        "session_paused",
-        "file_not_found",
-        "invalid_path",
-        "file_too_large",
-        "disk_full",
-        "too_many_sessions",
-        "unauthorized",
-        "forbidden",
-    ];
-    KNOWN
-        .iter()
-        .find(|known| **known == code)
-        .copied()
-        .unwrap_or("server_error")
 }
 
 /// An execution request as the HTTP API takes it.
@@ -198,7 +166,7 @@ impl Backend for Remote {
         let bytes = response.bytes().await.map_err(|e| tool_error(e.into()))?;
         if bytes.len() as u64 > limit {
             return Err(ToolError {
-                code: "file_too_large",
+                code: "file_too_large".into(),
                 message: format!(
                     "{path} has {} bytes, more than the {limit} a tool returns",
                     bytes.len()

@@ -5,6 +5,7 @@
 //! cause comes back as a [`ToolError`]: a code (as the HTTP API's) and a
 //! message.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use runner_host::session::{SessionError, SessionInfo, SessionRequest, Sessions};
@@ -16,20 +17,15 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ToolError {
-    pub code: &'static str,
+    /// A code of the HTTP API's (a remote server's, as it sent it).
+    pub code: Cow<'static, str>,
     pub message: String,
 }
 
 impl From<PlanError> for ToolError {
     fn from(error: PlanError) -> Self {
-        let code = match &error {
-            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
-            PlanError::Network(_) => "network_not_allowed",
-            PlanError::TooLarge(_) => "request_too_large",
-            PlanError::Invalid(_) => "invalid_request",
-        };
         Self {
-            code,
+            code: error.code().into(),
             message: error.to_string(),
         }
     }
@@ -42,28 +38,16 @@ impl From<SessionError> for ToolError {
             SessionError::Busy(_) => "session_busy",
             SessionError::TooMany { .. } => "too_many_sessions",
             SessionError::Ended { .. } => "session_ended",
-            SessionError::Plan(e) => return Self::from_plan_ref(e, error.to_string()),
+            SessionError::Plan(e) => e.code(),
             SessionError::Paused(_) => "session_paused",
             SessionError::TooManyPaused { .. } | SessionError::NoDisk { .. } => "no_capacity",
             SessionError::File(_) => "file_error",
             _ => "internal_error",
         };
         Self {
-            code,
+            code: code.into(),
             message: error.to_string(),
         }
-    }
-}
-
-impl ToolError {
-    fn from_plan_ref(error: &PlanError, message: String) -> Self {
-        let code = match error {
-            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
-            PlanError::Network(_) => "network_not_allowed",
-            PlanError::TooLarge(_) => "request_too_large",
-            PlanError::Invalid(_) => "invalid_request",
-        };
-        Self { code, message }
     }
 }
 

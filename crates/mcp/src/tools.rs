@@ -573,7 +573,7 @@ mod tests {
     #[test]
     fn a_refused_request_is_an_error_result_with_its_code() {
         let result = refused(ToolError {
-            code: "unknown_language",
+            code: "unknown_language".into(),
             message: "no language cobol".into(),
         });
         assert_eq!(result.is_error, Some(true));

@@ -29,6 +29,18 @@ pub enum PlanError {
     TooLarge(String),
 }
 
+impl PlanError {
+    /// The error's code, as the HTTP API and the MCP tools report it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
+            PlanError::Network(_) => "network_not_allowed",
+            PlanError::TooLarge(_) => "request_too_large",
+            PlanError::Invalid(_) => "invalid_request",
+        }
+    }
+}
+
 /// A file of the request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceFile {
