@@ -7,6 +7,13 @@
 //! (the client may type during a compile), then passed on as they come,
 //! and dropped once the execution is over (they crossed its end on the
 //! wire).
+//!
+//! The route opens here, in the reader, as an interactive [`Frame::Exec`]
+//! is read, so that a control right behind it on the wire is kept even if
+//! the serve loop has not taken the request up yet. Executions are numbered
+//! in the order they are read (the serve loop counts them the same way),
+//! and closing names the number: the late close of one execution cannot
+//! shut the route of the next.
 
 use std::fs::File;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -32,8 +39,8 @@ pub struct Inputs(Arc<Mutex<Route>>);
 
 #[derive(Default)]
 struct Route {
-    /// An interactive execution is under way.
-    open: bool,
+    /// The number of the interactive execution under way.
+    open: Option<u64>,
     /// Its run stage, once it runs.
     stage: Option<Sender<Event>>,
     /// What came before that.
@@ -41,12 +48,11 @@ struct Route {
 }
 
 impl Inputs {
-    /// An interactive execution begins: controls are kept for its run
-    /// stage.
-    pub fn open(&self) {
-        let mut route = self.0.lock().unwrap();
-        *route = Route {
-            open: true,
+    /// Interactive execution `number` was read: controls are kept for its
+    /// run stage.
+    fn open(&self, number: u64) {
+        *self.0.lock().unwrap() = Route {
+            open: Some(number),
             ..Route::default()
         };
     }
@@ -55,7 +61,7 @@ impl Inputs {
     /// as it comes.
     pub fn attach(&self, stage: Sender<Event>) {
         let mut route = self.0.lock().unwrap();
-        if !route.open {
+        if route.open.is_none() {
             return;
         }
         for control in route.pending.drain(..) {
@@ -64,14 +70,18 @@ impl Inputs {
         route.stage = Some(stage);
     }
 
-    /// The execution is over: controls that still come are dropped.
-    pub fn close(&self) {
-        *self.0.lock().unwrap() = Route::default();
+    /// Execution `number` is over: controls that still come for it are
+    /// dropped. A route already opened for a later execution stays.
+    pub fn close(&self, number: u64) {
+        let mut route = self.0.lock().unwrap();
+        if route.open == Some(number) {
+            *route = Route::default();
+        }
     }
 
     fn route(&self, control: Control) {
         let mut route = self.0.lock().unwrap();
-        if !route.open {
+        if route.open.is_none() {
             return;
         }
         match &route.stage {
@@ -84,16 +94,25 @@ impl Inputs {
 }
 
 /// Reads frames from `port` until the host hangs up: controls to `inputs`,
-/// the rest to the returned receiver.
+/// the rest to the returned receiver. [`Frame::Exec`] frames are numbered
+/// from 0 in the order read; the serve loop counts them alike.
 pub fn read_frames(mut port: File, inputs: Inputs) -> Receiver<Incoming> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let decoder = Decoder::new(MAX_HOST_FRAME);
+        let mut execs = 0u64;
         loop {
             let incoming = match decoder.read(&mut port) {
                 Ok(Some(Frame::Control(control))) => {
                     inputs.route(control);
                     continue;
+                }
+                Ok(Some(Frame::Exec(request))) => {
+                    if request.interactive.is_some() {
+                        inputs.open(execs);
+                    }
+                    execs += 1;
+                    Incoming::Frame(Frame::Exec(request))
                 }
                 Ok(Some(frame)) => Incoming::Frame(frame),
                 Ok(None) => Incoming::Closed,
@@ -132,13 +151,37 @@ mod tests {
         let inputs = Inputs::default();
         // None belongs to an execution that is not interactive.
         inputs.route(input(b"stray"));
-        inputs.open();
+        inputs.open(0);
         inputs.route(input(b"early"));
         let (tx, rx) = mpsc::channel();
         inputs.attach(tx);
         inputs.route(input(b"later"));
         assert_eq!(controls(&rx), [input(b"early"), input(b"later")]);
-        inputs.close();
+        inputs.close(0);
+        inputs.route(input(b"late"));
+        assert!(controls(&rx).is_empty());
+    }
+
+    #[test]
+    fn a_late_close_leaves_the_next_execution_its_controls() {
+        let inputs = Inputs::default();
+        inputs.open(0);
+        // The reader takes up execution 1, and a kill right behind it,
+        // before the serve loop has closed execution 0.
+        inputs.open(1);
+        inputs.route(Control::Signal {
+            signal: runner_protocol::SignalKind::Kill,
+        });
+        inputs.close(0);
+        let (tx, rx) = mpsc::channel();
+        inputs.attach(tx);
+        assert_eq!(
+            controls(&rx),
+            [Control::Signal {
+                signal: runner_protocol::SignalKind::Kill
+            }]
+        );
+        inputs.close(1);
         inputs.route(input(b"late"));
         assert!(controls(&rx).is_empty());
     }

@@ -40,6 +40,8 @@ pub fn run(mode: Mode) -> Result<(), String> {
     let inputs = Inputs::default();
     let frames = read_frames(port, inputs.clone());
     let mut served = false;
+    // Exec frames so far, numbered as `read_frames` numbers them.
+    let mut execs = 0u64;
     let mut prestarted: Option<stage::Prestarted> = None;
     // What was prestarted before the snapshot, to prestart again in a
     // session's VM after each execution (see `Restart`).
@@ -56,18 +58,20 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 return Err(e);
             }
         };
+        let number = execs;
+        if matches!(frame, Frame::Exec(_)) {
+            execs += 1;
+        }
         match frame {
             Frame::Exec(_) if served && session.is_none() => {
+                inputs.close(number);
                 out.fail("this VM has served its one execution; start a new VM".into())?
             }
             Frame::Exec(request) => {
                 served = true;
                 let runtime = prestarted.take().or_else(|| restart.take());
-                if request.interactive.is_some() {
-                    inputs.open();
-                }
                 let executed = execute(&request, runtime, session.as_ref(), &inputs, &mut out);
-                inputs.close();
+                inputs.close(number);
                 if let Err(message) = executed {
                     out.fail(message)?;
                 }
