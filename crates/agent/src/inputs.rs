@@ -1,7 +1,8 @@
 //! The host's frames, read by a thread of their own, so that a client's
 //! input reaches a program while the agent is busy supervising it.
 //!
-//! Requests go to the serve loop in order, as they come. [`Frame::Control`]
+//! Requests go to the serve loop in order, as they come; the host's counts
+//! of vCPU time ([`Frame::VcpuTime`]) go to [`crate::steal`]. [`Frame::Control`]
 //! frames (input, end of input, signals, terminal size) go to the run stage
 //! of the interactive execution under way: kept until that stage starts
 //! (the client may type during a compile), then passed on as they come,
@@ -106,6 +107,14 @@ pub fn read_frames(mut port: File, inputs: Inputs) -> Receiver<Incoming> {
                 Ok(Some(Frame::Control(control))) => {
                     inputs.route(control);
                     continue;
+                }
+                Ok(Some(Frame::VcpuTime(time))) => {
+                    crate::steal::record(time);
+                    continue;
+                }
+                Ok(Some(Frame::Wake(wake))) => {
+                    crate::steal::reset();
+                    Incoming::Frame(Frame::Wake(wake))
                 }
                 Ok(Some(Frame::Exec(request))) => {
                     if request.interactive.is_some() {

@@ -15,6 +15,7 @@ mod net;
 mod outputs;
 mod serve;
 mod stage;
+mod steal;
 mod wake;
 
 use std::process::ExitCode;

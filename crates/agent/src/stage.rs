@@ -32,6 +32,7 @@ use runner_protocol::{
 
 use crate::inputs::Inputs;
 use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
+use crate::steal;
 
 /// How long to wait for the pipes to close once the process tree was killed.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -125,6 +126,7 @@ pub fn run(
         input: stdin,
         terminal,
         started,
+        steal: steal::Span::start(),
         cpu_baseline_us: 0,
         prestarted: false,
     };
@@ -264,7 +266,7 @@ impl Prestarted {
         // Its start-up is not the program's: CPU time counts from here, and
         // the per-process backstop allows for what start-up already used.
         let cpu_baseline_us = cgroup.cpu_usage_us();
-        let cpu_seconds = (cpu_baseline_us + limits.cpu_time_ms * 1000).div_ceil(1_000_000) + 1;
+        let cpu_seconds = cpu_baseline_us.div_ceil(1_000_000) + backstop_cpu_seconds(&limits);
         let limited = cgroup.limit(&limits).and_then(|()| {
             prlimit(pid, libc::RLIMIT_CORE, 0, 0)?;
             prlimit(
@@ -297,6 +299,7 @@ impl Prestarted {
             input: Some(Box::new(stdin_pipe)),
             terminal: None,
             started,
+            steal: steal::Span::start(),
             cpu_baseline_us,
             prestarted: true,
         };
@@ -454,6 +457,8 @@ struct Process {
     /// The master side of its terminal, if it runs on one.
     terminal: Option<OwnedFd>,
     started: Instant,
+    /// The host's count of vCPU time at `started` (see [`steal`]).
+    steal: steal::Span,
     /// The cgroup's CPU time before the stage began (a prestarted runtime's
     /// start-up).
     cpu_baseline_us: u64,
@@ -483,6 +488,7 @@ fn supervise(
         input: stdin,
         terminal,
         started,
+        steal,
         cpu_baseline_us,
         prestarted,
     } = process;
@@ -652,7 +658,7 @@ fn supervise(
                 deadline = Instant::now() + DRAIN;
             }
             Err(RecvTimeoutError::Timeout) => {
-                if cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us)
+                if steal.charged(cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us))
                     >= limits.cpu_time_ms * 1000
                 {
                     report.cpu_time_exceeded = true;
@@ -665,7 +671,7 @@ fn supervise(
         }
     }
     let usage = cgroup.usage();
-    report.cpu_time_us = usage.cpu_us.saturating_sub(cpu_baseline_us);
+    report.cpu_time_us = steal.charged(usage.cpu_us.saturating_sub(cpu_baseline_us));
     report.memory_peak_bytes = usage.memory_peak;
     report.memory_exceeded = usage.oom_kills > 0;
     report.process_limit_hit = usage.pids_max_hits > 0;
@@ -691,6 +697,14 @@ fn supervise(
         None => cgroup.remove(),
     }
     Ok(report)
+}
+
+/// RLIMIT_CPU for one process, a backstop behind the cgroup poll. The
+/// guest's own count, which the rlimit goes by, includes time its vCPU
+/// waited for a host CPU under TCG (see [`steal`]); the poll takes that off
+/// and the backstop allows for it: twice the limit, and a second more.
+fn backstop_cpu_seconds(limits: &Limits) -> u64 {
+    (limits.cpu_time_ms * 2).div_ceil(1000) + 1
 }
 
 /// Sends what `pipe` gives to `tx` until it closes. Once the stage is over
@@ -761,7 +775,7 @@ fn enter_sandbox(
         )?;
         // A backstop for a single process; the cgroup poll covers the tree.
         // The soft limit sends SIGXCPU, the hard one SIGKILL a second later.
-        let cpu_seconds = limits.cpu_time_ms.div_ceil(1000) + 1;
+        let cpu_seconds = backstop_cpu_seconds(limits);
         rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
     }
     if let Some(fd) = control {

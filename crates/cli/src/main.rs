@@ -507,7 +507,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         print_config(&config)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let runner = || Runner::new(&config);
+    let runner = || {
+        let runner = Runner::new(&config)?;
+        if let Some(slots) = runner.machine_slots() {
+            slots.on_wait(Arc::new(|slots| {
+                eprintln!(
+                    "runner: waiting for a VM slot: other runner processes hold all {} of this \
+                     machine's (max_vms); --set shared_capacity=false runs without waiting",
+                    slots.count()
+                )
+            }));
+        }
+        Ok::<_, runner_host::RunnerError>(runner)
+    };
     match cli.command {
         Command::Run(args) => run(runner()?, *args).await,
         Command::Judge(args) => judge::judge(runner()?, &config, *args).await,

@@ -61,6 +61,10 @@ pub struct Config {
     pub reserved_memory_mib: u64,
     /// VMs at once; 0 means one per CPU.
     pub max_vms: usize,
+    /// Executions of every runner process on this state directory share
+    /// `max_vms` slots (see [`crate::capacity`]); `false` for benchmarks
+    /// that want their own rule.
+    pub shared_capacity: bool,
     /// Warm pools of restored VMs (`runner serve`; languages with a snapshot
     /// only).
     pub pool: PoolConfig,
@@ -128,6 +132,15 @@ pub struct ApiKey {
 }
 
 impl Config {
+    /// VMs at once on this machine: `max_vms`, or one per CPU.
+    pub fn machine_vms(&self) -> usize {
+        if self.max_vms > 0 {
+            self.max_vms
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
     /// Whether `runner serve` serves the playground: `auto` for a loopback
     /// listener only.
     pub fn playground_served(&self) -> bool {
@@ -165,6 +178,7 @@ impl Config {
             debian_mirror: String::new(),
             reserved_memory_mib: 2048,
             max_vms: 0,
+            shared_capacity: true,
             pool: PoolConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             prepare_images: true,

@@ -1,5 +1,7 @@
 //! The Runner Codes host library.
 //!
+//! - [`capacity`]: one capacity rule for the machine, shared by every
+//!   runner process;
 //! - [`config`]: the configuration of every command, from defaults, a TOML
 //!   file, `RUNNER_*` variables and flags;
 //! - [`lang`]: the languages, as data;
@@ -18,6 +20,7 @@
 //! The library reads no environment variables: the binary builds a
 //! [`Config`] and hands it down.
 
+pub mod capacity;
 pub mod config;
 pub mod exec;
 pub mod image;

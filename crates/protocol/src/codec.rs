@@ -58,6 +58,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Listing(m) => json(out, m),
         Frame::Control(m) => json(out, m),
         Frame::OutputFile(m) => json(out, m),
+        Frame::VcpuTime(m) => json(out, m),
         Frame::StageEnd(m) => json(out, m),
         Frame::Error(m) => json(out, m),
         Frame::Stdout(bytes) | Frame::Stderr(bytes) => out.extend_from_slice(bytes),
@@ -120,6 +121,7 @@ impl Decoder {
             FrameKind::Listing => Frame::Listing(json(kind, &payload)?),
             FrameKind::Control => Frame::Control(json(kind, &payload)?),
             FrameKind::OutputFile => Frame::OutputFile(json(kind, &payload)?),
+            FrameKind::VcpuTime => Frame::VcpuTime(json(kind, &payload)?),
             FrameKind::Wake => Frame::Wake(json(kind, &payload)?),
             FrameKind::StageEnd => Frame::StageEnd(json(kind, &payload)?),
             FrameKind::Error => Frame::Error(json(kind, &payload)?),
@@ -334,6 +336,13 @@ mod tests {
                 })],
             ),
             ("error", vec![Frame::Error(AgentFailure::new("no"))]),
+            (
+                "vcpu_time",
+                vec![Frame::VcpuTime(VcpuTime {
+                    running_us: 1_500_000,
+                    waiting_us: 250_000,
+                })],
+            ),
             (
                 "stdout",
                 vec![

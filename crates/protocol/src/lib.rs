@@ -39,11 +39,11 @@ pub use message::{
     AgentFailure, COLLECTED_CHUNK, CollectedChunk, Control, ExecRequest, FILE_CHUNK, File,
     FileEntry, FileKind, FileOp, FileProblem, Frame, FrameKind, Hello, Interactive, Limits,
     OutputPiece, Outputs, PrestartSpec, SessionSpec, SignalKind, Stage, StageReport, StageSpec,
-    Wake, WindowSize,
+    VcpuTime, Wake, WindowSize,
 };
 
 /// Version of the frame format and messages. Host and agent must agree exactly.
-pub const PROTOCOL_VERSION: u8 = 10;
+pub const PROTOCOL_VERSION: u8 = 11;
 
 /// Largest frame the host sends (an exec request carries the source files).
 pub const MAX_HOST_FRAME: u32 = 16 << 20;

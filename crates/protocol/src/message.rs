@@ -24,6 +24,7 @@ pub enum FrameKind {
     Listing = 14,
     Control = 15,
     OutputFile = 16,
+    VcpuTime = 17,
 }
 
 impl FrameKind {
@@ -45,6 +46,7 @@ impl FrameKind {
             14 => Self::Listing,
             15 => Self::Control,
             16 => Self::OutputFile,
+            17 => Self::VcpuTime,
             _ => return None,
         })
     }
@@ -110,6 +112,12 @@ pub enum Frame {
     /// ([`ExecRequest::outputs`]), or one over a cap, listed without its
     /// content.
     OutputFile(OutputPiece),
+    /// Host → agent, while an execution runs in a VM whose guest cannot
+    /// see steal time (TCG): how long its vCPU has run and has waited for a
+    /// host CPU, as the host counts them. Sent when the waiting grew; not
+    /// answered. The agent takes the waiting's share off a stage's CPU time
+    /// (see [`VcpuTime`]).
+    VcpuTime(VcpuTime),
 }
 
 impl Frame {
@@ -131,6 +139,7 @@ impl Frame {
             Frame::Listing(_) => FrameKind::Listing,
             Frame::Control(_) => FrameKind::Control,
             Frame::OutputFile(_) => FrameKind::OutputFile,
+            Frame::VcpuTime(_) => FrameKind::VcpuTime,
         }
     }
 }
@@ -547,4 +556,21 @@ mod base64_bytes {
             .decode(text.as_bytes())
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// The host's count of a VM's vCPU time, totals since the VM started
+/// (`/proc/<pid>/task/<tid>/schedstat` of its vCPU threads).
+///
+/// Under TCG the guest's clock is the host's, so a vCPU thread that waits
+/// for a host CPU looks busy to the guest: a program's CPU time would grow
+/// with the host's load. Of the time the guest was busy between two of
+/// these, `waiting / (running + waiting)` was such waiting; the agent
+/// takes that share off the CPU time of a stage over the same span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuTime {
+    /// Microseconds the vCPU threads ran on a host CPU.
+    pub running_us: u64,
+    /// Microseconds they were ready to run and waited for one.
+    pub waiting_us: u64,
 }

@@ -3,7 +3,7 @@
 //! backend every VM needs are made, or chosen, once; snapshot making and
 //! pool tending get their VMs here too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use super::conversation::{self, ConversationError};
 use super::plan::Plan;
 use super::result::StartKind;
 use super::transcript::Timeline;
+use crate::capacity::MachineSlots;
 use crate::image::{Agent, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::Language;
 use crate::pool::Pools;
@@ -41,6 +42,12 @@ pub enum AcquireError {
     /// A restored VM's agent did not come back.
     #[error("the restored VM did not answer")]
     NotReady(#[source] ConversationError),
+    #[error("taking a machine slot in {}", path.display())]
+    Slot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Makes VMs: the images, the backend, the snapshots, and a count of the
@@ -56,6 +63,8 @@ pub(crate) struct Vms {
     restore: AtomicBool,
     /// Snapshots hold the language's prestarted runtime where it has one.
     prestart: bool,
+    /// The machine's slots an execution takes, unless opted out.
+    slots: Option<MachineSlots>,
 }
 
 /// How far a VM got before it was handed over.
@@ -133,7 +142,18 @@ impl Vms {
             running: Arc::default(),
             restore: AtomicBool::new(restore),
             prestart,
+            slots: None,
         }
+    }
+
+    /// Executions take one of `slots` while they run.
+    pub fn with_slots(mut self, slots: Option<MachineSlots>) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    pub fn slots(&self) -> Option<&MachineSlots> {
+        self.slots.as_ref()
     }
 
     pub fn state(&self) -> &StateDir {

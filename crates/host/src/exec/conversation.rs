@@ -16,7 +16,7 @@ use runner_protocol::{
 use tokio::sync::mpsc;
 
 use super::transcript::Transcript;
-use crate::vmm::{AgentChannel, ChannelError};
+use crate::vmm::{AgentChannel, ChannelError, VcpuClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConversationError {
@@ -82,21 +82,41 @@ pub async fn await_ready(
     }
 }
 
+/// How often the vCPU's count is looked at during an execution.
+const VCPU_TIME_EVERY: Duration = Duration::from_millis(50);
+
+/// How much more waiting, in microseconds, is worth telling the agent of.
+const VCPU_WAIT_TOLD: u64 = 1_000;
+
 /// A client's input for an interactive execution, sent to the agent as it
 /// comes; the end of the channel is the end of the input.
 pub type Input = mpsc::UnboundedReceiver<Control>;
 
 /// Sends `exec` to a ready agent and records its output and stage reports
 /// in `transcript` until it says it is done; for an interactive `exec`,
-/// passes on what comes from `input` meanwhile.
+/// passes on what comes from `input` meanwhile. With a `clock` (a guest
+/// that cannot see steal time), tells the agent the vCPU's running and
+/// waiting time at the start and whenever the waiting grew.
 pub async fn converse(
     channel: &mut AgentChannel,
     exec: &ExecRequest,
     transcript: &mut Transcript,
     mut input: Option<&mut Input>,
+    clock: Option<&VcpuClock>,
 ) -> Result<(), ConversationError> {
     if exec.interactive.is_none() {
         input = None;
+    }
+    // The count first, so that the agent has it when its first stage
+    // starts: the waiting that counts is what comes after.
+    let mut told: Option<u64> = None;
+    let first = clock.and_then(VcpuClock::read);
+    if let Some(now) = first {
+        told = Some(now.waiting_us);
+        channel
+            .send(&Frame::VcpuTime(now))
+            .await
+            .map_err(ConversationError::Lost)?;
     }
     channel
         .send(&Frame::Exec(exec.clone()))
@@ -108,25 +128,40 @@ pub async fn converse(
         .map(|s| Duration::from_millis(s.limits.wall_time_ms) + GRACE)
         .sum();
     let deadline = tokio::time::Instant::now() + budget;
+    let mut tick = tokio::time::interval(VCPU_TIME_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let received = match input.as_deref_mut() {
-            None => tokio::time::timeout_at(deadline, channel.recv()).await,
-            Some(controls) => {
-                tokio::select! {
-                    received = tokio::time::timeout_at(deadline, channel.recv()) => received,
-                    control = controls.recv() => {
-                        // The client's input ended with its channel.
-                        let control = control.unwrap_or_else(|| {
-                            input = None;
-                            Control::InputEnd
-                        });
-                        channel
-                            .send(&Frame::Control(control))
-                            .await
-                            .map_err(ConversationError::Lost)?;
-                        continue;
-                    }
+        let received = tokio::select! {
+            received = tokio::time::timeout_at(deadline, channel.recv()) => received,
+            control = async {
+                match input.as_deref_mut() {
+                    Some(controls) => controls.recv().await,
+                    None => std::future::pending().await,
                 }
+            }, if input.is_some() => {
+                // The client's input ended with its channel.
+                let control = control.unwrap_or_else(|| {
+                    input = None;
+                    Control::InputEnd
+                });
+                channel
+                    .send(&Frame::Control(control))
+                    .await
+                    .map_err(ConversationError::Lost)?;
+                continue;
+            }
+            _ = tick.tick(), if clock.is_some() => {
+                let now = clock.and_then(VcpuClock::read);
+                if let Some(now) = now.filter(|now| {
+                    told.is_none_or(|told| now.waiting_us >= told + VCPU_WAIT_TOLD)
+                }) {
+                    told = Some(now.waiting_us);
+                    channel
+                        .send(&Frame::VcpuTime(now))
+                        .await
+                        .map_err(ConversationError::Lost)?;
+                }
+                continue;
             }
         };
         let frame = match received {
@@ -172,6 +207,13 @@ pub async fn converse(
                 }
                 transcript.outputs.finish()?;
                 transcript.done(Instant::now());
+                if let (Some(first), Some(last)) = (first, clock.and_then(VcpuClock::read)) {
+                    tracing::debug!(
+                        running_ms = (last.running_us - first.running_us) / 1000,
+                        waiting_ms = (last.waiting_us - first.waiting_us) / 1000,
+                        "vcpu time of the execution"
+                    );
+                }
                 return Ok(());
             }
             Frame::Error(failure) => return Err(ConversationError::Agent(failure.message)),

@@ -52,6 +52,7 @@ pub use runner_protocol::Stage;
 pub use runner_protocol::{Control, Interactive, SignalKind, WindowSize};
 pub use transcript::OutputChunk;
 
+use crate::capacity::MachineSlots;
 use crate::config::Config;
 use crate::image::{DebianSource, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::{Language, LanguageError, Languages};
@@ -127,16 +128,29 @@ impl Runner {
                 &config.languages,
             )
             .with_network(config.network.clone()),
-            vms: Arc::new(Vms::new(
-                state,
-                images,
-                config.vmm(),
-                config.snapshots,
-                config.prestart,
-            )),
+            vms: Arc::new(
+                Vms::new(
+                    state,
+                    images,
+                    config.vmm(),
+                    config.snapshots,
+                    config.prestart,
+                )
+                .with_slots(
+                    config
+                        .shared_capacity
+                        .then(|| MachineSlots::new(&config.state_dir, config.machine_vms())),
+                ),
+            ),
             pools: OnceLock::new(),
             pool_task: Mutex::default(),
         })
+    }
+
+    /// The machine's slots this runner's executions take, if they share
+    /// them (see [`crate::capacity`]).
+    pub fn machine_slots(&self) -> Option<&MachineSlots> {
+        self.vms.slots()
     }
 
     /// Whether executions restore from snapshots where they can (else they

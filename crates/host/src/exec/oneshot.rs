@@ -15,6 +15,7 @@ use super::conversation::{self, Input};
 use super::plan::Plan;
 use super::result::ExecutionResult;
 use super::transcript::{OutputChunk, Transcript};
+use crate::capacity::Slot;
 use crate::judge::checker::Checker;
 use crate::net::Proxy;
 use crate::pool::Pools;
@@ -94,11 +95,35 @@ async fn run(
         .await
         .map_err(AcquireError::from)?;
     transcript.backend = Some((backend.info().name, backend.info().accel));
+    // One of the machine's slots, held until the VM is gone: taken after
+    // the images (a build is no execution) and given back before a judge's
+    // checker runs (which takes one of its own).
+    let _slot = match vms.slots() {
+        Some(slots) => Some(tokio::select! {
+            slot = slots.take() => slot.map_err(|source| AcquireError::Slot {
+                path: slots.dir().to_path_buf(),
+                source,
+            })?,
+            reason = &mut stop => return Err(ExecError::Stopped(reason)),
+        }),
+        None => None,
+    };
     let acquired = tokio::select! {
         acquired = vms.acquire(plan.want(), &images, &*backend, pools) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
+    if let Some(cpu) = _slot.as_ref().and_then(Slot::cpu) {
+        pin(&*acquired.vm, cpu);
+    }
     run_on(acquired, plan, transcript, input, stop).await
+}
+
+/// Runs `vm`'s vCPUs on its slot's `cpu`; a VM that cannot be pinned runs
+/// unpinned (it is a matter of speed, not of correctness).
+pub(crate) fn pin(vm: &dyn crate::vmm::Vm, cpu: usize) {
+    if let Err(e) = vm.pin_vcpus(cpu) {
+        tracing::warn!(cpu, error = %crate::error_chain(&e), "vCPUs not pinned");
+    }
 }
 
 /// Waits for an acquired VM to be ready, runs `plan` on it (serving its
@@ -127,13 +152,21 @@ pub(crate) async fn run_on(
         .network
         .clone()
         .and_then(|egress| Some(Proxy::serve(vm.take_network()?, egress)));
+    let clock = vm.vcpu_clock();
     let ended = tokio::select! {
         outcome = async {
             if let Readiness::AwaitHello { wake } = readiness {
                 conversation::await_ready(vm.channel(), wake, boot_timeout).await?;
                 transcript.ready(Instant::now());
             }
-            conversation::converse(vm.channel(), &plan.exec, transcript, input.as_mut()).await
+            conversation::converse(
+                vm.channel(),
+                &plan.exec,
+                transcript,
+                input.as_mut(),
+                clock.as_ref(),
+            )
+            .await
         } => Ok(outcome),
         reason = &mut stop => Err(reason),
     };

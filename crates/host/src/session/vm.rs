@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::SessionPlan;
+use crate::capacity::MachineSlots;
 use crate::exec::acquire::{AcquireError, Running, Vms, Want};
 use crate::exec::conversation::{self, ConversationError};
 use crate::exec::transcript::{OutputChunk, Transcript};
@@ -103,6 +104,9 @@ pub struct SessionVm {
     /// Its network port, served for its life if the session may use the
     /// network.
     proxy: Option<Proxy>,
+    /// The machine's slots, one taken for each execution (not between
+    /// them: an idle session's VM uses no CPU).
+    slots: Option<MachineSlots>,
 }
 
 impl SessionVm {
@@ -146,6 +150,7 @@ impl SessionVm {
         }
         let proxy = serve_network(&mut *vm, plan.network.as_ref());
         Ok(Self {
+            slots: vms.slots().cloned(),
             vm,
             proxy,
             _running: acquired._running,
@@ -165,6 +170,29 @@ impl SessionVm {
         output: Option<mpsc::UnboundedSender<OutputChunk>>,
         mut input: Option<crate::exec::Input>,
     ) -> (ExecutionResult, bool) {
+        let _slot = match &self.slots {
+            Some(slots) => match slots.take().await {
+                Ok(slot) => {
+                    if let Some(cpu) = slot.cpu() {
+                        crate::exec::oneshot::pin(&*self.vm, cpu);
+                    }
+                    Some(slot)
+                }
+                Err(source) => {
+                    let error = AcquireError::Slot {
+                        path: slots.dir().to_path_buf(),
+                        source,
+                    };
+                    let result = Transcript::new(output).finish(
+                        plan,
+                        Instant::now(),
+                        Err(ExecError::Acquire(error)),
+                    );
+                    return (result, true);
+                }
+            },
+            None => None,
+        };
         let received = Instant::now();
         let mut transcript = Transcript::new(output);
         transcript.start = StartKind::Session;
@@ -177,11 +205,13 @@ impl SessionVm {
             proxy.revive();
             proxy.report();
         }
+        let clock = self.vm.vcpu_clock();
         let outcome = match conversation::converse(
             self.vm.channel(),
             &plan.exec,
             &mut transcript,
             input.as_mut(),
+            clock.as_ref(),
         )
         .await
         {
@@ -364,6 +394,7 @@ impl SessionVm {
         }
         let proxy = serve_network(&mut *vm, network);
         Ok(Self {
+            slots: vms.slots().cloned(),
             vm,
             proxy,
             _running: running,

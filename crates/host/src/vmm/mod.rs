@@ -15,6 +15,7 @@ mod channel;
 mod mapped_ram;
 mod qemu;
 mod qmp;
+mod vcpu_time;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accel::{Accel, AccelChoice};
 pub use channel::{AgentChannel, ChannelError};
+pub use vcpu_time::VcpuClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -261,6 +263,20 @@ pub trait Vm: Send {
     /// without one (a scripted peer) gives `None`.
     fn take_network(&mut self) -> Option<tokio::net::UnixStream> {
         None
+    }
+
+    /// The host's count of the VM's vCPU time, where its guest cannot see
+    /// steal time itself (see [`VcpuClock`]); `None` under KVM.
+    fn vcpu_clock(&self) -> Option<VcpuClock> {
+        None
+    }
+
+    /// Runs the VM's vCPUs on host CPU `cpu` only (see
+    /// [`crate::capacity::Slot::cpu`]). A VM without threads of its own (a
+    /// scripted peer) does nothing.
+    fn pin_vcpus(&self, cpu: usize) -> Result<(), VmmError> {
+        let _ = cpu;
+        Ok(())
     }
 
     /// The end of what the guest printed on its console, for error reports.

@@ -21,8 +21,8 @@ use tokio::process::{Child, Command};
 
 use super::qmp::{Qmp, QmpError};
 use super::{
-    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Saved, Vm, VmSpec,
-    VmmConfig, VmmError,
+    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Saved, VcpuClock,
+    Vm, VmSpec, VmmConfig, VmmError,
 };
 
 pub const NAME: &str = "qemu";
@@ -323,8 +323,19 @@ impl Backend for QemuBackend {
             Memory::Private | Memory::Resume { base: None, .. } => Base::Anonymous,
             Memory::Template { .. } => Base::Template,
         };
+        let vcpu_threads = vcpu_threads(&mut qmp).await.unwrap_or_default();
+        // Under TCG the guest cannot tell its vCPU waited for a host CPU:
+        // the host counts it (see `VcpuClock`).
+        let vcpu_clock = match self.info.accel {
+            Accel::Kvm => None,
+            Accel::Tcg => child
+                .id()
+                .and_then(|pid| VcpuClock::new(pid, &vcpu_threads)),
+        };
         Ok(Box::new(QemuVm {
             child,
+            vcpu_threads,
+            vcpu_clock,
             channel: AgentChannel::new(accepted.0),
             net: Some(net),
             console,
@@ -335,6 +346,19 @@ impl Backend for QemuBackend {
             _run_dir: run_dir,
         }))
     }
+}
+
+/// The host thread ids of the VM's vCPUs.
+async fn vcpu_threads(qmp: &mut Qmp) -> Result<Vec<u64>, QmpError> {
+    let cpus = qmp
+        .execute("query-cpus-fast", serde_json::Value::Null)
+        .await?;
+    Ok(cpus
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|cpu| cpu["thread-id"].as_u64())
+        .collect())
 }
 
 /// Wraps a monitor failure as the VMM failing at `operation`.
@@ -397,6 +421,11 @@ fn mapped_ram() -> serde_json::Value {
     })
 }
 
+/// The niceness of a VM running an execution: it comes before other work
+/// on the host (where this process may raise priorities; elsewhere it stays
+/// as it was).
+const VM_NICE: libc::c_int = -10;
+
 /// The name QEMU gives the RAM block of a memory backend `mem`.
 const MEMORY_BLOCK: &str = "mem";
 
@@ -412,6 +441,9 @@ enum Base {
 
 struct QemuVm {
     child: Child,
+    /// The host threads of its vCPUs.
+    vcpu_threads: Vec<u64>,
+    vcpu_clock: Option<VcpuClock>,
     channel: AgentChannel,
     /// The network port, until taken.
     net: Option<UnixStream>,
@@ -437,6 +469,40 @@ impl Vm for QemuVm {
 
     fn console_tail(&self) -> String {
         self.console.tail()
+    }
+
+    fn vcpu_clock(&self) -> Option<VcpuClock> {
+        self.vcpu_clock.clone()
+    }
+
+    fn pin_vcpus(&self, cpu: usize) -> Result<(), VmmError> {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).map_err(|e| VmmError::Control {
+            operation: "pin the vCPUs of",
+            source: Box::new(e),
+        })?;
+        for &tid in &self.vcpu_threads {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid as i32), &set).map_err(
+                |e| VmmError::Control {
+                    operation: "pin the vCPUs of",
+                    source: Box::new(e),
+                },
+            )?;
+        }
+        // Every thread of it, so that the vCPU never waits for QEMU's own
+        // threads (its main loop delivers the interrupts) behind other work.
+        if let Some(pid) = self.child.id() {
+            for task in fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+            {
+                if let Some(tid) = task.ok().and_then(|t| t.file_name().to_str()?.parse().ok()) {
+                    // SAFETY: setpriority on a thread id, no pointers.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, VM_NICE) };
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
