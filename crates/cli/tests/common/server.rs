@@ -48,6 +48,11 @@ impl Server {
             // No warm pools unless a test asks (later flags win): pooled
             // VMs would be VMs of the server's that tests do not expect.
             .args(["--set", "pool.max_size=0"])
+            // The server's own admission only, unless a test asks: these
+            // tests count a server's VMs, and the test running beside one
+            // would hold machine slots it then waits for (the machine-wide
+            // rule is tested in tests/load.rs).
+            .args(["--set", "shared_capacity=false"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
