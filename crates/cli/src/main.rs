@@ -27,6 +27,7 @@ mod judge;
 mod mcp;
 mod progress;
 mod session;
+mod soak;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -132,6 +133,10 @@ enum Command {
     /// Measure start times, programs and throughput against the host, and
     /// write a report with figures.
     Bench(Box<bench::BenchArgs>),
+    /// Drive a `runner serve` of its own at capacity with a mix of languages
+    /// and hostile programs, then report what came back (no result may be
+    /// lost) and whether the server's memory, files and threads stayed flat.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -532,6 +537,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::bench(runner()?, *args).await,
+        Command::Soak(args) => {
+            soak::soak(&config, cli.config.config.as_ref(), &cli.config.set, args).await
+        }
         Command::Session(args) => session::session(*args, &config).await,
         Command::Key { command } => key(command),
         Command::Mcp(args) => {

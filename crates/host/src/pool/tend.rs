@@ -1,6 +1,9 @@
 //! Tending the pools: a task that recycles stale VMs, shrinks pools whose
 //! demand fell off, and restores new VMs up to each pool's target, until
-//! the engine it serves is gone or the task is stopped.
+//! the engine it serves is gone or the task is stopped. A restore takes a
+//! free machine slot (see [`crate::capacity`]) for as long as it runs, and
+//! waits for the next round when there is none: refills yield to
+//! executions.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -66,7 +69,19 @@ async fn tend(pools: &Pools, vms: &Vms, languages: &Languages) {
             continue;
         };
         while pools.reserve(&language.name, snapshot.memory_mib()) {
-            match vms.restore_paused(&images, &snapshot, &*backend).await {
+            // Refills yield to executions: one takes a free machine slot
+            // for the restore, or waits for the next round.
+            let slot = match vms.slots().map(|slots| slots.try_take()) {
+                Some(Ok(Some(slot))) => Some(slot),
+                None => None,
+                Some(Ok(None) | Err(_)) => {
+                    pools.unreserve(&language.name, snapshot.memory_mib());
+                    break;
+                }
+            };
+            let restored = vms.restore_paused(&images, &snapshot, &*backend).await;
+            drop(slot);
+            match restored {
                 Ok(vm) => pools.put(Pooled {
                     vm,
                     language: language.name.clone(),

@@ -1,0 +1,382 @@
+//! `runner soak`: a `runner serve` of its own, driven at its capacity for a
+//! while with a mix of languages and hostile programs; then what came back,
+//! and whether the server's memory, open files and threads stayed flat.
+//!
+//! A result is *lost* when a request got no result: the connection failed,
+//! the answer was not a result, a 5xx other than a documented 503, or no
+//! answer within the request's own time plus two minutes. A soak passes
+//! with no lost result and flat resources: for each of RSS, open fds and
+//! threads, the mean of the last quarter of the samples is within 5 % (or,
+//! for the counts, two) of the second quarter's.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// How often the server's resources are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct SoakArgs {
+    /// How long to drive the server, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
+    duration: u64,
+    /// Clients sending requests at once [default: twice the server's
+    /// max_vms, so that it is always at capacity with a queue].
+    #[arg(long, value_name = "N")]
+    clients: Option<usize>,
+}
+
+/// One kind of request in the mix, and the statuses it may end in.
+struct Case {
+    name: &'static str,
+    request: Value,
+    expected: &'static [&'static str],
+}
+
+fn mix() -> Vec<Case> {
+    let program = |language: &str, code: &str, run: Value| json!({ "language": language, "files": [{ "content": code }], "limits": { "run": run } });
+    vec![
+        Case {
+            name: "python hello",
+            request: program("python", "print('hello')", json!({})),
+            expected: &["ok"],
+        },
+        Case {
+            name: "bash hello",
+            request: program("bash", "echo hello", json!({})),
+            expected: &["ok"],
+        },
+        Case {
+            name: "node hello",
+            request: program("node", "console.log('hello')", json!({})),
+            expected: &["ok"],
+        },
+        Case {
+            name: "fork bomb",
+            request: program(
+                "bash",
+                "bomb() { bomb | bomb & }; bomb; sleep 30",
+                json!({ "processes": 32, "wall_time_ms": 3000 }),
+            ),
+            expected: &["time_limit_exceeded"],
+        },
+        Case {
+            name: "memory bomb",
+            request: program(
+                "python",
+                "b = b'x' * (290 << 20)",
+                json!({ "memory_mib": 256 }),
+            ),
+            expected: &["memory_limit_exceeded"],
+        },
+        Case {
+            name: "output flood",
+            request: program("bash", "yes flood", json!({ "output_bytes": 65536 })),
+            expected: &["output_limit_exceeded"],
+        },
+        Case {
+            name: "sleep forever",
+            request: program("bash", "sleep infinity", json!({ "wall_time_ms": 2000 })),
+            expected: &["time_limit_exceeded"],
+        },
+        Case {
+            name: "cpu spin",
+            request: program(
+                "python",
+                "while True: pass",
+                json!({ "cpu_time_ms": 1000, "wall_time_ms": 60000 }),
+            ),
+            expected: &["time_limit_exceeded"],
+        },
+    ]
+}
+
+/// What the clients counted, per case.
+#[derive(Default)]
+struct Tally {
+    /// Statuses as they came, per case.
+    statuses: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    /// Results with a status the case does not expect.
+    unexpected: Vec<String>,
+    /// Requests refused before they started (429), which say so.
+    refused: u64,
+    lost: Vec<String>,
+}
+
+/// One sample of the server process.
+#[derive(Clone, Copy)]
+struct Sample {
+    at_s: u64,
+    rss_kib: u64,
+    fds: u64,
+    threads: u64,
+}
+
+fn sample(pid: u32, at_s: u64) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Sample {
+        at_s,
+        rss_kib: runner_host::machine::kib_field(&status, "VmRSS:")?,
+        fds,
+        threads: status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))?
+            .trim()
+            .parse()
+            .ok()?,
+    })
+}
+
+/// The server under soak, stopped (SIGTERM) when dropped.
+struct Server {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Server {
+    fn start(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Self> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        if let Some(file) = config {
+            command.arg("--config").arg(file);
+        }
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RUNNER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting runner serve")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Read on to the end, so that the server never blocks on it.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if event["message"] == "listening" {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(600))
+            .context("runner serve did not start listening (is `runner doctor` happy?)")?;
+        Ok(Self {
+            child,
+            base: format!("http://{addr}"),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn soak(
+    config: &runner_host::Config,
+    file: Option<&PathBuf>,
+    sets: &[String],
+    args: SoakArgs,
+) -> anyhow::Result<ExitCode> {
+    let server = Server::start(file, sets)?;
+    let pid = server.child.id();
+    let clients = args.clients.unwrap_or(config.machine_vms() * 2).max(1);
+    let duration = Duration::from_secs(args.duration);
+    eprintln!(
+        "runner: soaking the server at {} for {} s with {clients} clients",
+        server.base, args.duration
+    );
+    let http = reqwest::Client::new();
+    let cases = Arc::new(mix());
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                if stop.load(Ordering::Relaxed) {
+                    return samples;
+                }
+                if let Some(s) = sample(pid, started.elapsed().as_secs()) {
+                    eprintln!(
+                        "runner: {:>4} s  rss {:>7} KiB  fds {:>4}  threads {:>3}",
+                        s.at_s, s.rss_kib, s.fds, s.threads
+                    );
+                    samples.push(s);
+                }
+            }
+        })
+    };
+    let mut workers = Vec::new();
+    for client in 0..clients {
+        let (http, base, cases, tally) = (
+            http.clone(),
+            server.base.clone(),
+            cases.clone(),
+            tally.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut n = client;
+            while started.elapsed() < duration {
+                let case = &cases[n % cases.len()];
+                n += 1;
+                let outcome = execute(&http, &base, &case.request).await;
+                let mut tally = tally.lock().unwrap();
+                match outcome {
+                    Ok(Some(status)) => {
+                        if !case.expected.contains(&status.as_str()) {
+                            tally.unexpected.push(format!("{}: {status}", case.name));
+                        }
+                        *tally
+                            .statuses
+                            .entry(case.name)
+                            .or_default()
+                            .entry(status)
+                            .or_default() += 1;
+                    }
+                    Ok(None) => tally.refused += 1,
+                    Err(lost) => tally.lost.push(format!("{}: {lost}", case.name)),
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await?;
+    drop(server);
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    Ok(report(&tally, &samples, started.elapsed()))
+}
+
+/// A request's status; `None` if it was refused (429) before it started.
+async fn execute(
+    http: &reqwest::Client,
+    base: &str,
+    request: &Value,
+) -> Result<Option<String>, String> {
+    let response = http
+        .post(format!("{base}/v1/executions"))
+        .json(request)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let code = response.status();
+    if code == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Ok(None);
+    }
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{code}, not JSON: {e}"))?;
+    if !code.is_success() {
+        return Err(format!("{code}: {body}"));
+    }
+    body["status"]
+        .as_str()
+        .map(|s| Some(s.to_string()))
+        .ok_or_else(|| format!("{code}, no status: {body}"))
+}
+
+/// Whether the last quarter's mean is within 5 % (or `slack`) of the second
+/// quarter's; with the two means.
+fn flat(values: &[u64], slack: f64) -> (bool, f64, f64) {
+    let quarter = values.len() / 4;
+    if quarter == 0 {
+        return (true, 0.0, 0.0);
+    }
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    let second = mean(&values[quarter..2 * quarter]);
+    let last = mean(&values[values.len() - quarter..]);
+    let ok = (last - second).abs() <= (second * 0.05).max(slack);
+    (ok, second, last)
+}
+
+fn report(tally: &Tally, samples: &[Sample], took: Duration) -> ExitCode {
+    let executions: u64 = tally.statuses.values().flat_map(|s| s.values()).sum();
+    println!(
+        "soak: {executions} executions in {:.0} s ({:.2}/s), {} lost, {} with an unexpected status, {} refused (429)",
+        took.as_secs_f64(),
+        executions as f64 / took.as_secs_f64(),
+        tally.lost.len(),
+        tally.unexpected.len(),
+        tally.refused
+    );
+    for (case, statuses) in &tally.statuses {
+        let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("  {case:<14} {}", statuses.join(", "));
+    }
+    for lost in tally.lost.iter().take(20) {
+        println!("  lost: {lost}");
+    }
+    for unexpected in tally.unexpected.iter().take(20) {
+        println!("  unexpected: {unexpected}");
+    }
+    let mut passed = tally.lost.is_empty();
+    let series: [(&str, Vec<u64>, f64); 3] = [
+        ("rss KiB", samples.iter().map(|s| s.rss_kib).collect(), 0.0),
+        ("open fds", samples.iter().map(|s| s.fds).collect(), 2.0),
+        ("threads", samples.iter().map(|s| s.threads).collect(), 2.0),
+    ];
+    println!(
+        "server, sampled every {} s ({} samples): second quarter's mean -> last quarter's",
+        SAMPLE_EVERY.as_secs(),
+        samples.len()
+    );
+    for (name, values, slack) in &series {
+        let (ok, second, last) = flat(values, *slack);
+        passed &= ok;
+        println!(
+            "  {name:<9} {second:>10.1} -> {last:>10.1}  {}",
+            if ok { "flat" } else { "GREW" }
+        );
+    }
+    println!("soak: {}", if passed { "passed" } else { "FAILED" });
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_compares_the_second_and_last_quarters() {
+        assert!(flat(&[100, 100, 100, 100, 101, 103, 104, 104], 0.0).0);
+        assert!(!flat(&[100, 100, 100, 100, 120, 130, 140, 150], 0.0).0);
+        // Counts may move by the slack.
+        assert!(flat(&[30, 30, 30, 30, 31, 32, 32, 32], 2.0).0);
+        assert!(flat(&[1, 2], 0.0).0);
+    }
+}
