@@ -24,6 +24,7 @@ pub mod capacity;
 pub mod config;
 pub mod exec;
 pub mod image;
+pub mod integrity;
 pub mod judge;
 pub mod lang;
 pub mod machine;

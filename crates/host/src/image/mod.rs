@@ -5,7 +5,11 @@
 //! Every image has a *recipe* (what it is made of); its id is a hash of the
 //! recipe, so an image is rebuilt exactly when its recipe changes. Images are
 //! built in a scratch directory and renamed into place, under a lock, so that
-//! concurrent runners never see or build a half-made image.
+//! concurrent runners never see or build a half-made image, and a runner
+//! killed while building leaves only a scratch directory that the next build
+//! replaces. An image's files are fingerprinted when it is made and checked
+//! before a VM boots from them ([`crate::integrity`]): a damaged image is
+//! built again, never booted.
 
 mod cpio;
 mod initramfs;
@@ -22,6 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::integrity::{self, Damage, Fingerprints};
 use crate::lang::Language;
 
 pub use kernel::KernelImage;
@@ -63,6 +68,15 @@ pub enum ImageError {
          set debian_mirror (RUNNER_DEBIAN_MIRROR) to one"
     )]
     NoMirror,
+    #[error(
+        "image {id} is damaged ({damage}); building it again needs root: \
+         run `sudo RUNNER_HOME={state} runner image build`"
+    )]
+    Damaged {
+        id: String,
+        damage: Damage,
+        state: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{what} {path}")]
@@ -97,6 +111,11 @@ pub struct Manifest {
     pub size_bytes: u64,
     pub built_at: u64,
     pub build_seconds: f64,
+    /// Fingerprints of the image's files, checked before a VM boots from
+    /// them. Images made before fingerprints were recorded get theirs the
+    /// first time they are used.
+    #[serde(default, skip_serializing_if = "Fingerprints::is_empty")]
+    pub files: Fingerprints,
 }
 
 /// The guest agent an initramfs is built around, with its SHA-256, which
@@ -336,19 +355,26 @@ impl ImageStore {
     ) -> Result<PathBuf, ImageError> {
         let (id, recipe) = image_id(kind, name, recipe);
         let dir = self.dir.join(&id);
-        if dir.join(MANIFEST).exists() {
+        if let Some(Ok(())) = intact(&dir) {
             return Ok(dir);
         }
         let _lock = lock_build(&self.dir, &id)?;
-        if dir.join(MANIFEST).exists() {
-            // Another runner built it while we waited for the lock.
-            return Ok(dir);
-        }
+        // Another runner may have built it while we waited for the lock.
+        let damage = match intact(&dir) {
+            Some(Ok(())) => return Ok(dir),
+            Some(Err(damage)) => {
+                tracing::warn!(image = %id, %damage, "image damaged; building it again");
+                Some(damage)
+            }
+            None => None,
+        };
 
         if !nix::unistd::geteuid().is_root() {
             let state = self.dir.parent().unwrap_or(&self.dir);
-            return Err(ImageError::NeedsRoot {
-                state: state.display().to_string(),
+            let state = state.display().to_string();
+            return Err(match damage {
+                Some(damage) => ImageError::Damaged { id, damage, state },
+                None => ImageError::NeedsRoot { state },
             });
         }
         progress.step(&format!("building {id}"));
@@ -367,14 +393,61 @@ impl ImageStore {
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
             build_seconds: started.elapsed().as_secs_f64(),
+            files: fingerprint(scratch.path()).map_err(ImageError::io("read", scratch.path()))?,
         };
         let manifest_path = scratch.path().join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         fs::write(&manifest_path, text).map_err(ImageError::io("write", &manifest_path))?;
+        if dir.exists() {
+            // The damaged image. VMs booted from it keep their open files.
+            fs::remove_dir_all(&dir).map_err(ImageError::io("remove", &dir))?;
+        }
         scratch.persist(&dir)?;
         tracing::info!(image = %id, seconds = manifest.build_seconds, "image built");
         Ok(dir)
     }
+}
+
+/// Whether the image in `dir` is whole: `None` if it was never built,
+/// otherwise its files checked against their fingerprints. An image made
+/// before fingerprints were recorded gets them now, if this process may
+/// write its record.
+fn intact(dir: &Path) -> Option<Result<(), Damage>> {
+    let path = dir.join(MANIFEST);
+    if !path.exists() {
+        return None;
+    }
+    let mut manifest = match read_manifest(dir) {
+        Ok(manifest) => manifest,
+        Err(e) => return Some(Err(Damage::Record(e.to_string()))),
+    };
+    if manifest.files.is_empty() {
+        match fingerprint(dir) {
+            Ok(files) => manifest.files = files,
+            Err(e) => return Some(Err(Damage::Record(e.to_string()))),
+        }
+        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        if let Err(e) = integrity::replace_file(&path, &text) {
+            tracing::debug!(path = %path.display(), error = %e, "fingerprints not recorded");
+        }
+        return Some(Ok(()));
+    }
+    Some(integrity::check(dir, &manifest.files))
+}
+
+/// Fingerprints of an image's files: the regular files of its directory
+/// but its record.
+fn fingerprint(dir: &Path) -> std::io::Result<Fingerprints> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && name != MANIFEST {
+            names.push(name);
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    integrity::take(dir, &names)
 }
 
 /// The id of the image with this recipe, and the full recipe it hashes.
@@ -479,7 +552,7 @@ fn require_tool(tool: &'static str, package: &'static str) -> Result<(), ImageEr
 }
 
 /// Fails with a clear message when `dir` has less than `need_mib` free.
-fn require_space(dir: &Path, need_mib: u64) -> Result<(), ImageError> {
+pub(crate) fn require_space(dir: &Path, need_mib: u64) -> Result<(), ImageError> {
     let stat =
         nix::sys::statvfs::statvfs(dir).map_err(|e| ImageError::io("statvfs", dir)(e.into()))?;
     let free_mib = stat.blocks_available() * stat.fragment_size() / (1 << 20);
@@ -538,5 +611,47 @@ mod tests {
         let removed = store.prune(&[], &Agent::new(b"agent"), &in_use).unwrap();
         assert_eq!(removed, ["rootfs-bash-0000000000000000"]);
         assert!(dir.path().join("rootfs-bash-1111111111111111").exists());
+    }
+
+    #[test]
+    fn a_damaged_image_is_built_again_and_an_old_one_gets_fingerprints() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: building an image needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path(), DebianSource::new(""));
+        let builds = std::cell::Cell::new(0);
+        let build = || {
+            store
+                .build("initramfs", None, &"recipe", &(), |scratch| {
+                    builds.set(builds.get() + 1);
+                    fs::write(scratch.join("file"), b"image").unwrap();
+                    Ok("1".into())
+                })
+                .unwrap()
+        };
+        let path = build();
+        assert_eq!(build(), path);
+        assert_eq!(builds.get(), 1);
+        assert_eq!(read_manifest(&path).unwrap().files.len(), 1);
+
+        fs::write(path.join("file"), b"IMAGE").unwrap();
+        assert_eq!(build(), path);
+        assert_eq!(builds.get(), 2);
+        assert_eq!(fs::read(path.join("file")).unwrap(), b"image");
+
+        // An image recorded before fingerprints gets them when used.
+        let manifest = path.join(MANIFEST);
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+        record.as_object_mut().unwrap().remove("files");
+        fs::write(&manifest, record.to_string()).unwrap();
+        build();
+        assert_eq!(builds.get(), 2);
+        assert_eq!(read_manifest(&path).unwrap().files.len(), 1);
+        fs::write(path.join("file"), b"imag").unwrap();
+        build();
+        assert_eq!(builds.get(), 3);
     }
 }

@@ -17,6 +17,9 @@ use crate::vmm::{Memory, VmmError};
 pub enum SnapshotError {
     #[error("preparing guest images")]
     Image(#[from] ImageError),
+    /// Locking, checking space for or moving the snapshot's files.
+    #[error("storing the snapshot")]
+    Store(#[source] ImageError),
     #[error(transparent)]
     Vmm(#[from] VmmError),
     /// The language's warm-up does not plan (e.g. the configured default
@@ -33,6 +36,9 @@ pub enum SnapshotError {
         console: String,
     },
 }
+
+/// Room for the device state beside the memory, generously.
+const STATE_MIB: u64 = 64;
 
 /// How long a template VM may take to boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,11 +66,16 @@ pub(crate) async fn make(
     let store = vms.snapshots().clone();
     let begun = tokio::task::spawn_blocking(move || store.begin(&key))
         .await
-        .expect("locking does not panic")?;
+        .expect("locking does not panic")
+        .map_err(SnapshotError::Store)?;
     let pending = match begun {
         Ok(pending) => pending,
         Err(existing) => return Ok(existing),
     };
+    // The template's memory file fills as the guest touches its memory:
+    // refused now rather than a VM killed by a full disk halfway.
+    crate::image::require_space(pending.dir(), u64::from(memory_mib) + STATE_MIB)
+        .map_err(SnapshotError::Store)?;
     let id = format!("snapshot-{}-{}", language.name, new_trace_id());
     let memory = Memory::Template {
         path: pending.memory(),
@@ -99,5 +110,5 @@ pub(crate) async fn make(
     };
     vm.destroy().await;
     saved?;
-    Ok(pending.finish()?)
+    pending.finish().map_err(SnapshotError::Store)
 }

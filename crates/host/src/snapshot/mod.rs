@@ -15,6 +15,13 @@
 //! filesystem, VMM and its version, acceleration, CPU model, memory size,
 //! warm-up). A change to any of them is a different id, so a snapshot is
 //! never restored onto a mismatch; the new one is built instead.
+//!
+//! A snapshot is made in a scratch directory and renamed into place, so a
+//! runner killed while making one leaves only the scratch directory, which
+//! nothing restores and the next make replaces. Its two files are
+//! fingerprinted when it is made and checked before a VM is restored from
+//! them ([`crate::integrity`]): a damaged snapshot is not found, so the VM
+//! boots instead and the snapshot is made again.
 
 mod make;
 
@@ -31,6 +38,7 @@ pub(crate) use make::make;
 
 use crate::exec::vm_memory_mib;
 use crate::image::{GuestImages, ImageError, Scratch, image_id, lock_build};
+use crate::integrity::{self, Fingerprints};
 use crate::lang::Language;
 use crate::vmm::Backend;
 
@@ -114,6 +122,11 @@ pub struct SnapshotManifest {
     /// Bytes of the memory file on disk (it is sparse).
     pub memory_allocated_bytes: u64,
     pub state_bytes: u64,
+    /// Fingerprints of the memory and state files, checked before a VM is
+    /// restored from them. Snapshots made before fingerprints were recorded
+    /// get theirs the first time they are found.
+    #[serde(default, skip_serializing_if = "Fingerprints::is_empty")]
+    pub files: Fingerprints,
 }
 
 /// A snapshot ready to restore.
@@ -154,6 +167,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Where the snapshot's files are written until it is finished.
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
     pub fn memory(&self) -> PathBuf {
         self.scratch.path().join(MEMORY_FILE)
     }
@@ -177,6 +195,8 @@ impl Pending {
             create_seconds: self.started.elapsed().as_secs_f64(),
             memory_allocated_bytes: allocated(&self.memory()),
             state_bytes: fs::metadata(self.state()).map_or(0, |m| m.len()),
+            files: integrity::take(self.scratch.path(), &[MEMORY_FILE, STATE_FILE])
+                .map_err(ImageError::io("read", self.scratch.path()))?,
         };
         // Guest memory is nobody else's business.
         let memory = self.memory();
@@ -205,13 +225,28 @@ impl SnapshotStore {
         Self { dir: dir.into() }
     }
 
-    /// The snapshot with exactly this key, if it has been made.
+    /// The snapshot with exactly this key, if it has been made and its
+    /// files are as they were made.
     pub fn find(&self, key: &SnapshotKey) -> Option<Snapshot> {
         let dir = self.dir.join(key.id());
-        let manifest = read_manifest(&dir).ok()?;
+        let mut manifest = read_manifest(&dir).ok()?;
         // The id is a hash of the key; a manifest with another key means a
         // collision or a hand-made directory: do not trust it.
-        (manifest.key == *key).then_some(Snapshot { dir, manifest })
+        if manifest.key != *key {
+            return None;
+        }
+        if manifest.files.is_empty() {
+            manifest.files = integrity::take(&dir, &[MEMORY_FILE, STATE_FILE]).ok()?;
+            let path = dir.join(MANIFEST);
+            let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+            if let Err(e) = integrity::replace_file(&path, &text) {
+                tracing::debug!(path = %path.display(), error = %e, "fingerprints not recorded");
+            }
+        } else if let Err(damage) = integrity::check(&dir, &manifest.files) {
+            tracing::warn!(snapshot = %manifest.id, %damage, "snapshot damaged; not restoring it");
+            return None;
+        }
+        Some(Snapshot { dir, manifest })
     }
 
     /// Locks `key`'s snapshot for making. `Ok(Err(snapshot))` when it exists
@@ -338,5 +373,43 @@ mod tests {
         assert!(store.prune(&[], &[memory]).unwrap().is_empty());
         assert_eq!(store.prune(&[], &[]).unwrap(), [key("rootfs-a").id()]);
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_not_found_and_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let make = |memory: &[u8]| {
+            let Ok(pending) = store.begin(&key("rootfs-a")).unwrap() else {
+                panic!("not made, or damaged")
+            };
+            fs::write(pending.memory(), memory).unwrap();
+            fs::write(pending.state(), b"state").unwrap();
+            pending.finish().unwrap()
+        };
+        let made = make(b"memory");
+        assert_eq!(made.manifest.files.len(), 2);
+        fs::write(made.state(), b"STATE").unwrap();
+        assert!(store.find(&key("rootfs-a")).is_none());
+        let again = make(b"memory");
+        assert!(store.find(&key("rootfs-a")).is_some());
+        fs::write(again.memory(), b"memory, longer").unwrap();
+        assert!(store.find(&key("rootfs-a")).is_none());
+
+        // A snapshot recorded before fingerprints gets them when found.
+        make(b"memory");
+        let manifest = dir.path().join(key("rootfs-a").id()).join(MANIFEST);
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+        record.as_object_mut().unwrap().remove("files");
+        fs::write(&manifest, record.to_string()).unwrap();
+        assert!(store.find(&key("rootfs-a")).is_some());
+        assert_eq!(
+            read_manifest(manifest.parent().unwrap())
+                .unwrap()
+                .files
+                .len(),
+            2
+        );
     }
 }
