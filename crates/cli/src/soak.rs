@@ -5,9 +5,10 @@
 //! A result is *lost* when a request got no result: the connection failed,
 //! the answer was not a result, a 5xx other than a documented 503, or no
 //! answer within the request's own time plus two minutes. A soak passes
-//! with no lost result and flat resources: for each of RSS, open fds and
-//! threads, the mean of the last quarter of the samples is within 5 % (or,
-//! for the counts, two) of the second quarter's.
+//! with no lost result, no result with another status than its case's
+//! (a verdict that changed under load), and flat resources: for each of
+//! RSS, open fds and threads, the mean of the last quarter of the samples
+//! is within 5 % (or, for the counts, two) of the second quarter's.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -340,7 +341,7 @@ fn report(tally: &Tally, samples: &[Sample], took: Duration) -> ExitCode {
     for unexpected in tally.unexpected.iter().take(20) {
         println!("  unexpected: {unexpected}");
     }
-    let mut passed = tally.lost.is_empty();
+    let mut passed = tally.lost.is_empty() && tally.unexpected.is_empty();
     let series: [(&str, Vec<u64>, f64); 3] = [
         ("rss KiB", samples.iter().map(|s| s.rss_kib).collect(), 0.0),
         ("open fds", samples.iter().map(|s| s.fds).collect(), 2.0),
