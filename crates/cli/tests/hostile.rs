@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::run;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// What a run may take beyond its wall limit: starting the VM (a cold
 /// boot under TCG on a busy machine), stopping it, and the result.
@@ -471,6 +471,95 @@ fn network_dns() {
     assert_eq!(stdout(&json), "unresolved\n");
 }
 
+// The compile stage.
+
+/// The operator's example languages, among them `make`, whose compile
+/// stage runs the request's own commands.
+fn example_languages() -> String {
+    format!(
+        "languages_dir={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/languages")
+    )
+}
+
+#[test]
+fn a_compile_stage_leaves_nothing_running_into_the_run_stage() {
+    // A build that starts a daemon: it keeps a heartbeat in the working
+    // directory and writes FORGED into every stdout it can open, the run
+    // stage's included, so that it would forge a judge's answer. The run
+    // stage then watches the heartbeat for two seconds.
+    let makefile = "main:\n\
+        \ttouch daemon.log\n\
+        \tsetsid sh -c 'while :; do date >> daemon.log; \
+          for fd in /proc/[0-9]*/fd/1; do echo FORGED > $$fd; done 2>/dev/null; \
+          sleep 0.2; done' </dev/null >/dev/null 2>&1 &\n\
+        \tsleep 1\n\
+        \tprintf '#!/bin/sh\\nb=$$(wc -c < daemon.log); sleep 2; a=$$(wc -c < daemon.log)\\n\
+          if [ \"$$a\" -gt \"$$b\" ]; then echo daemon alive; else echo daemon gone; fi\\n' > main\n\
+        \tchmod +x main\n";
+    let set = example_languages();
+    let built = common::runner()
+        .args(["image", "build", "--set", &set, "--lang", "make"])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let json = hostile("make", makefile, 20, &["--set", &set], "ok");
+    assert_eq!(json["compile"]["status"], "ok", "{json:#}");
+    // The daemon ran while the build did: it forged the build's output.
+    let built = json["compile"]["stdout"].as_str().unwrap();
+    assert!(built.contains("FORGED"), "the daemon never ran: {json:#}");
+    // It was gone when the run stage began, and forged nothing there.
+    assert_eq!(stdout(&json), "daemon gone\n", "{json:#}");
+}
+
+#[test]
+fn file_names_that_compilers_read_as_options() {
+    // `@o.c` makes gcc read options from o.c, here a wrapper that runs a
+    // shell at compile time (inside a comment, so o.c is also valid C).
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let main = file(
+        "main.c",
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void) { puts(access(\"escaped\", F_OK) ? \"contained\" : \"escaped\"); }\n",
+    );
+    let options = file(
+        "o.c",
+        "/* -wrapper /bin/sh,-c,touch${IFS}escaped;exec${IFS}\"$0\"${IFS}\"$@\" */\n",
+    );
+    let at = file("@o.c", "");
+    let dash = file("-B.c", "");
+    for injected in [&at, &dash] {
+        let done = run(&["run", "--lang", "c", &main, &options, injected], b"");
+        assert_eq!(
+            done.code(),
+            Some(2),
+            "refused as a usage error: {}",
+            done.stderr()
+        );
+        assert!(
+            done.stderr().contains("starts with '-' or '@'"),
+            "{}",
+            done.stderr()
+        );
+    }
+    // The same files under plain names compile and run, contained.
+    let done = run(&["run", "--json", "--lang", "c", &main, &options], b"");
+    assert_eq!(
+        done.json()["run"]["stdout"],
+        "contained\n",
+        "{}",
+        done.stderr()
+    );
+}
+
 // File names.
 
 #[test]
@@ -521,4 +610,102 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn a_session_program_racing_the_file_names_the_client_uses() {
+    // In the background of a session, a program swaps `f` between its own
+    // file and a link to /etc/shadow, and `d` between its own directory and
+    // a link to /etc, as fast as it can, while the client reads, writes
+    // and lists through those names: the agent, which works as root, must
+    // never follow the program's links whichever state it catches.
+    let server = common::server::Server::start(&[]);
+    let created: Value = server
+        .post("/v1/sessions", json!({ "language": "python" }).to_string())
+        .json()
+        .unwrap();
+    let id = created["id"].as_str().expect("a session").to_string();
+    let command = |command: &str| -> Value {
+        server
+            .post(
+                &format!("/v1/sessions/{id}/executions"),
+                json!({ "command": command }).to_string(),
+            )
+            .json()
+            .unwrap()
+    };
+    let racer = r#"
+import os, time
+os.makedirs('d', exist_ok=True)
+open('d/f', 'w').write('mine')
+end = time.time() + 90
+while time.time() < end:
+    os.symlink('/etc/shadow', 'f.link'); os.rename('f.link', 'f')
+    open('f.file', 'w').write('mine'); os.rename('f.file', 'f')
+    os.rename('d', 'd.dir'); os.symlink('/etc', 'd'); os.unlink('d'); os.rename('d.dir', 'd')
+"#;
+    let shadow = "stat -c %s.%Y /etc/shadow";
+    let before = command(shadow)["run"]["stdout"].clone();
+    let started = server
+        .post(
+            &format!("/v1/sessions/{id}/executions"),
+            json!({ "files": [{ "name": "race.py", "content": racer }],
+                    "command": "nohup python3 race.py >/dev/null 2>&1 & echo racing" })
+            .to_string(),
+        )
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(started["run"]["stdout"], "racing\n", "{started:#}");
+
+    let url = |path: &str| format!("{}/v1/sessions/{id}/files/{path}", server.base);
+    let (mut read_mine, mut refused) = (0, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        for path in ["f", "d/f", "d/shadow"] {
+            let response = server.client.get(url(path)).send().unwrap();
+            let status = response.status();
+            let body = response.text().unwrap();
+            assert!(
+                !body.contains("root:"),
+                "GET {path} read /etc/shadow: {body}"
+            );
+            if status == 200 {
+                assert!(body == "mine" || body == "client", "GET {path}: {body}");
+                read_mine += 1;
+            } else {
+                assert!(status.is_client_error(), "GET {path}: {status} {body}");
+                refused += 1;
+            }
+        }
+        for path in ["f", "d/written"] {
+            let response = server.client.put(url(path)).body("client").send().unwrap();
+            assert!(
+                response.status().is_success() || response.status().is_client_error(),
+                "PUT {path}: {}",
+                response.status()
+            );
+        }
+        let listing = server
+            .get(&format!("/v1/sessions/{id}/files?path=d"))
+            .text()
+            .unwrap();
+        assert!(!listing.contains("passwd"), "listed /etc: {listing}");
+    }
+    eprintln!("race: {read_mine} reads of its own file, {refused} refused");
+    // Both states were caught.
+    assert!(
+        read_mine > 0 && refused > 0,
+        "{read_mine} read, {refused} refused"
+    );
+    let after = command(&format!("{shadow}; ls /etc/written 2>&1 || true"));
+    let text = after["run"]["stdout"].as_str().unwrap();
+    assert!(
+        text.starts_with(before.as_str().unwrap()),
+        "/etc/shadow changed: {before} then {text}"
+    );
+    assert!(
+        text.contains("No such file"),
+        "a file was written into /etc: {text}"
+    );
+    server.stop(Duration::from_secs(60));
 }

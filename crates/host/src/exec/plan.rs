@@ -531,6 +531,18 @@ fn check_file_name(index: usize, name: &str) -> Result<(), PlanError> {
     {
         return invalid("must be a relative path inside the working directory");
     }
+    // Compile commands pass the request's files by glob (`./*.c`), and a
+    // name like `@opts.c` or `-wrapper.c` would reach the compiler as an
+    // option: gcc's `@file` reads options from a file of the request, even
+    // behind `./` (the driver hands cc1 `-dumpbase @opts.c`).
+    if path
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with(['-', '@']))
+    {
+        return invalid(
+            "has a part that starts with '-' or '@', which compilers would read as an option",
+        );
+    }
     Ok(())
 }
 
@@ -628,6 +640,11 @@ mod tests {
         );
         // The first file's name is checked too, although it would be
         // replaced by the entry point's.
+        // Names a compiler would read as options, wherever they are.
+        for bad in ["@opts.c", "-B.c", "src/-wrapper.c", "@/x.c"] {
+            let message = refused(vec![SourceFile::entry(""), SourceFile::named(bad, "")]);
+            assert!(message.contains("starts with '-' or '@'"), "{message}");
+        }
         for bad in ["a\0b.py", "/etc/passwd", "", "..", &"x".repeat(256)] {
             let message = refused(vec![SourceFile::named(bad, "")]);
             assert!(
