@@ -490,8 +490,11 @@ mod tests {
             peer.send(&ended(Stage::Compile, 0)).await;
             let block = vec![0u8; runner_protocol::COLLECTED_CHUNK];
             let mut offset = 0;
-            // Far past the cap, as a guest that never stops would.
-            for _ in 0..1000 {
+            // Past the cap, as a guest that never stops would (not much
+            // further: encoding each piece is slow in a debug build on a
+            // busy machine, and the guest must end within the test's 5 s).
+            let past = crate::exec::conversation::MAX_COLLECTED_BYTES as usize / block.len() + 8;
+            for _ in 0..past {
                 peer.send(&piece("main", offset, &block, false)).await;
                 offset += block.len() as u64;
             }

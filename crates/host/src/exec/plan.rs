@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use runner_protocol::{ExecRequest, File, Interactive, Stage, StageSpec};
+use runner_protocol::{
+    ExecRequest, File, Frame, HEADER_LEN, Interactive, MAX_HOST_FRAME, Stage, StageSpec,
+};
 
 use super::limits::{LimitPolicy, RequestLimits};
 use crate::judge::{Check, Compare, Expected};
@@ -375,6 +377,7 @@ impl Planner {
                 .map(super::outputs::spec),
             network: network.is_some() && part != Part::Compile,
         };
+        let exec = fits_one_frame(exec)?;
         // A checker runs in VMs of its own, one after the other with the
         // program's: the largest of them is what the execution needs.
         let checker_mib = match expected.as_ref().map(|e| &e.check) {
@@ -390,6 +393,29 @@ impl Planner {
             network,
         })
     }
+}
+
+/// `exec`, if it fits the one frame the agent takes it in: files and stdin
+/// travel base64-encoded, so about 12 MiB of them fit the 16 MiB frame.
+/// Refused here rather than by the agent once a VM has booted.
+fn fits_one_frame(exec: ExecRequest) -> Result<ExecRequest, PlanError> {
+    let frame = Frame::Exec(exec);
+    let mut encoded = Vec::new();
+    runner_protocol::encode(&frame, &mut encoded);
+    let payload = encoded.len() - HEADER_LEN;
+    if payload > MAX_HOST_FRAME as usize {
+        return Err(PlanError::TooLarge(format!(
+            "files, stdin, args and env come to {:.1} MiB encoded for the VM; at most {} MiB \
+             (about {} MiB of file content and stdin) reach it",
+            payload as f64 / f64::from(1 << 20),
+            MAX_HOST_FRAME >> 20,
+            (MAX_HOST_FRAME >> 20) * 3 / 4,
+        )));
+    }
+    let Frame::Exec(exec) = frame else {
+        unreachable!("made as an Exec frame")
+    };
+    Ok(exec)
 }
 
 /// The longest argument or environment entry `execve` takes
