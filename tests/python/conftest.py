@@ -36,6 +36,38 @@ def server():
     yield from serve(made.stdout[made.stdout.index("[[api_keys]]") :], key)
 
 
+@pytest.fixture(scope="module")
+def fuzzed_server():
+    """A server with an API key for the API fuzzing, its limits kept small
+    so that the few generated requests that are valid finish soon: Python
+    and Bash only, two VMs at once, stages of at most 10 s, two sessions per
+    key that end after 5 s idle."""
+    made = subprocess.run(
+        [runner_binary(), "key", "new", "--name", "fuzz"], capture_output=True, text=True, check=True
+    )
+    key = next(l for l in made.stdout.splitlines() if l.startswith("rck_"))
+    settings = [
+        # The quick languages only: a generated request for a compiled one
+        # is refused (not enabled here) rather than compiled under TCG.
+        "languages=python,bash",
+        "max_vms=2",
+        "prepare_snapshots=false",
+        "limits.run.wall_time_ms=5000",
+        "limits.run.cpu_time_ms=5000",
+        "limits.compile.wall_time_ms=10000",
+        "limits.compile.cpu_time_ms=10000",
+        "limits.max.wall_time_ms=10000",
+        "limits.max.cpu_time_ms=10000",
+        "sessions.max_per_owner=2",
+        "sessions.idle_timeout_s=5",
+        "sessions.max_idle_timeout_s=5",
+        "sessions.lifetime_s=30",
+        "sessions.max_lifetime_s=30",
+    ]
+    extra = [arg for setting in settings for arg in ("--set", setting)]
+    yield from serve(made.stdout[made.stdout.index("[[api_keys]]") :], key, extra)
+
+
 @pytest.fixture(scope="session")
 def open_server():
     """A `runner serve` on a free port of this machine without API keys
@@ -43,12 +75,12 @@ def open_server():
     yield from serve("", None)
 
 
-def serve(config_text, key):
+def serve(config_text, key, extra=()):
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(config_text)
     config.close()
     process = subprocess.Popen(
-        [runner_binary(), "serve", "--config", config.name, "--listen", "127.0.0.1:0", "--set", "pool.max_size=0"],
+        [runner_binary(), "serve", "--config", config.name, "--listen", "127.0.0.1:0", "--set", "pool.max_size=0", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -37,6 +37,29 @@ impl ApiError {
         self
     }
 
+    /// A query string the handler's parameters do not take.
+    pub fn malformed_query(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_query",
+            rejection.body_text(),
+        )
+    }
+
+    /// A plain request where a WebSocket handshake belongs.
+    pub fn not_a_websocket(
+        rejection: axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    ) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "not_a_websocket",
+            format!(
+                "this endpoint speaks WebSocket only: {}",
+                rejection.body_text()
+            ),
+        )
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }

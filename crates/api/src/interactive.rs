@@ -27,10 +27,11 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use runner_host::exec::{Control, Interactive, OutputChunk, SignalKind, WindowSize};
 use runner_host::{ExecutionResult, Plan};
 use serde::Deserialize;
@@ -56,12 +57,13 @@ enum ClientMessage {
 pub async fn execution(
     State(app): State<Arc<App>>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let limit = app.config.max_body_bytes;
-    upgrade
-        .max_message_size(limit)
-        .on_upgrade(move |socket| one_shot(app, trace_id, socket))
+    let id = trace_id.clone();
+    accept(upgrade, limit, &id, move |socket| {
+        one_shot(app, trace_id, socket)
+    })
 }
 
 /// `GET /v1/sessions/{id}/executions/ws`.
@@ -70,12 +72,35 @@ pub async fn session_execution(
     Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     Path(id): Path<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let limit = app.config.max_body_bytes;
-    upgrade
-        .max_message_size(limit)
-        .on_upgrade(move |socket| in_session(app, owner, id, trace_id, socket))
+    let trace = trace_id.clone();
+    accept(upgrade, limit, &trace, move |socket| {
+        in_session(app, owner, id, trace_id, socket)
+    })
+}
+
+/// Completes the handshake and hands the socket to `serve`; a request that
+/// is no handshake gets a JSON error, like every other error of the API.
+fn accept<F, Fut>(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    max_message_bytes: usize,
+    trace_id: &str,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match upgrade {
+        Ok(upgrade) => upgrade
+            .max_message_size(max_message_bytes)
+            .on_upgrade(serve),
+        Err(e) => ApiError::not_a_websocket(e)
+            .traced(trace_id)
+            .into_response(),
+    }
 }
 
 async fn one_shot(app: Arc<App>, trace_id: String, mut socket: WebSocket) {

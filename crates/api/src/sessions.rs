@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -365,9 +366,10 @@ pub async fn put_file(
     State(app): State<Arc<App>>,
     Extension(owner): Extension<Owner>,
     Path((id, path)): Path<(String, String)>,
-    Query(query): Query<PutQuery>,
+    query: Result<Query<PutQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(ApiError::malformed_query)?;
     let info = app.sessions.get(&owner.name, &id).map_err(session_error)?;
     let limit = info.disk_mib << 20;
     let content = axum::body::to_bytes(body, limit as usize)
@@ -430,8 +432,9 @@ pub async fn list_files(
     State(app): State<Arc<App>>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(ApiError::malformed_query)?;
     let turn = turn(&app, &owner, &id).await?;
     let entries = turn.list(query.path.clone()).await.map_err(session_error)?;
     Ok(Json(json!({ "path": query.path, "entries": entries })).into_response())

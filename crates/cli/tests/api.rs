@@ -211,6 +211,29 @@ fn bad_requests_are_refused_and_start_nothing() {
     let response = server.get("/v2/nothing");
     assert_eq!(response.status(), 404);
     check("Error", &response.json().unwrap());
+    // Found by the API fuzzing: these answered in plain text.
+    for (path, code) in [
+        ("/v1/executions/ws", "not_a_websocket"),
+        ("/v1/sessions/ses_x/executions/ws", "not_a_websocket"),
+        ("/v1/sessions/ses_x/files?colour=red", "malformed_query"),
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status(), 400, "{path}");
+        let error: Value = response.json().unwrap();
+        check("Error", &error);
+        assert_eq!(error["code"], code, "{path}: {error}");
+    }
+    let response = server
+        .client
+        .put(format!(
+            "{}/v1/sessions/ses_x/files/a?executable=maybe",
+            server.base
+        ))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().unwrap()["code"], "malformed_query");
 
     // Nothing booted.
     let metrics = server.metrics();
