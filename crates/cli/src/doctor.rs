@@ -86,6 +86,22 @@ pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode>
             }
         );
     }
+    // A snapshot made for another agent or other images is no snapshot of
+    // these: executions boot cold until it is made again.
+    if config.snapshots && boot_files.is_some() && installed.is_some() {
+        let languages = runner.enabled_languages();
+        for (id, ready) in runner.snapshot_readiness(&languages).await? {
+            outln!(
+                "snapshot       {id} {}",
+                if ready {
+                    "ready"
+                } else {
+                    "missing or damaged: executions boot cold until `runner snapshot create` \
+                     (or a server start) makes it"
+                }
+            );
+        }
+    }
     if problems.is_empty() {
         outln!("\nready");
         Ok(ExitCode::SUCCESS)

@@ -218,11 +218,25 @@ fn a_damaged_snapshot_is_never_restored_and_is_made_again() {
             flip_byte(&dir.join("memory"), 0)
         }),
     ];
+    let doctor_says = || {
+        let doctor = runner_in(home.path(), &["doctor"]);
+        let text = String::from_utf8_lossy(&doctor.stdout).into_owned();
+        text.lines()
+            .find(|l| l.contains("snapshot-bash-"))
+            .unwrap_or_else(|| panic!("no bash snapshot in: {text}"))
+            .to_string()
+    };
+    assert!(doctor_says().ends_with(" ready"), "{}", doctor_says());
     for (what, damage) in damages {
         damage(&snapshot);
         let (cold, log) = hello_in(home.path());
         assert_eq!(cold["metrics"]["start"], "cold", "{what}: restored");
         assert!(log.contains("snapshot damaged"), "{what}: {log}");
+        assert!(
+            doctor_says().contains("missing or damaged"),
+            "{what}: {}",
+            doctor_says()
+        );
         make_bash_snapshot(home.path());
         let (restored, log) = hello_in(home.path());
         assert_eq!(restored["metrics"]["start"], "snapshot", "{what}: {log}");
@@ -371,15 +385,7 @@ fn a_server_killed_while_making_a_snapshot_leaves_nothing_used() {
         "the client waited {:?} after the kill",
         ended.duration_since(killed)
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !vm_processes(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            vm_processes(pid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_no_vms(pid, Duration::from_secs(10));
     drop(server);
     assert!(
         entries(&snapshots, "snapshot-").is_empty(),
@@ -409,29 +415,86 @@ fn a_server_killed_while_making_a_snapshot_leaves_nothing_used() {
     assert_eq!(hello_in(home.path()).0["metrics"]["start"], "snapshot");
 }
 
+/// A tmpfs of `size` mounted on `dir` (made if missing) until dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root, as the tests do"
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The disk fills while a running session is saved to it: the pause fails
+/// saying so, the session runs on as it was, and nothing half-saved stays.
+#[test]
+fn a_session_paused_onto_a_full_disk_runs_on() {
+    let home = own_home(|_| Take::Link);
+    // Sessions' records and saved VMs on 4 MiB: room for the records, not
+    // for a saved VM.
+    let _full = Tmpfs::mount(&home.path().join("sessions"), "4m");
+    let state_dir = format!("state_dir={}", home.path().display());
+    let server = Server::start(&["--set", &state_dir, "--set", "prepare_snapshots=false"]);
+    let created: Value = server
+        .post("/v1/sessions", json!({ "language": "bash" }).to_string())
+        .json()
+        .unwrap();
+    let id = created["id"].as_str().expect("a session").to_string();
+    let command = |command: &str| -> Value {
+        server
+            .post(
+                &format!("/v1/sessions/{id}/executions"),
+                json!({ "command": command }).to_string(),
+            )
+            .json()
+            .unwrap()
+    };
+    assert_eq!(command("echo kept > f; echo ok")["run"]["stdout"], "ok\n");
+
+    let response = server.post(&format!("/v1/sessions/{id}/pause"), "");
+    let status = response.status().as_u16();
+    let error: Value = response.json().unwrap();
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (500, Some("pause_failed")),
+        "{error:#}"
+    );
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("No space left on device"), "{message}");
+
+    let info: Value = server.get(&format!("/v1/sessions/{id}")).json().unwrap();
+    assert_eq!(info["state"], "running", "{info:#}");
+    assert_eq!(command("cat f")["run"]["stdout"], "kept\n");
+    let saved: Vec<PathBuf> = entries(&home.path().join("sessions").join("paused"), "")
+        .into_iter()
+        .chain(entries(&home.path().join("sessions").join("saving"), ""))
+        .collect();
+    assert_eq!(saved, Vec::<PathBuf>::new(), "half-saved files left");
+    server.stop(Duration::from_secs(60));
+}
+
 /// A state directory too full for a snapshot: refused before its VM boots,
 /// saying so, nothing left behind; executions go on, booting.
 #[test]
 fn a_full_disk_refuses_a_snapshot_and_executions_go_on() {
     let home = own_home(|_| Take::Link);
     let snapshots = home.path().join("snapshots");
-    std::fs::create_dir(&snapshots).unwrap();
-    let mount = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&snapshots)
-        .status()
-        .unwrap();
-    assert!(
-        mount.success(),
-        "mounting a tmpfs needs root, as the tests do"
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(snapshots.clone());
+    let _full = Tmpfs::mount(&snapshots, "64m");
 
     let made = runner_in(home.path(), &["snapshot", "create", "--lang", "bash"]);
     let stderr = String::from_utf8_lossy(&made.stderr);

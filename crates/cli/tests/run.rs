@@ -385,15 +385,7 @@ fn a_killed_runner_takes_its_vm_with_it() {
     child.kill().unwrap();
     child.wait().unwrap();
     // QEMU dies with its parent (PDEATHSIG) ...
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !vm_processes(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            vm_processes(pid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_no_vms(pid, Duration::from_secs(10));
     // ... and the next runner sweeps the run directory the killed one left.
     assert!(
         !run_dirs(pid).is_empty(),

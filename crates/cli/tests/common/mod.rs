@@ -165,6 +165,16 @@ pub fn run_dirs(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits until no VM process of runner process `pid` is left (they die
+/// with it, by PDEATHSIG), failing after `within`.
+pub fn wait_for_no_vms(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !vm_processes(pid).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", vm_processes(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// No VM process and no run directory of runner process `pid` remain.
 pub fn assert_clean(pid: u32) {
     // A killed QEMU may take a moment to be reaped once its parent is gone.

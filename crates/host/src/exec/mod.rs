@@ -368,6 +368,32 @@ impl Runner {
         Ok(ids)
     }
 
+    /// For each of `languages` whose images are built: the id of the
+    /// snapshot this runner would restore, and whether it is there to
+    /// restore (made, whole, for these images and this agent). Nothing is
+    /// built; choosing the backend may boot its probe VM once.
+    pub async fn snapshot_readiness(
+        &self,
+        languages: &[&Language],
+    ) -> Result<Vec<(String, bool)>, SnapshotError> {
+        let mut found = Vec::new();
+        for language in languages {
+            let built = self.vms.images().rootfs_manifest(language).is_some()
+                && self.vms.images().boot_files(agent()).is_some();
+            if !built {
+                continue;
+            }
+            let images = self.vms.prepare(language, Arc::new(())).await?;
+            let backend = self
+                .vms
+                .backend(&images.kernel.vmlinux, &images.initramfs)
+                .await?;
+            let key = self.vms.snapshot_key(language, &images, &*backend);
+            found.push((key.id(), self.snapshots().find(&key).is_some()));
+        }
+        Ok(found)
+    }
+
     /// Starts warm pools: a task that keeps restored, paused VMs ready per
     /// language (see [`crate::pool`]) until the runner is dropped or
     /// [`Runner::stop_pools`] is called. `memory_mib` bounds all pooled VMs
