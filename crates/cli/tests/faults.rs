@@ -283,8 +283,9 @@ fn a_damaged_image_is_built_again_before_a_vm_boots_from_it() {
     }
 }
 
-/// A runner killed while it builds an image leaves a scratch directory,
-/// never a half-built image: the next runner builds the image whole.
+/// A runner or a server killed while it builds an image leaves a scratch
+/// directory, never a half-built image: the next runner builds the image
+/// whole.
 #[test]
 fn a_runner_killed_while_building_an_image_leaves_nothing_used() {
     // The kernel: an image that takes seconds to build (a download).
@@ -296,35 +297,61 @@ fn a_runner_killed_while_building_an_image_leaves_nothing_used() {
         }
     });
     let images = home.path().join("images");
-    let mut child = runner()
-        .env("RUNNER_HOME", home.path())
-        .args(["run", "--lang", "bash", "-c", "echo hi"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while entries(&images, ".build-kernel-").is_empty() {
+    let state_dir = format!("state_dir={}", home.path().display());
+    let builders: [&[&str]; 2] = [
+        &["run", "--lang", "bash", "-c", "echo hi"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--languages",
+            "bash",
+            "--set",
+            &state_dir,
+            "--set",
+            "prepare_snapshots=false",
+        ],
+    ];
+    for args in builders {
+        for built in entries(&images, "kernel-") {
+            std::fs::remove_dir_all(built).unwrap();
+        }
+        let mut child = runner()
+            .env("RUNNER_HOME", home.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while entries(&images, ".build-kernel-").is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: no kernel build started",
+                args[0]
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{} ended first",
+                args[0]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(
-            std::time::Instant::now() < deadline,
-            "no kernel build started"
+            entries(&images, "kernel-").is_empty(),
+            "{}: a kernel image appeared though its build was killed",
+            args[0]
         );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        entries(&images, "kernel-").is_empty(),
-        "a kernel image appeared though its build was killed"
-    );
 
-    let (_, log) = hello_in(home.path());
-    assert!(log.contains("building kernel-"), "{log}");
-    assert_eq!(entries(&images, ".build-"), Vec::<PathBuf>::new());
-    assert_eq!(entries(&images, "kernel-").len(), 1);
+        let (_, log) = hello_in(home.path());
+        assert!(log.contains("building kernel-"), "{log}");
+        assert_eq!(entries(&images, ".build-"), Vec::<PathBuf>::new());
+        assert_eq!(entries(&images, "kernel-").len(), 1);
+    }
 }
 
 /// A server killed while it makes a snapshot and runs an execution: the
