@@ -8,10 +8,10 @@
 //! is the file's size and the SHA-256 of a sample: the whole file up to
 //! [`WHOLE`] bytes (a snapshot's device state, ~420 KiB), otherwise
 //! [`PIECES`] pieces of [`PIECE`] bytes spread evenly from its first byte
-//! to its last. That finds a truncated or extended
-//! file, a damaged header or tail and damage to a sampled piece, not every
-//! flipped bit. A file checked once is not read again by the same process
-//! until it changes (device, inode, size, mtime and ctime).
+//! to its last. That finds a truncated or extended file, a damaged header
+//! or tail and damage to a sampled piece, not every flipped bit. A file
+//! checked once is not read again by the same process until it changes
+//! (device, inode, size, mtime and ctime).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
