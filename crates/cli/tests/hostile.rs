@@ -620,24 +620,10 @@ fn a_session_program_racing_the_file_names_the_client_uses() {
     // and lists through those names: the agent, which works as root, must
     // never follow the program's links whichever state it catches.
     let server = common::server::Server::start(&[]);
-    let created: Value = server
-        .post("/v1/sessions", json!({ "language": "python" }).to_string())
-        .json()
-        .unwrap();
-    let id = created["id"].as_str().expect("a session").to_string();
-    let command = |command: &str| -> Value {
-        server
-            .post(
-                &format!("/v1/sessions/{id}/executions"),
-                json!({ "command": command }).to_string(),
-            )
-            .json()
-            .unwrap()
-    };
+    let id = server.session(&json!({ "language": "python" }));
+    let command = |command: &str| server.session_command(&id, command);
     let racer = r#"
 import os, time
-os.makedirs('d', exist_ok=True)
-open('d/f', 'w').write('mine')
 end = time.time() + 90
 while time.time() < end:
     os.symlink('/etc/shadow', 'f.link'); os.rename('f.link', 'f')
@@ -650,7 +636,7 @@ while time.time() < end:
         .post(
             &format!("/v1/sessions/{id}/executions"),
             json!({ "files": [{ "name": "race.py", "content": racer }],
-                    "command": "nohup python3 race.py >/dev/null 2>&1 & echo racing" })
+                    "command": "mkdir d && printf mine > d/f && { nohup python3 race.py >/dev/null 2>&1 & } && echo racing" })
             .to_string(),
         )
         .json::<Value>()
