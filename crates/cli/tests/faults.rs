@@ -477,20 +477,8 @@ fn a_session_paused_onto_a_full_disk_runs_on() {
     let _full = Tmpfs::mount(&home.path().join("sessions"), "4m");
     let state_dir = format!("state_dir={}", home.path().display());
     let server = Server::start(&["--set", &state_dir, "--set", "prepare_snapshots=false"]);
-    let created: Value = server
-        .post("/v1/sessions", json!({ "language": "bash" }).to_string())
-        .json()
-        .unwrap();
-    let id = created["id"].as_str().expect("a session").to_string();
-    let command = |command: &str| -> Value {
-        server
-            .post(
-                &format!("/v1/sessions/{id}/executions"),
-                json!({ "command": command }).to_string(),
-            )
-            .json()
-            .unwrap()
-    };
+    let id = server.session(&json!({ "language": "bash" }));
+    let command = |command: &str| server.session_command(&id, command);
     assert_eq!(command("echo kept > f; echo ok")["run"]["stdout"], "ok\n");
 
     let response = server.post(&format!("/v1/sessions/{id}/pause"), "");

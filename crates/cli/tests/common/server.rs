@@ -189,6 +189,28 @@ impl Server {
 }
 
 impl Server {
+    /// Creates a session as `request` asks; its id.
+    pub fn session(&self, request: &Value) -> String {
+        let created: Value = self
+            .post("/v1/sessions", request.to_string())
+            .json()
+            .unwrap();
+        created["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created:#}"))
+            .to_string()
+    }
+
+    /// Runs the shell `command` in session `id`; the answer.
+    pub fn session_command(&self, id: &str, command: &str) -> Value {
+        self.post(
+            &format!("/v1/sessions/{id}/executions"),
+            json!({ "command": command }).to_string(),
+        )
+        .json()
+        .unwrap()
+    }
+
     /// The VM processes of the server's warm pools (their run directories
     /// are named `pool-...`), by pid.
     pub fn pool_vms(&self) -> Vec<String> {

@@ -351,21 +351,9 @@ impl Runner {
     /// whose images are built (nothing is built here; choosing the
     /// backend may boot its probe VM once).
     pub async fn current_snapshot_ids(&self) -> Result<Vec<String>, SnapshotError> {
-        let mut ids = Vec::new();
-        for language in self.languages().all() {
-            let built = self.vms.images().rootfs_manifest(language).is_some()
-                && self.vms.images().boot_files(agent()).is_some();
-            if !built {
-                continue;
-            }
-            let images = self.vms.prepare(language, Arc::new(())).await?;
-            let backend = self
-                .vms
-                .backend(&images.kernel.vmlinux, &images.initramfs)
-                .await?;
-            ids.push(self.vms.snapshot_key(language, &images, &*backend).id());
-        }
-        Ok(ids)
+        let languages: Vec<&Language> = self.languages().all().iter().collect();
+        let readiness = self.snapshot_readiness(&languages).await?;
+        Ok(readiness.into_iter().map(|(id, _)| id).collect())
     }
 
     /// For each of `languages` whose images are built: the id of the
