@@ -43,10 +43,12 @@ apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
 # mmdebstrap builds the trixie guests (the keyring has trixie's keys);
 # e2fsprogs writes ext4 images; xz unpacks kernel modules; gcc and
 # libc6-dev (libc.a) link the static guest agent; python3 makes the wheel
-# and npm tarball the network tests serve.
+# and npm tarball the network tests serve. The guest kernel is compiled
+# from Debian's linux-source-6.12 with make, bc, bison, flex and libelf.
 apt-get install -y -q --no-install-recommends \
     mmdebstrap debian-archive-keyring e2fsprogs xz-utils ca-certificates \
-    gcc libc6-dev python3 python3-venv
+    gcc libc6-dev python3 python3-venv \
+    linux-source-6.12 make bc bison flex libelf-dev
 
 if ! command -v cargo >/dev/null; then
     if [ "${VERSION_CODENAME:-}" = bookworm ]; then

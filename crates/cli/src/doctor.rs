@@ -1,12 +1,24 @@
 //! `runner doctor`: what would be used, and what is missing.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use runner_host::exec::agent;
-use runner_host::vmm::{self, accel};
+use runner_host::image::KernelChoice;
+use runner_host::vmm::{self, Memory, VmSpec, accel};
+use runner_protocol::Frame;
+
+/// How long a debug boot may take (printing to a serial line under TCG is
+/// slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 use runner_host::{Config, Runner};
 
-pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode> {
+pub async fn doctor(
+    runner: Runner,
+    config: &Config,
+    debug_kernel: bool,
+) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let state = runner.state().root();
     let free = nix::sys::statvfs::statvfs(state)
@@ -46,7 +58,20 @@ pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode>
         ),
         ("mkfs.ext4", "e2fsprogs", "writes root filesystem images"),
         ("xz", "xz-utils", "decompresses kernel modules"),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        (config.kernel == KernelChoice::Runner)
+            .then_some([
+                ("make", "make", "builds the guest kernel"),
+                ("gcc", "build-essential", "compiles the guest kernel"),
+                ("bison", "bison", "builds the guest kernel's configurator"),
+                ("flex", "flex", "builds the guest kernel's configurator"),
+                ("bc", "bc", "computes the guest kernel's timer constants"),
+            ])
+            .into_iter()
+            .flatten(),
+    ) {
         match which(tool) {
             Some(path) => outln!("{tool:<14} {}", path.display()),
             None => {
@@ -57,6 +82,13 @@ pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode>
             }
         }
     }
+
+    let kernel = runner.images().kernel_spec();
+    outln!(
+        "kernel         {}{}",
+        kernel.choice,
+        if kernel.debug { " (debug flavour)" } else { "" }
+    );
 
     let boot_files = runner.images().boot_files(agent());
     let acceleration = match (accel::preflight(vmm.accel), &boot_files, installed) {
@@ -102,6 +134,9 @@ pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode>
             );
         }
     }
+    if debug_kernel && let Err(e) = boot_with_messages(&runner).await {
+        problems.push(e.to_string());
+    }
     if problems.is_empty() {
         outln!("\nready");
         Ok(ExitCode::SUCCESS)
@@ -111,6 +146,60 @@ pub async fn doctor(runner: Runner, config: &Config) -> anyhow::Result<ExitCode>
             outln!("problem: {problem}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Boots a VM of the first enabled language from the debug kernel (built
+/// if missing), waits for its agent and shows the kernel's messages.
+async fn boot_with_messages(runner: &Runner) -> anyhow::Result<()> {
+    let Some(language) = runner.enabled_languages().first().map(|l| (*l).clone()) else {
+        anyhow::bail!("no language is enabled to boot a VM of");
+    };
+    outln!("\nbooting a {} VM from the debug kernel", language.name);
+    let images = runner
+        .prepare(&language, Arc::new(crate::progress::Spinner::new()))
+        .await?;
+    let backend = runner
+        .backend(&images.kernel.vmlinux, &images.initramfs)
+        .await?;
+    let id = format!("doctor-{}", std::process::id());
+    let spec = VmSpec {
+        id: id.clone(),
+        kernel: images.kernel.vmlinux.clone(),
+        initramfs: images.initramfs.clone(),
+        rootfs: Some(images.rootfs.clone()),
+        memory_mib: runner_host::exec::vm_memory_mib(language.memory_mib.into()),
+        vcpus: 1,
+        kernel_args: images.kernel.args.clone(),
+        run_dir: runner
+            .state()
+            .runs()
+            .join(format!("{}.{id}", std::process::id())),
+        memory: Memory::Private,
+    };
+    let started = Instant::now();
+    let mut vm = backend.start(spec).await?;
+    let hello = tokio::time::timeout(BOOT_TIMEOUT, vm.channel().recv()).await;
+    let console = vm.console_tail();
+    vm.destroy().await;
+    outln!(
+        "--- console ---\n{}\n--- end of console ---",
+        console.trim_end()
+    );
+    match hello {
+        Ok(Ok(Frame::Hello(_))) => {
+            outln!(
+                "the agent said hello {:.2} s after QEMU started",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Ok(Ok(other)) => anyhow::bail!("the agent sent {:?} instead of hello", other.kind()),
+        Ok(Err(e)) => anyhow::bail!("the VM did not come up: {e}"),
+        Err(_) => anyhow::bail!(
+            "the agent did not say hello within {} s",
+            BOOT_TIMEOUT.as_secs()
+        ),
     }
 }
 

@@ -112,7 +112,12 @@ enum Command {
     /// Show the languages and the version each image has.
     Languages,
     /// Say which backend and acceleration would be used, and what is missing.
-    Doctor,
+    Doctor {
+        /// Also boot a VM from the kernel's debug flavour (kernel messages
+        /// on) and show its console: for a VM that does not boot.
+        #[arg(long)]
+        debug_kernel: bool,
+    },
     /// Judge a program against a folder of tests (NAME.in, NAME.out),
     /// compiling it once; exit 0 only if every test is accepted.
     Judge(Box<judge::JudgeArgs>),
@@ -494,6 +499,7 @@ fn init_logging(default: &str) {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut flags = match &cli.command {
         Command::Serve(args) => args.settings(),
+        Command::Doctor { debug_kernel: true } => vec![("kernel_debug".into(), "true".into())],
         _ => Vec::new(),
     };
     for set in &cli.config.set {
@@ -531,7 +537,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image { command } => image(runner()?, command).await,
         Command::Snapshot { command } => snapshot(runner()?, command).await,
         Command::Languages => languages(runner()?),
-        Command::Doctor => doctor::doctor(runner()?, &config).await,
+        Command::Doctor { debug_kernel } => doctor::doctor(runner()?, &config, debug_kernel).await,
         Command::Serve(_) => {
             runner_api::serve(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -910,10 +916,22 @@ fn selected(runner: &Runner, names: &[String]) -> anyhow::Result<Vec<runner_host
 async fn image(runner: Runner, command: ImageCommand) -> anyhow::Result<ExitCode> {
     match command {
         ImageCommand::Build { lang } => {
+            let mut kernel_shown = false;
             for language in selected(&runner, &lang)? {
                 let images = runner
                     .prepare(&language, Arc::new(progress::Spinner::new()))
                     .await?;
+                if !kernel_shown {
+                    let kernel = &images.kernel;
+                    outln!(
+                        "kernel: {} ({}, built in {:.0} s, {:.1} MiB)",
+                        kernel.version,
+                        kernel.id,
+                        kernel.build_seconds,
+                        kernel.size_bytes as f64 / f64::from(1 << 20)
+                    );
+                    kernel_shown = true;
+                }
                 outln!(
                     "{}: {} ({})",
                     language.name,

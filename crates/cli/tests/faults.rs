@@ -134,11 +134,18 @@ fn own_home(take: impl Fn(&str) -> Take) -> TempDir {
 
 /// `runner` with `args` on the state directory `home`.
 fn runner_in(home: &Path, args: &[&str]) -> Output {
-    runner()
-        .env("RUNNER_HOME", home)
-        .args(args)
-        .output()
-        .unwrap()
+    runner_on(home).args(args).output().unwrap()
+}
+
+/// A runner on `home`, with the home's own `config.toml` if it has one.
+fn runner_on(home: &Path) -> Command {
+    let mut command = runner();
+    command.env("RUNNER_HOME", home);
+    let config = home.join("config.toml");
+    if config.exists() {
+        command.env("RUNNER_CONFIG", config);
+    }
+    command
 }
 
 /// A Bash `echo hi` on `home`: its JSON result and what was logged.
@@ -288,7 +295,8 @@ fn a_damaged_image_is_built_again_before_a_vm_boots_from_it() {
 /// whole.
 #[test]
 fn a_runner_killed_while_building_an_image_leaves_nothing_used() {
-    // The kernel: an image that takes seconds to build (a download).
+    // Debian's kernel: an image that takes seconds to build (a download;
+    // Runner Codes' own takes minutes to compile).
     let home = own_home(|id| {
         if id.starts_with("kernel-") {
             Take::Build
@@ -296,6 +304,7 @@ fn a_runner_killed_while_building_an_image_leaves_nothing_used() {
             Take::Link
         }
     });
+    std::fs::write(home.path().join("config.toml"), "kernel = \"debian\"\n").unwrap();
     let images = home.path().join("images");
     let state_dir = format!("state_dir={}", home.path().display());
     let builders: [&[&str]; 2] = [
@@ -316,8 +325,7 @@ fn a_runner_killed_while_building_an_image_leaves_nothing_used() {
         for built in entries(&images, "kernel-") {
             std::fs::remove_dir_all(built).unwrap();
         }
-        let mut child = runner()
-            .env("RUNNER_HOME", home.path())
+        let mut child = runner_on(home.path())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -20,11 +20,12 @@ use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 use crate::exec::LimitPolicy;
+use crate::image::{KernelChoice, KernelSpec};
 use crate::lang::Languages;
 use crate::net::NetworkConfig;
 use crate::pool::PoolConfig;
 use crate::session::SessionConfig;
-use crate::vmm::{AccelMode, VmmConfig};
+use crate::vmm::{AccelMode, Machine, VmmConfig};
 
 /// Read when `--config` and `RUNNER_CONFIG` are not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/runner/config.toml";
@@ -52,6 +53,15 @@ pub struct Config {
     /// `auto` uses KVM when a probe VM boots under it, else TCG; `kvm` or
     /// `tcg` skip the probe.
     pub accel: AccelMode,
+    /// The guest kernel: `runner`, built here from Debian's kernel source
+    /// with Runner Codes' options (see `image/kernel/runner.config`), or
+    /// `debian`, Debian's cloud kernel package.
+    pub kernel: KernelChoice,
+    /// Boot the kernel's debug flavour, which prints its messages on the
+    /// console (shown in boot errors and by `runner doctor --debug-kernel`).
+    pub kernel_debug: bool,
+    /// The machine QEMU emulates: `q35` or `microvm`.
+    pub machine: Machine,
     /// Extra guest kernel arguments, space-separated (for experiments).
     pub kernel_args: String,
     /// The Debian mirror guest images are built from; empty for the one
@@ -174,6 +184,9 @@ impl Config {
             prestart: true,
             qemu: String::new(),
             accel: AccelMode::Auto,
+            kernel: KernelChoice::Debian,
+            kernel_debug: false,
+            machine: Machine::Q35,
             kernel_args: String::new(),
             debian_mirror: String::new(),
             reserved_memory_mib: 2048,
@@ -204,11 +217,20 @@ impl Config {
         }
     }
 
+    /// The kernel guests boot.
+    pub fn kernel_spec(&self) -> KernelSpec {
+        KernelSpec {
+            choice: self.kernel,
+            debug: self.kernel_debug,
+        }
+    }
+
     /// What the VMM backends need of it.
     pub fn vmm(&self) -> VmmConfig {
         VmmConfig {
             qemu: (!self.qemu.is_empty()).then(|| PathBuf::from(&self.qemu)),
             accel: self.accel,
+            machine: self.machine,
             kernel_args: self
                 .kernel_args
                 .split_whitespace()

@@ -240,7 +240,7 @@ impl Vms {
             rootfs: Some(images.rootfs.clone()),
             memory_mib,
             vcpus: 1,
-            kernel_args: Vec::new(),
+            kernel_args: images.kernel.args.clone(),
             run_dir: self.run_dir(id),
             memory,
         }

@@ -120,7 +120,11 @@ impl Runner {
         if swept > 0 {
             tracing::info!(swept, "removed run directories of dead runner processes");
         }
-        let images = ImageStore::new(state.images(), DebianSource::new(&config.debian_mirror));
+        let images = ImageStore::new(
+            state.images(),
+            DebianSource::new(&config.debian_mirror),
+            config.kernel_spec(),
+        );
         Ok(Self {
             planner: Planner::new(
                 config.all_languages()?,

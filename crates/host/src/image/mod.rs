@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::integrity::{self, Damage, Fingerprints};
 use crate::lang::Language;
 
-pub use kernel::KernelImage;
+pub use kernel::{KernelChoice, KernelImage, KernelSpec};
 pub use source::DebianSource;
 
 /// Bump when the way images are built changes in a way recipes do not show.
@@ -42,6 +42,15 @@ pub enum ImageError {
     MissingTool {
         tool: &'static str,
         package: &'static str,
+    },
+    #[error(
+        "the guest kernel is built from Debian's {package}, which is not installed: \
+         install the Debian packages {packages} (scripts/setup.sh does), \
+         or set kernel = \"debian\" to boot Debian's own kernel"
+    )]
+    MissingKernelSource {
+        package: &'static str,
+        packages: &'static str,
     },
     #[error(
         "not enough disk space in {path}: {free_mib} MiB free, building needs {need_mib} MiB; \
@@ -166,13 +175,28 @@ impl Progress for () {
 pub struct ImageStore {
     dir: PathBuf,
     source: DebianSource,
+    kernel: KernelSpec,
 }
 
 impl ImageStore {
-    pub fn new(dir: impl Into<PathBuf>, source: DebianSource) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, source: DebianSource, kernel: KernelSpec) -> Self {
         Self {
             dir: dir.into(),
             source,
+            kernel,
+        }
+    }
+
+    /// The kernel guests boot.
+    pub fn kernel_spec(&self) -> KernelSpec {
+        self.kernel
+    }
+
+    /// The same store with guests booting `kernel` instead.
+    pub fn with_kernel(&self, kernel: KernelSpec) -> Self {
+        Self {
+            kernel,
+            ..self.clone()
         }
     }
 
@@ -200,11 +224,17 @@ impl ImageStore {
     }
 
     pub fn kernel(&self, progress: &dyn Progress) -> Result<KernelImage, ImageError> {
-        let recipe = kernel::recipe(&self.source);
-        let dir = self.build("kernel", None, &recipe, progress, |scratch| {
-            kernel::build(&self.source, scratch, progress)
+        let (name, recipe) = self.kernel.recipe(&self.source)?;
+        let dir = self.build("kernel", name, &recipe, progress, |scratch| {
+            self.kernel.build(&self.source, scratch, progress)
         })?;
-        KernelImage::open(&dir)
+        KernelImage::open(&dir, &self.kernel, &read_manifest(&dir)?)
+    }
+
+    /// The kernel image's id, if its recipe can be known here.
+    fn kernel_id(&self) -> Result<String, ImageError> {
+        let (name, recipe) = self.kernel.recipe(&self.source)?;
+        Ok(image_id("kernel", name, &recipe).0)
     }
 
     pub fn initramfs(
@@ -237,11 +267,21 @@ impl ImageStore {
     }
 
     /// The images this build of Runner Codes uses for `languages`, each with
-    /// whether it is built, without building anything.
+    /// whether it is built, without building anything. A kernel whose
+    /// recipe cannot be known here (its source is not installed) is
+    /// described instead of named, and so are the images built on it.
     pub fn status(&self, languages: &[Language], agent: &Agent) -> Vec<(String, bool)> {
-        let (kernel, _) = image_id("kernel", None, &kernel::recipe(&self.source));
-        let (initramfs, _) = image_id("initramfs", None, &initramfs::recipe(&kernel, agent));
-        let mut ids = vec![kernel, initramfs];
+        let mut ids = match self.kernel_id() {
+            Ok(kernel) => {
+                let (initramfs, _) =
+                    image_id("initramfs", None, &initramfs::recipe(&kernel, agent));
+                vec![kernel, initramfs]
+            }
+            Err(e) => vec![
+                format!("kernel ({e})"),
+                "initramfs (needs the kernel)".into(),
+            ],
+        };
         for language in languages {
             let recipe = rootfs::recipe(&self.source, language);
             ids.push(image_id("rootfs", Some(&language.name), &recipe).0);
@@ -276,6 +316,8 @@ impl ImageStore {
         agent: &Agent,
         in_use: &[PathBuf],
     ) -> Result<Vec<String>, ImageError> {
+        // Without the kernel's id every kernel would look unused.
+        self.kernel_id()?;
         let mut keep: Vec<String> = self
             .status(languages, agent)
             .into_iter()
@@ -596,7 +638,7 @@ mod tests {
     #[test]
     fn prune_keeps_the_images_a_paused_session_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path(), DebianSource::new(""));
+        let store = ImageStore::new(dir.path(), DebianSource::new(""), KernelSpec::default());
         for id in [
             "rootfs-bash-0000000000000000",
             "rootfs-bash-1111111111111111",
@@ -620,7 +662,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path(), DebianSource::new(""));
+        let store = ImageStore::new(dir.path(), DebianSource::new(""), KernelSpec::default());
         let builds = std::cell::Cell::new(0);
         let build = || {
             store

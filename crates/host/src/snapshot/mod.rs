@@ -54,11 +54,16 @@ pub struct SnapshotKey {
     pub format: u32,
     pub language: String,
     pub kernel: String,
+    /// Arguments of the kernel's flavour (see [`crate::image::KernelSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
     pub initramfs: String,
     pub rootfs: String,
     /// The backend's name and version, as it reports them.
     pub backend: String,
     pub accel: String,
+    /// The machine type, q35 or microvm.
+    pub machine: String,
     pub cpu: String,
     pub memory_mib: u32,
     pub vcpus: u32,
@@ -89,10 +94,12 @@ impl SnapshotKey {
             format: FORMAT,
             language: language.name.clone(),
             kernel: images.kernel.id.clone(),
+            kernel_args: images.kernel.args.clone(),
             initramfs: id(&images.initramfs),
             rootfs: id(&images.rootfs),
             backend: format!("{} {}", info.name, info.version),
             accel: info.accel.to_string(),
+            machine: info.machine.to_string(),
             // A CPU model of the host's own (KVM) is whatever this
             // machine's CPU is.
             cpu: match backend.cpu_model() {
@@ -325,6 +332,8 @@ mod tests {
             rootfs: rootfs.into(),
             backend: "qemu 10.0.2".into(),
             accel: "tcg".into(),
+            kernel_args: Vec::new(),
+            machine: "q35".into(),
             cpu: "max".into(),
             memory_mib: 576,
             vcpus: 1,

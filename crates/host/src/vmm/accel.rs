@@ -137,6 +137,7 @@ async fn probe(
 ) -> AccelChoice {
     let backend = QemuBackend::new(
         installed.clone(),
+        super::Machine::default(),
         Vec::new(),
         AccelChoice {
             accel: Accel::Kvm,

@@ -17,6 +17,7 @@ mod qemu;
 mod qmp;
 mod vcpu_time;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,8 +75,32 @@ pub struct VmmConfig {
     /// The QEMU binary; `None` for `qemu-system-x86_64` on `PATH`.
     pub qemu: Option<PathBuf>,
     pub accel: AccelMode,
+    pub machine: Machine,
     /// Appended to every guest's kernel command line.
     pub kernel_args: Vec<String>,
+}
+
+/// The machine QEMU emulates (`machine` in the configuration). Both boot
+/// the same kernels; which starts sooner is measured by `runner bench`
+/// (see the README's "Machine type").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// A PC with PCI Express and ACPI; devices are virtio over PCI.
+    #[default]
+    Q35,
+    /// QEMU's minimal machine without PCI; devices are virtio over MMIO,
+    /// described to the kernel in ACPI.
+    Microvm,
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        })
+    }
 }
 
 /// How the acceleration is chosen.
@@ -130,6 +155,7 @@ pub async fn select(
     );
     Ok(Arc::new(qemu::QemuBackend::new(
         installed,
+        config.machine,
         config.kernel_args.clone(),
         choice,
     )))
@@ -231,6 +257,7 @@ pub struct BackendInfo {
     pub name: &'static str,
     pub version: String,
     pub accel: Accel,
+    pub machine: Machine,
     /// Why this acceleration was chosen.
     pub reason: String,
 }
@@ -238,7 +265,10 @@ pub struct BackendInfo {
 impl BackendInfo {
     /// Name, version and acceleration in one line.
     pub fn describe(&self) -> String {
-        format!("{} {} ({})", self.name, self.version, self.accel)
+        match self.machine {
+            Machine::Q35 => format!("{} {} ({})", self.name, self.version, self.accel),
+            machine => format!("{} {} ({}, {machine})", self.name, self.version, self.accel),
+        }
     }
 }
 

@@ -21,8 +21,8 @@ use tokio::process::{Child, Command};
 
 use super::qmp::{Qmp, QmpError};
 use super::{
-    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Memory, Saved, VcpuClock,
-    Vm, VmSpec, VmmConfig, VmmError,
+    Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
+    VcpuClock, Vm, VmSpec, VmmConfig, VmmError,
 };
 
 pub const NAME: &str = "qemu";
@@ -82,13 +82,19 @@ impl QemuBackend {
         Ok(text.lines().next().unwrap_or("unknown").to_string())
     }
 
-    pub fn new(installed: Installed, kernel_args: Vec<String>, choice: AccelChoice) -> Self {
+    pub fn new(
+        installed: Installed,
+        machine: Machine,
+        kernel_args: Vec<String>,
+        choice: AccelChoice,
+    ) -> Self {
         Self {
             binary: installed.binary,
             info: BackendInfo {
                 name: NAME,
                 version: installed.version,
                 accel: choice.accel,
+                machine,
                 reason: choice.reason,
             },
             kernel_args,
@@ -118,6 +124,14 @@ impl QemuBackend {
         } else {
             ""
         };
+        // q35's devices sit on PCI, microvm's on virtio-mmio.
+        let (machine, bus) = match self.info.machine {
+            Machine::Q35 => (format!("q35,accel={accel},smm=off,vmport=off"), "pci"),
+            Machine::Microvm => (
+                format!("microvm,accel={accel},acpi=off,pit=on,pic=off,rtc=on,isa-serial=on"),
+                "device",
+            ),
+        };
         let mut kernel_args: Vec<&str> = KERNEL_ARGS.to_vec();
         kernel_args.extend(spec.kernel_args.iter().map(String::as_str));
         kernel_args.extend(self.kernel_args.iter().map(String::as_str));
@@ -136,10 +150,7 @@ impl QemuBackend {
                 "-sandbox",
                 "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             ])
-            .args([
-                "-machine",
-                &format!("q35,accel={accel},smm=off,vmport=off{memory_backend}"),
-            ])
+            .args(["-machine", &format!("{machine}{memory_backend}")])
             .args(["-cpu", cpu])
             .args(["-smp", &spec.vcpus.to_string()])
             .args(["-m", &format!("{}M", spec.memory_mib)])
@@ -150,7 +161,7 @@ impl QemuBackend {
             .args(["-append", &kernel_args.join(" ")])
             .args(["-serial", "stdio"])
             .args(["-nic", "none"])
-            .args(["-device", "virtio-serial-pci,id=serial0"])
+            .args(["-device", &format!("virtio-serial-{bus},id=serial0")])
             .arg("-chardev")
             .arg(format!("socket,id=agent,path={}", socket.display()))
             .arg("-device")
@@ -169,7 +180,7 @@ impl QemuBackend {
                 runner_protocol::net::NET_PORT_NAME
             ))
             .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
-            .args(["-device", "virtio-rng-pci,rng=rng0"]);
+            .args(["-device", &format!("virtio-rng-{bus},rng=rng0")]);
         if let Some(path) = memory_file {
             // A restored VM opens the snapshot's memory read-only and maps it
             // privately (readonly=on with rom=off, QEMU 8.2+): even a
@@ -199,7 +210,7 @@ impl QemuBackend {
                     "if=none,id=root,format=raw,readonly=on,file={}",
                     rootfs.display()
                 ))
-                .args(["-device", "virtio-blk-pci,drive=root"]);
+                .args(["-device", &format!("virtio-blk-{bus},drive=root")]);
         }
         command
             .stdin(Stdio::null())

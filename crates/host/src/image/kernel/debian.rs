@@ -1,6 +1,7 @@
-//! The guest kernel: Debian's `linux-image-cloud-amd64`, with the ELF
-//! `vmlinux` extracted from its bzImage (VMMs boot it directly, through PVH
-//! or as Firecracker does) and the modules the guest needs, decompressed.
+//! Debian's kernel (`kernel = "debian"`): `linux-image-cloud-amd64`, with
+//! the ELF `vmlinux` extracted from its bzImage (VMMs boot it directly,
+//! through PVH or as Firecracker does) and the modules the guest needs,
+//! decompressed.
 
 use std::fs;
 use std::io::Read;
@@ -9,12 +10,10 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use super::{DebianSource, ImageError, Progress, require_space, require_tool, run};
+use super::{MODULE_ORDER, MODULES_DIR, VMLINUX};
+use crate::image::{DebianSource, ImageError, Progress, require_space, require_tool, run};
 
 const PACKAGE: &str = "linux-image-cloud-amd64";
-pub const VMLINUX: &str = "vmlinux";
-const MODULES_DIR: &str = "modules";
-const MODULE_ORDER: &str = "modules.order";
 
 /// Modules the init needs, if the kernel does not have them built in:
 /// the root disk (virtio-blk), the overlay for writes, entropy from the host
@@ -45,46 +44,6 @@ pub(super) fn recipe(source: &DebianSource) -> impl Serialize + '_ {
         suite: &source.suite,
         package: PACKAGE,
         modules: WANTED_MODULES,
-    }
-}
-
-/// A built kernel image directory.
-#[derive(Debug, Clone)]
-pub struct KernelImage {
-    pub dir: PathBuf,
-    pub vmlinux: PathBuf,
-    /// The image id (directory name), which names everything built on it.
-    pub id: String,
-}
-
-impl KernelImage {
-    pub(super) fn open(dir: &Path) -> Result<Self, ImageError> {
-        let vmlinux = dir.join(VMLINUX);
-        if !vmlinux.is_file() {
-            return Err(ImageError::Invalid(format!(
-                "{} is missing",
-                vmlinux.display()
-            )));
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            vmlinux,
-            id: dir.file_name().unwrap().to_string_lossy().into_owned(),
-        })
-    }
-
-    /// The modules to load, in load order, with their files.
-    pub fn modules(&self) -> Result<Vec<(String, PathBuf)>, ImageError> {
-        let order_path = self.dir.join(MODULE_ORDER);
-        let order = fs::read_to_string(&order_path).map_err(ImageError::io("read", &order_path))?;
-        Ok(order
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|name| {
-                let file = self.dir.join(MODULES_DIR).join(format!("{name}.ko"));
-                (name.to_string(), file)
-            })
-            .collect())
     }
 }
 
@@ -150,7 +109,7 @@ fn find_one(dir: &Path, prefix: &str) -> Result<PathBuf, ImageError> {
 /// Finds the compressed kernel inside a bzImage and decompresses it, like the
 /// kernel's `scripts/extract-vmlinux`: try each zstd frame start until one
 /// decodes to an ELF file.
-pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
+fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     for start in bzimage
         .windows(4)
