@@ -1,12 +1,12 @@
 //! The guest kernel, one of two:
 //!
-//! - `runner`: Runner Codes' own, built from Debian's kernel
-//!   source package with the options in `runner.config` over `tinyconfig`
-//!   ([`source`]): no modules, printk off, about a fifth of Debian's size
-//!   and booting several times sooner under TCG. Its debug flavour
-//!   (`debug.config` on top) prints the kernel's messages on the console.
-//! - `debian` (the default for now): Debian's cloud kernel package and the modules the guest
-//!   loads from the initramfs ([`debian`]).
+//! - `runner`: Runner Codes' own, built from Debian's kernel source package
+//!   with the options in `runner.config` over `tinyconfig` ([`source`]): no
+//!   modules, printk off, about a fifth of Debian's size and booting several
+//!   times sooner under TCG. Its debug flavour (`debug.config` on top)
+//!   prints the kernel's messages on the console.
+//! - `debian` (the default for now): Debian's cloud kernel package and the
+//!   modules the guest loads from the initramfs ([`debian`]).
 //!
 //! Either is an image like the others: content-addressed by its recipe,
 //! built once and cached.
