@@ -396,9 +396,13 @@ fn proc_and_sys_probing_for_host_information() {
     let code = r#"
 import os, re
 seen = []
-# Kernel addresses are hidden from the run user.
-if any(not l.startswith("0000000000000000") for l in open("/proc/kallsyms")):
-    seen.append("kallsyms addresses")
+# Kernel addresses are hidden from the run user (our kernel has no symbol
+# table at all; Debian's hides the addresses).
+try:
+    if any(not l.startswith("0000000000000000") for l in open("/proc/kallsyms")):
+        seen.append("kallsyms addresses")
+except FileNotFoundError:
+    pass
 # Its mounts are the guest's: nothing of the host's file systems.
 for line in open("/proc/self/mountinfo"):
     if re.search(r"/var/lib/runner|/work/main|docker", line):

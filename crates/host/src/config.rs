@@ -184,7 +184,7 @@ impl Config {
             prestart: true,
             qemu: String::new(),
             accel: AccelMode::Auto,
-            kernel: KernelChoice::Debian,
+            kernel: KernelChoice::Runner,
             kernel_debug: false,
             machine: Machine::Q35,
             kernel_args: String::new(),

@@ -224,7 +224,7 @@ impl ImageStore {
     }
 
     pub fn kernel(&self, progress: &dyn Progress) -> Result<KernelImage, ImageError> {
-        let (name, recipe) = self.kernel.recipe(&self.source)?;
+        let (name, recipe) = self.kernel_recipe()?;
         let dir = self.build("kernel", name, &recipe, progress, |scratch| {
             self.kernel.build(&self.source, scratch, progress)
         })?;
@@ -233,8 +233,31 @@ impl ImageStore {
 
     /// The kernel image's id, if its recipe can be known here.
     fn kernel_id(&self) -> Result<String, ImageError> {
-        let (name, recipe) = self.kernel.recipe(&self.source)?;
+        let (name, recipe) = self.kernel_recipe()?;
         Ok(image_id("kernel", name, &recipe).0)
+    }
+
+    /// The kernel's name and recipe. Where the recipe cannot be known here
+    /// (the kernel source or the compiler is not installed) but a kernel
+    /// with the same options was built, the newest such: running code
+    /// needs no compiler, only building does.
+    fn kernel_recipe(&self) -> Result<(Option<&'static str>, serde_json::Value), ImageError> {
+        let error = match self.kernel.recipe(&self.source) {
+            Ok(known) => return Ok(known),
+            Err(e) => e,
+        };
+        let name = self.kernel.name();
+        let built = self.list().unwrap_or_default().into_iter().rev().find(|m| {
+            let recipe = &m.recipe["recipe"];
+            m.kind == "kernel"
+                && m.name.as_deref() == name
+                && self.kernel.same_options(recipe)
+                && image_id("kernel", name, recipe).0 == m.id
+        });
+        match built {
+            Some(manifest) => Ok((name, manifest.recipe["recipe"].clone())),
+            None => Err(error),
+        }
     }
 
     pub fn initramfs(
@@ -305,9 +328,10 @@ impl ImageStore {
     }
 
     /// Removes every image that this build of Runner Codes no longer uses
-    /// for `languages` (older recipes, older agents) and leftover build
-    /// directories. Returns what was removed. Images are only ever replaced
-    /// by new ids, so a runner still using an old one keeps its open files.
+    /// for `languages` (older recipes, older agents, on any kernel it can
+    /// select) and leftover build directories. Returns what was removed.
+    /// Images are only ever replaced by new ids, so a runner still using an
+    /// old one keeps its open files.
     /// Images with a file in `in_use` (what paused sessions need to
     /// resume, see [`crate::session::files_of_paused`]) are kept.
     pub fn prune(
@@ -323,6 +347,16 @@ impl ImageStore {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        // The other kernels a configuration can select (and the initramfs
+        // built on each) stay too: switching to one is a setting, and
+        // building it again takes minutes. One whose recipe cannot be known
+        // here (its source is not installed) could not boot either.
+        for spec in KernelSpec::ALL {
+            let other = self.with_kernel(spec);
+            if other.kernel_id().is_ok() {
+                keep.extend(other.status(&[], agent).into_iter().map(|(id, _)| id));
+            }
+        }
         // Images a paused session needs to resume.
         keep.extend(crate::state::entries_holding(&self.dir, in_use));
         let mut removed = Vec::new();
@@ -635,10 +669,17 @@ fn run(command: &mut Command) -> Result<String, ImageError> {
 mod tests {
     use super::*;
 
+    fn debian_kernel() -> KernelSpec {
+        KernelSpec {
+            choice: KernelChoice::Debian,
+            debug: false,
+        }
+    }
+
     #[test]
     fn prune_keeps_the_images_a_paused_session_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path(), DebianSource::new(""), KernelSpec::default());
+        let store = ImageStore::new(dir.path(), DebianSource::new(""), debian_kernel());
         for id in [
             "rootfs-bash-0000000000000000",
             "rootfs-bash-1111111111111111",
@@ -656,13 +697,42 @@ mod tests {
     }
 
     #[test]
+    fn prune_keeps_every_selectable_kernel_and_removes_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = ImageStore::new(dir.path(), DebianSource::new(""), KernelSpec::default());
+        if let Err(e) = runner.kernel_id() {
+            eprintln!("skipped: the default kernel's recipe is unknown here ({e})");
+            return;
+        }
+        let agent = Agent::new(b"agent");
+        let debian = runner.with_kernel(debian_kernel());
+        let mut selectable: Vec<String> = [runner.status(&[], &agent), debian.status(&[], &agent)]
+            .concat()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        selectable.sort();
+        selectable.dedup();
+        let old = "kernel-runner-0000000000000000".to_string();
+        for id in selectable.iter().chain([&old]) {
+            fs::create_dir_all(dir.path().join(id)).unwrap();
+            fs::write(dir.path().join(id).join(MANIFEST), "{}").unwrap();
+        }
+        // Configured with Debian's kernel, the store keeps the runner one.
+        assert_eq!(debian.prune(&[], &agent, &[]).unwrap(), [old]);
+        for id in &selectable {
+            assert!(dir.path().join(id).exists(), "{id} was removed");
+        }
+    }
+
+    #[test]
     fn a_damaged_image_is_built_again_and_an_old_one_gets_fingerprints() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: building an image needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path(), DebianSource::new(""), KernelSpec::default());
+        let store = ImageStore::new(dir.path(), DebianSource::new(""), debian_kernel());
         let builds = std::cell::Cell::new(0);
         let build = || {
             store

@@ -82,6 +82,11 @@ fn toolchain() -> Result<(String, String), ImageError> {
     Ok(known.clone().expect("just set"))
 }
 
+/// Whether `recipe` (a built kernel's) has the flavour's options.
+pub(super) fn same_options(debug: bool, recipe: &serde_json::Value) -> bool {
+    recipe["package"] == PACKAGE && recipe["config"] == fragment(debug).as_str()
+}
+
 /// The configuration fragment of a flavour.
 fn fragment(debug: bool) -> String {
     if debug {
