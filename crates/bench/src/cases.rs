@@ -41,6 +41,9 @@ pub enum Group {
     /// The same program run again in a session's VM, against a fresh
     /// execution.
     Session,
+    /// The start cases' program booted cold and restored on another guest
+    /// kernel or machine type (`--kernels`, `--machines`), side by side.
+    Kernel,
 }
 
 /// Tests of a judge case: `fib N` for N from 1 to this.
@@ -89,6 +92,21 @@ pub struct Case {
     /// in a fresh interpreter.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// For kernel cases, the kernel and machine type its VMs run on, as
+    /// `{kernel}-{machine}` (see [`crate::Variant`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+impl Case {
+    /// "python Fibonacci(30)", or the title where it names its language.
+    pub fn title_with_language(&self) -> String {
+        if self.title.starts_with(&self.language) {
+            self.title.clone()
+        } else {
+            format!("{} {}", self.language, self.title)
+        }
+    }
 }
 
 /// The language with the data stack, and the script its cases run.
@@ -161,8 +179,10 @@ const HELLO_OUTPUT: &str = "Hello, World!\n";
 pub const CONCURRENCY: [usize; 3] = [1, 2, 4];
 
 /// The whole suite for `languages` (in the order given). The start and
-/// throughput cases use the first language.
-pub fn suite(languages: &[String]) -> Vec<Case> {
+/// throughput cases use the first language, and so do the kernel cases,
+/// one cold and one snapshot case for each of `vms` (kernel and machine
+/// type labels).
+pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
     let mut cases = Vec::new();
     let Some(first) = languages.first() else {
         return cases;
@@ -187,7 +207,27 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             seed_ms,
             judge: None,
             env: BTreeMap::new(),
+            vm: None,
         });
+    }
+    for vm in vms {
+        for start in [Start::Cold, Start::Snapshot] {
+            cases.push(Case {
+                id: format!("kernel/{vm}/{}", start.as_str()),
+                group: Group::Kernel,
+                title: format!("{first} Hello World, {} start on {vm}", start.as_str()),
+                language: first.clone(),
+                start,
+                concurrency: 1,
+                source: first_hello.clone(),
+                args: Vec::new(),
+                expected_stdout: Some(HELLO_OUTPUT.into()),
+                seed_ms: None,
+                judge: None,
+                env: BTreeMap::new(),
+                vm: Some(vm.clone()),
+            });
+        }
     }
     for language in languages {
         let Some(programs) = PROGRAMS.iter().find(|p| p.language == language) else {
@@ -213,6 +253,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             seed_ms: programs.seed_ms[0],
             judge: None,
             env: BTreeMap::new(),
+            vm: None,
         });
         for (i, (n, result)) in fibs.iter().enumerate() {
             cases.push(Case {
@@ -228,6 +269,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 seed_ms: programs.seed_ms[i + 1],
                 judge: None,
                 env: BTreeMap::new(),
+                vm: None,
             });
         }
         if SESSION_LANGUAGES.contains(&language.as_str()) {
@@ -244,6 +286,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 seed_ms: None,
                 judge: None,
                 env: BTreeMap::new(),
+                vm: None,
             });
         }
         if JUDGE_LANGUAGES.contains(&language.as_str()) {
@@ -265,6 +308,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                     seed_ms: None,
                     judge: Some(way),
                     env: BTreeMap::new(),
+                    vm: None,
                 });
             }
         }
@@ -296,6 +340,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
                 seed_ms: None,
                 judge: None,
                 env,
+                vm: None,
             });
         }
     }
@@ -313,6 +358,7 @@ pub fn suite(languages: &[String]) -> Vec<Case> {
             seed_ms: None,
             judge: None,
             env: BTreeMap::new(),
+            vm: None,
         });
     }
     cases
@@ -344,6 +390,7 @@ pub fn custom(language: &str, source: String, args: Vec<String>) -> Case {
         seed_ms: None,
         judge: None,
         env: BTreeMap::new(),
+        vm: None,
     }
 }
 
@@ -364,13 +411,13 @@ mod tests {
         assert_eq!(judge_tests()[0], ("1".into(), 1));
         assert_eq!(judge_tests()[19], ("20".into(), 6765));
         let rust: Vec<String> = ["rust"].map(String::from).into();
-        let ids: Vec<String> = suite(&rust).into_iter().map(|c| c.id).collect();
+        let ids: Vec<String> = suite(&rust, &[]).into_iter().map(|c| c.id).collect();
         assert!(
             ids.contains(&"judge/rust/submission".to_string()),
             "{ids:?}"
         );
         assert!(ids.contains(&"judge/rust/separate".to_string()), "{ids:?}");
-        let ids: Vec<String> = suite(&languages).into_iter().map(|c| c.id).collect();
+        let ids: Vec<String> = suite(&languages, &[]).into_iter().map(|c| c.id).collect();
         assert_eq!(
             ids,
             [
@@ -388,9 +435,22 @@ mod tests {
                 "throughput/4",
             ]
         );
+        // Kernels and machine types side by side, after the start cases.
+        let vms: Vec<String> = ["runner-q35", "debian-q35"].map(String::from).into();
+        let ids: Vec<String> = suite(&languages, &vms).into_iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids[3..7],
+            [
+                "kernel/runner-q35/cold",
+                "kernel/runner-q35/snapshot",
+                "kernel/debian-q35/cold",
+                "kernel/debian-q35/snapshot",
+            ]
+        );
+        assert_eq!(ids.len(), 16);
         // The data stack: the plot prestarted, and in a fresh interpreter.
         let data: Vec<String> = ["python", "python-data"].map(String::from).into();
-        let cases = suite(&data);
+        let cases = suite(&data, &[]);
         let plots: Vec<&Case> = cases
             .iter()
             .filter(|c| c.language == "python-data")

@@ -41,6 +41,7 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
                 r.case.start.as_str()
             ),
             Group::Program => format!("{} {}", r.case.language, r.case.title),
+            Group::Kernel => r.case.title.clone(),
             // Many VMs each, or one VM for several executions: no one
             // execution's timeline.
             Group::Throughput | Group::Judge | Group::Session => continue,

@@ -52,6 +52,27 @@ pub struct Options {
     pub host: bool,
     /// Executions per concurrent client in the throughput cases.
     pub requests_per_client: usize,
+    /// Other guest kernels and machine types to start the first language's
+    /// hello on, side by side with the others.
+    pub variants: Vec<Variant>,
+    /// What the machine costs per hour, for the cost per execution.
+    pub price_per_hour: Option<f64>,
+}
+
+/// A runner whose VMs boot another guest kernel or machine type.
+#[derive(Clone)]
+pub struct Variant {
+    /// `{kernel}-{machine}`, e.g. `debian-q35`: names its cases.
+    pub label: String,
+    pub runner: Arc<Runner>,
+}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Variant")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,10 +187,39 @@ pub struct CaseResult {
     /// VM p50 over host p50.
     pub ratio: Option<f64>,
     pub throughput: Option<Throughput>,
+    /// With a price per hour: what one execution costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
     /// Why there are no host samples, if there are none.
     pub host_note: Option<String>,
     pub vm_samples: Vec<Sample>,
     pub host_samples: Vec<Sample>,
+}
+
+/// The design's "Cost per Execution": the machine's price per hour over
+/// the executions it finishes in an hour.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cost {
+    /// One at a time, from the case's p50 (as the design computes it); for
+    /// a throughput case, at its measured rate with its clients at once.
+    pub executions_per_hour: f64,
+    pub per_execution: f64,
+}
+
+impl Cost {
+    /// The cost of `result`'s executions at `price_per_hour`, where it has
+    /// a time or a rate to go by (not judge or session cases).
+    fn of(result: &CaseResult, price_per_hour: f64) -> Option<Cost> {
+        let per_hour = match (&result.throughput, result.case.group) {
+            (Some(t), _) => t.vm_per_second * 3600.0,
+            (None, Group::Judge | Group::Session) => return None,
+            (None, _) => 3_600_000.0 / result.vm?.p50,
+        };
+        (per_hour.is_finite() && per_hour > 0.0).then(|| Cost {
+            executions_per_hour: per_hour,
+            per_execution: price_per_hour / per_hour,
+        })
+    }
 }
 
 /// Host memory of the VMs waiting in a warm pool (paused), per VM.
@@ -190,6 +240,8 @@ pub struct Settings {
     pub warmup: usize,
     pub requests_per_client: usize,
     pub host_baseline: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -251,7 +303,10 @@ pub async fn run(
             custom.source.clone(),
             custom.args.clone(),
         )],
-        None => cases::suite(&options.languages),
+        None => {
+            let labels: Vec<String> = options.variants.iter().map(|v| v.label.clone()).collect();
+            cases::suite(&options.languages, &labels)
+        }
     };
     let host_unavailable = if options.host {
         host::unavailable()
@@ -290,6 +345,29 @@ pub async fn run(
         languages.insert(language.name.clone(), (language, images.rootfs.clone()));
     }
     let (backend, accel, accel_reason, guest_kernel) = machine_backend.context("no case to run")?;
+    // Each kernel and machine type's images and snapshot, for the kernel
+    // cases.
+    let mut variants: BTreeMap<String, Arc<Runner>> = BTreeMap::new();
+    for case in cases.iter().filter(|c| c.group == Group::Kernel) {
+        let Some(label) = &case.vm else { continue };
+        if variants.contains_key(label) {
+            continue;
+        }
+        let variant = options
+            .variants
+            .iter()
+            .find(|v| &v.label == label)
+            .context("a kernel case without its runner")?;
+        bar.set_message(format!("preparing {} on {label}", case.language));
+        let language = variant.runner.language(&case.language)?.clone();
+        let images = variant.runner.prepare(&language, Arc::new(())).await?;
+        variant
+            .runner
+            .backend(&images.kernel.vmlinux, &images.initramfs)
+            .await?;
+        variant.runner.snapshot(&language).await?;
+        variants.insert(label.clone(), variant.runner.clone());
+    }
     let machine = Machine {
         cpu_model: machine::cpu_model(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -349,6 +427,10 @@ pub async fn run(
             Group::Throughput => throughput_case(&runner, case, language, options, bar).await,
             Group::Judge => judge_case(&runner, case, language, bar).await,
             Group::Session => session_case(&runner, case, language, options, bar).await,
+            Group::Kernel => {
+                let runner = case.vm.as_ref().map_or(&runner, |label| &variants[label]);
+                vm_case(runner, case, language, options, bar).await
+            }
             _ => vm_case(&runner, case, language, options, bar).await,
         };
         match &host_unavailable {
@@ -358,6 +440,9 @@ pub async fn run(
             }
             None if case.group == Group::Session => {
                 result.host_note = Some("a session case compares two ways in VMs".into());
+            }
+            None if case.group == Group::Kernel => {
+                result.host_note = Some("a kernel case compares kernels in VMs".into());
             }
             None => {
                 if let Err(e) = host_case(&mut result, language, rootfs, options).await {
@@ -379,8 +464,18 @@ pub async fn run(
             warmup: options.warmup,
             requests_per_client: options.requests_per_client,
             host_baseline: host_unavailable.is_none(),
+            price_per_hour: options.price_per_hour,
         },
-        cases: results.into_iter().flatten().collect(),
+        cases: results
+            .into_iter()
+            .flatten()
+            .map(|mut result| {
+                result.cost = options
+                    .price_per_hour
+                    .and_then(|price| Cost::of(&result, price));
+                result
+            })
+            .collect(),
         pool_memory,
     })
 }
@@ -891,8 +986,55 @@ fn summarize(case: &Case, samples: Vec<Sample>, throughput: Option<Throughput>) 
         host: None,
         ratio: None,
         throughput,
+        cost: None,
         host_note: None,
         vm_samples: samples,
         host_samples: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(total_ms: f64) -> Sample {
+        Sample {
+            warmup: false,
+            ok: true,
+            status: "ok".into(),
+            start: None,
+            boot_ms: 0.0,
+            ready_ms: 0.0,
+            execution_ms: total_ms,
+            total_ms,
+            compile_ms: None,
+            run_ms: None,
+            session: None,
+        }
+    }
+
+    #[test]
+    fn cost_per_execution_as_the_design_computes_it() {
+        let cases = cases::suite(&["python".to_string()], &[]);
+        let case = |id: &str| cases.iter().find(|c| c.id == id).unwrap();
+        // The design's cold boot: 3 s at $4 an hour.
+        let cold = summarize(case("start/cold"), vec![sample(3000.0)], None);
+        let cost = Cost::of(&cold, 4.0).unwrap();
+        assert_eq!(cost.executions_per_hour, 1200.0);
+        assert!((cost.per_execution - 0.003_333).abs() < 1e-6, "{cost:?}");
+        // A throughput case goes by its measured rate, not its latency.
+        let rate = Throughput {
+            requests: 8,
+            vm_per_second: 2.0,
+            host_per_second: None,
+        };
+        let busy = summarize(case("throughput/4"), vec![sample(1500.0)], Some(rate));
+        assert_eq!(Cost::of(&busy, 4.0).unwrap().executions_per_hour, 7200.0);
+        // A session case has no one execution to price, nor a failed case.
+        let session = summarize(case("session/python"), vec![sample(500.0)], None);
+        assert!(Cost::of(&session, 4.0).is_none());
+        let mut failed = sample(500.0);
+        failed.ok = false;
+        assert!(Cost::of(&summarize(case("python/hello"), vec![failed], None), 4.0).is_none());
     }
 }

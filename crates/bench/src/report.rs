@@ -77,6 +77,43 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    let kernels = group(report, Group::Kernel);
+    if let Some(first) = kernels.first() {
+        let _ = writeln!(
+            out,
+            "## Kernels and machine types ({} Hello World)\n\n\
+             The start cases' program on each guest kernel and QEMU machine type asked for \
+             (`--kernels`, `--machines`), booted cold and restored from a snapshot made on \
+             that kernel and machine. The VM start table above is the configured one \
+             ({}).\n",
+            first.case.language,
+            cell(&m.guest_kernel),
+        );
+        let _ = writeln!(
+            out,
+            "| kernel-machine | start | boot to ready p50 | p95 | min | max | total p50 | p95 | failed |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+        for r in &kernels {
+            let (btr, total) = (r.vm_boot_to_ready, r.vm);
+            let failed = r.vm_samples.iter().filter(|s| !s.warmup && !s.ok).count();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.case.vm.as_deref().unwrap_or("–"),
+                r.case.start.as_str(),
+                p(btr, |s| s.p50),
+                p(btr, |s| s.p95),
+                p(btr, |s| s.min),
+                p(btr, |s| s.max),
+                p(total, |s| s.p50),
+                p(total, |s| s.p95),
+                failed,
+            );
+        }
+        out.push('\n');
+    }
+
     let programs = group(report, Group::Program);
     if !programs.is_empty() {
         let _ = writeln!(
@@ -314,6 +351,34 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    if let Some(price) = report.settings.price_per_hour {
+        let costed: Vec<&CaseResult> = report.cases.iter().filter(|r| r.cost.is_some()).collect();
+        let _ = writeln!(
+            out,
+            "## Cost per execution (at {} per hour)\n\n\
+             The design's \"Cost per Execution\": the machine's price per hour over the \
+             executions it finishes in an hour. One at a time (from each case's total p50, as \
+             the design computes it), except the throughput rows, which go by the rate measured \
+             with their clients at once.\n\n\
+             | case | start | executions per hour | cost per execution | per 1,000 |\n\
+             |---|---|---|---|---|",
+            money(price)
+        );
+        for r in costed {
+            let cost = r.cost.expect("filtered");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {} | {} |",
+                r.case.title_with_language(),
+                r.case.start.as_str(),
+                cost.executions_per_hour,
+                money(cost.per_execution),
+                money(cost.per_execution * 1000.0),
+            );
+        }
+        out.push('\n');
+    }
+
     if let Some(memory) = &report.pool_memory {
         let _ = writeln!(
             out,
@@ -433,6 +498,15 @@ pub fn ms(value: f64) -> String {
     }
 }
 
+/// An amount of money in the price's unit, to three significant digits.
+fn money(value: f64) -> String {
+    if value >= 100.0 || value == 0.0 || !value.is_finite() {
+        return format!("{value:.2}");
+    }
+    let decimals = (2 - value.log10().floor() as i32).max(0) as usize;
+    format!("{value:.decimals$}")
+}
+
 fn ratio(value: Option<f64>) -> String {
     value.map_or_else(|| "–".into(), |r| format!("{r:.1}x"))
 }
@@ -469,5 +543,9 @@ mod tests {
         assert_eq!(ms(123_456.0), "123,456");
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(1_795_815_000), "2026-11-27 21:30 UTC");
+        assert_eq!(money(4.0), "4.00");
+        assert_eq!(money(1234.5), "1234.50");
+        assert_eq!(money(4.0 / 1200.0), "0.00333");
+        assert_eq!(money(4.0 / 36000.0), "0.000111");
     }
 }

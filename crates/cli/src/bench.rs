@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use runner_bench::{Custom, Options};
-use runner_host::Runner;
+use runner_bench::{Custom, Options, Variant};
+use runner_host::{Config, Runner};
 
 /// The seed's order, then the judges' languages: the first language also
 /// runs the start and throughput cases.
@@ -44,15 +44,38 @@ pub struct BenchArgs {
     /// Skip the host baseline (it needs root for its chroot).
     #[arg(long)]
     no_host: bool,
+    /// Also boot the first language's hello cold and from a snapshot on
+    /// these guest kernels (runner, debian; comma-separated), side by side
+    /// [default: only the configured one].
+    #[arg(long, value_delimiter = ',', value_name = "KERNEL")]
+    kernels: Vec<String>,
+    /// The same on these QEMU machine types (q35, microvm), with each of
+    /// --kernels (or the configured kernel).
+    #[arg(long, value_delimiter = ',', value_name = "MACHINE")]
+    machines: Vec<String>,
+    /// What the machine costs per hour (any currency): adds the cost per
+    /// execution of each case to the report, as the design's "Cost per
+    /// Execution" computes it.
+    #[arg(long, value_name = "PRICE")]
+    price_per_hour: Option<f64>,
     /// Folder for report.md, results.json, timeline.svg and
     /// boot-comparison.svg.
     #[arg(short, long, default_value = "runner-bench")]
     out: PathBuf,
 }
 
-pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         usage!("--runs must be at least 1");
+    }
+    if let Some(price) = args.price_per_hour
+        && !(price.is_finite() && price > 0.0)
+    {
+        usage!("--price-per-hour must be a positive number, not {price}");
+    }
+    let variants = variants(config, &args.kernels, &args.machines)?;
+    if !variants.is_empty() && (args.code.is_some() || args.file.is_some()) {
+        usage!("--kernels and --machines measure the suite's hello, not --code or --file");
     }
     let custom = match (&args.code, &args.file) {
         (None, None) => None,
@@ -89,6 +112,8 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
         warmup: args.warmup,
         host: !args.no_host,
         requests_per_client: args.requests_per_client.max(1),
+        variants,
+        price_per_hour: args.price_per_hour,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
@@ -127,4 +152,71 @@ pub async fn bench(runner: Runner, args: BenchArgs) -> anyhow::Result<ExitCode> 
         eprintln!("runner: wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A runner for each combination of `kernels` and `machines` (the
+/// configured one standing in for an empty list), each with the rest of
+/// `config`. None if both are empty.
+fn variants(
+    config: &Config,
+    kernels: &[String],
+    machines: &[String],
+) -> anyhow::Result<Vec<Variant>> {
+    if kernels.is_empty() && machines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kernels = match kernels {
+        [] => vec![config.kernel],
+        names => names
+            .iter()
+            .map(|name| parse(name, "kernel", "runner, debian"))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let machines = match machines {
+        [] => vec![config.machine],
+        names => names
+            .iter()
+            .map(|name| parse(name, "machine type", "q35, microvm"))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let mut variants = Vec::new();
+    for kernel in &kernels {
+        for machine in &machines {
+            let label = format!("{}-{machine}", config_name(kernel));
+            if variants.iter().any(|v: &Variant| v.label == label) {
+                continue;
+            }
+            let config = Config {
+                kernel: *kernel,
+                machine: *machine,
+                ..config.clone()
+            };
+            variants.push(Variant {
+                label,
+                runner: Arc::new(Runner::new(&config)?),
+            });
+        }
+    }
+    Ok(variants)
+}
+
+/// `name` as the configuration spells a `what`, or a usage error listing
+/// `choices`.
+fn parse<T: serde::de::DeserializeOwned>(
+    name: &str,
+    what: &str,
+    choices: &str,
+) -> anyhow::Result<T> {
+    match serde_json::from_value(serde_json::Value::String(name.trim().to_lowercase())) {
+        Ok(value) => Ok(value),
+        Err(_) => usage!("unknown {what} {name:?}: choose from {choices}"),
+    }
+}
+
+/// How the configuration spells `value`.
+fn config_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

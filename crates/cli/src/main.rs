@@ -542,7 +542,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             runner_api::serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => bench::bench(runner()?, *args).await,
+        Command::Bench(args) => bench::bench(runner()?, &config, *args).await,
         Command::Soak(args) => {
             soak::soak(&config, cli.config.config.as_ref(), &cli.config.set, args).await
         }

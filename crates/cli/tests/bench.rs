@@ -48,6 +48,8 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
             "0",
             "--requests-per-client",
             "1",
+            "--price-per-hour",
+            "4",
             "--out",
             out.path().to_str().unwrap(),
         ],
@@ -56,6 +58,7 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
 
     let json = results(out.path());
+    assert_eq!(json["settings"]["price_per_hour"], 4.0);
     let cases = json["cases"].as_array().unwrap();
     let ids: Vec<&str> = cases.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(
@@ -91,6 +94,19 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
         assert!(host.iter().all(|s| s["ok"] == true), "{id}: {case:#}");
         assert!(case["host"]["p50"].as_f64().unwrap() > 0.0, "{id}");
         assert!(case["ratio"].as_f64().unwrap() > 0.0, "{id}");
+        // Priced from its own time or rate.
+        let cost = &case["cost"];
+        let per_hour = cost["executions_per_hour"].as_f64().unwrap();
+        let expected = match &case["throughput"] {
+            Value::Null => 3_600_000.0 / case["vm"]["p50"].as_f64().unwrap(),
+            t => t["vm_per_second"].as_f64().unwrap() * 3600.0,
+        };
+        assert!((per_hour - expected).abs() < 1e-6, "{id}: {cost:#}");
+        let per_execution = cost["per_execution"].as_f64().unwrap();
+        assert!(
+            (per_execution * per_hour - 4.0).abs() < 1e-9,
+            "{id}: {cost:#}"
+        );
     }
     let throughput = &cases[7]["throughput"];
     assert_eq!(throughput["requests"], 4);
@@ -110,7 +126,14 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
             .unwrap()
             .starts_with('5')
     );
-    assert!(machine["guest_kernel"].as_str().unwrap().contains("deb13"));
+    // The default kernel is Runner Codes' own, built from Debian's source.
+    assert!(
+        machine["guest_kernel"]
+            .as_str()
+            .unwrap()
+            .contains("linux-source-6.12"),
+        "{machine:#}"
+    );
 
     let report = fs::read_to_string(out.path().join("report.md")).unwrap();
     for expected in [
@@ -118,6 +141,8 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
         "| bash | Fibonacci(20) |",
         "| cold |",
         "| pool |",
+        "## Cost per execution (at 4.00 per hour)",
+        "| bash Fibonacci(20) | snapshot |",
         "](timeline.svg)",
     ] {
         assert!(report.contains(expected), "{expected:?} not in:\n{report}");
@@ -130,6 +155,59 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
         assert!(svg.contains("<rect"), "{figure} has no bars");
     }
     assert_eq!(host_baseline_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn kernels_side_by_side_boot_and_restore_each() {
+    let out = tempfile::tempdir().unwrap();
+    let finished = run(
+        &[
+            "bench",
+            "--lang",
+            "bash",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--requests-per-client",
+            "1",
+            "--no-host",
+            "--kernels",
+            "runner,debian",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    let json = results(out.path());
+    let kernels: Vec<&Value> = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["group"] == "kernel")
+        .collect();
+    let ids: Vec<&str> = kernels.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "kernel/runner-q35/cold",
+            "kernel/runner-q35/snapshot",
+            "kernel/debian-q35/cold",
+            "kernel/debian-q35/snapshot",
+        ]
+    );
+    for case in kernels {
+        let samples = case["vm_samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 1, "{case:#}");
+        assert_eq!(samples[0]["ok"], true, "{case:#}");
+        // Each started the way it says, on its own kernel's images.
+        assert_eq!(samples[0]["start"], case["start"], "{case:#}");
+    }
+    let report = fs::read_to_string(out.path().join("report.md")).unwrap();
+    for expected in ["## Kernels and machine types", "| debian-q35 | cold |"] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
 }
 
 #[test]
@@ -182,6 +260,20 @@ fn bench_arguments_that_cannot_work_are_refused() {
     assert_eq!(finished.code(), Some(2));
     assert!(
         finished.stderr().contains("--runs"),
+        "{}",
+        finished.stderr()
+    );
+    let finished = run(&["bench", "--lang", "bash", "--price-per-hour", "0"], b"");
+    assert_eq!(finished.code(), Some(2));
+    assert!(
+        finished.stderr().contains("--price-per-hour"),
+        "{}",
+        finished.stderr()
+    );
+    let finished = run(&["bench", "--lang", "bash", "--kernels", "linux"], b"");
+    assert_eq!(finished.code(), Some(2));
+    assert!(
+        finished.stderr().contains("runner, debian"),
         "{}",
         finished.stderr()
     );
