@@ -128,7 +128,7 @@ impl QemuBackend {
         let (machine, bus) = match self.info.machine {
             Machine::Q35 => (format!("q35,accel={accel},smm=off,vmport=off"), "pci"),
             Machine::Microvm => (
-                format!("microvm,accel={accel},acpi=off,pit=on,pic=off,rtc=on,isa-serial=on"),
+                format!("microvm,accel={accel},acpi=off,pit=on,pic=on,rtc=on,isa-serial=on"),
                 "device",
             ),
         };
