@@ -42,9 +42,9 @@ pub fn init() -> Result<Mode, String> {
     mount_fs("proc", "/proc", "proc", MsFlags::empty(), None)?;
     mount_fs("sysfs", "/sys", "sysfs", MsFlags::empty(), None)?;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None)?;
-    load_modules()?;
-
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    load_modules(&cmdline)?;
+
     if cmdline.split_whitespace().any(|arg| arg == "runner.probe") {
         return Ok(Mode::Probe);
     }
@@ -181,22 +181,41 @@ pub fn mount_fs(
         .map_err(|e| format!("mount {source} on {target}: {e}"))
 }
 
-fn load_modules() -> Result<(), String> {
+/// Loads the modules of a kernel that has them (Debian's), each with its
+/// parameters from the kernel command line (`kernel_args`), as modprobe
+/// would pass them.
+fn load_modules(cmdline: &str) -> Result<(), String> {
     let order = match fs::read_to_string(MODULE_ORDER) {
         Ok(order) => order,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("read {MODULE_ORDER}: {e}")),
     };
-    let no_params = CString::default();
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = Path::new(MODULE_DIR).join(format!("{name}.ko"));
         let image = fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        match init_module(&image, &no_params) {
+        let params = CString::new(module_params(cmdline, name))
+            .map_err(|_| format!("parameters of module {name} hold a NUL byte"))?;
+        match init_module(&image, &params) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(format!("load module {name}: {e}")),
         }
     }
     Ok(())
+}
+
+/// The parameters the kernel command line gives module `name`
+/// (`name.param=value`, with `-` and `_` alike in the name), space-separated.
+fn module_params(cmdline: &str, name: &str) -> String {
+    let canonical = |s: &str| s.replace('-', "_");
+    let name = canonical(name);
+    cmdline
+        .split_whitespace()
+        .filter_map(|arg| {
+            let (module, param) = arg.split_once('.')?;
+            (canonical(module) == name && !param.is_empty()).then_some(param)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Device nodes appear when the driver has probed, which may be after its
@@ -237,5 +256,21 @@ pub fn power_off() -> ! {
     // reboot(2) only returns on error; PID 1 must never exit.
     loop {
         sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_params;
+
+    #[test]
+    fn module_parameters_come_from_the_command_line_as_modprobe_reads_them() {
+        let cmdline = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 \
+            virtio-mmio.device=512@0xfeb00c00:11 rdinit=/init virtio_mmio. virtio_blkx.a=1";
+        assert_eq!(
+            module_params(cmdline, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11"
+        );
+        assert_eq!(module_params(cmdline, "virtio_blk"), "");
     }
 }

@@ -186,16 +186,21 @@ fn variants(
             if variants.iter().any(|v: &Variant| v.label == label) {
                 continue;
             }
-            let config = Config {
-                kernel: *kernel,
-                machine: *machine,
-                ..config.clone()
+            let config = match config.with_guest(*kernel, *machine) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("runner: bench skips {label}: {e}");
+                    continue;
+                }
             };
             variants.push(Variant {
                 label,
                 runner: Arc::new(Runner::new(&config)?),
             });
         }
+    }
+    if variants.is_empty() {
+        usage!("no kernel and machine type asked for can boot");
     }
     Ok(variants)
 }

@@ -344,6 +344,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The same configuration with guests booting `kernel` on `machine`,
+    /// if that pair can boot.
+    pub fn with_guest(
+        &self,
+        kernel: KernelChoice,
+        machine: Machine,
+    ) -> Result<Config, ConfigError> {
+        let config = Config {
+            kernel,
+            machine,
+            ..self.clone()
+        };
+        config.check()?;
+        Ok(config)
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let policy = &self.limits;
         for (name, set) in [("compile", &policy.compile), ("run", &policy.run)] {
@@ -380,6 +396,16 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_submission_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_body_bytes and max_submission_bytes must be above 0".into(),
+            ));
+        }
+        if self.kernel == KernelChoice::Debian && self.machine == Machine::Microvm {
+            // microvm boots without ACPI here, so its devices are named on
+            // the command line (virtio_mmio.device=), which Debian's cloud
+            // kernel does not read.
+            return Err(ConfigError::Invalid(
+                "kernel = \"debian\" cannot boot on machine = \"microvm\": Debian's cloud \
+                 kernel does not find microvm's devices; use machine = \"q35\" or kernel = \"runner\""
+                    .into(),
             ));
         }
         self.network.check().map_err(ConfigError::Invalid)?;
@@ -609,6 +635,28 @@ mod tests {
             let e = load(Some(&bad), &[], &[]).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn debians_kernel_on_microvm_is_refused_before_a_vm_boots() {
+        let e = load(None, &[], &[("kernel", "debian"), ("machine", "microvm")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("q35") && e.contains("runner"), "{e}");
+        for (kernel, machine) in [("runner", "microvm"), ("debian", "q35")] {
+            let config = load(None, &[], &[("kernel", kernel), ("machine", machine)]).unwrap();
+            assert_eq!(config.machine.to_string(), machine);
+        }
+        let config = load(None, &[], &[]).unwrap();
+        assert!(
+            config
+                .with_guest(KernelChoice::Debian, Machine::Microvm)
+                .is_err()
+        );
+        let microvm = config
+            .with_guest(KernelChoice::Runner, Machine::Microvm)
+            .unwrap();
+        assert_eq!(microvm.machine, Machine::Microvm);
     }
 
     #[test]
