@@ -188,45 +188,49 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
         return cases;
     };
     let first_hello = hello_of(first);
+    // The first language's hello, started one way.
+    let hello = |id, group, title, start, seed_ms, vm: Option<&String>| Case {
+        id,
+        group,
+        title,
+        language: first.clone(),
+        start,
+        concurrency: 1,
+        source: first_hello.clone(),
+        args: Vec::new(),
+        expected_stdout: Some(HELLO_OUTPUT.into()),
+        seed_ms,
+        judge: None,
+        env: BTreeMap::new(),
+        vm: vm.cloned(),
+    };
     for (start, seed_ms) in [
         (Start::Cold, Some(3100.0)),
         (Start::Snapshot, Some(100.0)),
         (Start::Pool, None),
     ] {
-        cases.push(Case {
-            id: format!("start/{}", start.as_str()),
-            group: Group::VmStart,
-            title: format!("{first} Hello World, {} start", start.as_str()),
-            language: first.clone(),
+        let how = start.as_str();
+        cases.push(hello(
+            format!("start/{how}"),
+            Group::VmStart,
+            format!("{first} Hello World, {how} start"),
             start,
-            concurrency: 1,
-            source: first_hello.clone(),
-            args: Vec::new(),
-            expected_stdout: Some(HELLO_OUTPUT.into()),
             // The seed's boot times are to ready, not to a result.
             seed_ms,
-            judge: None,
-            env: BTreeMap::new(),
-            vm: None,
-        });
+            None,
+        ));
     }
     for vm in vms {
         for start in [Start::Cold, Start::Snapshot] {
-            cases.push(Case {
-                id: format!("kernel/{vm}/{}", start.as_str()),
-                group: Group::Kernel,
-                title: format!("{first} Hello World, {} start on {vm}", start.as_str()),
-                language: first.clone(),
+            let how = start.as_str();
+            cases.push(hello(
+                format!("kernel/{vm}/{how}"),
+                Group::Kernel,
+                format!("{first} Hello World, {how} start on {vm}"),
                 start,
-                concurrency: 1,
-                source: first_hello.clone(),
-                args: Vec::new(),
-                expected_stdout: Some(HELLO_OUTPUT.into()),
-                seed_ms: None,
-                judge: None,
-                env: BTreeMap::new(),
-                vm: Some(vm.clone()),
-            });
+                None,
+                Some(vm),
+            ));
         }
     }
     for language in languages {

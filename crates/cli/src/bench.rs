@@ -165,20 +165,8 @@ fn variants(
     if kernels.is_empty() && machines.is_empty() {
         return Ok(Vec::new());
     }
-    let kernels = match kernels {
-        [] => vec![config.kernel],
-        names => names
-            .iter()
-            .map(|name| parse(name, "kernel", "runner, debian"))
-            .collect::<anyhow::Result<_>>()?,
-    };
-    let machines = match machines {
-        [] => vec![config.machine],
-        names => names
-            .iter()
-            .map(|name| parse(name, "machine type", "q35, microvm"))
-            .collect::<anyhow::Result<_>>()?,
-    };
+    let kernels = parse_all(kernels, config.kernel, "kernel", "runner, debian")?;
+    let machines = parse_all(machines, config.machine, "machine type", "q35, microvm")?;
     let mut variants = Vec::new();
     for kernel in &kernels {
         for machine in &machines {
@@ -203,6 +191,23 @@ fn variants(
         usage!("no kernel and machine type asked for can boot");
     }
     Ok(variants)
+}
+
+/// Each of `names` as the configuration spells a `what`, or `configured`
+/// alone if there are none.
+fn parse_all<T: serde::de::DeserializeOwned>(
+    names: &[String],
+    configured: T,
+    what: &str,
+    choices: &str,
+) -> anyhow::Result<Vec<T>> {
+    if names.is_empty() {
+        return Ok(vec![configured]);
+    }
+    names
+        .iter()
+        .map(|name| parse(name, what, choices))
+        .collect()
 }
 
 /// `name` as the configuration spells a `what`, or a usage error listing
