@@ -324,11 +324,7 @@ pub async fn run(
         }
         let language = runner.language(&case.language)?.clone();
         bar.set_message(format!("preparing {}", language.name));
-        let images = runner.prepare(&language, Arc::new(())).await?;
-        let backend = runner
-            .backend(&images.kernel.vmlinux, &images.initramfs)
-            .await?;
-        runner.snapshot(&language).await?;
+        let (images, backend) = prepare(&runner, &language).await?;
         versions.insert(
             language.name.clone(),
             images.rootfs_manifest.version.clone(),
@@ -346,27 +342,21 @@ pub async fn run(
     }
     let (backend, accel, accel_reason, guest_kernel) = machine_backend.context("no case to run")?;
     // Each kernel and machine type's images and snapshot, for the kernel
-    // cases.
-    let mut variants: BTreeMap<String, Arc<Runner>> = BTreeMap::new();
-    for case in cases.iter().filter(|c| c.group == Group::Kernel) {
-        let Some(label) = &case.vm else { continue };
-        if variants.contains_key(label) {
-            continue;
-        }
-        let variant = options
+    // cases (the suite's only: a custom case has none).
+    let variants: BTreeMap<&String, &Arc<Runner>> = if options.custom.is_none() {
+        options
             .variants
             .iter()
-            .find(|v| &v.label == label)
-            .context("a kernel case without its runner")?;
-        bar.set_message(format!("preparing {} on {label}", case.language));
-        let language = variant.runner.language(&case.language)?.clone();
-        let images = variant.runner.prepare(&language, Arc::new(())).await?;
-        variant
-            .runner
-            .backend(&images.kernel.vmlinux, &images.initramfs)
-            .await?;
-        variant.runner.snapshot(&language).await?;
-        variants.insert(label.clone(), variant.runner.clone());
+            .map(|v| (&v.label, &v.runner))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    if let Some(first) = options.languages.first() {
+        for (label, runner) in &variants {
+            bar.set_message(format!("preparing {first} on {label}"));
+            prepare(runner, runner.language(first)?).await?;
+        }
     }
     let machine = Machine {
         cpu_model: machine::cpu_model(),
@@ -428,7 +418,7 @@ pub async fn run(
             Group::Judge => judge_case(&runner, case, language, bar).await,
             Group::Session => session_case(&runner, case, language, options, bar).await,
             Group::Kernel => {
-                let runner = case.vm.as_ref().map_or(&runner, |label| &variants[label]);
+                let runner = case.vm.as_ref().map_or(&runner, |label| variants[label]);
                 vm_case(runner, case, language, options, bar).await
             }
             _ => vm_case(&runner, case, language, options, bar).await,
@@ -478,6 +468,23 @@ pub async fn run(
             .collect(),
         pool_memory,
     })
+}
+
+/// Builds what `language` is missing on `runner`, chooses its backend and
+/// makes its snapshot, so that no case pays for them.
+async fn prepare(
+    runner: &Runner,
+    language: &Language,
+) -> anyhow::Result<(
+    runner_host::image::GuestImages,
+    Arc<dyn runner_host::vmm::Backend>,
+)> {
+    let images = runner.prepare(language, Arc::new(())).await?;
+    let backend = runner
+        .backend(&images.kernel.vmlinux, &images.initramfs)
+        .await?;
+    runner.snapshot(language).await?;
+    Ok((images, backend))
 }
 
 /// A fresh execution of the program, then a session whose VM runs it
