@@ -10,6 +10,11 @@
 //! runs the execution), and waits for one when all are held. A process that
 //! dies lets its slots go with it. A VM waiting in a warm pool, or a
 //! session's VM between executions, holds none.
+//!
+//! Within a process, executions wait their turn: the first to wait gets
+//! the next slot given back (an execution that just ended and asks again
+//! does not jump the queue), and a warm pool's refill takes a slot only
+//! when no execution waits for one.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,9 @@ pub struct MachineSlots {
     dir: PathBuf,
     count: usize,
     on_wait: Arc<OnceLock<OnWait>>,
+    /// Held by the execution at the head of this process's queue (tokio's
+    /// mutex is fair: waiters get it in the order they asked).
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A slot, held until dropped.
@@ -62,6 +70,7 @@ impl MachineSlots {
             dir: state_dir.join("slots"),
             count: count.max(1),
             on_wait: Arc::default(),
+            turn: Arc::default(),
         }
     }
 
@@ -79,8 +88,17 @@ impl MachineSlots {
         &self.dir
     }
 
-    /// A free slot now, if there is one.
+    /// A free slot now, if there is one and no execution of this process
+    /// waits for one.
     pub fn try_take(&self) -> std::io::Result<Option<Slot>> {
+        let Ok(_turn) = self.turn.try_lock() else {
+            return Ok(None);
+        };
+        self.lock_free()
+    }
+
+    /// Locks a free slot's file, if one is free.
+    fn lock_free(&self) -> std::io::Result<Option<Slot>> {
         fs::create_dir_all(&self.dir)?;
         for n in 0..self.count {
             let path = self.dir.join(format!("{n}.lock"));
@@ -99,12 +117,23 @@ impl MachineSlots {
         Ok(None)
     }
 
-    /// Waits for a free slot.
+    /// Waits for a free slot, after the executions of this process that
+    /// waited before.
     pub async fn take(&self) -> std::io::Result<Slot> {
         let began = Instant::now();
         let mut said = false;
+        let turn = self.turn.lock();
+        tokio::pin!(turn);
+        let _turn = match tokio::time::timeout(SAY_AFTER, &mut turn).await {
+            Ok(turn) => turn,
+            Err(_) => {
+                said = true;
+                self.say_waiting();
+                turn.await
+            }
+        };
         loop {
-            if let Some(slot) = self.try_take()? {
+            if let Some(slot) = self.lock_free()? {
                 if said {
                     tracing::info!(
                         waited_ms = began.elapsed().as_millis() as u64,
@@ -115,12 +144,16 @@ impl MachineSlots {
             }
             if !said && began.elapsed() >= SAY_AFTER {
                 said = true;
-                tracing::info!(slots = self.count, "waiting for a machine slot");
-                if let Some(on_wait) = self.on_wait.get() {
-                    on_wait(self);
-                }
+                self.say_waiting();
             }
             tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    fn say_waiting(&self) {
+        tracing::info!(slots = self.count, "waiting for a machine slot");
+        if let Some(on_wait) = self.on_wait.get() {
+            on_wait(self);
         }
     }
 }
@@ -159,5 +192,39 @@ mod tests {
             .unwrap();
         drop(second);
         assert!(slots.try_take().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn executions_get_slots_in_the_order_they_asked_and_refills_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = MachineSlots::new(dir.path(), 1);
+        let held = MachineSlots::new(dir.path(), 1)
+            .try_take()
+            .unwrap()
+            .unwrap();
+        let waiter = |slots: &MachineSlots| {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take().await.unwrap() })
+        };
+        let first = waiter(&slots);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = waiter(&slots);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .expect("the first to wait gets the slot")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "one slot, one execution");
+        // A refill does not take a slot from an execution that waits.
+        drop(got);
+        assert!(slots.try_take().unwrap().is_none());
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second gets it next")
+            .unwrap();
+        drop(got);
+        assert!(slots.try_take().unwrap().is_some(), "nobody waits now");
     }
 }
