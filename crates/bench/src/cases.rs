@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// How the VMs of a case start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Start {
     /// Booted from the kernel (`RUNNER_SNAPSHOTS=off`).
     Cold,
@@ -14,6 +14,9 @@ pub enum Start {
     Snapshot,
     /// Taken from a warm pool (what `runner serve` does).
     Pool,
+    /// Taken from a warm pool whose VMs skipped their translation warm-up
+    /// (`pool.warm_up = false`), to show what it gains.
+    PoolUnwarmed,
 }
 
 impl Start {
@@ -22,6 +25,25 @@ impl Start {
             Start::Cold => "cold",
             Start::Snapshot => "snapshot",
             Start::Pool => "pool",
+            Start::PoolUnwarmed => "pool_unwarmed",
+        }
+    }
+
+    /// How an execution of this case reports its VM's start.
+    pub fn started_as(self) -> &'static str {
+        match self {
+            Start::PoolUnwarmed => Start::Pool.as_str(),
+            start => start.as_str(),
+        }
+    }
+
+    /// Whether the case's VMs come from a warm pool, and if so whether
+    /// that pool may warm its VMs up (as configured) or must not.
+    pub fn pool_warm_up(self) -> Option<bool> {
+        match self {
+            Start::Cold | Start::Snapshot => None,
+            Start::Pool => Some(true),
+            Start::PoolUnwarmed => Some(false),
         }
     }
 }
@@ -207,13 +229,18 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
     for (start, seed_ms) in [
         (Start::Cold, Some(3100.0)),
         (Start::Snapshot, Some(100.0)),
+        (Start::PoolUnwarmed, None),
         (Start::Pool, None),
     ] {
         let how = start.as_str();
+        let title = match start {
+            Start::PoolUnwarmed => format!("{first} Hello World, pool start without warm-up"),
+            _ => format!("{first} Hello World, {how} start"),
+        };
         cases.push(hello(
             format!("start/{how}"),
             Group::VmStart,
-            format!("{first} Hello World, {how} start"),
+            title,
             start,
             // The seed's boot times are to ready, not to a result.
             seed_ms,
@@ -427,6 +454,7 @@ mod tests {
             [
                 "start/cold",
                 "start/snapshot",
+                "start/pool_unwarmed",
                 "start/pool",
                 "python/hello",
                 "python/fib20",
@@ -443,7 +471,7 @@ mod tests {
         let vms: Vec<String> = ["runner-q35", "debian-q35"].map(String::from).into();
         let ids: Vec<String> = suite(&languages, &vms).into_iter().map(|c| c.id).collect();
         assert_eq!(
-            ids[3..7],
+            ids[4..8],
             [
                 "kernel/runner-q35/cold",
                 "kernel/runner-q35/snapshot",
@@ -451,7 +479,7 @@ mod tests {
                 "kernel/debian-q35/snapshot",
             ]
         );
-        assert_eq!(ids.len(), 16);
+        assert_eq!(ids.len(), 17);
         // The data stack: the plot prestarted, and in a fresh interpreter.
         let data: Vec<String> = ["python", "python-data"].map(String::from).into();
         let cases = suite(&data, &[]);

@@ -30,6 +30,7 @@ use runner_host::judge::{Slots, SubmissionRequest, TestCase};
 use runner_host::lang::Language;
 use runner_host::pool::PoolConfig;
 use runner_host::session::{SessionConfig, SessionRequest, Sessions};
+use runner_host::vmm::Accel;
 use serde::Serialize;
 
 pub use cases::{Case, Group, JudgeWay, Start};
@@ -57,6 +58,9 @@ pub struct Options {
     pub variants: Vec<Variant>,
     /// What the machine costs per hour, for the cost per execution.
     pub price_per_hour: Option<f64>,
+    /// Whether the pool and throughput cases' pool warms its VMs up
+    /// (`pool.warm_up`); the case without warm-up never does.
+    pub pool_warm_up: bool,
 }
 
 /// A runner whose VMs boot another guest kernel or machine type.
@@ -226,6 +230,8 @@ impl Cost {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolMemory {
     pub language: String,
+    /// Whether the pool warmed its VMs up (see `PoolConfig::warm_up`).
+    pub warm_up: bool,
     pub vms: usize,
     /// Resident set of each VM's VMM process, MiB.
     pub rss_mib: Summary,
@@ -252,7 +258,8 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub cases: Vec<CaseResult>,
-    pub pool_memory: Option<PoolMemory>,
+    /// One per pool the cases used: without warm-up, then with it.
+    pub pool_memory: Vec<PoolMemory>,
 }
 
 impl Report {
@@ -341,6 +348,7 @@ pub async fn run(
         languages.insert(language.name.clone(), (language, images.rootfs.clone()));
     }
     let (backend, accel, accel_reason, guest_kernel) = machine_backend.context("no case to run")?;
+    let tcg = accel == Accel::Tcg.to_string();
     // Each kernel and machine type's images and snapshot, for the kernel
     // cases (the suite's only: a custom case has none).
     let variants: BTreeMap<&String, &Arc<Runner>> = if options.custom.is_none() {
@@ -386,18 +394,29 @@ pub async fn run(
     bar.set_position(0);
 
     // Cold and snapshot cases before the pools exist, so that no pooled VM
-    // serves them; then the pools, for the pool and throughput cases.
+    // serves them; then a pool without warm-up for the case that shows
+    // what warm-up gains; then the warmed pools, for the pool and
+    // throughput cases.
     let mut results: Vec<Option<CaseResult>> = vec![None; cases.len()];
-    let pooled = |case: &Case| case.start == Start::Pool;
-    let mut order: Vec<usize> = (0..cases.len()).filter(|&i| !pooled(&cases[i])).collect();
-    order.extend((0..cases.len()).filter(|&i| pooled(&cases[i])));
-    let mut pools_started = false;
-    let mut pool_memory = None;
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| match cases[i].start.pool_warm_up() {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    let mut pools_warm_up = None;
+    let mut pool_memory = Vec::new();
     for index in order {
         let case = &cases[index];
         let (language, rootfs) = &languages[&case.language];
-        if case.start == Start::Pool && !pools_started {
-            pools_started = true;
+        // Pools warm their VMs up under TCG only.
+        let warm_up = case
+            .start
+            .pool_warm_up()
+            .map(|warm| warm && options.pool_warm_up && tcg);
+        if warm_up.is_some() && warm_up != pools_warm_up {
+            runner.stop_pools().await;
+            pools_warm_up = warm_up;
             let vm_mib = u64::from(runner_host::exec::vm_memory_mib(language.memory_mib.into()));
             runner.start_pools(
                 PoolConfig {
@@ -405,12 +424,17 @@ pub async fn run(
                     min_size: POOL_SIZE,
                     max_size: POOL_SIZE,
                     refill_interval_ms: 100,
+                    warm_up: warm_up == Some(true),
                     ..PoolConfig::default()
                 },
                 vm_mib * POOL_SIZE as u64,
             );
             wait_for_pool(&runner, &language.name, POOL_SIZE).await;
-            pool_memory = measure_pool_memory(&runner, &language.name);
+            pool_memory.extend(measure_pool_memory(
+                &runner,
+                &language.name,
+                warm_up == Some(true),
+            ));
         }
         bar.set_message(case.id.clone());
         let mut result = match case.group {
@@ -442,9 +466,7 @@ pub async fn run(
         }
         results[index] = Some(result);
     }
-    if pools_started {
-        runner.stop_pools().await;
-    }
+    runner.stop_pools().await;
     Ok(Report {
         started_at,
         duration_seconds: started.elapsed().as_secs_f64(),
@@ -642,7 +664,7 @@ async fn vm_case(
     runner.set_snapshots(case.start != Start::Cold);
     let mut samples = Vec::new();
     for i in 0..options.warmup + options.runs {
-        if case.start == Start::Pool {
+        if case.start.pool_warm_up().is_some() {
             wait_for_pool(runner, &language.name, 1).await;
         }
         let mut sample = execute(runner, case, language).await;
@@ -810,7 +832,7 @@ async fn judge_case(
 
 /// The memory of the VMM processes of this process's VMs, which are all
 /// pooled when this is called: the pool is full and nothing runs.
-fn measure_pool_memory(runner: &Runner, language: &str) -> Option<PoolMemory> {
+fn measure_pool_memory(runner: &Runner, language: &str, warm_up: bool) -> Option<PoolMemory> {
     let needle = format!(
         "{}/{}.",
         runner.state().runs().display(),
@@ -822,6 +844,7 @@ fn measure_pool_memory(runner: &Runner, language: &str) -> Option<PoolMemory> {
         .unzip();
     Some(PoolMemory {
         language: language.into(),
+        warm_up,
         vms: rss.len(),
         rss_mib: stats::summarize(&rss)?,
         pss_mib: stats::summarize(&pss)?,

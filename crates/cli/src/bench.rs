@@ -114,6 +114,7 @@ pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::
         requests_per_client: args.requests_per_client.max(1),
         variants,
         price_per_hour: args.price_per_hour,
+        pool_warm_up: config.pool.warm_up,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")

@@ -11,7 +11,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
 use common::server::{Server, check, header, metric, openapi};
-use common::{assert_clean, runner, vm_processes};
+use common::{assert_clean, kvm, runner, vm_processes};
 
 fn python(code: &str) -> Value {
     json!({ "language": "python", "files": [{ "content": code }] })
@@ -757,6 +757,47 @@ fn the_warm_pool_hands_out_each_vm_once_and_refills() {
         3.0
     );
     server.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn pooled_vms_run_their_warm_up_before_they_wait_unless_turned_off() {
+    if kvm() {
+        eprintln!("skipped: under KVM there is no translation cache to warm, and no warm-up");
+        return;
+    }
+    // The next process id a new process gets tells how many processes the
+    // VM started since its snapshot: the warm-up is one more, and nothing
+    // of it is left in the directories a program sees.
+    let first_pid = |extra: &[&str]| {
+        let mut args = vec![
+            "--languages",
+            "bash",
+            "--set",
+            "pool.min_size=1",
+            "--set",
+            "pool.max_size=1",
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start(&args);
+        server.wait_for_pool("bash", 1);
+        let result = server.execute(&json!({
+            "language": "bash",
+            "files": [{ "content": "echo $(find /tmp /dev/shm -mindepth 1 | wc -l) $(ls -A | wc -l) $(sh -c 'echo $$')" }],
+        }));
+        server.stop(Duration::from_secs(30));
+        assert_eq!(result["metrics"]["start"], "pool", "{result:#}");
+        // Nothing in /tmp or /dev/shm, the program alone in its directory.
+        let stdout = result["run"]["stdout"].as_str().unwrap();
+        let pid = stdout.strip_prefix("0 1 ");
+        pid.and_then(|pid| pid.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{stdout:?}"))
+    };
+    let warmed = first_pid(&[]);
+    let unwarmed = first_pid(&["--set", "pool.warm_up=false"]);
+    assert!(
+        warmed > unwarmed,
+        "process ids after a warm-up: {warmed}, without: {unwarmed}"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use runner_protocol::{PrestartSpec, Wake};
+use runner_protocol::{ExecRequest, PrestartSpec, Wake};
 use tokio::sync::OnceCell;
 
 use super::conversation::{self, ConversationError};
@@ -42,6 +42,9 @@ pub enum AcquireError {
     /// A restored VM's agent did not come back.
     #[error("the restored VM did not answer")]
     NotReady(#[source] ConversationError),
+    /// A pooled VM's warm-up failed.
+    #[error("the restored VM's warm-up failed")]
+    WarmUp(#[source] ConversationError),
     #[error("taking a machine slot in {}", path.display())]
     Slot {
         path: PathBuf,
@@ -366,30 +369,48 @@ impl Vms {
         None
     }
 
-    /// A VM restored from `snapshot`, made unique, then paused: for a pool.
+    /// A VM restored from `snapshot`, made unique, warmed up with
+    /// `warm_up` if given (in a process of its own; the VM stays unserved),
+    /// then paused: for a pool.
     pub async fn restore_paused(
         &self,
         images: &GuestImages,
         snapshot: &Snapshot,
         backend: &dyn Backend,
+        warm_up: Option<&ExecRequest>,
     ) -> Result<Box<dyn Vm>, AcquireError> {
         let id = format!("pool-{}", super::new_trace_id());
-        let mut vm = backend
+        let vm = backend
             .start(self.restore_spec(images, snapshot, &id))
             .await?;
-        let ready = async {
-            conversation::await_ready(vm.channel(), Some(wake()), POOL_RESTORE_TIMEOUT)
+        settle_for_pool(vm, warm_up).await
+    }
+}
+
+/// Makes a VM just restored for a pool ready to wait there: woken, warmed
+/// up with `warm_up` if given, then paused. A VM that fails a step is
+/// destroyed.
+async fn settle_for_pool(
+    mut vm: Box<dyn Vm>,
+    warm_up: Option<&ExecRequest>,
+) -> Result<Box<dyn Vm>, AcquireError> {
+    let settled = async {
+        conversation::await_ready(vm.channel(), Some(wake()), POOL_RESTORE_TIMEOUT)
+            .await
+            .map_err(AcquireError::NotReady)?;
+        if let Some(exec) = warm_up {
+            conversation::warm(vm.channel(), exec.clone())
                 .await
-                .map_err(AcquireError::NotReady)?;
-            vm.pause(true).await?;
-            Ok::<_, AcquireError>(())
-        };
-        match ready.await {
-            Ok(()) => Ok(vm),
-            Err(e) => {
-                vm.destroy().await;
-                Err(e)
-            }
+                .map_err(AcquireError::WarmUp)?;
+        }
+        vm.pause(true).await?;
+        Ok::<_, AcquireError>(())
+    };
+    match settled.await {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            vm.destroy().await;
+            Err(e)
         }
     }
 }
@@ -420,5 +441,96 @@ pub(crate) fn wake() -> Wake {
     Wake {
         entropy,
         unix_time_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use runner_protocol::{AgentFailure, Frame};
+
+    use super::*;
+    use crate::exec::scripted::{self, Peer};
+
+    fn warm_up() -> ExecRequest {
+        ExecRequest {
+            language: "bash".into(),
+            files: Vec::new(),
+            stages: Vec::new(),
+            stdin: Vec::new(),
+            env: Default::default(),
+            collect: Vec::new(),
+            interactive: None,
+            outputs: None,
+            network: false,
+        }
+    }
+
+    /// Settles a scripted VM for a pool while the guest plays `script`;
+    /// returns whether it was settled and whether it was destroyed.
+    async fn settle<F>(warm_up: Option<&ExecRequest>, script: fn(Peer) -> F) -> (bool, bool)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (vm, peer, destroyed) = scripted::pair();
+        let guest = tokio::spawn(script(peer));
+        let settled = settle_for_pool(Box::new(vm), warm_up).await;
+        let settled = match settled {
+            Ok(vm) => {
+                drop(vm);
+                true
+            }
+            Err(_) => false,
+        };
+        guest.await.unwrap();
+        (settled, destroyed.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_pooled_vm_is_warmed_up_after_its_wake_and_before_it_waits() {
+        let exec = warm_up();
+        let (settled, destroyed) = settle(Some(&exec), |mut peer| async move {
+            assert!(matches!(peer.recv().await, Some(Frame::Wake(_))));
+            peer.hello().await;
+            match peer.recv().await {
+                Some(Frame::Warm(exec)) => assert_eq!(exec.language, "bash"),
+                other => panic!("expected the warm-up, got {other:?}"),
+            }
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert!(settled && !destroyed);
+    }
+
+    #[tokio::test]
+    async fn without_a_warm_up_the_pooled_vm_is_only_woken() {
+        let (settled, destroyed) = settle(None, |mut peer| async move {
+            assert!(matches!(peer.recv().await, Some(Frame::Wake(_))));
+            peer.hello().await;
+            // Nothing more comes before the host lets the VM go.
+            assert!(peer.recv().await.is_none());
+        })
+        .await;
+        assert!(settled && !destroyed);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_vm_whose_warm_up_fails_is_destroyed_not_pooled() {
+        let exec = warm_up();
+        let (settled, destroyed) = settle(Some(&exec), |mut peer| async move {
+            assert!(matches!(peer.recv().await, Some(Frame::Wake(_))));
+            peer.hello().await;
+            assert!(matches!(peer.recv().await, Some(Frame::Warm(_))));
+            peer.send(&Frame::Error(AgentFailure {
+                message: "no such interpreter".into(),
+                file: None,
+            }))
+            .await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert!(!settled && destroyed);
     }
 }

@@ -34,7 +34,7 @@ mod scripted;
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -102,8 +102,8 @@ pub(crate) fn stopped_result(plan: &Plan, reason: String) -> ExecutionResult {
 pub struct Runner {
     planner: Planner,
     vms: Arc<Vms>,
-    /// Warm pools, once [`Runner::start_pools`] started them.
-    pools: OnceLock<Arc<Pools>>,
+    /// Warm pools, while [`Runner::start_pools`] runs them.
+    pools: Mutex<Option<Arc<Pools>>>,
     pool_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -146,7 +146,7 @@ impl Runner {
                         .then(|| MachineSlots::new(&config.state_dir, config.machine_vms())),
                 ),
             ),
-            pools: OnceLock::new(),
+            pools: Mutex::default(),
             pool_task: Mutex::default(),
         })
     }
@@ -264,10 +264,18 @@ impl Runner {
         input: Option<conversation::Input>,
         stop: impl Future<Output = String> + Send,
     ) -> ExecutionResult {
-        let pools = self.pools.get().map(|p| &**p);
-        oneshot::execute(&self.vms, pools, &plan, output, input, None, stop)
-            .await
-            .0
+        let pools = self.pools();
+        oneshot::execute(
+            &self.vms,
+            pools.as_deref(),
+            &plan,
+            output,
+            input,
+            None,
+            stop,
+        )
+        .await
+        .0
     }
 
     /// The planner of this runner's languages and limits.
@@ -292,8 +300,8 @@ impl Runner {
         plan: &crate::session::SessionPlan,
         id: &str,
     ) -> Result<crate::session::SessionVm, ExecError> {
-        let pools = self.pools.get().map(|p| &**p);
-        crate::session::SessionVm::open(&self.vms, pools, plan, id).await
+        let pools = self.pools();
+        crate::session::SessionVm::open(&self.vms, pools.as_deref(), plan, id).await
     }
 
     /// Brings back a session's VM saved by a pause, named `id`, with the
@@ -330,7 +338,7 @@ impl Runner {
     ) -> crate::judge::SubmissionResult {
         crate::judge::batch::run(
             self.vms.clone(),
-            self.pools.get().cloned(),
+            self.pools(),
             plan,
             capacity,
             parallel,
@@ -389,15 +397,40 @@ impl Runner {
     /// Starts warm pools: a task that keeps restored, paused VMs ready per
     /// language (see [`crate::pool`]) until the runner is dropped or
     /// [`Runner::stop_pools`] is called. `memory_mib` bounds all pooled VMs
-    /// together.
+    /// together. Does nothing while pools run already.
     pub fn start_pools(&self, config: PoolConfig, memory_mib: u64) {
-        let pools = Arc::new(Pools::new(config, memory_mib));
-        if self.pools.set(pools.clone()).is_err() {
+        let mut task = self.pool_task.lock().unwrap();
+        if task.is_some() {
             return;
         }
         let languages = self.languages().clone();
-        let task = crate::pool::start(pools, Arc::downgrade(&self.vms), languages);
-        *self.pool_task.lock().unwrap() = Some(task);
+        let warm_ups = languages
+            .selected(&config.languages)
+            .into_iter()
+            .filter_map(|language| {
+                let code = language.warm.as_ref()?;
+                match self.planner.warm_up(language, code) {
+                    Ok(plan) => Some((language.name.clone(), plan.exec)),
+                    Err(e) => {
+                        tracing::warn!(language = %language.name, error = %e, "no warm-up for pooled VMs");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let pools = Arc::new(Pools::new(config, memory_mib));
+        *self.pools.lock().unwrap() = Some(pools.clone());
+        *task = Some(crate::pool::start(
+            pools,
+            Arc::downgrade(&self.vms),
+            languages,
+            warm_ups,
+        ));
+    }
+
+    /// The warm pools, while they run.
+    fn pools(&self) -> Option<Arc<Pools>> {
+        self.pools.lock().unwrap().clone()
     }
 
     /// Stops refilling and destroys every pooled VM.
@@ -407,7 +440,8 @@ impl Runner {
             task.abort();
             let _ = task.await;
         }
-        if let Some(pools) = self.pools.get() {
+        let pools = self.pools.lock().unwrap().take();
+        if let Some(pools) = pools {
             for pooled in pools.drain() {
                 pooled.vm.destroy().await;
             }
@@ -416,13 +450,13 @@ impl Runner {
 
     /// VMs waiting in `language`'s warm pool.
     pub fn pool_size(&self, language: &str) -> usize {
-        self.pools.get().map_or(0, |p| p.size(language))
+        self.pools().map_or(0, |p| p.size(language))
     }
 
     /// How many VMs `language`'s warm pool should hold now (0 without
     /// pools).
     pub fn pool_target(&self, language: &str) -> usize {
-        self.pools.get().map_or(0, |p| p.target(language))
+        self.pools().map_or(0, |p| p.target(language))
     }
 }
 

@@ -37,6 +37,12 @@ pub struct PoolConfig {
     /// Memory of all pooled VMs together; 0 for a quarter of what the
     /// server allows all VMs.
     pub memory_mib: u64,
+    /// Under TCG, run the language's `warm` program in each pooled VM
+    /// after its restore, in a process of its own, before it is paused:
+    /// QEMU's translation cache starts empty in every new QEMU process, and
+    /// this fills it with the runtime's hot paths before a request waits
+    /// on them. Nothing to fill under KVM, where it is skipped.
+    pub warm_up: bool,
 }
 
 impl Default for PoolConfig {
@@ -48,6 +54,7 @@ impl Default for PoolConfig {
             refill_interval_ms: 1_000,
             max_idle_ms: 600_000,
             memory_mib: 0,
+            warm_up: true,
         }
     }
 }

@@ -3,14 +3,22 @@
 //! the engine it serves is gone or the task is stopped. A restore takes a
 //! free machine slot (see [`crate::capacity`]) for as long as it runs, and
 //! waits for the next round when there is none: refills yield to
-//! executions.
+//! executions. Under TCG each restored VM first runs its language's warm-up
+//! (see [`super::PoolConfig::warm_up`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use runner_protocol::ExecRequest;
 
 use super::{Pooled, Pools};
 use crate::exec::{Vms, agent};
 use crate::lang::Languages;
+use crate::vmm::Accel;
+
+/// Each language's warm-up program, planned, by language name.
+pub(crate) type WarmUps = HashMap<String, ExecRequest>;
 
 /// Starts the task. It holds the engine weakly: when the engine is
 /// dropped, the task ends at its next round.
@@ -18,6 +26,7 @@ pub(crate) fn start(
     pools: Arc<Pools>,
     vms: Weak<Vms>,
     languages: Languages,
+    warm_ups: WarmUps,
 ) -> tokio::task::JoinHandle<()> {
     let interval = Duration::from_millis(pools.config.refill_interval_ms.max(10));
     tokio::spawn(async move {
@@ -25,7 +34,7 @@ pub(crate) fn start(
             let Some(vms) = vms.upgrade() else {
                 return;
             };
-            tend(&pools, &vms, &languages).await;
+            tend(&pools, &vms, &languages, &warm_ups).await;
             drop(vms);
             tokio::select! {
                 () = pools.wake.notified() => {}
@@ -36,7 +45,7 @@ pub(crate) fn start(
 }
 
 /// One round. Only languages whose images and snapshot exist get a pool.
-async fn tend(pools: &Pools, vms: &Vms, languages: &Languages) {
+async fn tend(pools: &Pools, vms: &Vms, languages: &Languages, warm_ups: &WarmUps) {
     for pooled in pools.stale() {
         tracing::info!(language = %pooled.language, "recycling a pooled VM (too old, or its VMM died)");
         pooled.vm.destroy().await;
@@ -68,6 +77,9 @@ async fn tend(pools: &Pools, vms: &Vms, languages: &Languages) {
         else {
             continue;
         };
+        let warm_up = warm_ups
+            .get(&language.name)
+            .filter(|_| pools.config.warm_up && backend.info().accel == Accel::Tcg);
         while pools.reserve(&language.name, snapshot.memory_mib()) {
             // Refills yield to executions: one takes a free machine slot
             // for the restore, or waits for the next round.
@@ -79,7 +91,9 @@ async fn tend(pools: &Pools, vms: &Vms, languages: &Languages) {
                     break;
                 }
             };
-            let restored = vms.restore_paused(&images, &snapshot, &*backend).await;
+            let restored = vms
+                .restore_paused(&images, &snapshot, &*backend, warm_up)
+                .await;
             drop(slot);
             match restored {
                 Ok(vm) => pools.put(Pooled {
