@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use runner_host::exec::agent;
 use runner_host::image::KernelChoice;
+use runner_host::vmm::placement::{self, CpuList};
 use runner_host::vmm::{self, Memory, VmSpec, accel};
 use runner_protocol::Frame;
 
@@ -106,6 +107,33 @@ pub async fn doctor(
     };
     outln!("backend        {}", installed.unwrap_or("none"));
     outln!("acceleration   {acceleration}");
+    let allowed = CpuList::allowed();
+    let vm_cpus = config.vm_cpus.or(&allowed);
+    outln!(
+        "cpus           executions on {vm_cpus}, warm pools on {} (this process may use {allowed})",
+        config.pool_cpus.or(vm_cpus)
+    );
+    outln!(
+        "numa           {}",
+        match placement::numa_nodes() {
+            1 => "1 node: every VM's memory is local to its CPUs; nothing to bind".to_string(),
+            n => format!(
+                "{n} nodes: VM memory is not bound to a node; give vm_cpus and pool_cpus \
+                 within one node each to keep a VM's threads near the memory they touch first"
+            ),
+        }
+    );
+    outln!(
+        "huge pages     {}",
+        match placement::transparent_huge_pages().as_deref() {
+            Some(mode @ ("always" | "madvise")) => format!(
+                "transparent ({mode}): a cold-booted VM's memory may use them (QEMU asks); \
+                 a restored VM's is its snapshot's file, mapped in 4 KiB pages"
+            ),
+            Some(mode) => format!("transparent huge pages are {mode}: VM memory uses 4 KiB pages"),
+            None => "this kernel has no transparent huge pages: VM memory uses 4 KiB pages".into(),
+        }
+    );
 
     let names: Vec<_> = runner.enabled_languages().into_iter().cloned().collect();
     for (id, built) in runner.images().status(&names, agent()) {
@@ -176,6 +204,8 @@ async fn boot_with_messages(runner: &Runner) -> anyhow::Result<()> {
             .runs()
             .join(format!("{}.{id}", std::process::id())),
         memory: Memory::Private,
+        cpus: Default::default(),
+        background: false,
     };
     let started = Instant::now();
     let mut vm = backend.start(spec).await?;

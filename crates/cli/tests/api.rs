@@ -800,6 +800,96 @@ fn pooled_vms_run_their_warm_up_before_they_wait_unless_turned_off() {
     );
 }
 
+/// Each thread of process `pid`: the CPUs it may run on (as the kernel
+/// lists them) and its niceness.
+fn threads_of(pid: &str) -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let dir = task.unwrap().path();
+        let (Ok(status), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("status")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        // After the command's name in parentheses, nice is the 17th field.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        threads.push((cpus, fields[16].parse().unwrap()));
+    }
+    threads
+}
+
+#[test]
+fn pooled_vms_wait_on_the_pools_cpus_and_run_on_the_executions() {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap())
+        .collect();
+    let [vm_cpu, pool_cpu, ..] = cpus[..] else {
+        eprintln!("skipped: one CPU here; the pools' CPUs and the executions' need two");
+        return;
+    };
+    let (vm_cpus, pool_cpus) = (format!("vm_cpus={vm_cpu}"), format!("pool_cpus={pool_cpu}"));
+    let server = Server::start(&[
+        "--languages",
+        "bash",
+        "--set",
+        "pool.min_size=1",
+        "--set",
+        "pool.max_size=1",
+        "--set",
+        &vm_cpus,
+        "--set",
+        &pool_cpus,
+    ]);
+    // Restored and waiting: on the pools' CPU, at the lowest priority
+    // (this process may raise it again as root only).
+    let pooled = server.wait_for_pool("bash", 1);
+    let root = nix::unistd::geteuid().is_root();
+    let threads = threads_of(&pooled[0]);
+    assert!(!threads.is_empty());
+    for (cpus, nice) in &threads {
+        assert_eq!(*cpus, pool_cpu.to_string(), "{threads:?}");
+        assert_eq!(*nice, if root { 19 } else { 0 }, "{threads:?}");
+    }
+    // Taken by an execution: on the executions' CPU, ahead of other work.
+    let result = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            server.execute(&json!({
+                "language": "bash",
+                "files": [{ "content": "sleep 2; echo done" }],
+            }))
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let threads = threads_of(&pooled[0]);
+            let forward = |nice: i32| if root { nice < 0 } else { nice == 0 };
+            if !threads.is_empty()
+                && threads
+                    .iter()
+                    .all(|(cpus, nice)| *cpus == vm_cpu.to_string() && forward(*nice))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{threads:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        running.join().unwrap()
+    });
+    assert_eq!(result["metrics"]["start"], "pool", "{result:#}");
+    assert_eq!(result["run"]["stdout"], "done\n");
+    server.stop(Duration::from_secs(30));
+}
+
 #[test]
 fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
     let server = Server::start(&[

@@ -41,3 +41,45 @@ fn prune_removes_only_images_no_recipe_uses() {
         }
     }
 }
+
+#[test]
+fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
+    let doctor = runner()
+        .args(["doctor", "--set", "pool_cpus=0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key:?} in {stdout}"))
+            .to_string()
+    };
+    let cpus = line("cpus           ");
+    assert!(
+        cpus.starts_with("executions on ") && cpus.contains("warm pools on 0 ("),
+        "{cpus}"
+    );
+    let nodes = std::fs::read_dir("/sys/devices/system/node")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("node").is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+        .max(1);
+    assert!(line("numa           ").starts_with(&format!("{nodes} node")));
+    assert!(!line("huge pages     ").is_empty());
+    // A CPU this process may not use is refused before anything runs.
+    let refused = runner()
+        .args(["doctor", "--set", "vm_cpus=1000"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("vm_cpus") && stderr.contains("CPU 1000"), "{stderr}");
+}

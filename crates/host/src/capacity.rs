@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::vmm::placement::CpuList;
+
 /// How often a waiting execution tries the slots again.
 const RETRY: Duration = Duration::from_millis(25);
 
@@ -38,27 +40,46 @@ pub struct MachineSlots {
     dir: PathBuf,
     count: usize,
     on_wait: Arc<OnceLock<OnWait>>,
+    /// The executions' CPUs (`vm_cpus`); empty for this process's.
+    cpus: CpuList,
     /// Held by the execution at the head of this process's queue (tokio's
     /// mutex is fair: waiters get it in the order they asked).
     turn: Arc<tokio::sync::Mutex<()>>,
+    /// Told when one of this process's slots is given back.
+    released: Arc<tokio::sync::Notify>,
 }
 
 /// A slot, held until dropped.
 pub struct Slot {
     index: usize,
-    _lock: Flock<File>,
+    cpus: CpuList,
+    lock: Option<Flock<File>>,
+    /// Told when the slot is given back, so this process's next waiter
+    /// need not wait for its next look.
+    released: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        self.released.notify_one();
+    }
 }
 
 impl Slot {
     /// The host CPU this slot's VM runs its vCPU on: slot n gets the n-th
-    /// CPU this process may use (modulo their number), so that executions
-    /// at capacity have a CPU each and are not moved between CPUs, which
-    /// costs TCG's translated code its caches.
+    /// of the executions' CPUs (`vm_cpus`, else those this process may use;
+    /// modulo their number), so that executions at capacity have a CPU
+    /// each and are not moved between CPUs, which costs TCG's translated
+    /// code its caches.
     pub fn cpu(&self) -> Option<usize> {
-        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-            .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
-            .collect();
+        let allowed;
+        let cpus = if self.cpus.is_empty() {
+            allowed = CpuList::allowed();
+            allowed.cpus()
+        } else {
+            self.cpus.cpus()
+        };
         (!cpus.is_empty()).then(|| cpus[self.index % cpus.len()])
     }
 }
@@ -71,7 +92,15 @@ impl MachineSlots {
             count: count.max(1),
             on_wait: Arc::default(),
             turn: Arc::default(),
+            released: Arc::default(),
+            cpus: CpuList::default(),
         }
+    }
+
+    /// Gives slot n the n-th of `cpus` for its vCPU (see [`Slot::cpu`]).
+    pub fn with_cpus(mut self, cpus: CpuList) -> Self {
+        self.cpus = cpus;
+        self
     }
 
     /// Calls `on_wait` when an execution has waited a second for a slot
@@ -110,7 +139,9 @@ impl MachineSlots {
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 return Ok(Some(Slot {
                     index: n,
-                    _lock: lock,
+                    cpus: self.cpus.clone(),
+                    lock: Some(lock),
+                    released: self.released.clone(),
                 }));
             }
         }
@@ -146,7 +177,11 @@ impl MachineSlots {
                 said = true;
                 self.say_waiting();
             }
-            tokio::time::sleep(RETRY).await;
+            // Another process's slot is only seen by looking again.
+            tokio::select! {
+                () = self.released.notified() => {}
+                () = tokio::time::sleep(RETRY) => {}
+            }
         }
     }
 

@@ -25,6 +25,7 @@ use crate::lang::Languages;
 use crate::net::NetworkConfig;
 use crate::pool::PoolConfig;
 use crate::session::SessionConfig;
+use crate::vmm::placement::CpuList;
 use crate::vmm::{AccelMode, Machine, VmmConfig};
 
 /// Read when `--config` and `RUNNER_CONFIG` are not given, if it exists.
@@ -75,6 +76,14 @@ pub struct Config {
     /// `max_vms` slots (see [`crate::capacity`]); `false` for benchmarks
     /// that want their own rule.
     pub shared_capacity: bool,
+    /// Host CPUs that VMs running executions use, as `0-3,6`; empty for
+    /// every CPU this process may use. Each execution's vCPU gets one of
+    /// them, the VM's other threads share them all.
+    pub vm_cpus: CpuList,
+    /// Host CPUs of warm pools' VMs, from their restore until an execution
+    /// takes them; empty for `vm_cpus`. Disjoint from `vm_cpus`, refills
+    /// and warm-ups never take CPU time from executions.
+    pub pool_cpus: CpuList,
     /// Warm pools of restored VMs (`runner serve`; languages with a snapshot
     /// only).
     pub pool: PoolConfig,
@@ -192,6 +201,8 @@ impl Config {
             reserved_memory_mib: 2048,
             max_vms: 0,
             shared_capacity: true,
+            vm_cpus: CpuList::default(),
+            pool_cpus: CpuList::default(),
             pool: PoolConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             prepare_images: true,
@@ -236,6 +247,8 @@ impl Config {
                 .split_whitespace()
                 .map(String::from)
                 .collect(),
+            vm_cpus: self.vm_cpus.clone(),
+            pool_cpus: self.pool_cpus.clone(),
         }
     }
 }
@@ -397,6 +410,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_body_bytes and max_submission_bytes must be above 0".into(),
             ));
+        }
+        for (key, list) in [("vm_cpus", &self.vm_cpus), ("pool_cpus", &self.pool_cpus)] {
+            if let Some(cpu) = list.not_allowed() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = \"{list}\" names CPU {cpu}, which this process may not run on \
+                     (it may use {})",
+                    CpuList::allowed()
+                )));
+            }
         }
         if self.kernel == KernelChoice::Debian && self.machine == Machine::Microvm {
             // microvm boots without ACPI here, so its devices are named on
@@ -794,6 +816,27 @@ mod tests {
             let config = Config::defaults(&env);
             assert_eq!(config.state_dir, PathBuf::from("/home/u/.cache/runner"));
         }
+    }
+
+    #[test]
+    fn cpu_lists_must_name_cpus_this_process_may_use() {
+        let config = load(Some("vm_cpus = \"0\"\npool_cpus = \"\""), &[], &[]).unwrap();
+        assert_eq!(config.vmm().vm_cpus.cpus(), [0]);
+        assert!(config.vmm().pool_cpus.is_empty());
+        let e = load(Some("pool_cpus = \"0,1000\""), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pool_cpus") && e.contains("CPU 1000") && e.contains("may use"),
+            "{e}"
+        );
+        let e = load(Some("vm_cpus = \"2-1\""), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CPU list \"2-1\"") && e.contains("backwards"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::lang::Language;
 use crate::pool::Pools;
 use crate::snapshot::{Snapshot, SnapshotKey, SnapshotStore};
 use crate::state::StateDir;
+use crate::vmm::placement::{self, CpuList};
 use crate::vmm::{self, Accel, Backend, BackendInfo, Memory, Vm, VmSpec, VmmConfig, VmmError};
 
 /// The guest agent, built static by this crate's build script.
@@ -246,6 +247,8 @@ impl Vms {
             kernel_args: images.kernel.args.clone(),
             run_dir: self.run_dir(id),
             memory,
+            cpus: self.vmm.vm_cpus.clone(),
+            background: false,
         }
     }
 
@@ -254,6 +257,14 @@ impl Vms {
         self.state
             .runs()
             .join(format!("{}.{id}", std::process::id()))
+    }
+
+    /// A VM that resumes `saved`, named `id`, on the executions' CPUs.
+    pub fn resume_spec(&self, saved: &crate::vmm::Saved, id: &str) -> VmSpec {
+        VmSpec {
+            cpus: self.vmm.vm_cpus.clone(),
+            ..saved.spec(id, self.run_dir(id))
+        }
     }
 
     /// A VM of `snapshot`'s size that restores it instead of booting.
@@ -343,6 +354,16 @@ impl Vms {
             let started = Instant::now();
             let mut vm = pooled.vm;
             let running = Running::new(&self.running);
+            // Back to normal priority, and from the pools' CPUs (if they
+            // have their own) to the executions'.
+            let cpus = match (self.vmm.pool_cpus.is_empty(), self.vmm.vm_cpus.is_empty()) {
+                (true, _) => CpuList::default(),
+                (false, true) => CpuList::allowed(),
+                (false, false) => self.vmm.vm_cpus.clone(),
+            };
+            if let Err(e) = vm.bring_forward(&cpus) {
+                tracing::warn!(error = %crate::error_chain(&e), "a pooled VM was not brought forward");
+            }
             if vm.is_alive() && vm.pause(false).await.is_ok() {
                 let up = Instant::now();
                 let woken =
@@ -380,9 +401,12 @@ impl Vms {
         warm_up: Option<&ExecRequest>,
     ) -> Result<Box<dyn Vm>, AcquireError> {
         let id = format!("pool-{}", super::new_trace_id());
-        let vm = backend
-            .start(self.restore_spec(images, snapshot, &id))
-            .await?;
+        let spec = VmSpec {
+            cpus: self.vmm.pool_cpus.or(&self.vmm.vm_cpus).clone(),
+            background: placement::may_raise_priority(),
+            ..self.restore_spec(images, snapshot, &id)
+        };
+        let vm = backend.start(spec).await?;
         settle_for_pool(vm, warm_up).await
     }
 }

@@ -140,11 +140,10 @@ impl Runner {
                     config.snapshots,
                     config.prestart,
                 )
-                .with_slots(
-                    config
-                        .shared_capacity
-                        .then(|| MachineSlots::new(&config.state_dir, config.machine_vms())),
-                ),
+                .with_slots(config.shared_capacity.then(|| {
+                    MachineSlots::new(&config.state_dir, config.machine_vms())
+                        .with_cpus(config.vm_cpus.clone())
+                })),
             ),
             pools: Mutex::default(),
             pool_task: Mutex::default(),

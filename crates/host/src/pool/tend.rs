@@ -1,10 +1,10 @@
 //! Tending the pools: a task that recycles stale VMs, shrinks pools whose
 //! demand fell off, and restores new VMs up to each pool's target, until
-//! the engine it serves is gone or the task is stopped. A restore takes a
-//! free machine slot (see [`crate::capacity`]) for as long as it runs, and
-//! waits for the next round when there is none: refills yield to
-//! executions. Under TCG each restored VM first runs its language's warm-up
-//! (see [`super::PoolConfig::warm_up`]).
+//! the engine it serves is gone or the task is stopped. A restore starts
+//! only when a machine slot is free (see [`crate::capacity`]) and runs at
+//! the lowest CPU priority, waiting for the next round when there is none:
+//! refills yield to executions. Under TCG each restored VM first runs its
+//! language's warm-up (see [`super::PoolConfig::warm_up`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -15,7 +15,7 @@ use runner_protocol::ExecRequest;
 use super::{Pooled, Pools};
 use crate::exec::{Vms, agent};
 use crate::lang::Languages;
-use crate::vmm::Accel;
+use crate::vmm::{Accel, placement};
 
 /// Each language's warm-up program, planned, by language name.
 pub(crate) type WarmUps = HashMap<String, ExecRequest>;
@@ -81,8 +81,11 @@ async fn tend(pools: &Pools, vms: &Vms, languages: &Languages, warm_ups: &WarmUp
             .get(&language.name)
             .filter(|_| pools.config.warm_up && backend.info().accel == Accel::Tcg);
         while pools.reserve(&language.name, snapshot.memory_mib()) {
-            // Refills yield to executions: one takes a free machine slot
-            // for the restore, or waits for the next round.
+            // Refills yield to executions: one starts only with a machine
+            // slot free and no execution waiting for one, else waits for
+            // the next round. Its VMM then runs at the lowest CPU priority
+            // and needs no slot; where priorities cannot be raised again,
+            // it runs at normal priority and keeps the slot.
             let slot = match vms.slots().map(|slots| slots.try_take()) {
                 Some(Ok(Some(slot))) => Some(slot),
                 None => None,
@@ -91,6 +94,7 @@ async fn tend(pools: &Pools, vms: &Vms, languages: &Languages, warm_ups: &WarmUp
                     break;
                 }
             };
+            let slot = slot.filter(|_| !placement::may_raise_priority());
             let restored = vms
                 .restore_paused(&images, &snapshot, &*backend, warm_up)
                 .await;

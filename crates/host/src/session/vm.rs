@@ -380,9 +380,7 @@ impl SessionVm {
                 now,
             });
         }
-        let (mut vm, running) = vms
-            .start(&*backend, saved.spec(id, vms.run_dir(id)))
-            .await?;
+        let (mut vm, running) = vms.start(&*backend, vms.resume_spec(saved, id)).await?;
         let timeout = crate::exec::acquire::boot_timeout(backend.info().accel);
         let woken =
             conversation::await_ready(vm.channel(), Some(crate::exec::acquire::wake()), timeout)

@@ -154,6 +154,8 @@ async fn probe(
         kernel_args: vec!["runner.probe".into()],
         run_dir: run_dir.join(format!("{}.kvm-probe", std::process::id())),
         memory: super::Memory::Private,
+        cpus: super::placement::CpuList::default(),
+        background: false,
     };
     let outcome = tokio::time::timeout(PROBE_TIMEOUT, async {
         let mut vm = backend.start(spec).await.map_err(|e| e.to_string())?;

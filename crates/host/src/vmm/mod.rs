@@ -13,6 +13,7 @@
 pub mod accel;
 mod channel;
 mod mapped_ram;
+pub mod placement;
 mod qemu;
 mod qmp;
 mod vcpu_time;
@@ -78,6 +79,13 @@ pub struct VmmConfig {
     pub machine: Machine,
     /// Appended to every guest's kernel command line.
     pub kernel_args: Vec<String>,
+    /// Host CPUs of VMs that run executions (empty: any this process may
+    /// use); each one's vCPU then gets one of them (see
+    /// [`crate::capacity::Slot::cpu`]).
+    pub vm_cpus: placement::CpuList,
+    /// Host CPUs of VMs restored for warm pools until an execution takes
+    /// them (empty: as `vm_cpus`).
+    pub pool_cpus: placement::CpuList,
 }
 
 /// The machine QEMU emulates (`machine` in the configuration). Both boot
@@ -179,6 +187,13 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Where guest memory lives, for snapshots.
     pub memory: Memory,
+    /// Host CPUs all of the VMM's threads start on; empty for any.
+    pub cpus: placement::CpuList,
+    /// A VM restored for a pool: its VMM starts at the lowest CPU priority
+    /// ([`placement::POOL_NICE`]), so that a refill takes only CPU time
+    /// executions leave, until [`Vm::bring_forward`]. Any other starts at
+    /// [`placement::VM_NICE`] where this process may raise priorities.
+    pub background: bool,
 }
 
 /// Guest memory, and what it has to do with a snapshot.
@@ -236,6 +251,8 @@ impl Saved {
             kernel_args: self.kernel_args.clone(),
             run_dir,
             memory: self.memory.clone(),
+            cpus: placement::CpuList::default(),
+            background: false,
         }
     }
 
@@ -299,6 +316,16 @@ pub trait Vm: Send {
     /// steal time itself (see [`VcpuClock`]); `None` under KVM.
     fn vcpu_clock(&self) -> Option<VcpuClock> {
         None
+    }
+
+    /// Brings a pooled VM taken by an execution forward: every thread of
+    /// its VMM to an execution's priority (from [`VmSpec::background`]'s)
+    /// and,
+    /// if `cpus` are given, onto them (off the pools' CPUs). A VM without
+    /// threads of its own (a scripted peer) does nothing.
+    fn bring_forward(&self, cpus: &placement::CpuList) -> Result<(), VmmError> {
+        let _ = cpus;
+        Ok(())
     }
 
     /// Runs the VM's vCPUs on host CPU `cpu` only (see

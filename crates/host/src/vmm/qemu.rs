@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
+use super::placement::{CpuList, POOL_NICE, VM_NICE, renice_threads};
 use super::qmp::{Qmp, QmpError};
 use super::{
     Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
@@ -217,11 +218,26 @@ impl QemuBackend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory.
+        // Made before the fork: the child only hands it to the kernel.
+        let cpus = spec.cpus.to_set();
+        let background = spec.background;
+        // SAFETY: prctl and sched_setaffinity are async-signal-safe system
+        // calls; the set is the child's copy, only read.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // If the runner dies without cleaning up, so does its VM.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Every thread QEMU starts inherits its CPUs and priority.
+                if let Some(cpus) = &cpus {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)?;
+                }
+                // A pool's VM behind everything else; an execution's ahead
+                // from its first instruction (its restore is part of the
+                // execution), where this process may raise priorities.
+                let nice = if background { POOL_NICE } else { VM_NICE };
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 && background {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -432,11 +448,6 @@ fn mapped_ram() -> serde_json::Value {
     })
 }
 
-/// The niceness of a VM running an execution: it comes before other work
-/// on the host (where this process may raise priorities; elsewhere it stays
-/// as it was).
-const VM_NICE: libc::c_int = -10;
-
 /// The name QEMU gives the RAM block of a memory backend `mem`.
 const MEMORY_BLOCK: &str = "mem";
 
@@ -486,6 +497,30 @@ impl Vm for QemuVm {
         self.vcpu_clock.clone()
     }
 
+    fn bring_forward(&self, cpus: &CpuList) -> Result<(), VmmError> {
+        let Some(pid) = self.child.id() else {
+            return Ok(());
+        };
+        renice_threads(pid, VM_NICE);
+        let Some(set) = cpus.to_set() else {
+            return Ok(());
+        };
+        for task in fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+        {
+            if let Some(tid) = task.ok().and_then(|t| t.file_name().to_str()?.parse().ok()) {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(
+                    |e| VmmError::Control {
+                        operation: "move the threads of",
+                        source: Box::new(e),
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn pin_vcpus(&self, cpu: usize) -> Result<(), VmmError> {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).map_err(|e| VmmError::Control {
@@ -503,15 +538,7 @@ impl Vm for QemuVm {
         // Every thread of it, so that the vCPU never waits for QEMU's own
         // threads (its main loop delivers the interrupts) behind other work.
         if let Some(pid) = self.child.id() {
-            for task in fs::read_dir(format!("/proc/{pid}/task"))
-                .into_iter()
-                .flatten()
-            {
-                if let Some(tid) = task.ok().and_then(|t| t.file_name().to_str()?.parse().ok()) {
-                    // SAFETY: setpriority on a thread id, no pointers.
-                    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, VM_NICE) };
-                }
-            }
+            renice_threads(pid, VM_NICE);
         }
         Ok(())
     }
