@@ -66,7 +66,8 @@ fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
             d.flatten()
                 .filter(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_prefix("node").is_some_and(|n| n.parse::<u32>().is_ok())
+                    name.strip_prefix("node")
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
                 })
                 .count()
         })
@@ -81,5 +82,8 @@ fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
         .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("vm_cpus") && stderr.contains("CPU 1000"), "{stderr}");
+    assert!(
+        stderr.contains("vm_cpus") && stderr.contains("CPU 1000"),
+        "{stderr}"
+    );
 }

@@ -202,7 +202,10 @@ mod tests {
     fn the_host_has_a_node_and_maybe_huge_pages() {
         assert!(numa_nodes() >= 1);
         if let Some(mode) = transparent_huge_pages() {
-            assert!(["always", "madvise", "never"].contains(&mode.as_str()), "{mode}");
+            assert!(
+                ["always", "madvise", "never"].contains(&mode.as_str()),
+                "{mode}"
+            );
         }
     }
 }
