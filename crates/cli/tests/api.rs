@@ -711,16 +711,23 @@ fn the_schema_check_catches_what_does_not_match() {
     }
 }
 
-#[test]
-fn the_warm_pool_hands_out_each_vm_once_and_refills() {
-    let server = Server::start(&[
+/// A server of bash with a warm pool of one VM, and `extra` arguments.
+fn pool_of_one(extra: &[&str]) -> Server {
+    let mut args = vec![
         "--languages",
         "bash",
         "--set",
         "pool.min_size=1",
         "--set",
         "pool.max_size=1",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn the_warm_pool_hands_out_each_vm_once_and_refills() {
+    let server = pool_of_one(&[]);
     let mut seen = std::collections::HashSet::new();
     for round in 0..3 {
         let pooled = server.wait_for_pool("bash", 1);
@@ -769,16 +776,7 @@ fn pooled_vms_run_their_warm_up_before_they_wait_unless_turned_off() {
     // VM started since its snapshot: the warm-up is one more, and nothing
     // of it is left in the directories a program sees.
     let first_pid = |extra: &[&str]| {
-        let mut args = vec![
-            "--languages",
-            "bash",
-            "--set",
-            "pool.min_size=1",
-            "--set",
-            "pool.max_size=1",
-        ];
-        args.extend_from_slice(extra);
-        let server = Server::start(&args);
+        let server = pool_of_one(extra);
         server.wait_for_pool("bash", 1);
         let result = server.execute(&json!({
             "language": "bash",
@@ -839,18 +837,7 @@ fn pooled_vms_wait_on_the_pools_cpus_and_run_on_the_executions() {
         return;
     };
     let (vm_cpus, pool_cpus) = (format!("vm_cpus={vm_cpu}"), format!("pool_cpus={pool_cpu}"));
-    let server = Server::start(&[
-        "--languages",
-        "bash",
-        "--set",
-        "pool.min_size=1",
-        "--set",
-        "pool.max_size=1",
-        "--set",
-        &vm_cpus,
-        "--set",
-        &pool_cpus,
-    ]);
+    let server = pool_of_one(&["--set", &vm_cpus, "--set", &pool_cpus]);
     // Restored and waiting: on the pools' CPU, at the lowest priority
     // (this process may raise it again as root only).
     let pooled = server.wait_for_pool("bash", 1);
@@ -892,16 +879,7 @@ fn pooled_vms_wait_on_the_pools_cpus_and_run_on_the_executions() {
 
 #[test]
 fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
-    let server = Server::start(&[
-        "--languages",
-        "bash",
-        "--set",
-        "pool.min_size=1",
-        "--set",
-        "pool.max_size=1",
-        "--set",
-        "pool.refill_interval_ms=200",
-    ]);
+    let server = pool_of_one(&["--set", "pool.refill_interval_ms=200"]);
     let pooled = server.wait_for_pool("bash", 1);
     let pid: i32 = pooled[0].parse().unwrap();
     nix::sys::signal::kill(

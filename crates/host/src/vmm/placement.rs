@@ -138,17 +138,21 @@ pub fn may_raise_priority() -> bool {
             .is_ok_and(|(soft, _)| soft >= 20)
 }
 
+/// The thread ids of process `pid` (none once it is gone).
+pub fn threads(pid: u32) -> Vec<libc::pid_t> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Sets the niceness of every thread of process `pid`; a thread that is
 /// gone or may not be changed is left as it is.
 pub fn renice_threads(pid: u32, nice: libc::c_int) {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-    {
-        if let Some(tid) = task.ok().and_then(|t| t.file_name().to_str()?.parse().ok()) {
-            // SAFETY: setpriority on a thread id, no pointers.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
-        }
+    for tid in threads(pid) {
+        // SAFETY: setpriority on a thread id, no pointers.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
-use super::placement::{CpuList, POOL_NICE, VM_NICE, renice_threads};
+use super::placement::{CpuList, POOL_NICE, VM_NICE, renice_threads, threads};
 use super::qmp::{Qmp, QmpError};
 use super::{
     Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
@@ -505,18 +505,13 @@ impl Vm for QemuVm {
         let Some(set) = cpus.to_set() else {
             return Ok(());
         };
-        for task in fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-        {
-            if let Some(tid) = task.ok().and_then(|t| t.file_name().to_str()?.parse().ok()) {
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(
-                    |e| VmmError::Control {
-                        operation: "move the threads of",
-                        source: Box::new(e),
-                    },
-                )?;
-            }
+        for tid in threads(pid) {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(|e| {
+                VmmError::Control {
+                    operation: "move the threads of",
+                    source: Box::new(e),
+                }
+            })?;
         }
         Ok(())
     }
