@@ -92,7 +92,7 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config) -> Result<Self, ServeError> {
-        let capacity = Capacity::of_host(config.reserved_memory_mib, config.max_vms)
+        let capacity = Capacity::of_host(config.reserved_memory_mib, config.machine_vms())
             .map_err(ServeError::Capacity)?
             .with_pools(config.pool.memory_mib, config.pool.max_size > 0);
         let runner = Arc::new(Runner::new(&config)?);

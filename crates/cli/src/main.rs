@@ -600,7 +600,7 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
 /// The configuration as TOML that loads back as itself, after comments on
 /// what some of its values come to on this machine.
 fn print_config(config: &Config) -> anyhow::Result<()> {
-    let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.max_vms)
+    let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.machine_vms())
         .map_err(anyhow::Error::msg)?;
     let python = runner_host::lang::Languages::builtin()?
         .get("python")?

@@ -70,7 +70,7 @@ pub struct Config {
     pub debian_mirror: String,
     /// Host memory kept for everything but VMs.
     pub reserved_memory_mib: u64,
-    /// VMs at once; 0 means one per CPU.
+    /// VMs at once; 0 means one per CPU (of `vm_cpus` when given).
     pub max_vms: usize,
     /// Executions of every runner process on this state directory share
     /// `max_vms` slots (see [`crate::capacity`]); `false` for benchmarks
@@ -151,10 +151,13 @@ pub struct ApiKey {
 }
 
 impl Config {
-    /// VMs at once on this machine: `max_vms`, or one per CPU.
+    /// VMs at once on this machine: `max_vms`, or one per CPU (of
+    /// `vm_cpus` when given).
     pub fn machine_vms(&self) -> usize {
         if self.max_vms > 0 {
             self.max_vms
+        } else if !self.vm_cpus.is_empty() {
+            self.vm_cpus.cpus().len()
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
@@ -822,6 +825,7 @@ mod tests {
     fn cpu_lists_must_name_cpus_this_process_may_use() {
         let config = load(Some("vm_cpus = \"0\"\npool_cpus = \"\""), &[], &[]).unwrap();
         assert_eq!(config.vmm().vm_cpus.cpus(), [0]);
+        assert_eq!(config.machine_vms(), 1, "one VM per CPU of vm_cpus");
         assert!(config.vmm().pool_cpus.is_empty());
         let e = load(Some("pool_cpus = \"0,1000\""), &[], &[])
             .unwrap_err()
