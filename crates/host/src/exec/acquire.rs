@@ -354,8 +354,9 @@ impl Vms {
             let started = Instant::now();
             let mut vm = pooled.vm;
             let running = Running::new(&self.running);
-            // Back to normal priority, and from the pools' CPUs (if they
-            // have their own) to the executions'.
+            // To an execution's priority (a refill ran at the lowest), and
+            // from the pools' CPUs (if they have their own) to the
+            // executions'.
             let cpus = match (self.vmm.pool_cpus.is_empty(), self.vmm.vm_cpus.is_empty()) {
                 (true, _) => CpuList::default(),
                 (false, true) => CpuList::allowed(),
