@@ -73,13 +73,8 @@ impl Slot {
     /// each and are not moved between CPUs, which costs TCG's translated
     /// code its caches.
     pub fn cpu(&self) -> Option<usize> {
-        let allowed;
-        let cpus = if self.cpus.is_empty() {
-            allowed = CpuList::allowed();
-            allowed.cpus()
-        } else {
-            self.cpus.cpus()
-        };
+        let allowed = CpuList::allowed();
+        let cpus = self.cpus.or(&allowed).cpus();
         (!cpus.is_empty()).then(|| cpus[self.index % cpus.len()])
     }
 }

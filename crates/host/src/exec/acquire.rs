@@ -357,10 +357,10 @@ impl Vms {
             // To an execution's priority (a refill ran at the lowest), and
             // from the pools' CPUs (if they have their own) to the
             // executions'.
-            let cpus = match (self.vmm.pool_cpus.is_empty(), self.vmm.vm_cpus.is_empty()) {
-                (true, _) => CpuList::default(),
-                (false, true) => CpuList::allowed(),
-                (false, false) => self.vmm.vm_cpus.clone(),
+            let cpus = if self.vmm.pool_cpus.is_empty() {
+                CpuList::default()
+            } else {
+                self.vmm.vm_cpus.or(&CpuList::allowed()).clone()
             };
             if let Err(e) = vm.bring_forward(&cpus) {
                 tracing::warn!(error = %crate::error_chain(&e), "a pooled VM was not brought forward");

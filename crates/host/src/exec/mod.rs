@@ -102,9 +102,9 @@ pub(crate) fn stopped_result(plan: &Plan, reason: String) -> ExecutionResult {
 pub struct Runner {
     planner: Planner,
     vms: Arc<Vms>,
-    /// Warm pools, while [`Runner::start_pools`] runs them.
-    pools: Mutex<Option<Arc<Pools>>>,
-    pool_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Warm pools and the task that tends them, while
+    /// [`Runner::start_pools`] runs them.
+    pools: Mutex<Option<(Arc<Pools>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Runner {
@@ -146,7 +146,6 @@ impl Runner {
                 })),
             ),
             pools: Mutex::default(),
-            pool_task: Mutex::default(),
         })
     }
 
@@ -398,8 +397,8 @@ impl Runner {
     /// [`Runner::stop_pools`] is called. `memory_mib` bounds all pooled VMs
     /// together. Does nothing while pools run already.
     pub fn start_pools(&self, config: PoolConfig, memory_mib: u64) {
-        let mut task = self.pool_task.lock().unwrap();
-        if task.is_some() {
+        let mut running = self.pools.lock().unwrap();
+        if running.is_some() {
             return;
         }
         let languages = self.languages().clone();
@@ -418,29 +417,30 @@ impl Runner {
             })
             .collect();
         let pools = Arc::new(Pools::new(config, memory_mib));
-        *self.pools.lock().unwrap() = Some(pools.clone());
-        *task = Some(crate::pool::start(
-            pools,
+        let task = crate::pool::start(
+            pools.clone(),
             Arc::downgrade(&self.vms),
             languages,
             warm_ups,
-        ));
+        );
+        *running = Some((pools, task));
     }
 
     /// The warm pools, while they run.
     fn pools(&self) -> Option<Arc<Pools>> {
-        self.pools.lock().unwrap().clone()
+        self.pools
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(pools, _)| pools.clone())
     }
 
     /// Stops refilling and destroys every pooled VM.
     pub async fn stop_pools(&self) {
-        let task = self.pool_task.lock().unwrap().take();
-        if let Some(task) = task {
+        let running = self.pools.lock().unwrap().take();
+        if let Some((pools, task)) = running {
             task.abort();
             let _ = task.await;
-        }
-        let pools = self.pools.lock().unwrap().take();
-        if let Some(pools) = pools {
             for pooled in pools.drain() {
                 pooled.vm.destroy().await;
             }
@@ -461,7 +461,7 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
-        if let Some(task) = self.pool_task.lock().unwrap().take() {
+        if let Some((_, task)) = self.pools.lock().unwrap().take() {
             task.abort();
         }
     }

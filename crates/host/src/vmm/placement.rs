@@ -147,15 +147,6 @@ pub fn threads(pid: u32) -> Vec<libc::pid_t> {
         .collect()
 }
 
-/// Sets the niceness of every thread of process `pid`; a thread that is
-/// gone or may not be changed is left as it is.
-pub fn renice_threads(pid: u32, nice: libc::c_int) {
-    for tid in threads(pid) {
-        // SAFETY: setpriority on a thread id, no pointers.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-    }
-}
-
 /// The host's NUMA nodes, as the kernel lists them (1 where it lists
 /// none).
 pub fn numa_nodes() -> usize {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
-use super::placement::{CpuList, POOL_NICE, VM_NICE, renice_threads, threads};
+use super::placement::{CpuList, POOL_NICE, VM_NICE, threads};
 use super::qmp::{Qmp, QmpError};
 use super::{
     Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
@@ -501,21 +501,24 @@ impl Vm for QemuVm {
         let Some(pid) = self.child.id() else {
             return Ok(());
         };
-        renice_threads(pid, VM_NICE);
-        let Some(set) = cpus.to_set() else {
-            return Ok(());
-        };
+        let set = cpus.to_set();
         for tid in threads(pid) {
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(|e| {
-                VmmError::Control {
-                    operation: "move the threads of",
-                    source: Box::new(e),
-                }
-            })?;
+            // SAFETY: setpriority on a thread id, no pointers.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VM_NICE) };
+            if let Some(set) = &set {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), set).map_err(
+                    |e| VmmError::Control {
+                        operation: "move the threads of",
+                        source: Box::new(e),
+                    },
+                )?;
+            }
         }
         Ok(())
     }
 
+    // Its priority was set when it started (see `VmSpec::background`) or
+    // when it left a pool (`bring_forward`).
     fn pin_vcpus(&self, cpu: usize) -> Result<(), VmmError> {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).map_err(|e| VmmError::Control {
@@ -529,11 +532,6 @@ impl Vm for QemuVm {
                     source: Box::new(e),
                 },
             )?;
-        }
-        // Every thread of it, so that the vCPU never waits for QEMU's own
-        // threads (its main loop delivers the interrupts) behind other work.
-        if let Some(pid) = self.child.id() {
-            renice_threads(pid, VM_NICE);
         }
         Ok(())
     }
