@@ -64,7 +64,8 @@ pub enum Group {
     /// execution.
     Session,
     /// The start cases' program booted cold and restored on another guest
-    /// kernel or machine type (`--kernels`, `--machines`), side by side.
+    /// kernel or machine type, or with another value of a setting
+    /// (`--kernels`, `--machines`, `--vary`), side by side.
     Kernel,
 }
 
@@ -115,7 +116,8 @@ pub struct Case {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// For kernel cases, the kernel and machine type its VMs run on, as
-    /// `{kernel}-{machine}` (see [`crate::Variant`]).
+    /// `{kernel}-{machine}`, and the setting varied, as `key=value` (see
+    /// [`crate::Variant`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
 }

@@ -53,8 +53,8 @@ pub struct Options {
     pub host: bool,
     /// Executions per concurrent client in the throughput cases.
     pub requests_per_client: usize,
-    /// Other guest kernels and machine types to start the first language's
-    /// hello on, side by side with the others.
+    /// Other guest kernels, machine types and settings to start the first
+    /// language's hello with, side by side with the others.
     pub variants: Vec<Variant>,
     /// What the machine costs per hour, for the cost per execution.
     pub price_per_hour: Option<f64>,
@@ -63,10 +63,12 @@ pub struct Options {
     pub pool_warm_up: bool,
 }
 
-/// A runner whose VMs boot another guest kernel or machine type.
+/// A runner whose VMs boot another guest kernel or machine type, or with
+/// one setting changed.
 #[derive(Clone)]
 pub struct Variant {
-    /// `{kernel}-{machine}`, e.g. `debian-q35`: names its cases.
+    /// `{kernel}-{machine}`, `key=value` or both (`debian-q35
+    /// huge_pages=off`): names its cases.
     pub label: String,
     pub runner: Arc<Runner>,
 }
@@ -456,7 +458,7 @@ pub async fn run(
                 result.host_note = Some("a session case compares two ways in VMs".into());
             }
             None if case.group == Group::Kernel => {
-                result.host_note = Some("a kernel case compares kernels in VMs".into());
+                result.host_note = Some("a kernel case compares configurations in VMs".into());
             }
             None => {
                 if let Err(e) = host_case(&mut result, language, rootfs, options).await {

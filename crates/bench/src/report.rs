@@ -77,17 +77,17 @@ pub fn markdown(report: &Report) -> String {
     if let Some(first) = kernels.first() {
         let _ = writeln!(
             out,
-            "## Kernels and machine types ({} Hello World)\n\n\
-             The start cases' program on each guest kernel and QEMU machine type asked for \
-             (`--kernels`, `--machines`), booted cold and restored from a snapshot made on \
-             that kernel and machine. The VM start table above is the configured one \
-             ({}).\n",
+            "## Kernels, machine types and settings ({} Hello World)\n\n\
+             The start cases' program on each guest kernel and QEMU machine type, and with \
+             each value of a setting, asked for (`--kernels`, `--machines`, `--vary`), booted \
+             cold and restored from a snapshot made on that kernel and machine. The VM start \
+             table above is the configured one ({}).\n",
             first.case.language,
             cell(&m.guest_kernel),
         );
         let _ = writeln!(
             out,
-            "| kernel-machine | start | boot to ready p50 | p95 | min | max | total p50 | p95 | failed |"
+            "| variant | start | boot to ready p50 | p95 | min | max | total p50 | p95 | failed |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         for r in &kernels {

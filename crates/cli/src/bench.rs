@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// --kernels (or the configured kernel).
     #[arg(long, value_delimiter = ',', value_name = "MACHINE")]
     machines: Vec<String>,
+    /// The same with each of these values of one setting, e.g.
+    /// huge_pages=transparent,off or numa_bind=true,false (on each of
+    /// --kernels and --machines when given).
+    #[arg(long, value_name = "KEY=VALUES")]
+    vary: Option<String>,
     /// What the machine costs per hour (any currency): adds the cost per
     /// execution of each case to the report, as the design's "Cost per
     /// Execution" computes it.
@@ -73,9 +78,9 @@ pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::
     {
         usage!("--price-per-hour must be a positive number, not {price}");
     }
-    let variants = variants(config, &args.kernels, &args.machines)?;
+    let variants = variants(config, &args.kernels, &args.machines, args.vary.as_deref())?;
     if !variants.is_empty() && (args.code.is_some() || args.file.is_some()) {
-        usage!("--kernels and --machines measure the suite's hello, not --code or --file");
+        usage!("--kernels, --machines and --vary measure the suite's hello, not --code or --file");
     }
     let custom = match (&args.code, &args.file) {
         (None, None) => None,
@@ -156,42 +161,76 @@ pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::
 }
 
 /// A runner for each combination of `kernels` and `machines` (the
-/// configured one standing in for an empty list), each with the rest of
-/// `config`. None if both are empty.
+/// configured one standing in for an empty list) and of the values `vary`
+/// gives one setting (`key=value,value`), each with the rest of `config`.
+/// None if none is asked for.
 fn variants(
     config: &Config,
     kernels: &[String],
     machines: &[String],
+    vary: Option<&str>,
 ) -> anyhow::Result<Vec<Variant>> {
+    let mut configs: Vec<(String, Config)> = Vec::new();
     if kernels.is_empty() && machines.is_empty() {
-        return Ok(Vec::new());
-    }
-    let kernels = parse_all(kernels, config.kernel, "kernel", "runner, debian")?;
-    let machines = parse_all(machines, config.machine, "machine type", "q35, microvm")?;
-    let mut variants = Vec::new();
-    for kernel in &kernels {
-        for machine in &machines {
-            let label = format!("{}-{machine}", config_name(kernel));
-            if variants.iter().any(|v: &Variant| v.label == label) {
-                continue;
-            }
-            let config = match config.with_guest(*kernel, *machine) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("runner: bench skips {label}: {e}");
+        if vary.is_none() {
+            return Ok(Vec::new());
+        }
+        configs.push((String::new(), config.clone()));
+    } else {
+        let kernels = parse_all(kernels, config.kernel, "kernel", "runner, debian")?;
+        let machines = parse_all(machines, config.machine, "machine type", "q35, microvm")?;
+        for kernel in &kernels {
+            for machine in &machines {
+                let label = format!("{}-{machine}", config_name(kernel));
+                if configs.iter().any(|(l, _)| *l == label) {
                     continue;
                 }
-            };
-            variants.push(Variant {
-                label,
-                runner: Arc::new(Runner::new(&config)?),
-            });
+                match config.with_guest(*kernel, *machine) {
+                    Ok(config) => configs.push((label, config)),
+                    Err(e) => eprintln!("runner: bench skips {label}: {e}"),
+                }
+            }
+        }
+        if configs.is_empty() {
+            usage!("no kernel and machine type asked for can boot");
         }
     }
-    if variants.is_empty() {
-        usage!("no kernel and machine type asked for can boot");
+    if let Some(vary) = vary {
+        let Some((key, values)) = vary.split_once('=') else {
+            usage!("--vary takes a setting and its values, as huge_pages=transparent,off");
+        };
+        let mut values: Vec<&str> = values.split(',').map(str::trim).collect();
+        values.retain(|v| !v.is_empty());
+        values.dedup();
+        if values.is_empty() {
+            usage!("--vary {key}= names no value");
+        }
+        let mut varied = Vec::new();
+        for (label, config) in configs {
+            for value in &values {
+                let config = match config.with_setting(key.trim(), value) {
+                    Ok(config) => config,
+                    Err(e) => usage!("--vary: {e}"),
+                };
+                let setting = format!("{}={value}", key.trim());
+                let label = match label.is_empty() {
+                    true => setting,
+                    false => format!("{label} {setting}"),
+                };
+                varied.push((label, config));
+            }
+        }
+        configs = varied;
     }
-    Ok(variants)
+    configs
+        .into_iter()
+        .map(|(label, config)| {
+            Ok(Variant {
+                label,
+                runner: Arc::new(Runner::new(&config)?),
+            })
+        })
+        .collect()
 }
 
 /// Each of `names` as the configuration spells a `what`, or `configured`

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use runner_host::exec::agent;
 use runner_host::image::KernelChoice;
-use runner_host::vmm::placement::{self, CpuList};
+use runner_host::vmm::placement::{self, CpuList, HugePages, Nodes};
 use runner_host::vmm::{self, Memory, VmSpec, accel};
 use runner_protocol::Frame;
 
@@ -113,27 +113,17 @@ pub async fn doctor(
         "cpus           executions on {vm_cpus}, warm pools on {} (this process may use {allowed})",
         config.pool_cpus.or(vm_cpus)
     );
-    outln!(
-        "numa           {}",
-        match placement::numa_nodes() {
-            1 => "1 node: every VM's memory is local to its CPUs; nothing to bind".to_string(),
-            n => format!(
-                "{n} nodes: VM memory is not bound to a node; give vm_cpus and pool_cpus \
-                 within one node each to keep a VM's threads near the memory they touch first"
-            ),
-        }
-    );
-    outln!(
-        "huge pages     {}",
-        match placement::transparent_huge_pages().as_deref() {
-            Some(mode @ ("always" | "madvise")) => format!(
-                "transparent ({mode}): a cold-booted VM's memory may use them (QEMU asks); \
-                 a restored VM's is its snapshot's file, mapped in 4 KiB pages"
-            ),
-            Some(mode) => format!("transparent huge pages are {mode}: VM memory uses 4 KiB pages"),
-            None => "this kernel has no transparent huge pages: VM memory uses 4 KiB pages".into(),
-        }
-    );
+    outln!("numa           {}", numa(config, vm_cpus));
+    let huge_pages = match (config.huge_pages, config.huge_pages.unavailable()) {
+        (_, Some(why)) => why,
+        (HugePages::Off, None) => "off (huge_pages): VM memory uses 4 KiB pages".into(),
+        (HugePages::Transparent, None) => format!(
+            "transparent ({}): a cold-booted VM's memory, and what a restored VM reads of its \
+             snapshot's memory file (its writes copy 4 KiB pages)",
+            placement::transparent_huge_pages().unwrap_or_default()
+        ),
+    };
+    outln!("huge pages     {huge_pages}");
 
     let names: Vec<_> = runner.enabled_languages().into_iter().cloned().collect();
     for (id, built) in runner.images().status(&names, agent()) {
@@ -179,6 +169,38 @@ pub async fn doctor(
 
 /// Boots a VM of the first enabled language from the debug kernel (built
 /// if missing), waits for its agent and shows the kernel's messages.
+/// Where VMs' memory is bound, and why not where it is not.
+fn numa(config: &Config, vm_cpus: &CpuList) -> String {
+    let nodes = Nodes::of_host();
+    let count = match nodes.len() {
+        1 => "1 node".to_string(),
+        n => format!("{n} nodes"),
+    };
+    if !config.numa_bind {
+        return format!("{count}: VM memory is not bound (numa_bind = false)");
+    }
+    if nodes.len() == 1 {
+        return format!("{count}: VM memory is bound to it, which changes nothing");
+    }
+    let node = |cpus: &CpuList| match nodes.node_of(cpus) {
+        Some(node) => format!("node {node}"),
+        None => format!("no node (CPUs {cpus} span nodes)"),
+    };
+    let pool_cpus = config.pool_cpus.or(vm_cpus);
+    let mut text = format!(
+        "{count}: executions' VM memory bound to {}, warm pools' to {}",
+        node(vm_cpus),
+        node(pool_cpus)
+    );
+    if nodes.node_of(vm_cpus).is_none() || nodes.node_of(pool_cpus) != nodes.node_of(vm_cpus) {
+        text.push_str(
+            "; give vm_cpus and pool_cpus within one node, the same one, so that a VM's \
+             memory stays near its CPUs from its restore to its execution",
+        );
+    }
+    text
+}
+
 async fn boot_with_messages(runner: &Runner) -> anyhow::Result<()> {
     let Some(language) = runner.enabled_languages().first().map(|l| (*l).clone()) else {
         anyhow::bail!("no language is enabled to boot a VM of");

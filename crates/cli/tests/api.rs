@@ -878,6 +878,64 @@ fn pooled_vms_wait_on_the_pools_cpus_and_run_on_the_executions() {
 }
 
 #[test]
+fn a_vms_memory_is_bound_to_its_node_and_may_take_huge_pages_unless_turned_off() {
+    let nodes = std::fs::read_dir("/sys/devices/system/node")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("node"))
+        .count();
+    // Each VM's memory mapping of its snapshot, and what the kernel says
+    // of the VM's process.
+    let placement = |extra: &[&str]| {
+        let server = pool_of_one(extra);
+        let pid = server.wait_for_pool("bash", 1)[0].clone();
+        let proc = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+        let snapshot_memory = |text: &str| {
+            text.lines()
+                .find(|l| {
+                    l.contains("/snapshots/") && (l.ends_with("/memory") || l.contains("/memory "))
+                })
+                .unwrap_or_else(|| panic!("no snapshot memory mapped: {text}"))
+                .to_string()
+        };
+        let mapping = snapshot_memory(&proc("maps"));
+        let policy = snapshot_memory(&proc("numa_maps"));
+        let status = proc("status");
+        let thp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim() == "1");
+        let result = server.execute(&json!({
+            "language": "bash",
+            "files": [{ "content": "echo served" }],
+        }));
+        assert_eq!(result["metrics"]["start"], "pool", "{result:#}");
+        assert_eq!(result["run"]["stdout"], "served\n");
+        server.stop(Duration::from_secs(30));
+        let start = u64::from_str_radix(mapping.split('-').next().unwrap(), 16).unwrap();
+        (start, policy, thp)
+    };
+
+    let (start, policy, thp) = placement(&[]);
+    assert_eq!(
+        start % (2 << 20),
+        0,
+        "mapped at a 2 MiB boundary: {start:x}"
+    );
+    assert_ne!(thp, Some(false), "transparent huge pages allowed");
+    if nodes <= 1 {
+        assert!(policy.contains(" bind:0 "), "{policy}");
+    } else {
+        eprintln!("{nodes} nodes: whether this VM's CPUs lie in one is the host's layout");
+    }
+
+    let (_, policy, thp) = placement(&["--set", "huge_pages=off", "--set", "numa_bind=false"]);
+    assert!(policy.contains(" default "), "not bound: {policy}");
+    assert_ne!(thp, Some(true), "transparent huge pages disabled");
+}
+
+#[test]
 fn a_pool_vm_killed_from_outside_is_replaced_and_no_request_is_lost() {
     let server = pool_of_one(&["--set", "pool.refill_interval_ms=200"]);
     let pooled = server.wait_for_pool("bash", 1);

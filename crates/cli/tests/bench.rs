@@ -214,9 +214,64 @@ fn kernels_side_by_side_boot_and_restore_each() {
         assert_eq!(samples[0]["start"], case["start"], "{case:#}");
     }
     let report = fs::read_to_string(out.path().join("report.md")).unwrap();
-    for expected in ["## Kernels and machine types", "| debian-q35 | cold |"] {
+    for expected in [
+        "## Kernels, machine types and settings",
+        "| debian-q35 | cold |",
+    ] {
         assert!(report.contains(expected), "{expected:?} not in:\n{report}");
     }
+}
+
+#[test]
+fn a_setting_side_by_side_boots_and_restores_with_each_value() {
+    let out = tempfile::tempdir().unwrap();
+    let finished = run(
+        &[
+            "bench",
+            "--lang",
+            "bash",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--requests-per-client",
+            "1",
+            "--no-host",
+            "--vary",
+            "huge_pages=transparent,off",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    let json = results(out.path());
+    let varied: Vec<&Value> = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["group"] == "kernel")
+        .collect();
+    let ids: Vec<&str> = varied.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "kernel/huge_pages=transparent/cold",
+            "kernel/huge_pages=transparent/snapshot",
+            "kernel/huge_pages=off/cold",
+            "kernel/huge_pages=off/snapshot",
+        ]
+    );
+    for case in varied {
+        let samples = case["vm_samples"].as_array().unwrap();
+        assert_eq!(samples[0]["ok"], true, "{case:#}");
+        assert_eq!(samples[0]["start"], case["start"], "{case:#}");
+    }
+    let report = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("| huge_pages=off | snapshot |"),
+        "not in:\n{report}"
+    );
 }
 
 #[test]
@@ -286,6 +341,15 @@ fn bench_arguments_that_cannot_work_are_refused() {
         "{}",
         finished.stderr()
     );
+    for (vary, says) in [
+        ("huge_pages", "huge_pages=transparent,off"),
+        ("huge_pages=sometimes", "unknown variant `sometimes`"),
+        ("hugepages=off", "no such setting"),
+    ] {
+        let finished = run(&["bench", "--lang", "bash", "--vary", vary], b"");
+        assert_eq!(finished.code(), Some(2), "{vary}");
+        assert!(finished.stderr().contains(says), "{}", finished.stderr());
+    }
     let finished = run(&["bench", "--lang", "cobol"], b"");
     assert_eq!(finished.code(), Some(2));
     assert!(finished.stderr().contains("cobol"), "{}", finished.stderr());

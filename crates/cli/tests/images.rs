@@ -75,6 +75,23 @@ fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
         .max(1);
     assert!(line("numa           ").starts_with(&format!("{nodes} node")));
     assert!(!line("huge pages     ").is_empty());
+    let off = runner()
+        .args([
+            "doctor",
+            "--set",
+            "huge_pages=off",
+            "--set",
+            "numa_bind=false",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&off.stdout);
+    for expected in [
+        "not bound (numa_bind = false)",
+        "huge pages     off (huge_pages)",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} not in {stdout}");
+    }
     // A CPU this process may not use is refused before anything runs.
     let refused = runner()
         .args(["doctor", "--set", "vm_cpus=1000"])

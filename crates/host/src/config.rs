@@ -25,7 +25,7 @@ use crate::lang::Languages;
 use crate::net::NetworkConfig;
 use crate::pool::PoolConfig;
 use crate::session::SessionConfig;
-use crate::vmm::placement::CpuList;
+use crate::vmm::placement::{CpuList, HugePages};
 use crate::vmm::{AccelMode, Machine, VmmConfig};
 
 /// Read when `--config` and `RUNNER_CONFIG` are not given, if it exists.
@@ -84,6 +84,12 @@ pub struct Config {
     /// takes them; empty for `vm_cpus`. Disjoint from `vm_cpus`, refills
     /// and warm-ups never take CPU time from executions.
     pub pool_cpus: CpuList,
+    /// `transparent`: guest memory uses the host's transparent huge pages
+    /// where it has them; `off`: 4 KiB pages only.
+    pub huge_pages: HugePages,
+    /// Bind each VM's memory to the NUMA node of its CPUs (`vm_cpus`, or
+    /// `pool_cpus` for a pool's VM) where they lie within one node.
+    pub numa_bind: bool,
     /// Warm pools of restored VMs (`runner serve`; languages with a snapshot
     /// only).
     pub pool: PoolConfig,
@@ -206,6 +212,8 @@ impl Config {
             shared_capacity: true,
             vm_cpus: CpuList::default(),
             pool_cpus: CpuList::default(),
+            huge_pages: HugePages::Transparent,
+            numa_bind: true,
             pool: PoolConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             prepare_images: true,
@@ -252,6 +260,8 @@ impl Config {
                 .collect(),
             vm_cpus: self.vm_cpus.clone(),
             pool_cpus: self.pool_cpus.clone(),
+            huge_pages: self.huge_pages,
+            numa_bind: self.numa_bind,
         }
     }
 }
@@ -331,31 +341,31 @@ impl Config {
             }
         }
         for (key, raw) in sources.flags {
-            let origin = format!("setting {key}");
-            if key == "api_keys" {
-                return Err(ConfigError::Value {
-                    origin,
-                    message: "API keys are set in the configuration file only ([[api_keys]]), so that they stay out of process listings".into(),
-                });
-            }
-            let Some((_, default)) = leaves.iter().find(|(k, _)| *k == key) else {
-                let known: Vec<&str> = leaves.iter().map(|(k, _)| k.as_str()).collect();
-                return Err(ConfigError::Value {
-                    origin,
-                    message: format!("no such setting; settings are {}", known.join(", ")),
-                });
-            };
-            let value = parse_value(default, &raw)
-                .map_err(|message| ConfigError::Value { origin, message })?;
+            let value = flag_value(&leaves, &key, &raw)?;
             set(&mut table, &key, value);
         }
+        Config::from_table(table)
+    }
 
-        let config: Config = Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Value {
+    /// The same configuration with one setting changed as `--set key=raw`
+    /// changes it.
+    pub fn with_setting(&self, key: &str, raw: &str) -> Result<Config, ConfigError> {
+        let Ok(Value::Table(mut table)) = Value::try_from(self) else {
+            unreachable!("a configuration serializes to a table")
+        };
+        let value = flag_value(&leaves(&table), key, raw)?;
+        set(&mut table, key, value);
+        Config::from_table(table)
+    }
+
+    fn from_table(table: Table) -> Result<Config, ConfigError> {
+        // Named by its key: "pool.warm_up: invalid type ...".
+        let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Value {
                 origin: "configuration".into(),
-                message: e.message().to_string(),
-            })?;
+                message: format!("{}: {}", e.path(), e.inner().message()),
+            },
+        )?;
         config.check()?;
         Ok(config)
     }
@@ -556,6 +566,25 @@ fn set(table: &mut Table, key: &str, value: Value) {
             table.insert(key.into(), value);
         }
     }
+}
+
+/// The value `--set key=raw` gives, in the type of `key` among `leaves`.
+fn flag_value(leaves: &[(String, Value)], key: &str, raw: &str) -> Result<Value, ConfigError> {
+    let origin = format!("setting {key}");
+    if key == "api_keys" {
+        return Err(ConfigError::Value {
+            origin,
+            message: "API keys are set in the configuration file only ([[api_keys]]), so that they stay out of process listings".into(),
+        });
+    }
+    let Some((_, default)) = leaves.iter().find(|(k, _)| k == key) else {
+        let known: Vec<&str> = leaves.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(ConfigError::Value {
+            origin,
+            message: format!("no such setting; settings are {}", known.join(", ")),
+        });
+    };
+    parse_value(default, raw).map_err(|message| ConfigError::Value { origin, message })
 }
 
 /// Reads a value from an environment variable or flag, in the type of the
@@ -841,6 +870,38 @@ mod tests {
             e.contains("CPU list \"2-1\"") && e.contains("backwards"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn memory_placement_is_set_and_bad_values_name_their_key() {
+        let config_with_defaults = || load(None, &[], &[]).unwrap();
+        let defaults = config_with_defaults().vmm();
+        assert_eq!(defaults.huge_pages, HugePages::Transparent);
+        assert!(defaults.numa_bind);
+        let config = load(Some("huge_pages = \"off\""), &[], &[("numa_bind", "false")])
+            .unwrap()
+            .vmm();
+        assert_eq!(config.huge_pages, HugePages::Off);
+        assert!(!config.numa_bind);
+        let changed = config_with_defaults()
+            .with_setting("huge_pages", "off")
+            .unwrap();
+        assert_eq!(changed.huge_pages, HugePages::Off);
+        let e = config_with_defaults()
+            .with_setting("huge_pages", "sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("huge_pages: unknown variant"), "{e}");
+        for (file, key) in [
+            (
+                "huge_pages = \"always\"",
+                "huge_pages: unknown variant `always`",
+            ),
+            ("[pool]\nwarm_up = 3", "pool.warm_up: invalid type"),
+        ] {
+            let e = load(Some(file), &[], &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -137,8 +137,7 @@ async fn probe(
 ) -> AccelChoice {
     let backend = QemuBackend::new(
         installed.clone(),
-        super::Machine::default(),
-        Vec::new(),
+        &VmmConfig::default(),
         AccelChoice {
             accel: Accel::Kvm,
             reason: "probe".into(),

@@ -86,6 +86,11 @@ pub struct VmmConfig {
     /// Host CPUs of VMs restored for warm pools until an execution takes
     /// them (empty: as `vm_cpus`).
     pub pool_cpus: placement::CpuList,
+    /// Whether guest memory may use the host's huge pages.
+    pub huge_pages: placement::HugePages,
+    /// Bind each VM's memory to the NUMA node of its CPUs where they lie in
+    /// one.
+    pub numa_bind: bool,
 }
 
 /// The machine QEMU emulates (`machine` in the configuration). Both boot
@@ -161,12 +166,10 @@ pub async fn select(
         reason = %choice.reason,
         "backend chosen"
     );
-    Ok(Arc::new(qemu::QemuBackend::new(
-        installed,
-        config.machine,
-        config.kernel_args.clone(),
-        choice,
-    )))
+    if let Some(why) = config.huge_pages.unavailable() {
+        tracing::warn!("huge_pages = \"transparent\", but {why}");
+    }
+    Ok(Arc::new(qemu::QemuBackend::new(installed, config, choice)))
 }
 
 /// Everything a backend needs to start one VM.

@@ -1,8 +1,11 @@
 //! Where a VM's threads run on the host: the CPUs they may use
 //! (`vm_cpus`, `pool_cpus`, in the kernel's list format `0-3,6`, as
-//! `taskset -c` and `cpuset` take them) and their CPU priority.
+//! `taskset -c` and `cpuset` take them) and their CPU priority; and where
+//! its memory lives: the NUMA node of those CPUs (`numa_bind`) and in what
+//! size of host pages (`huge_pages`).
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -147,21 +150,132 @@ pub fn threads(pid: u32) -> Vec<libc::pid_t> {
         .collect()
 }
 
-/// The host's NUMA nodes, as the kernel lists them (1 where it lists
-/// none).
-pub fn numa_nodes() -> usize {
-    std::fs::read_dir("/sys/devices/system/node")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("node"))
-                .is_some_and(|n| n.parse::<usize>().is_ok())
-        })
-        .count()
-        .max(1)
+/// The host's NUMA nodes this process may allocate memory on, each with
+/// its CPUs, as the kernel lists them under `/sys/devices/system/node`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nodes(Vec<(usize, CpuList)>);
+
+impl Nodes {
+    /// This host's; one node with every CPU where the kernel lists none.
+    pub fn of_host() -> Nodes {
+        let allowed = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let list = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Mems_allowed_list:"))?;
+                list.parse::<CpuList>().ok()
+            });
+        let nodes = Nodes::read(Path::new("/sys/devices/system/node"), allowed.as_ref());
+        match nodes.0.is_empty() {
+            true => Nodes(vec![(0, CpuList::allowed())]),
+            false => nodes,
+        }
+    }
+
+    /// The nodes under `dir` (`node<N>/cpulist`), of `allowed` only when
+    /// given (a node list has the format of a CPU list).
+    fn read(dir: &Path, allowed: Option<&CpuList>) -> Nodes {
+        let mut nodes: Vec<(usize, CpuList)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let node: usize = name.to_str()?.strip_prefix("node")?.parse().ok()?;
+                let cpus = std::fs::read_to_string(entry.path().join("cpulist")).ok()?;
+                Some((node, cpus.trim().parse().ok()?))
+            })
+            .filter(|(node, _)| allowed.is_none_or(|a| a.cpus().contains(node)))
+            .collect();
+        nodes.sort_by_key(|(node, _)| *node);
+        Nodes(nodes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The node all of `cpus` (empty: those this process may use) belong
+    /// to, if they lie within one.
+    pub fn node_of(&self, cpus: &CpuList) -> Option<usize> {
+        let allowed;
+        let cpus = if cpus.is_empty() {
+            allowed = CpuList::allowed();
+            &allowed
+        } else {
+            cpus
+        };
+        self.0
+            .iter()
+            .find(|(_, node_cpus)| cpus.cpus().iter().all(|c| node_cpus.cpus().contains(c)))
+            .map(|(node, _)| *node)
+    }
+}
+
+/// `set_mempolicy`'s mode that allocates only on the given nodes.
+const MPOL_BIND: libc::c_int = 2;
+
+/// The node mask `set_mempolicy` takes for `node` alone.
+pub fn node_mask(node: usize) -> Vec<libc::c_ulong> {
+    let bits = libc::c_ulong::BITS as usize;
+    let mut mask = vec![0; node / bits + 1];
+    mask[node / bits] = 1 << (node % bits);
+    mask
+}
+
+/// Binds every later memory allocation of this process (and of what it
+/// executes, which inherits the policy) to the nodes in `mask`.
+///
+/// Async-signal-safe: one system call, for a child between fork and exec.
+pub fn bind_memory(mask: &[libc::c_ulong]) -> std::io::Result<()> {
+    // The kernel reads one bit less than it is told (mm/mempolicy.c).
+    let max_node = mask.len() * libc::c_ulong::BITS as usize + 1;
+    // SAFETY: the mask outlives the call, and `max_node` covers only its
+    // words.
+    let result =
+        unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_BIND, mask.as_ptr(), max_node) };
+    match result {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Whether VMs ask the host for huge pages for their memory
+/// (`huge_pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HugePages {
+    /// Transparent huge pages where the host has them (its mode `always`
+    /// or `madvise`): QEMU asks for them on all guest memory, and a
+    /// restored VM's mapping of its snapshot's memory file is aligned so
+    /// that the file's 2 MiB page-cache pages can be mapped whole.
+    #[default]
+    Transparent,
+    /// Never: QEMU runs with transparent huge pages disabled
+    /// (`PR_SET_THP_DISABLE`), every VM's memory in 4 KiB pages.
+    Off,
+}
+
+impl HugePages {
+    /// Why VMs will not get huge pages though asked to, if so.
+    pub fn unavailable(self) -> Option<String> {
+        match (self, transparent_huge_pages().as_deref()) {
+            (HugePages::Off, _) | (_, Some("always" | "madvise")) => None,
+            (HugePages::Transparent, Some(mode)) => Some(format!(
+                "transparent huge pages are {mode} on this host, so VM memory uses 4 KiB pages \
+                 (echo madvise > /sys/kernel/mm/transparent_hugepage/enabled to allow them)"
+            )),
+            (HugePages::Transparent, None) => Some(
+                "this host's kernel has no transparent huge pages, so VM memory uses 4 KiB pages"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// The host's transparent huge page mode (`always`, `madvise` or
@@ -195,12 +309,53 @@ mod tests {
 
     #[test]
     fn the_host_has_a_node_and_maybe_huge_pages() {
-        assert!(numa_nodes() >= 1);
+        let nodes = Nodes::of_host();
+        assert!(!nodes.is_empty());
+        // This process's own CPUs need not lie in one node, but one of them
+        // does.
+        let first = CpuList(vec![CpuList::allowed().cpus()[0]]);
+        assert!(nodes.node_of(&first).is_some());
         if let Some(mode) = transparent_huge_pages() {
             assert!(
                 ["always", "madvise", "never"].contains(&mode.as_str()),
                 "{mode}"
             );
+        }
+    }
+
+    #[test]
+    fn a_cpu_set_has_a_node_only_when_it_lies_within_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (node, cpus) in [("node0", "0-3\n"), ("node1", "4-7\n"), ("node3", "8\n")] {
+            std::fs::create_dir(dir.path().join(node)).unwrap();
+            std::fs::write(dir.path().join(node).join("cpulist"), cpus).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("power")).unwrap();
+        let nodes = Nodes::read(dir.path(), None);
+        assert_eq!(nodes.len(), 3);
+        let node_of = |cpus: &str| nodes.node_of(&cpus.parse().unwrap());
+        assert_eq!(node_of("1-2"), Some(0));
+        assert_eq!(node_of("5,7"), Some(1));
+        assert_eq!(node_of("8"), Some(3));
+        assert_eq!(node_of("3-4"), None, "spans two nodes");
+        assert_eq!(node_of("9"), None, "in no node");
+        // A node this process may not allocate on is left out.
+        let only = Nodes::read(dir.path(), Some(&"1,3".parse().unwrap()));
+        assert_eq!(only.len(), 2);
+        assert_eq!(only.node_of(&"0".parse().unwrap()), None);
+
+        assert_eq!(node_mask(0), [1]);
+        assert_eq!(node_mask(3), [8]);
+        assert_eq!(node_mask(65), [0, 2]);
+    }
+
+    #[test]
+    fn huge_pages_say_why_they_are_unavailable() {
+        assert_eq!(HugePages::Off.unavailable(), None);
+        let unavailable = HugePages::Transparent.unavailable();
+        match transparent_huge_pages().as_deref() {
+            Some("always" | "madvise") => assert_eq!(unavailable, None),
+            _ => assert!(unavailable.unwrap().contains("4 KiB pages")),
         }
     }
 }

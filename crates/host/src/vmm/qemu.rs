@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
-use super::placement::{CpuList, POOL_NICE, VM_NICE, threads};
+use super::placement::{self, CpuList, HugePages, Nodes, POOL_NICE, VM_NICE, threads};
 use super::qmp::{Qmp, QmpError};
 use super::{
     Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
@@ -49,6 +49,10 @@ pub struct QemuBackend {
     info: BackendInfo,
     /// Added to [`KERNEL_ARGS`] for every VM.
     kernel_args: Vec<String>,
+    huge_pages: HugePages,
+    /// The host's nodes, to bind each VM's memory to its CPUs' node;
+    /// `None` when not asked to (`numa_bind`).
+    nodes: Option<Nodes>,
 }
 
 impl QemuBackend {
@@ -83,22 +87,21 @@ impl QemuBackend {
         Ok(text.lines().next().unwrap_or("unknown").to_string())
     }
 
-    pub fn new(
-        installed: Installed,
-        machine: Machine,
-        kernel_args: Vec<String>,
-        choice: AccelChoice,
-    ) -> Self {
+    /// The backend for `config` (its machine, kernel arguments and memory
+    /// placement) with `installed`'s QEMU, accelerated as `choice` says.
+    pub fn new(installed: Installed, config: &VmmConfig, choice: AccelChoice) -> Self {
         Self {
             binary: installed.binary,
             info: BackendInfo {
                 name: NAME,
                 version: installed.version,
                 accel: choice.accel,
-                machine,
+                machine: config.machine,
                 reason: choice.reason,
             },
-            kernel_args,
+            kernel_args: config.kernel_args.clone(),
+            huge_pages: config.huge_pages,
+            nodes: config.numa_bind.then(Nodes::of_host),
         }
     }
 
@@ -191,8 +194,12 @@ impl QemuBackend {
             } else {
                 "share=off,readonly=on,rom=off"
             };
+            // Mapped at a 2 MiB boundary, so that the host can map the
+            // file's 2 MiB page-cache pages whole (transparent huge pages
+            // for files; QEMU marks all guest memory MADV_HUGEPAGE, which
+            // also makes the kernel read the file ahead in such pages).
             command.arg("-object").arg(format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},{access}",
+                "memory-backend-file,id=mem,size={}M,mem-path={},align=2M,{access}",
                 spec.memory_mib,
                 path.display(),
             ));
@@ -218,16 +225,32 @@ impl QemuBackend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // Made before the fork: the child only hands it to the kernel.
+        // Made before the fork: the child only hands them to the kernel.
         let cpus = spec.cpus.to_set();
         let background = spec.background;
-        // SAFETY: prctl and sched_setaffinity are async-signal-safe system
-        // calls; the set is the child's copy, only read.
+        let no_huge_pages = self.huge_pages == HugePages::Off;
+        let node_mask = self
+            .nodes
+            .as_ref()
+            .and_then(|nodes| nodes.node_of(&spec.cpus))
+            .map(placement::node_mask);
+        // SAFETY: prctl, sched_setaffinity, set_mempolicy and setpriority
+        // are async-signal-safe system calls; the set and the mask are the
+        // child's copies, only read.
         unsafe {
             command.pre_exec(move || {
                 // If the runner dies without cleaning up, so does its VM.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // Kept across exec, for every thread and mapping of QEMU's.
+                if no_huge_pages && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The memory of a VM whose CPUs lie in one node comes from
+                // that node (inherited across exec like the CPUs).
+                if let Some(mask) = &node_mask {
+                    placement::bind_memory(mask)?;
                 }
                 // Every thread QEMU starts inherits its CPUs and priority.
                 if let Some(cpus) = &cpus {
