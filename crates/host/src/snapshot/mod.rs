@@ -54,7 +54,8 @@ pub struct SnapshotKey {
     pub format: u32,
     pub language: String,
     pub kernel: String,
-    /// Arguments of the kernel's flavour (see [`crate::image::KernelSpec`]).
+    /// Arguments of the kernel's flavour (see [`crate::image::KernelSpec`]),
+    /// then the names of those the backend adds ([`Backend::boot_args`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
     pub initramfs: String,
@@ -94,7 +95,9 @@ impl SnapshotKey {
             format: FORMAT,
             language: language.name.clone(),
             kernel: images.kernel.id.clone(),
-            kernel_args: images.kernel.args.clone(),
+            kernel_args: (images.kernel.args.iter().cloned())
+                .chain(backend.boot_args().into_iter().map(String::from))
+                .collect(),
             initramfs: id(&images.initramfs),
             rootfs: id(&images.rootfs),
             backend: format!("{} {}", info.name, info.version),

@@ -16,6 +16,7 @@ mod mapped_ram;
 pub mod placement;
 mod qemu;
 mod qmp;
+mod tsc;
 mod vcpu_time;
 
 use std::fmt;
@@ -298,6 +299,13 @@ pub trait Backend: Send + Sync {
 
     /// The guest CPU model; a snapshot only restores onto the same one.
     fn cpu_model(&self) -> &'static str;
+
+    /// Kernel arguments the backend adds to every boot of its own, by name
+    /// (their values may differ from boot to boot). A snapshot's key holds
+    /// them: a restored VM keeps what its boot was told.
+    fn boot_args(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 
     /// Starts a VM and returns once the VMM runs and the agent channel is
     /// connected (the agent itself may still be booting).

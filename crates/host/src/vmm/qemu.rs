@@ -105,6 +105,16 @@ impl QemuBackend {
         }
     }
 
+    /// The host's TSC rate, for guests that would measure it against the
+    /// PIT under emulation (microvm has no HPET), which fails now and then
+    /// (see `super::tsc`).
+    fn tsc_khz(&self) -> Option<u64> {
+        match (self.info.machine, self.info.accel) {
+            (Machine::Microvm, Accel::Tcg) => super::tsc::host_khz(),
+            _ => None,
+        }
+    }
+
     fn command(&self, spec: &VmSpec, socket: &Path, net: &Path, qmp: &Path) -> Command {
         let mut command = Command::new(&self.binary);
         let accel = match self.info.accel {
@@ -136,9 +146,12 @@ impl QemuBackend {
                 "device",
             ),
         };
-        let mut kernel_args: Vec<&str> = KERNEL_ARGS.to_vec();
-        kernel_args.extend(spec.kernel_args.iter().map(String::as_str));
-        kernel_args.extend(self.kernel_args.iter().map(String::as_str));
+        let mut kernel_args: Vec<String> = KERNEL_ARGS.iter().map(|a| a.to_string()).collect();
+        if let Some(khz) = self.tsc_khz() {
+            kernel_args.push(format!("tsc_early_khz={khz}"));
+        }
+        kernel_args.extend(spec.kernel_args.iter().cloned());
+        kernel_args.extend(self.kernel_args.iter().cloned());
         command
             .arg("-name")
             .arg(format!("runner-{}", spec.id))
@@ -280,6 +293,13 @@ impl Backend for QemuBackend {
         match self.info.accel {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
+        }
+    }
+
+    fn boot_args(&self) -> Vec<&'static str> {
+        match self.tsc_khz() {
+            Some(_) => vec!["tsc_early_khz"],
+            None => Vec::new(),
         }
     }
 
