@@ -166,111 +166,78 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
     assert_eq!(host_baseline_leftovers(), Vec::<String>::new());
 }
 
-#[test]
-fn kernels_side_by_side_boot_and_restore_each() {
+/// Runs bash's bench once per case with `extra` arguments asking for
+/// variants side by side, and checks that their cases are `ids`, each
+/// started the way it says, and that the report has each of `in_report`.
+fn side_by_side(extra: &[&str], ids: &[&str], in_report: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let finished = run(
-        &[
-            "bench",
-            "--lang",
-            "bash",
-            "--runs",
-            "1",
-            "--warmup",
-            "0",
-            "--requests-per-client",
-            "1",
-            "--no-host",
-            "--kernels",
-            "runner,debian",
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-        b"",
-    );
+    let mut args = vec![
+        "bench",
+        "--lang",
+        "bash",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--requests-per-client",
+        "1",
+        "--no-host",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let finished = run(&args, b"");
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
     let json = results(out.path());
-    let kernels: Vec<&Value> = json["cases"]
+    let variants: Vec<&Value> = json["cases"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c["group"] == "kernel")
         .collect();
-    let ids: Vec<&str> = kernels.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(
-        ids,
-        [
-            "kernel/runner-q35/cold",
-            "kernel/runner-q35/snapshot",
-            "kernel/debian-q35/cold",
-            "kernel/debian-q35/snapshot",
-        ]
-    );
-    for case in kernels {
+    let found: Vec<&str> = variants.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(found, ids);
+    for case in variants {
         let samples = case["vm_samples"].as_array().unwrap();
         assert_eq!(samples.len(), 1, "{case:#}");
         assert_eq!(samples[0]["ok"], true, "{case:#}");
-        // Each started the way it says, on its own kernel's images.
+        // Each started the way it says, on its own variant's images.
         assert_eq!(samples[0]["start"], case["start"], "{case:#}");
     }
     let report = fs::read_to_string(out.path().join("report.md")).unwrap();
-    for expected in [
-        "## Kernels, machine types and settings",
-        "| debian-q35 | cold |",
-    ] {
+    for expected in in_report {
         assert!(report.contains(expected), "{expected:?} not in:\n{report}");
     }
 }
 
 #[test]
-fn a_setting_side_by_side_boots_and_restores_with_each_value() {
-    let out = tempfile::tempdir().unwrap();
-    let finished = run(
+fn kernels_side_by_side_boot_and_restore_each() {
+    side_by_side(
+        &["--kernels", "runner,debian"],
         &[
-            "bench",
-            "--lang",
-            "bash",
-            "--runs",
-            "1",
-            "--warmup",
-            "0",
-            "--requests-per-client",
-            "1",
-            "--no-host",
-            "--vary",
-            "huge_pages=transparent,off",
-            "--out",
-            out.path().to_str().unwrap(),
+            "kernel/runner-q35/cold",
+            "kernel/runner-q35/snapshot",
+            "kernel/debian-q35/cold",
+            "kernel/debian-q35/snapshot",
         ],
-        b"",
+        &[
+            "## Kernels, machine types and settings",
+            "| debian-q35 | cold |",
+        ],
     );
-    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
-    let json = results(out.path());
-    let varied: Vec<&Value> = json["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["group"] == "kernel")
-        .collect();
-    let ids: Vec<&str> = varied.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(
-        ids,
-        [
+}
+
+#[test]
+fn a_setting_side_by_side_boots_and_restores_with_each_value() {
+    side_by_side(
+        &["--vary", "huge_pages=transparent,off"],
+        &[
             "kernel/huge_pages=transparent/cold",
             "kernel/huge_pages=transparent/snapshot",
             "kernel/huge_pages=off/cold",
             "kernel/huge_pages=off/snapshot",
-        ]
-    );
-    for case in varied {
-        let samples = case["vm_samples"].as_array().unwrap();
-        assert_eq!(samples[0]["ok"], true, "{case:#}");
-        assert_eq!(samples[0]["start"], case["start"], "{case:#}");
-    }
-    let report = fs::read_to_string(out.path().join("report.md")).unwrap();
-    assert!(
-        report.contains("| huge_pages=off | snapshot |"),
-        "not in:\n{report}"
+        ],
+        &["| huge_pages=off | snapshot |"],
     );
 }
 
