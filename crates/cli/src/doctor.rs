@@ -173,6 +173,7 @@ pub async fn doctor(
 fn numa(config: &Config, vm_cpus: &CpuList) -> String {
     let nodes = Nodes::of_host();
     let count = match nodes.len() {
+        0 => return "the kernel lists no nodes: VM memory is not bound".into(),
         1 => "1 node".to_string(),
         n => format!("{n} nodes"),
     };

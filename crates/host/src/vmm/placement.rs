@@ -156,7 +156,8 @@ pub fn threads(pid: u32) -> Vec<libc::pid_t> {
 pub struct Nodes(Vec<(usize, CpuList)>);
 
 impl Nodes {
-    /// This host's; one node with every CPU where the kernel lists none.
+    /// This host's; none where the kernel lists none (then nothing is
+    /// bound).
     pub fn of_host() -> Nodes {
         let allowed = std::fs::read_to_string("/proc/self/status")
             .ok()
@@ -166,11 +167,7 @@ impl Nodes {
                     .find_map(|l| l.strip_prefix("Mems_allowed_list:"))?;
                 list.parse::<CpuList>().ok()
             });
-        let nodes = Nodes::read(Path::new("/sys/devices/system/node"), allowed.as_ref());
-        match nodes.0.is_empty() {
-            true => Nodes(vec![(0, CpuList::allowed())]),
-            false => nodes,
-        }
+        Nodes::read(Path::new("/sys/devices/system/node"), allowed.as_ref())
     }
 
     /// The nodes under `dir` (`node<N>/cpulist`), of `allowed` only when
@@ -310,11 +307,10 @@ mod tests {
     #[test]
     fn the_host_has_a_node_and_maybe_huge_pages() {
         let nodes = Nodes::of_host();
-        assert!(!nodes.is_empty());
         // This process's own CPUs need not lie in one node, but one of them
-        // does.
+        // does, where the kernel lists nodes.
         let first = CpuList(vec![CpuList::allowed().cpus()[0]]);
-        assert!(nodes.node_of(&first).is_some());
+        assert_eq!(nodes.node_of(&first).is_some(), !nodes.is_empty());
         if let Some(mode) = transparent_huge_pages() {
             assert!(
                 ["always", "madvise", "never"].contains(&mode.as_str()),

@@ -261,9 +261,12 @@ impl QemuBackend {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The memory of a VM whose CPUs lie in one node comes from
-                // that node (inherited across exec like the CPUs).
+                // that node (inherited across exec like the CPUs). Where the
+                // kernel refuses (a cpuset changed since the nodes were
+                // read), the VM runs unbound rather than not at all; its
+                // /proc/<pid>/numa_maps shows which.
                 if let Some(mask) = &node_mask {
-                    placement::bind_memory(mask)?;
+                    let _ = placement::bind_memory(mask);
                 }
                 // Every thread QEMU starts inherits its CPUs and priority.
                 if let Some(cpus) = &cpus {
