@@ -59,6 +59,14 @@ fn debians_kernel_stays_selectable_and_loads_its_modules() {
 }
 
 #[test]
+fn configured_kernel_arguments_reach_every_vm() {
+    // A snapshot holds the arguments its boot was given: one made without
+    // these is not restored for them (here none is made: the VM boots).
+    let out = bash(&["kernel_args=runner.check=1"], "cat /proc/cmdline");
+    assert!(out.contains(" runner.check=1"), "{out}");
+}
+
+#[test]
 fn microvm_stays_selectable_and_keeps_time_by_the_tsc() {
     // Cold boots, so that no snapshot is made for this machine. Under TCG
     // the kernel's own measurement of the TSC against the PIT failed in

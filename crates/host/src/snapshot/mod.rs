@@ -55,7 +55,7 @@ pub struct SnapshotKey {
     pub language: String,
     pub kernel: String,
     /// Arguments of the kernel's flavour (see [`crate::image::KernelSpec`]),
-    /// then the names of those the backend adds ([`Backend::boot_args`]).
+    /// then those the backend adds ([`Backend::boot_args`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
     pub initramfs: String,
@@ -96,7 +96,7 @@ impl SnapshotKey {
             language: language.name.clone(),
             kernel: images.kernel.id.clone(),
             kernel_args: (images.kernel.args.iter().cloned())
-                .chain(backend.boot_args().into_iter().map(String::from))
+                .chain(backend.boot_args())
                 .collect(),
             initramfs: id(&images.initramfs),
             rootfs: id(&images.rootfs),
@@ -356,6 +356,9 @@ mod tests {
         prestarted.prestart = Some(vec!["python3".into()]);
         assert_ne!(key("rootfs-a").id(), prestarted.id());
         assert!(key("rootfs-a").id().starts_with("snapshot-python-"));
+        let mut told = key("rootfs-a");
+        told.kernel_args = vec!["tsc_early_khz".into()];
+        assert_ne!(key("rootfs-a").id(), told.id());
     }
 
     #[test]

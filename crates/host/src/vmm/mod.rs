@@ -300,10 +300,11 @@ pub trait Backend: Send + Sync {
     /// The guest CPU model; a snapshot only restores onto the same one.
     fn cpu_model(&self) -> &'static str;
 
-    /// Kernel arguments the backend adds to every boot of its own, by name
-    /// (their values may differ from boot to boot). A snapshot's key holds
-    /// them: a restored VM keeps what its boot was told.
-    fn boot_args(&self) -> Vec<&'static str> {
+    /// Kernel arguments the backend adds to every boot: the configured ones
+    /// (`kernel_args`), then the names of its own whose values may differ
+    /// from boot to boot. A snapshot's key holds them: a restored VM keeps
+    /// what its boot was told.
+    fn boot_args(&self) -> Vec<String> {
         Vec::new()
     }
 

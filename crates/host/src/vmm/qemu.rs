@@ -299,11 +299,12 @@ impl Backend for QemuBackend {
         }
     }
 
-    fn boot_args(&self) -> Vec<&'static str> {
-        match self.tsc_khz() {
-            Some(_) => vec!["tsc_early_khz"],
-            None => Vec::new(),
+    fn boot_args(&self) -> Vec<String> {
+        let mut args = self.kernel_args.clone();
+        if self.tsc_khz().is_some() {
+            args.push("tsc_early_khz".into());
         }
+        args
     }
 
     async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmmError> {
@@ -773,5 +774,55 @@ impl Console {
             let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
         }
         self.tail()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(machine: Machine, accel: Accel, kernel_args: &[&str]) -> QemuBackend {
+        let installed = Installed {
+            backend: NAME,
+            binary: PathBuf::from(QEMU_BINARY),
+            version: "QEMU emulator version 10.0.2".into(),
+        };
+        let config = VmmConfig {
+            machine,
+            kernel_args: kernel_args.iter().map(|a| a.to_string()).collect(),
+            ..VmmConfig::default()
+        };
+        let choice = AccelChoice {
+            accel,
+            reason: "test".into(),
+        };
+        QemuBackend::new(installed, &config, choice)
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_arguments_its_boot_was_given() {
+        // Configured arguments with their values: a snapshot booted with
+        // other ones is another snapshot.
+        assert_eq!(
+            backend(Machine::Q35, Accel::Tcg, &["a=1"]).boot_args(),
+            ["a=1"]
+        );
+        assert!(
+            backend(Machine::Q35, Accel::Tcg, &[])
+                .boot_args()
+                .is_empty()
+        );
+        // The TSC rate by name only (it is measured per process), and only
+        // where the guest is told it.
+        let told = backend(Machine::Microvm, Accel::Tcg, &[]).boot_args();
+        match crate::vmm::tsc::host_khz() {
+            Some(_) => assert_eq!(told, ["tsc_early_khz"]),
+            None => assert!(told.is_empty()),
+        }
+        assert!(
+            backend(Machine::Microvm, Accel::Kvm, &[])
+                .boot_args()
+                .is_empty()
+        );
     }
 }
