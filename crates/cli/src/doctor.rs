@@ -167,8 +167,6 @@ pub async fn doctor(
     }
 }
 
-/// Boots a VM of the first enabled language from the debug kernel (built
-/// if missing), waits for its agent and shows the kernel's messages.
 /// Where VMs' memory is bound, and why not where it is not.
 fn numa(config: &Config, vm_cpus: &CpuList) -> String {
     let nodes = Nodes::of_host();
@@ -202,6 +200,8 @@ fn numa(config: &Config, vm_cpus: &CpuList) -> String {
     text
 }
 
+/// Boots a VM of the first enabled language from the debug kernel (built
+/// if missing), waits for its agent and shows the kernel's messages.
 async fn boot_with_messages(runner: &Runner) -> anyhow::Result<()> {
     let Some(language) = runner.enabled_languages().first().map(|l| (*l).clone()) else {
         anyhow::bail!("no language is enabled to boot a VM of");

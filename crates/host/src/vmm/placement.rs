@@ -305,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn the_host_has_a_node_and_maybe_huge_pages() {
+    fn the_hosts_nodes_hold_its_cpus_and_its_huge_pages_have_a_mode() {
         let nodes = Nodes::of_host();
         // This process's own CPUs need not lie in one node, but one of them
         // does, where the kernel lists nodes.
