@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::run;
+use common::{Finished, run};
 use serde_json::Value;
 
 fn results(dir: &Path) -> Value {
@@ -34,28 +34,33 @@ fn host_baseline_leftovers() -> Vec<String> {
     left
 }
 
+/// Runs bash's bench into `out` with one measured run per case, no warm-up
+/// run and one request per throughput client, plus `extra`; it must
+/// succeed.
+fn bash_once(out: &Path, extra: &[&str]) -> Finished {
+    let mut args = vec![
+        "bench",
+        "--lang",
+        "bash",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--requests-per-client",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let finished = run(&args, b"");
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    finished
+}
+
 #[test]
 fn the_suite_for_one_language_writes_tables_samples_and_figures() {
     let out = tempfile::tempdir().unwrap();
-    let finished = run(
-        &[
-            "bench",
-            "--lang",
-            "bash",
-            "--runs",
-            "1",
-            "--warmup",
-            "0",
-            "--requests-per-client",
-            "1",
-            "--price-per-hour",
-            "4",
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    let finished = bash_once(out.path(), &["--price-per-hour", "4"]);
 
     let json = results(out.path());
     assert_eq!(json["settings"]["price_per_hour"], 4.0);
@@ -171,23 +176,9 @@ fn the_suite_for_one_language_writes_tables_samples_and_figures() {
 /// started the way it says, and that the report has each of `in_report`.
 fn side_by_side(extra: &[&str], ids: &[&str], in_report: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "bench",
-        "--lang",
-        "bash",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--requests-per-client",
-        "1",
-        "--no-host",
-        "--out",
-        out.path().to_str().unwrap(),
-    ];
+    let mut args = vec!["--no-host"];
     args.extend_from_slice(extra);
-    let finished = run(&args, b"");
-    assert_eq!(finished.code(), Some(0), "{}", finished.stderr());
+    bash_once(out.path(), &args);
     let json = results(out.path());
     let variants: Vec<&Value> = json["cases"]
         .as_array()
