@@ -51,8 +51,8 @@ const KERNEL_ARGS: &[&str] = &[
 /// themselves). `noapictimer` ticks from the PIT instead of the local
 /// APIC's timer, whose rate the kernel would otherwise count against it
 /// for 100 ms: TCG's APIC has no TSC-deadline mode, which is what lets a
-/// kernel skip that. Sleeps in a restored VM are as precise either way
-/// (p50 0.70 ms for 0.5 ms). Under KVM the APIC timer needs no counting.
+/// kernel skip that. Sleeps in a restored VM stay precise (p50 0.70 ms
+/// for 0.5 ms). Under KVM the APIC timer needs no counting.
 const TCG_KERNEL_ARGS: &[&str] = &["no_timer_check", "noapictimer"];
 
 /// The same for q35, which also boots without ACPI under TCG: the kernel
