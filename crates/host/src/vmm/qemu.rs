@@ -55,13 +55,13 @@ const KERNEL_ARGS: &[&str] = &[
 /// for 0.5 ms). Under KVM the APIC timer needs no counting.
 const TCG_KERNEL_ARGS: &[&str] = &["no_timer_check", "noapictimer"];
 
-/// The same for q35, which also boots without ACPI under TCG: the kernel
+/// Added for q35, which also boots without ACPI under TCG: the kernel
 /// interpreting q35's ACPI tables took ~200 ms of every cold boot (820 ms
 /// against 610 ms to the agent's hello, 10 boots each). PCI is then found
 /// by probing, the tick comes from the PIT, and a VM's end is QEMU's exit
 /// at the agent's power-off (no ACPI to power off with: the kernel panics,
 /// and `-no-reboot` ends QEMU), as on microvm, which never had ACPI here.
-const TCG_Q35_KERNEL_ARGS: &[&str] = &["no_timer_check", "noapictimer", "acpi=off"];
+const TCG_Q35_KERNEL_ARGS: &[&str] = &["acpi=off"];
 
 pub struct QemuBackend {
     binary: PathBuf,
@@ -136,14 +136,28 @@ impl QemuBackend {
         }
     }
 
-    /// [`TCG_KERNEL_ARGS`] (or [`TCG_Q35_KERNEL_ARGS`]) under TCG;
-    /// nothing under KVM.
-    fn emulation_args(&self) -> &'static [&'static str] {
-        match (self.info.accel, self.info.machine) {
-            (Accel::Tcg, Machine::Q35) => TCG_Q35_KERNEL_ARGS,
-            (Accel::Tcg, Machine::Microvm) => TCG_KERNEL_ARGS,
-            (Accel::Kvm, _) => &[],
+    /// The arguments this backend adds to every boot of its own: the
+    /// host's TSC rate, then [`TCG_KERNEL_ARGS`] (and, on q35,
+    /// [`TCG_Q35_KERNEL_ARGS`]) under TCG; nothing under KVM. With `values`
+    /// as the kernel is given them; otherwise as a snapshot's key holds
+    /// them, the TSC rate by name only (it is measured per process).
+    fn own_args(&self, values: bool) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(khz) = self.tsc_khz() {
+            args.push(match values {
+                true => format!("tsc_early_khz={khz}"),
+                false => "tsc_early_khz".into(),
+            });
         }
+        let (every, q35): (&[&str], &[&str]) = match self.info.accel {
+            Accel::Tcg => (TCG_KERNEL_ARGS, TCG_Q35_KERNEL_ARGS),
+            Accel::Kvm => (&[], &[]),
+        };
+        args.extend(every.iter().map(|a| a.to_string()));
+        if self.info.machine == Machine::Q35 {
+            args.extend(q35.iter().map(|a| a.to_string()));
+        }
+        args
     }
 
     fn command(&self, spec: &VmSpec, socket: &Path, net: &Path, qmp: &Path) -> Command {
@@ -178,10 +192,7 @@ impl QemuBackend {
             ),
         };
         let mut kernel_args: Vec<String> = KERNEL_ARGS.iter().map(|a| a.to_string()).collect();
-        if let Some(khz) = self.tsc_khz() {
-            kernel_args.push(format!("tsc_early_khz={khz}"));
-        }
-        kernel_args.extend(self.emulation_args().iter().map(|a| a.to_string()));
+        kernel_args.extend(self.own_args(true));
         kernel_args.extend(spec.kernel_args.iter().cloned());
         kernel_args.extend(self.kernel_args.iter().cloned());
         command
@@ -333,10 +344,7 @@ impl Backend for QemuBackend {
 
     fn boot_args(&self) -> Vec<String> {
         let mut args = self.kernel_args.clone();
-        if self.tsc_khz().is_some() {
-            args.push("tsc_early_khz".into());
-        }
-        args.extend(self.emulation_args().iter().map(|a| a.to_string()));
+        args.extend(self.own_args(false));
         args
     }
 
