@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use runner_host::exec::{OutputChunk, RequestLimits, SourceFile, Stage};
 use runner_host::judge::{CheckerRequest, Compare, DEFAULT_TOLERANCE};
-use runner_host::{ExecutionRequest, ExecutionResult, Plan};
+use runner_host::{Execution, ExecutionRequest, ExecutionResult};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -209,11 +209,11 @@ pub async fn create(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (plan, permit) = app.accept(body, &trace_id).await?;
+    let (execution, permit) = app.accept(body, &trace_id).await?;
     let stopping = app.stopping();
-    let language = plan.language.name.clone();
+    let language = execution.plan().language.name.clone();
     let guard = Unfinished::new(&app, &trace_id, &language);
-    let result = app.runner.execute_until(plan, None, stopping).await;
+    let result = app.runner.execute_until(execution, None, stopping).await;
     guard.finish();
     drop(permit);
     app.metrics.record(&result, false);
@@ -225,9 +225,9 @@ pub async fn stream(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (plan, permit) = app.accept(body, &trace_id).await?;
+    let (execution, permit) = app.accept(body, &trace_id).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(run_streaming(app, plan, permit, lines));
+    tokio::spawn(run_streaming(app, execution, permit, lines));
     Ok(ndjson(body_lines))
 }
 
@@ -291,9 +291,14 @@ pub(crate) async fn stream_events(
 
 /// Runs an accepted request, writing its events to `lines` until the client
 /// goes away (the receiver is dropped), which stops the execution.
-async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::Sender<Bytes>) {
-    let trace_id = plan.trace_id.clone();
-    let language = plan.language.name.clone();
+async fn run_streaming(
+    app: Arc<App>,
+    execution: Execution,
+    _permit: Permit,
+    lines: mpsc::Sender<Bytes>,
+) {
+    let trace_id = execution.plan().trace_id.clone();
+    let language = execution.plan().language.name.clone();
     let (chunks, chunk_rx) = mpsc::unbounded_channel::<OutputChunk>();
     let gone = lines.clone();
     let shutdown = app.stopping();
@@ -303,7 +308,7 @@ async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::
             () = gone.closed() => "the client disconnected".to_string(),
         }
     };
-    let execution = app.runner.execute_until(plan, Some(chunks), stop);
+    let execution = app.runner.execute_until(execution, Some(chunks), stop);
     let (result, cancelled) =
         stream_events(&lines, &trace_id, &language, chunk_rx, execution).await;
     if cancelled {
@@ -315,42 +320,68 @@ async fn run_streaming(app: Arc<App>, plan: Plan, _permit: Permit, lines: mpsc::
 impl App {
     /// Reads and plans a request, then waits for capacity. Nothing has
     /// started when this fails.
-    async fn accept(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
+    async fn accept(&self, body: Body, trace_id: &str) -> Result<(Execution, Permit), ApiError> {
         self.plan_and_admit(body, trace_id)
             .await
             .map_err(|e| e.traced(trace_id))
     }
 
-    async fn plan_and_admit(&self, body: Body, trace_id: &str) -> Result<(Plan, Permit), ApiError> {
+    async fn plan_and_admit(
+        &self,
+        body: Body,
+        trace_id: &str,
+    ) -> Result<(Execution, Permit), ApiError> {
         let body: ExecutionBody = read_json(body, self.config.max_body_bytes).await?;
-        let request = to_request(body, trace_id)?;
-        self.admit_request(request).await
+        let asked = to_request(body, trace_id)?;
+        self.admit_request(asked).await
     }
 
-    /// Plans `request`, then waits for capacity for it.
+    /// Plans what was `asked`, then waits for capacity for it.
     pub(crate) async fn admit_request(
         &self,
-        request: ExecutionRequest,
-    ) -> Result<(Plan, Permit), ApiError> {
-        let plan = self.runner.plan(request).map_err(ApiError::from_plan)?;
+        asked: Asked,
+    ) -> Result<(Execution, Permit), ApiError> {
+        let execution = self
+            .runner
+            .plan_execution(asked.request, asked.expected_output, asked.compare)
+            .map_err(ApiError::from_plan)?;
         let permit = self
             .admission
-            .admit(plan.vm_memory_mib, self.draining())
+            .admit(execution.vm_memory_mib(), self.draining())
             .await
             .map_err(|rejection| {
                 self.metrics.reject(rejection.reason());
                 ApiError::from_rejection(rejection)
             })?;
-        Ok((plan, permit))
+        Ok((execution, permit))
     }
 }
 
-/// The request a body asks for: files decoded from their transport
-/// encoding; everything else is checked by the plan.
-pub(crate) fn to_request(
-    body: ExecutionBody,
-    trace_id: &str,
-) -> Result<ExecutionRequest, ApiError> {
+/// What a body asks: the execution, and what its output must be.
+pub(crate) struct Asked {
+    pub request: ExecutionRequest,
+    pub expected_output: Option<Vec<u8>>,
+    pub compare: Option<Compare>,
+}
+
+impl Asked {
+    /// The execution, for a session: there, nothing is judged.
+    pub(crate) fn in_session(self) -> Result<ExecutionRequest, ApiError> {
+        if self.expected_output.is_some() || self.compare.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "expected_output and compare judge one-shot executions (POST /v1/executions) \
+                 and submissions; an execution in a session is not judged",
+            ));
+        }
+        Ok(self.request)
+    }
+}
+
+/// What a body asks: files decoded from their transport encoding;
+/// everything else is checked by the plan.
+pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<Asked, ApiError> {
     if body.pty.is_some() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -359,20 +390,23 @@ pub(crate) fn to_request(
              (GET /v1/executions/ws, or /v1/sessions/{id}/executions/ws)",
         ));
     }
-    Ok(ExecutionRequest {
+    let request = ExecutionRequest {
         language: body.language,
         files: decode_files(body.files)?,
         stdin: body.stdin.into_bytes(),
         args: body.args,
         env: body.env,
         limits: body.limits,
-        expected_output: body.expected_output.map(String::into_bytes),
-        compare: to_compare(body.compare)?,
         trace_id: Some(trace_id.to_string()),
         command: body.command,
         interactive: None,
         outputs: body.outputs,
         network: body.network,
+    };
+    Ok(Asked {
+        request,
+        expected_output: body.expected_output.map(String::into_bytes),
+        compare: to_compare(body.compare)?,
     })
 }
 

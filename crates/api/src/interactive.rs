@@ -32,15 +32,15 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use runner_host::ExecutionResult;
 use runner_host::exec::{Control, Interactive, OutputChunk, SignalKind, WindowSize};
-use runner_host::{ExecutionResult, Plan};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::App;
 use crate::auth::Owner;
 use crate::error::ApiError;
-use crate::executions::{ExecutionBody, stream_events, to_request};
+use crate::executions::{Asked, ExecutionBody, stream_events, to_request};
 use crate::trace::TraceId;
 
 /// What a client sends after its request.
@@ -110,7 +110,7 @@ async fn one_shot(app: Arc<App>, trace_id: String, mut socket: WebSocket) {
         app.admit_request(request).await
     }
     .await;
-    let (plan, permit) = match accepted {
+    let (execution, permit) = match accepted {
         Ok(accepted) => accepted,
         Err(error) => return refuse(socket, error.traced(&trace_id)).await,
     };
@@ -126,20 +126,16 @@ async fn one_shot(app: Arc<App>, trace_id: String, mut socket: WebSocket) {
         }
     };
     let runner = app.clone();
-    converse(
-        &app,
-        socket,
-        plan,
-        gone,
-        move |plan, output, input| async move {
-            let result = runner
-                .runner
-                .execute_interactive(plan, Some(output), Some(input), stop)
-                .await;
-            drop(permit);
-            result
-        },
-    )
+    let plan = execution.plan();
+    let named = (plan.trace_id.clone(), plan.language.name.clone());
+    converse(&app, socket, named, gone, move |output, input| async move {
+        let result = runner
+            .runner
+            .execute_interactive(execution, Some(output), Some(input), stop)
+            .await;
+        drop(permit);
+        result
+    })
     .await;
 }
 
@@ -152,7 +148,7 @@ async fn in_session(
 ) {
     let accepted = async {
         let body = first_request(&mut socket).await?;
-        let request = interactive_request(body, &trace_id)?;
+        let request = interactive_request(body, &trace_id)?.in_session()?;
         let plan = app
             .sessions
             .plan_execution(&owner.name, &id, request)
@@ -167,7 +163,8 @@ async fn in_session(
     };
     // In a session the execution runs to its end whoever goes away.
     let (gone, _) = watch::channel(false);
-    converse(&app, socket, plan, gone, move |plan, output, input| {
+    let named = (plan.trace_id.clone(), plan.language.name.clone());
+    converse(&app, socket, named, gone, move |output, input| {
         turn.execute_interactive(plan, Some(output), Some(input))
     })
     .await;
@@ -198,14 +195,11 @@ async fn first_request(socket: &mut WebSocket) -> Result<ExecutionBody, ApiError
 }
 
 /// The request `body` asks for, interactive, on a terminal if it says.
-fn interactive_request(
-    mut body: ExecutionBody,
-    trace_id: &str,
-) -> Result<runner_host::ExecutionRequest, ApiError> {
+fn interactive_request(mut body: ExecutionBody, trace_id: &str) -> Result<Asked, ApiError> {
     let pty = body.pty.take();
-    let mut request = to_request(body, trace_id)?;
-    request.interactive = Some(Interactive { pty });
-    Ok(request)
+    let mut asked = to_request(body, trace_id)?;
+    asked.request.interactive = Some(Interactive { pty });
+    Ok(asked)
 }
 
 fn invalid(message: &str) -> ApiError {
@@ -225,25 +219,24 @@ fn error_event(error: &ApiError) -> Message {
     Message::Text(event.to_string().into())
 }
 
-/// Runs `plan` with `execute` while passing the client's messages to it as
-/// input and its events to the client; `gone` is set when the client
-/// leaves.
+/// Runs the execution `execute` starts (its trace id and language
+/// `named`) while passing the client's messages to it as input and its
+/// events to the client; `gone` is set when the client leaves.
 async fn converse<F, Fut>(
     app: &App,
     mut socket: WebSocket,
-    plan: Plan,
+    named: (String, String),
     gone: watch::Sender<bool>,
     execute: F,
 ) where
-    F: FnOnce(Plan, mpsc::UnboundedSender<OutputChunk>, mpsc::UnboundedReceiver<Control>) -> Fut,
+    F: FnOnce(mpsc::UnboundedSender<OutputChunk>, mpsc::UnboundedReceiver<Control>) -> Fut,
     Fut: std::future::Future<Output = ExecutionResult> + Send + 'static,
 {
-    let trace_id = plan.trace_id.clone();
-    let language = plan.language.name.clone();
+    let (trace_id, language) = named;
     let (lines, mut lines_rx) = mpsc::channel::<Bytes>(64);
     let (input, input_rx) = mpsc::unbounded_channel::<Control>();
     let (chunks, chunk_rx) = mpsc::unbounded_channel::<OutputChunk>();
-    let execution = execute(plan, chunks, input_rx);
+    let execution = execute(chunks, input_rx);
     let events = tokio::spawn(async move {
         stream_events(&lines, &trace_id, &language, chunk_rx, execution)
             .await

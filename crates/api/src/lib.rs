@@ -109,7 +109,7 @@ impl App {
         Ok(Self {
             metrics: Metrics::new(&served, capacity.max_vms),
             served,
-            sessions: Sessions::new(runner.clone(), config.sessions.clone()),
+            sessions: runner.sessions(config.sessions.clone()),
             keys: auth::Keys::new(&config),
             config,
             runner,

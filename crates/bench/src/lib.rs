@@ -419,7 +419,7 @@ pub async fn run(
         if warm_up.is_some() && warm_up != pools_warm_up {
             runner.stop_pools().await;
             pools_warm_up = warm_up;
-            let vm_mib = u64::from(runner_host::exec::vm_memory_mib(language.memory_mib.into()));
+            let vm_mib = u64::from(runner_host::vmm::vm_memory_mib(language.memory_mib.into()));
             runner.start_pools(
                 PoolConfig {
                     languages: vec![language.name.clone()],
@@ -521,7 +521,7 @@ async fn session_case(
     options: &Options,
     bar: &ProgressBar,
 ) -> CaseResult {
-    let sessions = Sessions::new(runner.clone(), SessionConfig::default());
+    let sessions = runner.sessions(SessionConfig::default());
     let mut samples = Vec::new();
     for i in 0..options.warmup + options.runs {
         let mut sample = execute(runner, case, language).await;
@@ -803,11 +803,11 @@ async fn judge_case(
                             files: vec![SourceFile::entry(source.clone())],
                             args: vec![n.clone()],
                             limits,
-                            expected_output: Some(format!("{fib}\n").into_bytes()),
                             ..ExecutionRequest::default()
                         };
-                        statuses.push(match runner.plan(request) {
-                            Ok(plan) => runner.execute(plan, None).await.status,
+                        let expected = Some(format!("{fib}\n").into_bytes());
+                        statuses.push(match runner.plan_execution(request, expected, None) {
+                            Ok(execution) => runner.execute(execution, None).await.status,
                             Err(_) => Status::InternalError,
                         });
                     }

@@ -219,7 +219,7 @@ async fn boot_with_messages(runner: &Runner) -> anyhow::Result<()> {
         kernel: images.kernel.vmlinux.clone(),
         initramfs: images.initramfs.clone(),
         rootfs: Some(images.rootfs.clone()),
-        memory_mib: runner_host::exec::vm_memory_mib(language.memory_mib.into()),
+        memory_mib: runner_host::vmm::vm_memory_mib(language.memory_mib.into()),
         vcpus: 1,
         kernel_args: images.kernel.args.clone(),
         run_dir: runner

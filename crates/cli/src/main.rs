@@ -605,7 +605,7 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
     let python = runner_host::lang::Languages::builtin()?
         .get("python")?
         .memory_mib;
-    let vm = u64::from(runner_host::exec::vm_memory_mib(python.into()));
+    let vm = u64::from(runner_host::vmm::vm_memory_mib(python.into()));
     outln!(
         "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
         capacity.vms_of(vm),
@@ -637,11 +637,10 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(read_input(path)?),
         None => None,
     };
+    let compare = args.compare.to_compare()?;
     let request = ExecutionRequest {
         language,
         files,
-        expected_output,
-        compare: args.compare.to_compare()?,
         stdin: read_stdin()?,
         args: args.args,
         env,
@@ -655,9 +654,12 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     // Refuse a bad request before building or booting anything.
-    let plan = runner.plan(request)?;
+    let execution = runner.plan_execution(request, expected_output, compare)?;
     runner
-        .prepare(&plan.language, Arc::new(progress::Spinner::new()))
+        .prepare(
+            &execution.plan().language,
+            Arc::new(progress::Spinner::new()),
+        )
         .await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<OutputChunk>();
@@ -677,7 +679,7 @@ async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     });
     let result = tokio::select! {
-        result = runner.execute(plan, printer.as_ref().map(|_| tx)) => result,
+        result = runner.execute(execution, printer.as_ref().map(|_| tx)) => result,
         signal = interrupted() => {
             // Dropping the execution future killed the VM and removed its files.
             eprintln!("runner: interrupted by {signal}; the VM was stopped");

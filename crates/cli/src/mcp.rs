@@ -30,7 +30,7 @@ fn tool_error(error: anyhow::Error) -> ToolError {
 }
 
 /// An execution request as the HTTP API takes it.
-fn execution_body(request: ExecutionRequest) -> Value {
+fn execution_body(request: ExecutionRequest, expected_output: Option<Vec<u8>>) -> Value {
     let files: Vec<Value> = request
         .files
         .into_iter()
@@ -62,7 +62,7 @@ fn execution_body(request: ExecutionRequest) -> Value {
     if let Some(command) = request.command {
         body["command"] = json!(command);
     }
-    if let Some(expected) = request.expected_output {
+    if let Some(expected) = expected_output {
         body["expected_output"] = json!(String::from_utf8_lossy(&expected));
     }
     if let Some(network) = request.network {
@@ -101,8 +101,13 @@ impl Backend for Remote {
         Ok(json!({ "languages": list }))
     }
 
-    async fn run(&self, _: &Caller, request: ExecutionRequest) -> Result<Value, ToolError> {
-        let body = execution_body(request);
+    async fn run(
+        &self,
+        _: &Caller,
+        request: ExecutionRequest,
+        expected_output: Option<Vec<u8>>,
+    ) -> Result<Value, ToolError> {
+        let body = execution_body(request, expected_output);
         self.json(Method::POST, "/v1/executions", Some(body)).await
     }
 
@@ -122,7 +127,7 @@ impl Backend for Remote {
         request: ExecutionRequest,
     ) -> Result<Value, ToolError> {
         let path = format!("/v1/sessions/{}/executions", encode_path(id));
-        self.json(Method::POST, &path, Some(execution_body(request)))
+        self.json(Method::POST, &path, Some(execution_body(request, None)))
             .await
     }
 

@@ -1,24 +1,34 @@
-//! The Runner Codes host library.
+//! The Runner Codes host library, in three layers.
 //!
-//! - [`capacity`]: one capacity rule for the machine, shared by every
-//!   runner process;
-//! - [`config`]: the configuration of every command, from defaults, a TOML
-//!   file, `RUNNER_*` variables and flags;
+//! Under the engine, what it is made of:
+//! - [`config`]: what the engine needs of the configuration;
 //! - [`lang`]: the languages, as data;
 //! - [`image`]: guest kernel, initramfs and root filesystems, built from
 //!   Debian packages and cached by content;
 //! - [`vmm`]: virtual machine monitors behind one trait, chosen by
 //!   [`vmm::select`];
-//! - [`exec`]: the execution engine: a request planned once, a VM acquired,
-//!   the agent conversation, the result; [`Runner`] is its facade;
-//! - [`snapshot`]: VMs saved ready to run, restored instead of booted;
+//! - [`snapshot`]: the store of VMs saved ready to run;
 //! - [`pool`]: warm pools of restored VMs waiting for requests;
-//! - [`session`]: sessions, one VM serving an owner's many executions;
-//! - [`state`]: where all of it lives on the host;
-//! - [`machine`]: facts about the host (its memory, its CPU).
+//! - [`net`]: what a program may reach of the network, and the proxy that
+//!   enforces it;
+//! - [`capacity`]: one capacity rule for the machine, shared by every
+//!   runner process;
+//! - [`state`], [`integrity`], [`machine`]: where it all lives on the host,
+//!   how damage is found, facts about the host.
 //!
-//! The library reads no environment variables: the binary builds a
-//! [`Config`] and hands it down.
+//! The engine's floor, [`exec`]: a request planned once, a VM acquired,
+//! the agent conversation, the result. It knows nothing of what it is used
+//! for.
+//!
+//! The shapes of work on that floor: [`oneshot`] (one VM, one execution),
+//! [`judge`] (outputs judged; submissions of many tests), [`session`] (one
+//! VM, an owner's many executions) and [`prepare`] (snapshots made and
+//! pools tended ahead of requests). Above them, [`Runner`] ([`runner`]) is
+//! the facade the front ends hold.
+//!
+//! The library reads no environment variables and speaks no HTTP: the
+//! binary builds a [`Config`] and hands it down; the front ends map its
+//! errors' codes to their own.
 
 pub mod capacity;
 pub mod config;
@@ -29,7 +39,10 @@ pub mod judge;
 pub mod lang;
 pub mod machine;
 pub mod net;
+pub mod oneshot;
 pub mod pool;
+pub mod prepare;
+pub mod runner;
 pub mod session;
 pub mod snapshot;
 pub mod state;
@@ -37,9 +50,10 @@ pub mod vmm;
 
 pub use config::{Config, ConfigError, Sources};
 pub use exec::{
-    ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Plan, PlanError,
-    Runner, RunnerError, Stage, Status,
+    ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Plan, PlanError, Stage,
+    Status,
 };
+pub use runner::{Execution, Runner, RunnerError};
 
 /// An error and its causes in one line, "what failed: because: because",
 /// for messages that travel as text (results, logs).

@@ -59,8 +59,14 @@ pub trait Backend: Send + Sync + 'static {
     /// `{"languages": [...]}` as `GET /v1/languages` lists them, and the
     /// limits' defaults and maximums (`"limits"`) where known.
     async fn languages(&self) -> Result<Value, ToolError>;
-    /// Runs `request` in a VM of its own: the result's JSON.
-    async fn run(&self, caller: &Caller, request: ExecutionRequest) -> Result<Value, ToolError>;
+    /// Runs `request` in a VM of its own, judged against
+    /// `expected_output` if given: the result's JSON.
+    async fn run(
+        &self,
+        caller: &Caller,
+        request: ExecutionRequest,
+        expected_output: Option<Vec<u8>>,
+    ) -> Result<Value, ToolError>;
     /// A new session: its description's JSON.
     async fn create_session(
         &self,
@@ -138,7 +144,7 @@ impl Engine {
     /// Starts the task that ends idle and old sessions.
     pub fn local(config: &Config, owner: &str) -> Result<Arc<Self>, runner_host::RunnerError> {
         let runner = Arc::new(Runner::new(config)?);
-        let sessions = Sessions::new(runner.clone(), config.sessions.clone());
+        let sessions = runner.sessions(config.sessions.clone());
         sessions.start_reaper();
         let local = Caller {
             owner: owner.to_string(),
@@ -226,10 +232,15 @@ impl Backend for Engine {
         Ok(json!({ "languages": languages, "limits": self.runner.limits() }))
     }
 
-    async fn run(&self, _: &Caller, request: ExecutionRequest) -> Result<Value, ToolError> {
-        let plan = self.runner.plan(request)?;
-        let _place = self.capacity.admit(plan.vm_memory_mib, true).await?;
-        Ok(to_json(self.runner.execute(plan, None).await))
+    async fn run(
+        &self,
+        _: &Caller,
+        request: ExecutionRequest,
+        expected_output: Option<Vec<u8>>,
+    ) -> Result<Value, ToolError> {
+        let execution = self.runner.plan_execution(request, expected_output, None)?;
+        let _place = self.capacity.admit(execution.vm_memory_mib(), true).await?;
+        Ok(to_json(self.runner.execute(execution, None).await))
     }
 
     async fn create_session(

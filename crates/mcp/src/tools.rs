@@ -178,12 +178,14 @@ impl RunnerMcp {
             args: args.args.unwrap_or_default(),
             env: args.env.unwrap_or_default(),
             limits: limits(args.limits),
-            expected_output: args.expected_output.map(String::into_bytes),
             command: args.command,
             ..ExecutionRequest::default()
         };
+        let expected = args.expected_output.map(String::into_bytes);
         Ok(execution(
-            self.engine.run(&self.caller(&context), request).await,
+            self.engine
+                .run(&self.caller(&context), request, expected)
+                .await,
         ))
     }
 

@@ -4,8 +4,8 @@
 //! pool tending get their VMs here too.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use runner_protocol::{ExecRequest, PrestartSpec, Wake};
@@ -69,6 +69,8 @@ pub(crate) struct Vms {
     prestart: bool,
     /// The machine's slots an execution takes, unless opted out.
     slots: Option<MachineSlots>,
+    /// The warm pools VMs are taken from first, while they run.
+    pools: Mutex<Option<Arc<Pools>>>,
 }
 
 /// How far a VM got before it was handed over.
@@ -147,6 +149,7 @@ impl Vms {
             restore: AtomicBool::new(restore),
             prestart,
             slots: None,
+            pools: Mutex::default(),
         }
     }
 
@@ -158,6 +161,16 @@ impl Vms {
 
     pub fn slots(&self) -> Option<&MachineSlots> {
         self.slots.as_ref()
+    }
+
+    /// Takes VMs from `pools` first from now on (none: no pools).
+    pub fn set_pools(&self, pools: Option<Arc<Pools>>) {
+        *self.pools.lock().unwrap() = pools;
+    }
+
+    /// The warm pools, while they run.
+    pub fn pools(&self) -> Option<Arc<Pools>> {
+        self.pools.lock().unwrap().clone()
     }
 
     pub fn state(&self) -> &StateDir {
@@ -286,17 +299,17 @@ impl Vms {
         Ok((vm, Running::new(&self.running)))
     }
 
-    /// A VM as `want` says: from `pools` if one waits there, else restored
-    /// from the language's snapshot if there is one big enough, else booted.
+    /// A VM as `want` says: from the warm pools if one waits there, else
+    /// restored from the language's snapshot if there is one big enough,
+    /// else booted.
     pub async fn acquire(
         &self,
         want: Want<'_>,
         images: &GuestImages,
         backend: &dyn Backend,
-        pools: Option<&Pools>,
     ) -> Result<Acquired, AcquireError> {
         let boot_timeout = boot_timeout(backend.info().accel);
-        if let Some(acquired) = self.take_pooled(want, pools, boot_timeout).await {
+        if let Some(acquired) = self.take_pooled(want, boot_timeout).await {
             return Ok(acquired);
         }
         // A snapshot's VM may be bigger than the request needs: the cgroup
@@ -343,13 +356,8 @@ impl Vms {
     /// and comes back to life. One that does not (killed from outside while
     /// it waited) is destroyed and the next tried, so the request is not
     /// lost.
-    async fn take_pooled(
-        &self,
-        want: Want<'_>,
-        pools: Option<&Pools>,
-        boot_timeout: Duration,
-    ) -> Option<Acquired> {
-        let pools = pools?;
+    async fn take_pooled(&self, want: Want<'_>, boot_timeout: Duration) -> Option<Acquired> {
+        let pools = self.pools()?;
         while let Some(pooled) = pools.take(&want.language.name, want.memory_mib) {
             let started = Instant::now();
             let mut vm = pooled.vm;
@@ -409,6 +417,14 @@ impl Vms {
         };
         let vm = backend.start(spec).await?;
         settle_for_pool(vm, warm_up).await
+    }
+}
+
+/// Runs `vm`'s vCPUs on its slot's `cpu`; a VM that cannot be pinned runs
+/// unpinned (it is a matter of speed, not of correctness).
+pub(crate) fn pin(vm: &dyn Vm, cpu: usize) {
+    if let Err(e) = vm.pin_vcpus(cpu) {
+        tracing::warn!(cpu, error = %crate::error_chain(&e), "vCPUs not pinned");
     }
 }
 

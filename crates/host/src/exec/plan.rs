@@ -11,9 +11,9 @@ use runner_protocol::{
 };
 
 use super::limits::{LimitPolicy, RequestLimits};
-use crate::judge::{Check, Compare, Expected};
 use crate::lang::{Language, LanguageError, Languages};
 use crate::net::{Egress, NetworkConfig, NetworkRequest};
+use crate::vmm::vm_memory_mib;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -87,11 +87,6 @@ pub struct ExecutionRequest {
     /// On top of the language's environment.
     pub env: BTreeMap<String, String>,
     pub limits: RequestLimits,
-    /// What the program must print; the result is then `accepted` or
-    /// `wrong_answer` when the run ends well.
-    pub expected_output: Option<Vec<u8>>,
-    /// How to compare with `expected_output` (lines when not given).
-    pub compare: Option<Compare>,
     /// Given by the caller (e.g. from a `traceparent` header), else made up.
     pub trace_id: Option<String>,
     /// A shell command (`/bin/sh -c`) run instead of the language's
@@ -118,8 +113,6 @@ pub struct Plan {
     pub exec: ExecRequest,
     /// The VM's memory: the largest stage limit plus the guest's reserve.
     pub vm_memory_mib: u32,
-    /// What the program must print, if the request said.
-    pub expected: Option<Expected>,
     /// What it may reach of the network, if anything.
     pub network: Option<Egress>,
 }
@@ -129,15 +122,6 @@ impl Plan {
     pub fn stage(&self, done: usize) -> Option<&StageSpec> {
         self.exec.stages.get(done)
     }
-}
-
-/// Memory the VM has beyond its program's limit: the guest kernel, the agent
-/// and the page cache of the interpreter.
-const GUEST_RESERVE_MIB: u64 = 64;
-
-/// The memory of a VM whose largest stage may use `program_mib`.
-pub fn vm_memory_mib(program_mib: u64) -> u32 {
-    (program_mib + GUEST_RESERVE_MIB) as u32
 }
 
 /// A W3C trace id: 32 lowercase hex digits.
@@ -311,18 +295,6 @@ impl Planner {
         check_exec_strings(&request.args, &request.env)?;
         let network = self.network(request.network.as_ref())?;
         let trace_id = request.trace_id.unwrap_or_else(new_trace_id);
-        let expected = match (request.expected_output, request.compare) {
-            (Some(output), compare) => Some(Expected {
-                output,
-                check: compare.unwrap_or_default().check(self, &trace_id)?,
-            }),
-            (None, Some(_)) => {
-                return Err(PlanError::Invalid(
-                    "compare needs expected_output: there is nothing to compare with".into(),
-                ));
-            }
-            (None, None) => None,
-        };
         let mut stages = Vec::new();
         if let Some(command) = request.command {
             let mut run = vec!["/bin/sh".into(), "-c".into(), command, "sh".into()];
@@ -378,18 +350,11 @@ impl Planner {
             network: network.is_some() && part != Part::Compile,
         };
         let exec = fits_one_frame(exec)?;
-        // A checker runs in VMs of its own, one after the other with the
-        // program's: the largest of them is what the execution needs.
-        let checker_mib = match expected.as_ref().map(|e| &e.check) {
-            Some(Check::Checker(checker)) => checker.vm_memory_mib(),
-            _ => 0,
-        };
         Ok(Plan {
             trace_id,
             language,
             exec,
-            vm_memory_mib: vm_memory_mib(largest).max(checker_mib),
-            expected,
+            vm_memory_mib: vm_memory_mib(largest),
             network,
         })
     }
@@ -710,31 +675,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("no compile stage"), "{message}");
-    }
-
-    #[test]
-    fn an_expected_output_is_checked_with_its_comparison() {
-        let mut asked = request("python", vec![SourceFile::entry("print(1)")]);
-        asked.expected_output = Some(b"1\n".to_vec());
-        let plan = planner(&[]).plan(asked.clone()).unwrap();
-        let expected = plan.expected.unwrap();
-        assert_eq!(expected.output, b"1\n");
-        assert!(matches!(
-            expected.check,
-            Check::Compare(crate::judge::Comparison::Lines)
-        ));
-        asked.compare = Some(Compare::Float {
-            absolute_tolerance: -1.0,
-            relative_tolerance: 0.0,
-        });
-        let message = planner(&[]).plan(asked.clone()).unwrap_err().to_string();
-        assert!(message.contains("absolute_tolerance"), "{message}");
-        asked.expected_output = None;
-        let message = planner(&[]).plan(asked).unwrap_err().to_string();
-        assert!(
-            message.contains("compare needs expected_output"),
-            "{message}"
-        );
     }
 
     #[test]

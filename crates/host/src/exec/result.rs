@@ -4,7 +4,6 @@
 use runner_protocol::{Stage, StageReport};
 use serde::{Serialize, Serializer};
 
-use crate::judge::compare::Difference;
 use crate::vmm::Accel;
 
 /// The verdict of an execution.
@@ -231,6 +230,20 @@ impl ExecutionMetrics {
     }
 }
 
+/// Where the program's output first differs from the expected one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// Line of the program's output, from 1.
+    pub line: usize,
+    /// Column (byte) in that line, from 1.
+    pub column: usize,
+    /// A short excerpt of the expected output there; `(end of output)`
+    /// when it had ended.
+    pub expected: String,
+    /// The same of the program's output.
+    pub actual: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ExecutionResult {
     pub trace_id: String,
@@ -287,6 +300,28 @@ impl ExecutionResult {
                 Some("the run stage did not report".into()),
             ),
         }
+    }
+}
+
+impl ExecutionResult {
+    /// The one structured log line of a finished execution.
+    pub(crate) fn log(&self) {
+        let m = &self.metrics;
+        tracing::info!(
+            target: "runner::execution",
+            trace_id = %m.trace_id,
+            language = %m.language,
+            status = %self.status,
+            start = m.start.as_str(),
+            vm_boot_time = m.vm_boot_time_ms,
+            ready_time = m.ready_time_ms,
+            execution_time = m.execution_time_ms,
+            total_time = m.total_time_ms,
+            exit_code = self.run.as_ref().and_then(|s| s.exit_code),
+            signal = self.run.as_ref().and_then(|s| s.signal),
+            accel = self.accel.map(|a| a.to_string()),
+            "execution finished"
+        );
     }
 }
 

@@ -333,7 +333,7 @@ impl ImageStore {
     /// Images are only ever replaced by new ids, so a runner still using an
     /// old one keeps its open files.
     /// Images with a file in `in_use` (what paused sessions need to
-    /// resume, see [`crate::session::files_of_paused`]) are kept.
+    /// resume, see the session registry's `files_of_paused`) are kept.
     pub fn prune(
         &self,
         languages: &[Language],

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, watch};
 use super::checker;
 use super::compare::Difference;
 use super::submission::{SubmissionPlan, Summary};
-use crate::exec::{ExecutionResult, StageResult, StartKind, Status, Vms, oneshot};
-use crate::pool::Pools;
+use crate::exec::acquire::Vms;
+use crate::exec::{ExecutionResult, StageResult, StartKind, Status};
+use crate::oneshot;
 
 /// Room for VMs. A submission asks for one before each VM it starts and
 /// holds it until the VM is gone, so that it shares the machine's capacity
@@ -179,7 +180,6 @@ pub enum SubmissionEvent {
 /// running VMs are stopped and tests not yet started are skipped.
 pub(crate) async fn run(
     vms: Arc<Vms>,
-    pools: Option<Arc<Pools>>,
     plan: SubmissionPlan,
     capacity: Arc<dyn Capacity>,
     parallel: usize,
@@ -215,16 +215,10 @@ pub(crate) async fn run(
     if let Some(compile) = &plan.compile {
         let (result, collected) = match admit(&*capacity, compile.vm_memory_mib, &stop_rx).await {
             Ok(_permit) => {
-                oneshot::execute(
-                    &vms,
-                    pools.as_deref(),
-                    compile,
-                    None,
-                    None,
-                    None,
-                    stopped(stop_rx.clone()),
-                )
-                .await
+                let compiled =
+                    oneshot::execute(&vms, compile, None, None, stopped(stop_rx.clone())).await;
+                compiled.0.log();
+                compiled
             }
             Err(why) => {
                 stopper.abort();
@@ -267,7 +261,7 @@ pub(crate) async fn run(
         None => None,
         Some(checker_plan) => {
             let prepared = match admit(&*capacity, checker_plan.vm_memory_mib(), &stop_rx).await {
-                Ok(_permit) => checker::prepare(&vms, pools.as_deref(), checker_plan).await,
+                Ok(_permit) => checker::prepare(&vms, checker_plan).await,
                 Err(why) => Err(why),
             };
             match prepared {
@@ -300,7 +294,7 @@ pub(crate) async fn run(
     let events = events.map(Arc::new);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..parallel.clamp(1, tests.len().max(1)) {
-        let (vms, pools, capacity) = (vms.clone(), pools.clone(), capacity.clone());
+        let (vms, capacity) = (vms.clone(), capacity.clone());
         let (tests, files, next, failed, results) = (
             tests.clone(),
             files.clone(),
@@ -327,23 +321,20 @@ pub(crate) async fn run(
                 } else if let Some(reason) = stopped_by {
                     skipped(&format!("stopped: {reason}"))
                 } else {
-                    match admit(&*capacity, test.plan.vm_memory_mib, &stop_rx).await {
+                    match admit(&*capacity, test.vm_memory_mib(), &stop_rx).await {
                         Err(why) => skipped(&why),
                         Ok(_permit) => {
                             let mut plan = test.plan.clone();
                             plan.exec.files = (*files).clone();
                             let stop = stopped(stop_rx.clone());
-                            let checker = checker.as_deref();
-                            let (result, _) = oneshot::execute(
-                                &vms,
-                                pools.as_deref(),
-                                &plan,
-                                None,
-                                None,
-                                checker,
-                                stop,
-                            )
-                            .await;
+                            let (mut result, _) =
+                                oneshot::execute(&vms, &plan, None, None, stop).await;
+                            if let Some(expected) = &test.expected {
+                                let checker = checker.as_deref();
+                                let input = &plan.exec.stdin;
+                                super::judge(&vms, &mut result, input, expected, checker).await;
+                            }
+                            result.log();
                             if !result.version.is_empty() {
                                 let _ = tested_version.set(result.version.clone());
                             }

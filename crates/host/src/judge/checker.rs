@@ -11,10 +11,9 @@
 
 use runner_protocol::File;
 
-use crate::exec::{
-    ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, Status, Vms, oneshot,
-};
-use crate::pool::Pools;
+use crate::exec::acquire::Vms;
+use crate::exec::{ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, Status};
+use crate::oneshot;
 
 /// The files a checker gets, as it is called.
 pub const INPUT: &str = "input.txt";
@@ -127,100 +126,78 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// A boxed future with its type erased. A checker's run is an execution,
-/// and an execution may judge with a checker, so the two call each other;
-/// the checker's side names its futures' type so that the compiler need not
-/// work out an endless one.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// Compiles `plan`'s checker if its language needs it.
-pub(crate) fn prepare<'a>(
-    vms: &'a Vms,
-    pools: Option<&'a Pools>,
-    plan: &'a CheckerPlan,
-) -> BoxFuture<'a, Result<Checker, String>> {
-    Box::pin(async move {
-        let mut files = plan.files.clone();
-        if let Some(compile) = &plan.compile {
-            let (result, collected) = oneshot::execute(
-                vms,
-                pools,
-                compile,
-                None,
-                None,
-                None,
-                std::future::pending(),
-            )
-            .await;
-            if result.status != Status::Ok {
-                let stderr = result
-                    .compile
-                    .as_ref()
-                    .map(|c| note(&c.stderr))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "the checker did not compile ({}): {}",
-                    result.status,
-                    result.message.as_deref().unwrap_or(&stderr)
-                ));
-            }
-            files.extend(collected);
+pub(crate) async fn prepare(vms: &Vms, plan: &CheckerPlan) -> Result<Checker, String> {
+    let mut files = plan.files.clone();
+    if let Some(compile) = &plan.compile {
+        let (result, collected) =
+            oneshot::execute(vms, compile, None, None, std::future::pending()).await;
+        result.log();
+        if result.status != Status::Ok {
+            let stderr = result
+                .compile
+                .as_ref()
+                .map(|c| note(&c.stderr))
+                .unwrap_or_default();
+            return Err(format!(
+                "the checker did not compile ({}): {}",
+                result.status,
+                result.message.as_deref().unwrap_or(&stderr)
+            ));
         }
-        Ok(Checker {
-            files,
-            run: plan.run.clone(),
-        })
+        files.extend(collected);
+    }
+    Ok(Checker {
+        files,
+        run: plan.run.clone(),
     })
 }
 
 impl Checker {
     /// Judges `output` for the test with `input` and `expected`, in a VM
     /// named after `id`.
-    pub(crate) fn check<'a>(
-        &'a self,
-        vms: &'a Vms,
-        pools: Option<&'a Pools>,
-        id: &'a str,
-        input: &'a [u8],
-        expected: &'a [u8],
-        output: &'a [u8],
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let mut plan = self.run.clone();
-            plan.trace_id = format!("{id}-check");
-            plan.exec.files = self.files.clone();
-            for (name, content) in [(INPUT, input), (OUTPUT, output), (EXPECTED, expected)] {
-                plan.exec.files.push(File {
-                    name: name.into(),
-                    content: content.to_vec(),
-                    executable: false,
-                });
+    pub(crate) async fn check(
+        &self,
+        vms: &Vms,
+        id: &str,
+        input: &[u8],
+        expected: &[u8],
+        output: &[u8],
+    ) -> Outcome {
+        let mut plan = self.run.clone();
+        plan.trace_id = format!("{id}-check");
+        plan.exec.files = self.files.clone();
+        for (name, content) in [(INPUT, input), (OUTPUT, output), (EXPECTED, expected)] {
+            plan.exec.files.push(File {
+                name: name.into(),
+                content: content.to_vec(),
+                executable: false,
+            });
+        }
+        let (result, _) = oneshot::execute(vms, &plan, None, None, std::future::pending()).await;
+        result.log();
+        let Some(run) = &result.run else {
+            return Outcome::Failed(format!(
+                "the checker did not run: {}",
+                result.message.unwrap_or_default()
+            ));
+        };
+        match (result.status, run.exit_code) {
+            (Status::Ok, Some(0)) => Outcome::Accepted,
+            (Status::RuntimeError, Some(1)) => {
+                let why = if run.stdout.is_empty() {
+                    &run.stderr
+                } else {
+                    &run.stdout
+                };
+                Outcome::WrongAnswer(note(why))
             }
-            let (result, _) =
-                oneshot::execute(vms, pools, &plan, None, None, None, std::future::pending()).await;
-            let Some(run) = &result.run else {
-                return Outcome::Failed(format!(
-                    "the checker did not run: {}",
-                    result.message.unwrap_or_default()
-                ));
-            };
-            match (result.status, run.exit_code) {
-                (Status::Ok, Some(0)) => Outcome::Accepted,
-                (Status::RuntimeError, Some(1)) => {
-                    let why = if run.stdout.is_empty() {
-                        &run.stderr
-                    } else {
-                        &run.stdout
-                    };
-                    Outcome::WrongAnswer(note(why))
-                }
-                (status, exit) => Outcome::Failed(format!(
-                    "the checker failed ({status}{}): {}",
-                    exit.map(|c| format!(", exit code {c}")).unwrap_or_default(),
-                    note(&run.stderr)
-                )),
-            }
-        })
+            (status, exit) => Outcome::Failed(format!(
+                "the checker failed ({status}{}): {}",
+                exit.map(|c| format!(", exit code {c}")).unwrap_or_default(),
+                note(&run.stderr)
+            )),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! Outputs are bytes: a program may print anything. Excerpts in a
 //! [`Difference`] are decoded lossily.
 
-use serde::Serialize;
+pub use crate::exec::Difference;
 
 /// How outputs are compared (a checker program is the judge's business,
 /// see [`super`]).
@@ -26,20 +26,6 @@ pub enum Comparison {
         absolute: f64,
         relative: f64,
     },
-}
-
-/// Where the program's output first differs from the expected one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Difference {
-    /// Line of the program's output, from 1.
-    pub line: usize,
-    /// Column (byte) in that line, from 1.
-    pub column: usize,
-    /// A short excerpt of the expected output there; `(end of output)`
-    /// when it had ended.
-    pub expected: String,
-    /// The same of the program's output.
-    pub actual: String,
 }
 
 /// Bytes of an excerpt on each side.

@@ -1,27 +1,33 @@
-//! Judge mode: whether a program's output is the expected one, for one
-//! execution or for a submission of many tests.
+//! The judge's shape of work: whether a program's output is the expected
+//! one, for one execution or for a submission of many tests.
 //!
-//! A request may carry the output it expects and how to compare ([`Compare`]);
-//! the plan checks them into an [`Expected`], and a run that ended well
-//! (status `ok`) becomes `accepted` or `wrong_answer`, with the place where
-//! the outputs first differ. Any other status (a limit, a crash, a compile
-//! error, our failure) stays as it is: it explains the run better than a
-//! comparison would.
+//! Judging is composed after execution: a request may carry the output it
+//! expects and how to compare ([`Compare`]), checked into an [`Expected`]
+//! beside the execution's plan (a [`JudgedPlan`]); the plan itself runs as
+//! any one-shot execution does, and a run that ended well (status `ok`)
+//! becomes `accepted` or `wrong_answer`, with the place where the outputs
+//! first differ. Any other status (a limit, a crash, a compile error, our
+//! failure) stays as it is: it explains the run better than a comparison
+//! would.
 
 pub mod batch;
 pub mod checker;
 pub mod compare;
 pub mod submission;
 
+use std::future::Future;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 pub use batch::{Capacity, Slots, SubmissionEvent, SubmissionResult, TestResult};
 pub use checker::{CheckerPlan, CheckerRequest};
 pub use compare::{Comparison, Difference};
 pub use submission::{SubmissionPlan, SubmissionRequest, TestCase};
 
-use crate::exec::{ExecutionResult, PlanError, Planner, Status, Vms};
-use crate::pool::Pools;
+use crate::exec::acquire::Vms;
+use crate::exec::conversation::Input;
+use crate::exec::{ExecutionResult, OutputChunk, Plan, PlanError, Planner, Status};
 
 /// How a request asks for outputs to be compared: the API's `compare`
 /// object and the CLI's `--compare` and `--checker`.
@@ -108,6 +114,67 @@ pub struct Expected {
     pub check: Check,
 }
 
+impl Expected {
+    /// What a request expecting `output`, compared as `compare` says (lines
+    /// when it says nothing), must print; `None` when it expects nothing.
+    /// A checker is planned with `planner`, its VMs named after `trace_id`.
+    pub fn plan(
+        planner: &Planner,
+        output: Option<Vec<u8>>,
+        compare: Option<Compare>,
+        trace_id: &str,
+    ) -> Result<Option<Self>, PlanError> {
+        match (output, compare) {
+            (Some(output), compare) => Ok(Some(Expected {
+                output,
+                check: compare.unwrap_or_default().check(planner, trace_id)?,
+            })),
+            (None, Some(_)) => Err(PlanError::Invalid(
+                "compare needs expected_output: there is nothing to compare with".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The largest VM judging takes: a checker runs in VMs of its own.
+    pub fn vm_memory_mib(&self) -> u32 {
+        match &self.check {
+            Check::Checker(checker) => checker.vm_memory_mib(),
+            Check::Compare(_) => 0,
+        }
+    }
+}
+
+/// An execution whose output is judged: its plan, run as any other, and
+/// what it must print.
+#[derive(Debug, Clone)]
+pub struct JudgedPlan {
+    pub plan: Plan,
+    pub expected: Expected,
+}
+
+impl JudgedPlan {
+    /// The largest VM it needs: the program's, or its checker's (they run
+    /// one after the other).
+    pub fn vm_memory_mib(&self) -> u32 {
+        self.plan.vm_memory_mib.max(self.expected.vm_memory_mib())
+    }
+}
+
+/// Runs `judged` as a one-shot execution, then judges its result.
+pub(crate) async fn execute(
+    vms: &Vms,
+    judged: &JudgedPlan,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    input: Option<Input>,
+    stop: impl Future<Output = String> + Send,
+) -> ExecutionResult {
+    let plan = &judged.plan;
+    let (mut result, _) = crate::oneshot::execute(vms, plan, output, input, stop).await;
+    judge(vms, &mut result, &plan.exec.stdin, &judged.expected, None).await;
+    result
+}
+
 /// Judges an `ok` result against `expected`: `accepted` or `wrong_answer`,
 /// by comparison or by the checker (which runs `input`; a failing checker
 /// makes it `internal_error`). Any other status stays. `prepared` is the
@@ -115,7 +182,6 @@ pub struct Expected {
 /// checker is compiled here. `id` names the checker's VM.
 pub(crate) async fn judge(
     vms: &Vms,
-    pools: Option<&Pools>,
     result: &mut ExecutionResult,
     input: &[u8],
     expected: &Expected,
@@ -145,7 +211,7 @@ pub(crate) async fn judge(
             let compiled;
             let checker = match prepared {
                 Some(checker) => checker,
-                None => match checker::prepare(vms, pools, plan).await {
+                None => match checker::prepare(vms, plan).await {
                     Ok(checker) => {
                         compiled = checker;
                         &compiled
@@ -160,7 +226,7 @@ pub(crate) async fn judge(
             let id = result.trace_id.clone();
             let output = run.stdout.clone();
             match checker
-                .check(vms, pools, &id, input, &expected.output, &output)
+                .check(vms, &id, input, &expected.output, &output)
                 .await
             {
                 checker::Outcome::Accepted => result.status = Status::Accepted,

@@ -74,6 +74,16 @@ pub struct TestPlan {
     pub name: String,
     /// The run stage alone; the program's files are added when it runs.
     pub plan: Plan,
+    /// What it must print; `None`: the test passes when the run is `ok`.
+    pub expected: Option<Expected>,
+}
+
+impl TestPlan {
+    /// The largest VM the test needs: its run's, or its checker's.
+    pub fn vm_memory_mib(&self) -> u32 {
+        let checker = self.expected.as_ref().map_or(0, Expected::vm_memory_mib);
+        self.plan.vm_memory_mib.max(checker)
+    }
 }
 
 impl SubmissionPlan {
@@ -81,7 +91,7 @@ impl SubmissionPlan {
     pub fn vm_memory_mib(&self) -> u32 {
         self.tests
             .iter()
-            .map(|t| t.plan.vm_memory_mib)
+            .map(TestPlan::vm_memory_mib)
             .chain(self.compile.iter().map(|c| c.vm_memory_mib))
             .max()
             .unwrap_or(0)
@@ -164,7 +174,7 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
             compile: base.limits.compile,
             run: over(test.limits, base.limits.run),
         };
-        let mut plan = planner
+        let plan = planner
             .plan_part(
                 ExecutionRequest {
                     language: language.name.clone(),
@@ -185,18 +195,14 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
                 other => other,
             })?;
         // A test without an expected output passes when it runs ok.
-        if let Some(output) = test.expected_output {
-            if let Check::Checker(checker) = &check {
-                plan.vm_memory_mib = plan.vm_memory_mib.max(checker.vm_memory_mib());
-            }
-            plan.expected = Some(Expected {
-                output,
-                check: check.clone(),
-            });
-        }
+        let expected = test.expected_output.map(|output| Expected {
+            output,
+            check: check.clone(),
+        });
         tests.push(TestPlan {
             name: test.name,
             plan,
+            expected,
         });
     }
     Ok(SubmissionPlan {
@@ -285,7 +291,7 @@ mod tests {
         assert_eq!(b.exec.stages[0].limits.wall_time_ms, 500, "the test's own");
         assert_eq!(b.exec.stages[0].argv, ["./main", "-v"]);
         assert_eq!(a.exec.stdin, b"1 2\n");
-        assert!(a.expected.is_some());
+        assert!(plan.tests[0].expected.is_some());
         assert!(a.exec.files.is_empty(), "added when the test runs");
     }
 
@@ -297,7 +303,7 @@ mod tests {
         let mut no_expected = test("b");
         no_expected.expected_output = None;
         let plan = super::plan(&planner(), submission("python", vec![no_expected])).unwrap();
-        assert!(plan.tests[0].plan.expected.is_none());
+        assert!(plan.tests[0].expected.is_none());
     }
 
     #[test]

@@ -1,22 +1,20 @@
 //! Warm pools: VMs restored from their language's snapshot ahead of
-//! requests, made unique, then paused until an execution takes one.
+//! requests, made unique, then paused until an execution takes one. This
+//! room holds them; tending them is work done ahead of requests (the
+//! engine's `prepare` room).
 //!
 //! A pooled VM is used once and destroyed, like any other. The pool of a
 //! language grows with its recent demand and shrinks back when it is idle,
 //! between `min_size` and `max_size`, and all pools together stay within
 //! `memory_mib`. A VM that waited longer than `max_idle` is recycled, and one
-//! whose VMM died is dropped; both are replaced by the refill task
-//! ([`tend`]), which [`crate::Runner::start_pools`] starts.
-
-mod tend;
+//! whose VMM died is dropped; both are replaced by the refill task, which
+//! the runner starts with its pools.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-
-pub(crate) use tend::start;
 
 use crate::vmm::Vm;
 
@@ -76,6 +74,7 @@ pub struct Pools {
     /// Budget for all pooled VMs, resolved.
     memory_mib: u64,
     inner: Mutex<Inner>,
+    /// Wakes the refill task early: a VM was taken.
     pub(crate) wake: tokio::sync::Notify,
 }
 

@@ -30,9 +30,10 @@ pub use registry::{
 pub use runner_protocol::{FileEntry, FileKind, FileProblem};
 pub use vm::{FileError, PauseError, PausedVm, ResumeError, SessionVm};
 
-use crate::exec::{ExecutionRequest, Plan, PlanError, Planner, StageLimits, vm_memory_mib};
+use crate::exec::{ExecutionRequest, Plan, PlanError, Planner, StageLimits};
 use crate::lang::Language;
 use crate::net::{Egress, NetworkRequest};
+use crate::vmm::vm_memory_mib;
 
 /// The server's rules for sessions: defaults and maximums of what a
 /// session may ask for.

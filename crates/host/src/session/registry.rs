@@ -25,10 +25,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 
-use super::vm::{FileError, PauseError, PausedVm, SessionVm};
+use super::vm::{FileError, PauseError, PausedVm, SessionVm, SessionVms};
 use super::{SessionConfig, SessionPlan, SessionRequest};
-use crate::exec::{ExecutionRequest, ExecutionResult, OutputChunk, Plan, PlanError, StartKind};
-use crate::{Runner, error_chain};
+use crate::error_chain;
+use crate::exec::{
+    ExecutionRequest, ExecutionResult, OutputChunk, Plan, PlanError, Planner, StartKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -212,7 +214,8 @@ struct Lost {
 
 /// The sessions of one server.
 pub struct Sessions {
-    runner: Arc<Runner>,
+    vms: Arc<dyn SessionVms>,
+    planner: Planner,
     config: SessionConfig,
     map: Mutex<HashMap<String, Arc<Session>>>,
     /// Per owner, the sessions that run or are starting.
@@ -402,15 +405,24 @@ fn new_id() -> String {
 }
 
 impl Sessions {
-    pub fn new(runner: Arc<Runner>, config: SessionConfig) -> Arc<Self> {
+    /// The sessions of a server whose VMs come from `vms`, planned by
+    /// `planner` under `config`, recorded under `dir` (a state
+    /// directory's `sessions`).
+    pub(crate) fn new(
+        vms: Arc<dyn SessionVms>,
+        planner: Planner,
+        config: SessionConfig,
+        dir: &Path,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            vms,
+            planner,
             config,
             map: Mutex::default(),
             owners: Arc::default(),
-            records: runner.state().sessions(),
-            paused: runner.state().sessions().join("paused"),
+            records: dir.to_path_buf(),
+            paused: dir.join("paused"),
             lost: Mutex::default(),
-            runner,
         })
     }
 
@@ -611,7 +623,7 @@ impl Sessions {
     /// Checks a request for a new session; a wrong one is refused here,
     /// before anything boots.
     pub fn plan(&self, request: SessionRequest) -> Result<SessionPlan, PlanError> {
-        self.runner.plan_session(&self.config, request)
+        super::plan(&self.planner, &self.config, request)
     }
 
     /// Starts the session `plan` describes for `owner`, holding `hold`
@@ -626,8 +638,8 @@ impl Sessions {
         let id = new_id();
         let received = Instant::now();
         let vm = self
-            .runner
-            .open_session(&plan, &id)
+            .vms
+            .open(&plan, &id)
             .await
             .map_err(|e| SessionError::Open(error_chain(&e)))?;
         let open_time_ms = (vm.ready - received).as_secs_f64() * 1e3;
@@ -751,9 +763,7 @@ impl Sessions {
         request: ExecutionRequest,
     ) -> Result<Plan, SessionError> {
         let session = self.usable(owner, id)?;
-        Ok(session
-            .plan
-            .plan_execution(self.runner.planner(), request)?)
+        Ok(session.plan.plan_execution(&self.planner, request)?)
     }
 
     /// The session's turn: refused if another request has it, or if the
@@ -946,8 +956,8 @@ impl Sessions {
         };
         let begun = Instant::now();
         match self
-            .runner
-            .resume_session(&paused, &session.id, session.plan.network.as_ref())
+            .vms
+            .resume(&paused, &session.id, session.plan.network.as_ref())
             .await
         {
             Ok(vm) => {

@@ -17,12 +17,11 @@ use tokio::sync::mpsc;
 
 use super::SessionPlan;
 use crate::capacity::MachineSlots;
-use crate::exec::acquire::{AcquireError, Running, Vms, Want};
+use crate::exec::acquire::{self, AcquireError, Running, Vms, Want};
 use crate::exec::conversation::{self, ConversationError};
 use crate::exec::transcript::{OutputChunk, Transcript};
 use crate::exec::{ExecError, ExecutionResult, Plan, StartKind};
 use crate::net::{Egress, Proxy};
-use crate::pool::Pools;
 use crate::vmm::{Accel, Saved, Vm, VmmError};
 
 /// Why a file operation did not happen.
@@ -85,6 +84,38 @@ pub struct PausedVm {
     pub pause_time_ms: f64,
 }
 
+/// Where a registry's session VMs come from: the engine's VMs ([`Vms`]),
+/// or a scripted agent peer in the registry's unit tests.
+#[async_trait::async_trait]
+pub(crate) trait SessionVms: Send + Sync {
+    /// A VM for the session `plan` describes, named `id`, ready for its
+    /// executions.
+    async fn open(&self, plan: &SessionPlan, id: &str) -> Result<SessionVm, ExecError>;
+    /// The VM `paused` describes, back as session `id`'s, with `network`.
+    async fn resume(
+        &self,
+        paused: &PausedVm,
+        id: &str,
+        network: Option<&Egress>,
+    ) -> Result<SessionVm, ResumeError>;
+}
+
+#[async_trait::async_trait]
+impl SessionVms for Vms {
+    async fn open(&self, plan: &SessionPlan, id: &str) -> Result<SessionVm, ExecError> {
+        SessionVm::open(self, plan, id).await
+    }
+
+    async fn resume(
+        &self,
+        paused: &PausedVm,
+        id: &str,
+        network: Option<&Egress>,
+    ) -> Result<SessionVm, ResumeError> {
+        SessionVm::resume(self, paused, id, network).await
+    }
+}
+
 /// How long a file operation may take beyond its size's share.
 const FILE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries a listing may have.
@@ -112,12 +143,7 @@ pub struct SessionVm {
 impl SessionVm {
     /// A VM for `plan`: from the pool, a snapshot or a cold boot, as a
     /// one-shot execution gets; then the agent is told it serves a session.
-    pub(crate) async fn open(
-        vms: &Vms,
-        pools: Option<&Pools>,
-        plan: &SessionPlan,
-        id: &str,
-    ) -> Result<Self, ExecError> {
+    pub(crate) async fn open(vms: &Vms, plan: &SessionPlan, id: &str) -> Result<Self, ExecError> {
         let started = Instant::now();
         let images = vms
             .prepare(&plan.language, Arc::new(()))
@@ -132,10 +158,10 @@ impl SessionVm {
             memory_mib: plan.vm_memory_mib,
             id,
         };
-        let acquired = vms.acquire(want, &images, &*backend, pools).await?;
+        let acquired = vms.acquire(want, &images, &*backend).await?;
         let mut vm = acquired.vm;
         let opened = async {
-            if let crate::exec::acquire::Readiness::AwaitHello { wake } = acquired.readiness {
+            if let acquire::Readiness::AwaitHello { wake } = acquired.readiness {
                 conversation::await_ready(vm.channel(), wake, acquired.boot_timeout).await?;
             }
             let spec = SessionSpec {
@@ -174,7 +200,7 @@ impl SessionVm {
             Some(slots) => match slots.take().await {
                 Ok(slot) => {
                     if let Some(cpu) = slot.cpu() {
-                        crate::exec::oneshot::pin(&*self.vm, cpu);
+                        acquire::pin(&*self.vm, cpu);
                     }
                     Some(slot)
                 }
@@ -381,10 +407,8 @@ impl SessionVm {
             });
         }
         let (mut vm, running) = vms.start(&*backend, vms.resume_spec(saved, id)).await?;
-        let timeout = crate::exec::acquire::boot_timeout(backend.info().accel);
-        let woken =
-            conversation::await_ready(vm.channel(), Some(crate::exec::acquire::wake()), timeout)
-                .await;
+        let timeout = acquire::boot_timeout(backend.info().accel);
+        let woken = conversation::await_ready(vm.channel(), Some(acquire::wake()), timeout).await;
         if let Err(error) = woken {
             let console = vm.console_tail();
             vm.destroy().await;

@@ -1,14 +1,15 @@
-//! Snapshots: a VM booted until its agent is ready, the language's runtime
-//! warmed, then saved, so that later VMs start from there in a fraction of a
-//! second instead of booting.
+//! The snapshot store: VMs booted until their agent was ready, the
+//! language's runtime warmed, then saved, so that later VMs start from
+//! there in a fraction of a second instead of booting.
 //!
 //! A snapshot is two files: the guest's memory (the template VM ran with
 //! its memory in this file) and the device state the VMM saved, without
 //! the memory. A restored VM maps the memory file copy-on-write, so any
 //! number restore from one snapshot at once and none can change it.
 //!
-//! Making one is [`make`]'s job: boot a template VM with its memory in the
-//! snapshot's file, warm it, prestart its runtime, save it.
+//! Making one is work done ahead of requests (the engine's `prepare`
+//! room): boot a template VM with its memory in the snapshot's file, warm
+//! it, prestart its runtime, save it into the store.
 //!
 //! Like images, snapshots are content-addressed: the id hashes everything
 //! the saved state depends on (kernel, initramfs with its agent, root
@@ -23,8 +24,6 @@
 //! them ([`crate::integrity`]): a damaged snapshot is not found, so the VM
 //! boots instead and the snapshot is made again.
 
-mod make;
-
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,14 +32,10 @@ use nix::fcntl::Flock;
 use runner_protocol::PrestartSpec;
 use serde::{Deserialize, Serialize};
 
-pub use make::SnapshotError;
-pub(crate) use make::make;
-
-use crate::exec::vm_memory_mib;
 use crate::image::{GuestImages, ImageError, Scratch, image_id, lock_build};
 use crate::integrity::{self, Fingerprints};
 use crate::lang::Language;
-use crate::vmm::Backend;
+use crate::vmm::{Backend, vm_memory_mib};
 
 /// Bump when what a snapshot holds changes in a way the key does not show.
 const FORMAT: u32 = 1;
@@ -298,7 +293,7 @@ impl SnapshotStore {
 
     /// Removes the snapshots whose ids are not in `keep` and that hold
     /// none of `in_use` (what paused sessions need, see
-    /// [`crate::session::files_of_paused`]). Returns their ids.
+    /// the session registry's `files_of_paused`). Returns their ids.
     pub fn prune(&self, keep: &[String], in_use: &[PathBuf]) -> Result<Vec<String>, ImageError> {
         let mut keep = keep.to_vec();
         keep.extend(crate::state::entries_holding(&self.dir, in_use));

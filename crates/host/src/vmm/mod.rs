@@ -81,8 +81,8 @@ pub struct VmmConfig {
     /// Appended to every guest's kernel command line.
     pub kernel_args: Vec<String>,
     /// Host CPUs of VMs that run executions (empty: any this process may
-    /// use); each one's vCPU then gets one of them (see
-    /// [`crate::capacity::Slot::cpu`]).
+    /// use); each one's vCPU then gets one of them (the CPU of the machine
+    /// slot its execution holds).
     pub vm_cpus: placement::CpuList,
     /// Host CPUs of VMs restored for warm pools until an execution takes
     /// them (empty: as `vm_cpus`).
@@ -173,6 +173,15 @@ pub async fn select(
         tracing::warn!("huge_pages = \"transparent\", but {why}");
     }
     Ok(Arc::new(qemu::QemuBackend::new(installed, config, choice)))
+}
+
+/// Memory a VM has beyond its programs' limit: the guest kernel, the
+/// agent and the page cache of the interpreter.
+pub const GUEST_RESERVE_MIB: u64 = 64;
+
+/// The memory of a VM whose largest program may use `program_mib`.
+pub fn vm_memory_mib(program_mib: u64) -> u32 {
+    (program_mib + GUEST_RESERVE_MIB) as u32
 }
 
 /// Everything a backend needs to start one VM.
@@ -319,8 +328,8 @@ pub trait Backend: Send + Sync {
 pub trait Vm: Send {
     fn channel(&mut self) -> &mut AgentChannel;
 
-    /// The host's end of the network port (see [`crate::net`]), once: the
-    /// execution or session that may use the network serves it. A VM
+    /// The host's end of the network port (the egress proxy serves it),
+    /// once: the execution or session that may use the network serves it. A VM
     /// without one (a scripted peer) gives `None`.
     fn take_network(&mut self) -> Option<tokio::net::UnixStream> {
         None
@@ -342,8 +351,8 @@ pub trait Vm: Send {
         Ok(())
     }
 
-    /// Runs the VM's vCPUs on host CPU `cpu` only (see
-    /// [`crate::capacity::Slot::cpu`]). A VM without threads of its own (a
+    /// Runs the VM's vCPUs on host CPU `cpu` only (the CPU of the machine
+    /// slot its execution holds). A VM without threads of its own (a
     /// scripted peer) does nothing.
     fn pin_vcpus(&self, cpu: usize) -> Result<(), VmmError> {
         let _ = cpu;

@@ -230,7 +230,7 @@ impl QemuBackend {
                 runner_protocol::AGENT_PORT_NAME
             ))
             // The network port: nothing goes over it unless the host serves
-            // it (see `crate::net`); a VM without it could not be restored
+            // it (the egress proxy); a VM without it could not be restored
             // from a snapshot of one with it, so every VM has it.
             .arg("-chardev")
             .arg(format!("socket,id=net,path={}", net.display()))

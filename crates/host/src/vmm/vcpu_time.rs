@@ -66,10 +66,15 @@ mod tests {
         let tid = nix::unistd::gettid().as_raw() as u64;
         let clock = VcpuClock::new(std::process::id(), &[tid]).unwrap();
         let before = clock.read().expect("this thread's schedstat");
+        // Spin until the count shows 10 ms on a CPU; on a busy host that
+        // takes more wall time than 10 ms, but never 10 s.
         let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(20) {}
-        let after = clock.read().unwrap();
-        assert!(after.running_us >= before.running_us + 10_000);
+        while clock.read().unwrap().running_us < before.running_us + 10_000 {
+            assert!(
+                spin.elapsed() < std::time::Duration::from_secs(10),
+                "10 s of spinning never showed 10 ms of this thread on a CPU"
+            );
+        }
         assert!(VcpuClock::new(1, &[]).is_none());
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use runner_protocol::ExecRequest;
 
-use super::Snapshot;
-use crate::exec::{ConversationError, PlanError, Vms, conversation, new_trace_id};
+use crate::exec::acquire::Vms;
+use crate::exec::{ConversationError, PlanError, conversation, new_trace_id};
 use crate::image::ImageError;
 use crate::lang::Language;
+use crate::snapshot::Snapshot;
 use crate::vmm::{Memory, VmmError};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! only when a machine slot is free (see [`crate::capacity`]) and runs at
 //! the lowest CPU priority, waiting for the next round when there is none:
 //! refills yield to executions. Under TCG each restored VM first runs its
-//! language's warm-up (see [`super::PoolConfig::warm_up`]).
+//! language's warm-up (see [`PoolConfig::warm_up`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use runner_protocol::ExecRequest;
 
-use super::{Pooled, Pools};
-use crate::exec::{Vms, agent};
+use crate::exec::acquire::Vms;
+use crate::exec::agent;
 use crate::lang::Languages;
+#[cfg(doc)]
+use crate::pool::PoolConfig;
+use crate::pool::{Pooled, Pools};
 use crate::vmm::{Accel, placement};
 
 /// Each language's warm-up program, planned, by language name.

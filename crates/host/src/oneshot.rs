@@ -1,5 +1,6 @@
-//! One-shot executions: a VM for the plan, its stages run, the VM destroyed,
-//! whatever path the execution takes.
+//! The one-shot shape of work: a VM for the plan, its stages run, the VM
+//! destroyed, whatever path the execution takes. Whether the output is the
+//! expected one is the judge's business, decided after this.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,77 +10,36 @@ use std::time::Instant;
 use runner_protocol::File;
 use tokio::sync::mpsc;
 
-use super::ExecError;
-use super::acquire::{AcquireError, Acquired, Readiness, Vms};
-use super::conversation::{self, Input};
-use super::plan::Plan;
-use super::result::ExecutionResult;
-use super::transcript::{OutputChunk, Transcript};
 use crate::capacity::Slot;
-use crate::judge::checker::Checker;
+use crate::exec::acquire::{self, AcquireError, Acquired, Readiness, Vms};
+use crate::exec::conversation::{self, Input};
+use crate::exec::transcript::{OutputChunk, Transcript};
+use crate::exec::{ExecError, ExecutionResult, Plan};
 use crate::net::Proxy;
-use crate::pool::Pools;
 
 /// What stops an execution early, with the reason to report.
 pub(crate) type Stop<'a> = Pin<&'a mut (dyn Future<Output = String> + Send)>;
 
-/// Executes `plan` in a VM of its own: its result (judged against the
-/// plan's expected output, if any, with `checker` when one is compiled
-/// already), logged, and the files it collected.
+/// Executes `plan` in a VM of its own: its result and the files it
+/// collected.
 pub(crate) async fn execute(
     vms: &Vms,
-    pools: Option<&Pools>,
     plan: &Plan,
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
     input: Option<Input>,
-    checker: Option<&Checker>,
     stop: impl Future<Output = String> + Send,
 ) -> (ExecutionResult, Vec<File>) {
     let received = Instant::now();
     let mut transcript = Transcript::new(output);
-    let outcome = run(
-        vms,
-        pools,
-        plan,
-        &mut transcript,
-        input,
-        std::pin::pin!(stop),
-    )
-    .await;
+    let outcome = run(vms, plan, &mut transcript, input, std::pin::pin!(stop)).await;
     let collected = std::mem::take(&mut transcript.collected.files);
-    let mut result = transcript.finish(plan, received, outcome);
-    if let Some(expected) = &plan.expected {
-        crate::judge::judge(vms, pools, &mut result, &plan.exec.stdin, expected, checker).await;
-    }
-    log_execution(&result);
-    (result, collected)
-}
-
-/// The one structured log line of an execution.
-fn log_execution(result: &ExecutionResult) {
-    let m = &result.metrics;
-    tracing::info!(
-        target: "runner::execution",
-        trace_id = %m.trace_id,
-        language = %m.language,
-        status = %result.status,
-        start = m.start.as_str(),
-        vm_boot_time = m.vm_boot_time_ms,
-        ready_time = m.ready_time_ms,
-        execution_time = m.execution_time_ms,
-        total_time = m.total_time_ms,
-        exit_code = result.run.as_ref().and_then(|s| s.exit_code),
-        signal = result.run.as_ref().and_then(|s| s.signal),
-        accel = result.accel.map(|a| a.to_string()),
-        "execution finished"
-    );
+    (transcript.finish(plan, received, outcome), collected)
 }
 
 /// Runs `plan` in a VM of its own, recording what comes back in
 /// `transcript`.
 async fn run(
     vms: &Vms,
-    pools: Option<&Pools>,
     plan: &Plan,
     transcript: &mut Transcript,
     input: Option<Input>,
@@ -109,21 +69,13 @@ async fn run(
         None => None,
     };
     let acquired = tokio::select! {
-        acquired = vms.acquire(plan.want(), &images, &*backend, pools) => acquired?,
+        acquired = vms.acquire(plan.want(), &images, &*backend) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
     if let Some(cpu) = _slot.as_ref().and_then(Slot::cpu) {
-        pin(&*acquired.vm, cpu);
+        acquire::pin(&*acquired.vm, cpu);
     }
     run_on(acquired, plan, transcript, input, stop).await
-}
-
-/// Runs `vm`'s vCPUs on its slot's `cpu`; a VM that cannot be pinned runs
-/// unpinned (it is a matter of speed, not of correctness).
-pub(crate) fn pin(vm: &dyn crate::vmm::Vm, cpu: usize) {
-    if let Err(e) = vm.pin_vcpus(cpu) {
-        tracing::warn!(cpu, error = %crate::error_chain(&e), "vCPUs not pinned");
-    }
 }
 
 /// Waits for an acquired VM to be ready, runs `plan` on it (serving its
@@ -185,7 +137,7 @@ pub(crate) async fn run_on(
 }
 
 /// The host's state machine against a scripted agent peer (see
-/// [`super::scripted`]): each test plays one way a guest can break the
+/// [`crate::exec::scripted`]): each test plays one way a guest can break the
 /// protocol and checks that the execution ends with the right status,
 /// keeps the output it got, and leaves nothing behind: the VM destroyed,
 /// no VM counted as running, the guest's connection closed.
