@@ -15,10 +15,11 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use runner_host::Config;
+use runner_host::session::SessionConfig;
 use sha2::{Digest, Sha256};
 
 use crate::App;
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 
 /// The owner of a request: whose sessions it sees, and how many it may run.
@@ -68,10 +69,10 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 }
 
 impl Keys {
-    pub fn new(config: &Config) -> Self {
-        let default_max = config.sessions.max_per_owner;
-        let default_paused = config.sessions.max_paused_per_owner;
-        let by_hash = config
+    pub fn new(server: &ServerConfig, sessions: &SessionConfig) -> Self {
+        let default_max = sessions.max_per_owner;
+        let default_paused = sessions.max_paused_per_owner;
+        let by_hash = server
             .api_keys
             .iter()
             .filter_map(|key| {
@@ -187,11 +188,14 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_host::config::ApiKey;
+    use crate::config::ApiKey;
 
     fn keys() -> Keys {
-        let mut config = Config::with_state_dir("/nonexistent");
-        config.sessions.max_per_owner = 3;
+        let mut config = ServerConfig::default();
+        let sessions = SessionConfig {
+            max_per_owner: 3,
+            ..SessionConfig::default()
+        };
         config.api_keys = vec![
             ApiKey {
                 name: "alice".into(),
@@ -206,7 +210,7 @@ mod tests {
                 max_paused_sessions: Some(2),
             },
         ];
-        Keys::new(&config)
+        Keys::new(&config, &sessions)
     }
 
     fn bearer(value: &str) -> HeaderMap {
@@ -243,7 +247,7 @@ mod tests {
 
     #[test]
     fn without_keys_only_this_machine_is_served() {
-        let keys = Keys::new(&Config::with_state_dir("/nonexistent"));
+        let keys = Keys::new(&ServerConfig::default(), &SessionConfig::default());
         let owner = |peer: SocketAddr| keys.owner(&HeaderMap::new(), Some(peer));
         assert!(owner(SocketAddr::from(([127, 0, 0, 1], 1))).is_ok());
         assert!(owner("[::1]:1".parse().unwrap()).is_ok());

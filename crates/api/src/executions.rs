@@ -331,7 +331,7 @@ impl App {
         body: Body,
         trace_id: &str,
     ) -> Result<(Execution, Permit), ApiError> {
-        let body: ExecutionBody = read_json(body, self.config.max_body_bytes).await?;
+        let body: ExecutionBody = read_json(body, self.server.max_body_bytes).await?;
         let asked = to_request(body, trace_id)?;
         self.admit_request(asked).await
     }

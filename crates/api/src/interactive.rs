@@ -59,7 +59,7 @@ pub async fn execution(
     Extension(TraceId(trace_id)): Extension<TraceId>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let limit = app.config.max_body_bytes;
+    let limit = app.server.max_body_bytes;
     let id = trace_id.clone();
     accept(upgrade, limit, &id, move |socket| {
         one_shot(app, trace_id, socket)
@@ -74,7 +74,7 @@ pub async fn session_execution(
     Path(id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let limit = app.config.max_body_bytes;
+    let limit = app.server.max_body_bytes;
     let trace = trace_id.clone();
     accept(upgrade, limit, &trace, move |socket| {
         in_session(app, owner, id, trace_id, socket)

@@ -1,8 +1,9 @@
 //! `runner serve`: the HTTP API of Runner Codes.
 //!
-//! It takes the one configuration every command uses
-//! ([`runner_host::Config`]).
+//! It takes the engine's configuration ([`runner_host::Config`]) and its
+//! own ([`ServerConfig`]), both from the one file every command reads.
 //!
+//! - [`config`]: the server's own settings;
 //! - `auth`: API keys, and the owner of each request;
 //! - [`admission`]: how many VMs run at once and the queue before them;
 //! - `executions`: the execution endpoints, plain and streaming;
@@ -17,6 +18,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod config;
 mod error;
 mod executions;
 mod interactive;
@@ -46,6 +48,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::Capacity;
+pub use config::{ApiKey, ServerConfig, ServerConfigError, Switch};
 
 use admission::Admission;
 use error::ApiError;
@@ -71,7 +74,10 @@ pub enum ServeError {
 
 /// What the handlers share.
 pub struct App {
-    config: Config,
+    /// The engine's settings.
+    engine: Config,
+    /// The server's own.
+    server: ServerConfig,
     /// The names of the languages served, worked out once from `config`.
     served: Vec<String>,
     runner: Arc<Runner>,
@@ -91,15 +97,15 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config) -> Result<Self, ServeError> {
-        let capacity = Capacity::of_host(config.reserved_memory_mib, config.machine_vms())
+    pub fn new(engine: Config, server: ServerConfig) -> Result<Self, ServeError> {
+        let capacity = Capacity::of_host(engine.reserved_memory_mib, engine.machine_vms())
             .map_err(ServeError::Capacity)?
-            .with_pools(config.pool.memory_mib, config.pool.max_size > 0);
-        let runner = Arc::new(Runner::new(&config)?);
+            .with_pools(engine.pool.memory_mib, engine.pool.max_size > 0);
+        let runner = Arc::new(Runner::new(&engine)?);
         let admission = Admission::new(
             capacity,
-            config.queue_size,
-            Duration::from_millis(config.queue_timeout_ms),
+            server.queue_size,
+            Duration::from_millis(server.queue_timeout_ms),
         );
         let served: Vec<String> = runner
             .enabled_languages()
@@ -109,9 +115,10 @@ impl App {
         Ok(Self {
             metrics: Metrics::new(&served, capacity.max_vms),
             served,
-            sessions: runner.sessions(config.sessions.clone()),
-            keys: auth::Keys::new(&config),
-            config,
+            sessions: runner.sessions(engine.sessions.clone()),
+            keys: auth::Keys::new(&server, &engine.sessions),
+            engine,
+            server,
             runner,
             admission,
             preparing: Mutex::default(),
@@ -134,7 +141,7 @@ impl App {
     /// Completes, with the reason, when running executions must stop.
     fn stopping(&self) -> impl Future<Output = String> + Send + 'static {
         let killing = self.killing.clone();
-        let deadline = self.config.shutdown_timeout_ms;
+        let deadline = self.server.shutdown_timeout_ms;
         let killed = self.killed.clone();
         async move {
             killing.cancelled().await;
@@ -168,7 +175,7 @@ impl App {
             {
                 continue;
             }
-            if !self.config.prepare_images {
+            if !self.server.prepare_images {
                 continue;
             }
             self.set_preparing(name, Some("building".into()));
@@ -199,11 +206,11 @@ impl App {
                 return;
             }
         }
-        if self.config.prepare_snapshots {
+        if self.server.prepare_snapshots {
             self.prepare_snapshots().await;
         }
-        if self.config.pool.max_size > 0 && !self.draining.is_cancelled() {
-            let mut pool = self.config.pool.clone();
+        if self.engine.pool.max_size > 0 && !self.draining.is_cancelled() {
+            let mut pool = self.engine.pool.clone();
             if pool.languages.is_empty() {
                 pool.languages = self.languages().to_vec();
             }
@@ -239,7 +246,7 @@ impl App {
 /// Every route of the API.
 pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new();
-    if app.config.playground_served() {
+    if app.server.playground_served() {
         router = router
             .route("/", get(playground::index))
             .route("/playground.css", get(playground::style))
@@ -420,7 +427,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "admitted_memory_mib": memory_mib,
             "vms_running": app.runner.vms_running(),
             "queue_length": app.admission.queue_length(),
-            "queue_size": app.config.queue_size,
+            "queue_size": app.server.queue_size,
         },
         "sessions": sessions,
         "pools": pools,
@@ -454,9 +461,9 @@ async fn method_not_allowed(uri: Uri) -> ApiError {
 /// requests, running executions get `shutdown_timeout_ms` to finish, then
 /// are stopped (their clients get a result saying so) and their VMs
 /// destroyed.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let addr = config.listen;
-    let app = Arc::new(App::new(config)?);
+pub async fn serve(engine: Config, server: ServerConfig) -> Result<(), ServeError> {
+    let addr = server.listen;
+    let app = Arc::new(App::new(engine, server)?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen { addr, source })?;
@@ -466,9 +473,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         addr = %local,
         max_vms = capacity.max_vms,
         vm_memory_budget_mib = capacity.vm_memory_budget_mib,
-        queue_size = app.config.queue_size,
+        queue_size = app.server.queue_size,
         languages = %app.languages().join(","),
-        api_keys = app.config.api_keys.len(),
+        api_keys = app.server.api_keys.len(),
         "listening"
     );
     if app.keys.is_empty() && !local.ip().is_loopback() {
@@ -495,11 +502,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         async move {
             let signal = terminated().await;
             let running = app.runner.vms_running();
-            let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
+            let deadline = Duration::from_millis(app.server.shutdown_timeout_ms);
             tracing::info!(
                 signal,
                 running,
-                deadline_ms = app.config.shutdown_timeout_ms,
+                deadline_ms = app.server.shutdown_timeout_ms,
                 "shutting down: no new requests; running executions may finish until the deadline"
             );
             app.draining.cancel();

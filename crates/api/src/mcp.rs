@@ -21,13 +21,13 @@ pub(crate) fn service(app: &Arc<App>) -> StreamableHttpService<RunnerMcp, LocalS
         Arc::new(Places(app.clone())),
         Caller {
             owner: String::new(),
-            max_sessions: app.config.sessions.max_per_owner,
-            max_paused: app.config.sessions.max_paused_per_owner,
+            max_sessions: app.engine.sessions.max_per_owner,
+            max_paused: app.engine.sessions.max_paused_per_owner,
         },
     );
     let mut config =
         StreamableHttpServerConfig::default().with_cancellation_token(app.draining.child_token());
-    if !app.config.api_keys.is_empty() {
+    if !app.server.api_keys.is_empty() {
         // Every request carries a key: a page that rebinds a name to this
         // server has none, so any Host may ask.
         config = config.disable_allowed_hosts();

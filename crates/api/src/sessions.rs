@@ -233,7 +233,7 @@ pub async fn create(
             crate::admission::Rejection::ShuttingDown,
         ));
     }
-    let body: SessionBody = read_json(body, app.config.max_body_bytes).await?;
+    let body: SessionBody = read_json(body, app.server.max_body_bytes).await?;
     let plan = app
         .sessions
         .plan(SessionRequest {
@@ -306,7 +306,7 @@ async fn accept(
     body: Body,
     trace_id: &str,
 ) -> Result<(runner_host::Plan, runner_host::session::Turn), ApiError> {
-    let body: ExecutionBody = read_json(body, app.config.max_body_bytes).await?;
+    let body: ExecutionBody = read_json(body, app.server.max_body_bytes).await?;
     let request = to_request(body, trace_id)?.in_session()?;
     let plan = app
         .sessions

@@ -182,7 +182,7 @@ impl App {
         trace_id: &str,
     ) -> Result<SubmissionPlan, ApiError> {
         let planned = async {
-            let body: SubmissionBody = read_json(body, self.config.max_submission_bytes).await?;
+            let body: SubmissionBody = read_json(body, self.server.max_submission_bytes).await?;
             let request = to_request(body, trace_id)?;
             let plan = self
                 .runner

@@ -208,7 +208,7 @@ fn variants(
         let mut varied = Vec::new();
         for (label, config) in configs {
             for value in &values {
-                let config = match config.with_setting(key.trim(), value) {
+                let config = match crate::settings::with_setting(&config, key.trim(), value) {
                     Ok(config) => config,
                     Err(e) => usage!("--vary: {e}"),
                 };

@@ -27,6 +27,7 @@ mod judge;
 mod mcp;
 mod progress;
 mod session;
+mod settings;
 mod soak;
 
 use std::io::{IsTerminal, Read, Write};
@@ -37,12 +38,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runner_host::Runner;
 use runner_host::exec::{
     ExecutionRequest, ExecutionResult, OutputChunk, RequestLimits, SourceFile, Stage, StageLimits,
     Status,
 };
 use runner_host::judge::{CheckerRequest, Compare, DEFAULT_TOLERANCE};
-use runner_host::{Config, Runner, Sources};
+use settings::{Settings, Sources};
 use tokio::sync::mpsc;
 
 /// Exit status when the program ran past its time limit (as timeout(1)).
@@ -462,7 +464,8 @@ fn main() -> ExitCode {
             eprintln!("{message}");
             let usage = e.is::<Usage>()
                 || e.is::<runner_host::PlanError>()
-                || e.is::<runner_host::ConfigError>();
+                || e.is::<runner_host::ConfigError>()
+                || e.is::<settings::SettingsError>();
             ExitCode::from(if usage {
                 EXIT_USAGE
             } else {
@@ -504,22 +507,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     for set in &cli.config.set {
         let Some((key, value)) = set.split_once('=') else {
-            return Err(runner_host::ConfigError::Set(set.clone()).into());
+            return Err(settings::SettingsError::Set(set.clone()).into());
         };
         flags.push((key.trim().to_string(), value.to_string()));
     }
     let env = |name: &str| std::env::var(name).ok();
-    let config = Config::load(Sources {
+    let settings = Settings::load(Sources {
         file: cli.config.config.clone(),
         env: &env,
         flags,
     })?;
     if cli.config.print_config {
-        print_config(&config)?;
+        print_config(&settings)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let config = &settings.engine;
     let runner = || {
-        let runner = Runner::new(&config)?;
+        let runner = Runner::new(config)?;
         if let Some(slots) = runner.machine_slots() {
             slots.on_wait(Arc::new(|slots| {
                 eprintln!(
@@ -533,28 +537,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Run(args) => run(runner()?, *args).await,
-        Command::Judge(args) => judge::judge(runner()?, &config, *args).await,
+        Command::Judge(args) => judge::judge(runner()?, config, *args).await,
         Command::Image { command } => image(runner()?, command).await,
         Command::Snapshot { command } => snapshot(runner()?, command).await,
         Command::Languages => languages(runner()?),
-        Command::Doctor { debug_kernel } => doctor::doctor(runner()?, &config, debug_kernel).await,
+        Command::Doctor { debug_kernel } => doctor::doctor(runner()?, config, debug_kernel).await,
         Command::Serve(_) => {
-            runner_api::serve(config).await?;
+            runner_api::serve(settings.engine, settings.server).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => bench::bench(runner()?, &config, *args).await,
+        Command::Bench(args) => bench::bench(runner()?, config, *args).await,
         Command::Soak(args) => {
-            soak::soak(&config, cli.config.config.as_ref(), &cli.config.set, args).await
+            soak::soak(config, cli.config.config.as_ref(), &cli.config.set, args).await
         }
-        Command::Session(args) => session::session(*args, &config).await,
+        Command::Session(args) => session::session(*args, &settings.server).await,
         Command::Key { command } => key(command),
         Command::Mcp(args) => {
             if args.server.is_some() {
-                let client = session::Client::new(args.server, args.api_key, &config);
+                let client = session::Client::new(args.server, args.api_key, &settings.server);
                 runner_mcp::serve_stdio(Arc::new(mcp::Remote(client))).await?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let engine = runner_mcp::Engine::local(&config, "")?;
+            let engine = runner_mcp::Engine::local(config, "")?;
             let served = runner_mcp::serve_stdio(engine.clone()).await;
             engine.close().await;
             served?;
@@ -574,7 +578,7 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     let key = runner_api::auth::new_key();
-    let entry = runner_host::config::ApiKey {
+    let entry = runner_api::ApiKey {
         name,
         sha256: runner_api::auth::hash_key(&key),
         max_sessions,
@@ -582,7 +586,7 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     };
     #[derive(serde::Serialize)]
     struct Entry<'a> {
-        api_keys: [&'a runner_host::config::ApiKey; 1],
+        api_keys: [&'a runner_api::ApiKey; 1],
     }
     let toml = toml::to_string(&Entry { api_keys: [&entry] })?;
     println!("# The key, shown only now (the server keeps its hash); clients send it");
@@ -599,7 +603,8 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
 
 /// The configuration as TOML that loads back as itself, after comments on
 /// what some of its values come to on this machine.
-fn print_config(config: &Config) -> anyhow::Result<()> {
+fn print_config(settings: &Settings) -> anyhow::Result<()> {
+    let config = &settings.engine;
     let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.machine_vms())
         .map_err(anyhow::Error::msg)?;
     let python = runner_host::lang::Languages::builtin()?
@@ -621,7 +626,7 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
             Err(e) => outln!("# debian_mirror: {e}"),
         }
     }
-    write_stdout(format_args!("{}", config.to_toml()));
+    write_stdout(format_args!("{}", settings.to_toml()));
     Ok(())
 }
 

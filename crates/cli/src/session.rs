@@ -120,7 +120,7 @@ impl Client {
     pub fn new(
         server: Option<String>,
         api_key: Option<String>,
-        config: &runner_host::Config,
+        config: &runner_api::ServerConfig,
     ) -> Self {
         let base = server.unwrap_or_else(|| {
             let mut addr = config.listen;
@@ -192,7 +192,10 @@ pub enum Body {
     Bytes(Vec<u8>),
 }
 
-pub async fn session(args: SessionArgs, config: &runner_host::Config) -> anyhow::Result<ExitCode> {
+pub async fn session(
+    args: SessionArgs,
+    config: &runner_api::ServerConfig,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(args.server, args.api_key, config);
     match run(&client, args.command).await {
         Err(e) => match e.downcast_ref::<ApiFailure>() {

@@ -48,7 +48,7 @@ pub mod snapshot;
 pub mod state;
 pub mod vmm;
 
-pub use config::{Config, ConfigError, Sources};
+pub use config::{Config, ConfigError};
 pub use exec::{
     ExecError, ExecutionRequest, ExecutionResult, LimitPolicy, OutputChunk, Plan, PlanError, Stage,
     Status,
