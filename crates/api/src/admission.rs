@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use runner_wire::ErrorCode;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -99,14 +100,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn reason(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Rejection::QueueFull { .. } => "queue_full",
-            Rejection::QueueTimeout { .. } => "queue_timeout",
-            Rejection::TooLarge { .. } => "too_large",
-            Rejection::NoCapacity { .. } => "no_capacity",
-            Rejection::ShuttingDown => "shutting_down",
+            Rejection::QueueFull { .. } => ErrorCode::QueueFull,
+            Rejection::QueueTimeout { .. } => ErrorCode::QueueTimeout,
+            Rejection::TooLarge { .. } => ErrorCode::TooLarge,
+            Rejection::NoCapacity { .. } => ErrorCode::NoCapacity,
+            Rejection::ShuttingDown => ErrorCode::ShuttingDown,
         }
+    }
+
+    /// Its code, as the metrics label rejections.
+    pub fn reason(&self) -> &'static str {
+        self.code().as_str()
     }
 }
 

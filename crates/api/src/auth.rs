@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use runner_host::session::SessionConfig;
+use runner_wire::ErrorCode;
 use sha2::{Digest, Sha256};
 
 use crate::App;
@@ -107,8 +108,7 @@ impl Keys {
             return match peer {
                 Some(peer) if !peer.ip().is_loopback() && !is_mapped_loopback(peer) => {
                     Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         "this server has no API keys, so it serves clients on its own machine only; its operator can add keys (api_keys, see `runner key new`) to serve others",
                     ))
                 }
@@ -147,7 +147,7 @@ fn is_mapped_loopback(peer: SocketAddr) -> bool {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 /// Finds every request's [`Owner`], or answers it with 401 or 403.
@@ -173,7 +173,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
             next.run(request).await
         }
         Err(error) => {
-            let challenge = error.status == StatusCode::UNAUTHORIZED;
+            let challenge = error.status() == StatusCode::UNAUTHORIZED;
             let mut response = error.into_response();
             if challenge {
                 response
@@ -240,8 +240,8 @@ mod tests {
             bearer("Bearer"),
         ] {
             let error = keys.owner(&headers, peer).unwrap_err();
-            assert_eq!(error.status, StatusCode::UNAUTHORIZED, "{headers:?}");
-            assert_eq!(error.code, "unauthorized");
+            assert_eq!(error.status(), StatusCode::UNAUTHORIZED, "{headers:?}");
+            assert_eq!(error.code, ErrorCode::Unauthorized);
         }
     }
 
@@ -253,7 +253,10 @@ mod tests {
         assert!(owner("[::1]:1".parse().unwrap()).is_ok());
         assert!(owner("[::ffff:127.0.0.1]:1".parse().unwrap()).is_ok());
         let far = owner(SocketAddr::from(([10, 1, 2, 3], 1))).unwrap_err();
-        assert_eq!((far.status, far.code), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(
+            (far.status(), far.code),
+            (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+        );
         assert!(owner("[::ffff:10.1.2.3]:1".parse().unwrap()).is_err());
     }
 

@@ -1,30 +1,31 @@
-//! Errors a request can get: a status code and a JSON body with a stable
-//! `code`, a `message` for people, and the trace id.
+//! Errors a request can get: a JSON body with a stable `code`, a `message`
+//! for people and the trace id, under the status the code's kind has in
+//! the one table of them ([`ErrorCode`]).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use runner_host::PlanError;
-use serde::Serialize;
+use runner_host::session::SessionError;
+use runner_wire::{ErrorBody, ErrorCode};
 
 use crate::admission::Rejection;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ApiError {
-    #[serde(skip)]
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
-    #[serde(skip)]
     pub retry_after_s: Option<u64>,
 }
 
+/// When to try a pause again that found the disk budget used up: paused
+/// sessions are resumed, deleted or reach their lifetime in minutes.
+const NO_DISK_RETRY_S: u64 = 60;
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             trace_id: None,
@@ -37,13 +38,13 @@ impl ApiError {
         self
     }
 
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).expect("the table's statuses are valid")
+    }
+
     /// A query string the handler's parameters do not take.
     pub fn malformed_query(rejection: axum::extract::rejection::QueryRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_query",
-            rejection.body_text(),
-        )
+        Self::new(ErrorCode::MalformedQuery, rejection.body_text())
     }
 
     /// A plain request where a WebSocket handshake belongs.
@@ -51,8 +52,7 @@ impl ApiError {
         rejection: axum::extract::ws::rejection::WebSocketUpgradeRejection,
     ) -> Self {
         Self::new(
-            StatusCode::BAD_REQUEST,
-            "not_a_websocket",
+            ErrorCode::NotAWebsocket,
             format!(
                 "this endpoint speaks WebSocket only: {}",
                 rejection.body_text()
@@ -61,38 +61,45 @@ impl ApiError {
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+        Self::new(ErrorCode::NotFound, what)
     }
 
     /// A request that is wrong: the caller should change it.
     pub fn from_plan(error: PlanError) -> Self {
         let code = error.code();
         match error {
-            PlanError::TooLarge(message) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
-            PlanError::Invalid(message) | PlanError::Network(message) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            PlanError::TooLarge(message)
+            | PlanError::Invalid(message)
+            | PlanError::Network(message) => Self::new(code, message),
+            other @ (PlanError::Language(_) | PlanError::NotEnabled { .. }) => {
+                Self::new(code, other.to_string())
             }
-            unknown @ (PlanError::Language(_) | PlanError::NotEnabled { .. }) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, unknown.to_string())
+        }
+    }
+
+    /// What a session's request got, under its code.
+    pub fn from_session(error: SessionError) -> Self {
+        match error {
+            SessionError::Plan(error) => Self::from_plan(error),
+            error => {
+                let mut answer = Self::new(error.code(), runner_host::error_chain(&error));
+                if error.code() == ErrorCode::NoDiskForPausedSessions {
+                    answer.retry_after_s = Some(NO_DISK_RETRY_S);
+                }
+                answer
             }
         }
     }
 
     pub fn from_rejection(rejection: Rejection) -> Self {
-        let too_many = StatusCode::TOO_MANY_REQUESTS;
-        let code = rejection.reason();
+        let code = rejection.code();
         let (error, retry) = match rejection {
             Rejection::QueueFull { retry_after_s } => (
-                Self::new(
-                    too_many,
-                    code,
-                    "every VM is busy and the queue is full; retry later",
-                ),
+                Self::new(code, "every VM is busy and the queue is full; retry later"),
                 Some(retry_after_s),
             ),
             Rejection::QueueTimeout { retry_after_s } => (
                 Self::new(
-                    too_many,
                     code,
                     "every VM stayed busy for the queue's whole timeout; retry later",
                 ),
@@ -103,7 +110,6 @@ impl ApiError {
                 budget_mib,
             } => (
                 Self::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
                     code,
                     format!(
                         "this request needs a VM of {vm_memory_mib} MiB, more than the {budget_mib} MiB this server has for all VMs; ask for less memory"
@@ -113,38 +119,71 @@ impl ApiError {
             ),
             Rejection::NoCapacity { retry_after_s } => (
                 Self::new(
-                    too_many,
                     code,
                     "every VM is busy; a session starts only when there is room now: retry later",
                 ),
                 Some(retry_after_s),
             ),
-            Rejection::ShuttingDown => (
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    code,
-                    "the server is shutting down",
-                ),
-                Some(5),
-            ),
+            Rejection::ShuttingDown => (Self::new(code, "the server is shutting down"), Some(5)),
         };
         Self {
             retry_after_s: retry,
             ..error
         }
     }
+
+    /// The body the client gets.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.as_str().to_string(),
+            message: self.message.clone(),
+            trace_id: self.trace_id.clone(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status;
-        let retry = self.retry_after_s;
-        let mut response = (status, Json(self)).into_response();
-        if let Some(seconds) = retry {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_s {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openapi.json` lists every code of the table, and no other.
+    #[test]
+    fn the_document_lists_the_tables_codes() {
+        let document: serde_json::Value = serde_json::from_str(crate::OPENAPI).unwrap();
+        let listed: std::collections::BTreeSet<&str> =
+            document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|code| code.as_str().unwrap())
+                .collect();
+        let table: std::collections::BTreeSet<&str> = ErrorCode::codes().into_iter().collect();
+        assert_eq!(listed, table);
+    }
+
+    #[test]
+    fn an_error_answers_with_its_kinds_status() {
+        let error = ApiError::new(ErrorCode::SessionBusy, "busy").traced("t");
+        assert_eq!(error.status(), StatusCode::CONFLICT);
+        let body = error.body();
+        assert_eq!(
+            (body.code.as_str(), body.trace_id.as_deref()),
+            ("session_busy", Some("t"))
+        );
+        let shape = ApiError::new(ErrorCode::MisshapenRequest, "x");
+        assert_eq!(shape.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(shape.body().code, "invalid_request");
     }
 }

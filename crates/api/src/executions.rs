@@ -11,7 +11,7 @@
 //! capacity: the body is parsed here, then planned once by the runner
 //! ([`runner_host::Runner::plan`]); a request is refused whole or run whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -20,11 +20,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use runner_host::exec::{OutputChunk, RequestLimits, SourceFile, Stage};
-use runner_host::judge::{CheckerRequest, Compare, DEFAULT_TOLERANCE};
-use runner_host::{Execution, ExecutionRequest, ExecutionResult};
-use serde::{Deserialize, Serialize};
+use runner_host::bodies::OneShot;
+use runner_host::exec::{OutputChunk, Stage};
+use runner_host::{Execution, ExecutionResult};
+use runner_wire::{ErrorCode, ExecutionBody, ExecutionEvent, Stream};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -32,177 +32,6 @@ use crate::App;
 use crate::admission::Permit;
 use crate::error::ApiError;
 use crate::trace::TraceId;
-
-/// The request body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecutionBody {
-    /// Required, except in a session, whose language it is.
-    #[serde(default)]
-    pub language: String,
-    /// The program; may be left out beside a `command`.
-    #[serde(default)]
-    pub files: Vec<FileBody>,
-    /// A shell command to run instead of the language's program.
-    #[serde(default)]
-    pub command: Option<String>,
-    #[serde(default)]
-    pub stdin: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub limits: RequestLimits,
-    /// What the program must print (see [`runner_host::judge`]).
-    #[serde(default)]
-    pub expected_output: Option<String>,
-    #[serde(default)]
-    pub compare: Option<CompareBody>,
-    /// Run the program on a terminal of this size: only over the
-    /// WebSocket endpoints, whose client types into it.
-    #[serde(default)]
-    pub pty: Option<runner_host::exec::WindowSize>,
-    /// Files to send back with the result: paths or patterns under the
-    /// working directory.
-    #[serde(default)]
-    pub outputs: Vec<String>,
-    /// What the program may reach of the network (`{"allow": [...]}`).
-    #[serde(default)]
-    pub network: Option<runner_host::net::NetworkRequest>,
-}
-
-/// The `compare` object: `{"mode": "float", "absolute_tolerance": 1e-6}`,
-/// `{"mode": "checker", "checker": {"language": ..., "files": [...]}}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompareBody {
-    /// Checked by [`to_compare`], so that an unknown mode is refused with
-    /// the modes named.
-    pub mode: String,
-    #[serde(default)]
-    pub absolute_tolerance: Option<f64>,
-    #[serde(default)]
-    pub relative_tolerance: Option<f64>,
-    #[serde(default)]
-    pub checker: Option<CheckerBody>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum CompareMode {
-    Exact,
-    Lines,
-    Tokens,
-    Float,
-    Checker,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckerBody {
-    pub language: String,
-    pub files: Vec<FileBody>,
-}
-
-/// The comparison a `compare` object asks for; its fields must fit its mode.
-pub(crate) fn to_compare(body: Option<CompareBody>) -> Result<Option<Compare>, ApiError> {
-    let Some(body) = body else {
-        return Ok(None);
-    };
-    let invalid = |message: &str| {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            message,
-        ))
-    };
-    let mode = match body.mode.as_str() {
-        "exact" => CompareMode::Exact,
-        "lines" => CompareMode::Lines,
-        "tokens" => CompareMode::Tokens,
-        "float" => CompareMode::Float,
-        "checker" => CompareMode::Checker,
-        other => {
-            return invalid(&format!(
-                "compare.mode {other:?} is not one of exact, lines, tokens, float, checker"
-            ));
-        }
-    };
-    let tolerance = body.absolute_tolerance.or(body.relative_tolerance);
-    if mode != CompareMode::Float && tolerance.is_some() {
-        return invalid("compare: tolerances are for mode \"float\" only");
-    }
-    if mode != CompareMode::Checker && body.checker.is_some() {
-        return invalid("compare.checker is for mode \"checker\" only");
-    }
-    Ok(Some(match mode {
-        CompareMode::Exact => Compare::Exact,
-        CompareMode::Lines => Compare::Lines,
-        CompareMode::Tokens => Compare::Tokens,
-        CompareMode::Float => Compare::Float {
-            absolute_tolerance: body.absolute_tolerance.unwrap_or(DEFAULT_TOLERANCE),
-            relative_tolerance: body.relative_tolerance.unwrap_or(DEFAULT_TOLERANCE),
-        },
-        CompareMode::Checker => {
-            let Some(checker) = body.checker else {
-                return invalid(
-                    "compare.checker is missing: mode \"checker\" needs the checker program",
-                );
-            };
-            Compare::Checker(CheckerRequest {
-                language: checker.language,
-                files: decode_files(checker.files)?,
-            })
-        }
-    }))
-}
-
-/// A file. The entry point is the file named as the language expects
-/// (`main.py`, ...); if there is none, the first file is given that name, as
-/// is a first file without one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileBody {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub content: String,
-    #[serde(default)]
-    pub encoding: Encoding,
-}
-
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    #[default]
-    Utf8,
-    Base64,
-}
-
-/// One line of a stream.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Event<'a> {
-    Started {
-        trace_id: &'a str,
-        language: &'a str,
-    },
-    Output {
-        stage: Stage,
-        stream: &'static str,
-        data: &'a str,
-    },
-    Result {
-        result: &'a ExecutionResult,
-    },
-}
-
-impl Event<'_> {
-    fn line(&self) -> Bytes {
-        let mut line = serde_json::to_vec(self).expect("events serialize");
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-}
 
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -231,6 +60,13 @@ pub async fn stream(
     Ok(ndjson(body_lines))
 }
 
+/// One line of a stream: `value` as JSON, then a newline.
+pub(crate) fn line(value: &impl Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(value).expect("events serialize");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 /// A streaming response of the lines `lines` receives.
 pub(crate) fn ndjson(lines: mpsc::Receiver<Bytes>) -> Response {
     let body = Body::from_stream(
@@ -257,36 +93,48 @@ pub(crate) async fn stream_events(
     mut chunks: mpsc::UnboundedReceiver<OutputChunk>,
     execution: impl std::future::Future<Output = ExecutionResult>,
 ) -> (ExecutionResult, bool) {
-    let _ = lines
-        .send(Event::Started { trace_id, language }.line())
-        .await;
+    let started = ExecutionEvent::Started {
+        trace_id: trace_id.to_string(),
+        language: language.to_string(),
+    };
+    let _ = lines.send(line(&started)).await;
     let forward = async {
         let mut text = Utf8Streams::default();
         while let Some(chunk) = chunks.recv().await {
-            let stream = if chunk.stderr { "stderr" } else { "stdout" };
+            let stream = if chunk.stderr {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
             let data = text.push(chunk.stage, stream, &chunk.bytes);
             if !data.is_empty() {
-                let event = Event::Output {
+                let event = ExecutionEvent::Output {
                     stage: chunk.stage,
                     stream,
-                    data: &data,
+                    data,
                 };
-                let _ = lines.send(event.line()).await;
+                let _ = lines.send(line(&event)).await;
             }
         }
         for ((stage, stream), data) in text.finish() {
-            let event = Event::Output {
+            let event = ExecutionEvent::Output {
                 stage,
                 stream,
-                data: &data,
+                data,
             };
-            let _ = lines.send(event.line()).await;
+            let _ = lines.send(line(&event)).await;
         }
     };
     let (result, ()) = tokio::join!(execution, forward);
     let cancelled = lines.is_closed();
-    let _ = lines.send(Event::Result { result: &result }.line()).await;
-    (result, cancelled)
+    let ended = ExecutionEvent::Result {
+        result: Box::new(result),
+    };
+    let _ = lines.send(line(&ended)).await;
+    let ExecutionEvent::Result { result } = ended else {
+        unreachable!("made as a result")
+    };
+    (*result, cancelled)
 }
 
 /// Runs an accepted request, writing its events to `lines` until the client
@@ -339,7 +187,7 @@ impl App {
     /// Plans what was `asked`, then waits for capacity for it.
     pub(crate) async fn admit_request(
         &self,
-        asked: Asked,
+        asked: OneShot,
     ) -> Result<(Execution, Permit), ApiError> {
         let execution = self
             .runner
@@ -357,81 +205,34 @@ impl App {
     }
 }
 
-/// What a body asks: the execution, and what its output must be.
-pub(crate) struct Asked {
-    pub request: ExecutionRequest,
-    pub expected_output: Option<Vec<u8>>,
-    pub compare: Option<Compare>,
-}
-
-impl Asked {
-    /// The execution, for a session: there, nothing is judged.
-    pub(crate) fn in_session(self) -> Result<ExecutionRequest, ApiError> {
-        if self.expected_output.is_some() || self.compare.is_some() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                "expected_output and compare judge one-shot executions (POST /v1/executions) \
-                 and submissions; an execution in a session is not judged",
-            ));
-        }
-        Ok(self.request)
-    }
-}
-
-/// What a body asks: files decoded from their transport encoding;
-/// everything else is checked by the plan.
-pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<Asked, ApiError> {
+/// What a one-shot execution's body asks. A terminal goes only with a
+/// client that types into it: the WebSocket endpoints take `pty` out
+/// first.
+pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot, ApiError> {
     if body.pty.is_some() {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "pty needs a client that types into the terminal: use the WebSocket endpoint \
              (GET /v1/executions/ws, or /v1/sessions/{id}/executions/ws)",
         ));
     }
-    let request = ExecutionRequest {
-        language: body.language,
-        files: decode_files(body.files)?,
-        stdin: body.stdin.into_bytes(),
-        args: body.args,
-        env: body.env,
-        limits: body.limits,
-        trace_id: Some(trace_id.to_string()),
-        command: body.command,
-        interactive: None,
-        outputs: body.outputs,
-        network: body.network,
-    };
-    Ok(Asked {
-        request,
-        expected_output: body.expected_output.map(String::into_bytes),
-        compare: to_compare(body.compare)?,
-    })
+    runner_host::bodies::execution(body, Some(trace_id.to_string())).map_err(ApiError::from_plan)
 }
 
-/// Files decoded from their transport encoding.
-pub(crate) fn decode_files(bodies: Vec<FileBody>) -> Result<Vec<SourceFile>, ApiError> {
-    let mut files = Vec::with_capacity(bodies.len());
-    for (i, file) in bodies.into_iter().enumerate() {
-        let content = match file.encoding {
-            Encoding::Utf8 => file.content.into_bytes(),
-            Encoding::Base64 => base64::engine::general_purpose::STANDARD
-                .decode(file.content.as_bytes())
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_request",
-                        format!("files[{i}] is not valid base64: {e}"),
-                    )
-                })?,
-        };
-        files.push(SourceFile {
-            name: file.name,
-            content,
-        });
+/// What an execution's body in a session asks (the same rule for `pty`).
+pub(crate) fn to_session_request(
+    body: ExecutionBody,
+    trace_id: &str,
+) -> Result<runner_host::ExecutionRequest, ApiError> {
+    let asked = to_request(body, trace_id)?;
+    if asked.expected_output.is_some() || asked.compare.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "expected_output and compare judge one-shot executions (POST /v1/executions) \
+             and submissions; an execution in a session is not judged",
+        ));
     }
-    Ok(files)
+    Ok(asked.request)
 }
 
 /// Reads a body of at most `limit` bytes and parses it as JSON.
@@ -441,8 +242,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the request body is over the limit of {limit} bytes"),
         )
     })?;
@@ -451,10 +251,10 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 
 /// The body as a `T`, or why not, in terms a client can fix.
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bad = |code, message: String| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    let bad = ApiError::new;
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(bad(
-            "invalid_utf8",
+            ErrorCode::InvalidUtf8,
             format!(
                 "the body is not UTF-8: invalid byte at offset {}",
                 e.valid_up_to()
@@ -463,10 +263,13 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => bad(
-            "invalid_request",
+            ErrorCode::MisshapenRequest,
             format!("the body does not fit the request schema: {e}"),
         ),
-        _ => bad("malformed_json", format!("the body is not valid JSON: {e}")),
+        _ => bad(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        ),
     })
 }
 
@@ -507,11 +310,11 @@ impl Drop for Unfinished<'_> {
 /// spans two chunks; bytes that are not UTF-8 become U+FFFD.
 #[derive(Default)]
 struct Utf8Streams {
-    pending: HashMap<(Stage, &'static str), Vec<u8>>,
+    pending: HashMap<(Stage, Stream), Vec<u8>>,
 }
 
 impl Utf8Streams {
-    fn push(&mut self, stage: Stage, stream: &'static str, bytes: &[u8]) -> String {
+    fn push(&mut self, stage: Stage, stream: Stream, bytes: &[u8]) -> String {
         let buffer = self.pending.entry((stage, stream)).or_default();
         buffer.extend_from_slice(bytes);
         let mut text = String::new();
@@ -542,7 +345,7 @@ impl Utf8Streams {
     }
 
     /// What is left at the end, lossily.
-    fn finish(self) -> Vec<((Stage, &'static str), String)> {
+    fn finish(self) -> Vec<((Stage, Stream), String)> {
         self.pending
             .into_iter()
             .filter(|(_, rest)| !rest.is_empty())
@@ -559,78 +362,37 @@ mod tests {
     fn characters_split_across_chunks_stay_whole() {
         let mut streams = Utf8Streams::default();
         let snowman = "☃".as_bytes();
-        let run = Stage::Run;
-        assert_eq!(streams.push(run, "stdout", &[b'a', snowman[0]]), "a");
-        assert_eq!(streams.push(run, "stderr", b"e"), "e");
-        assert_eq!(streams.push(Stage::Compile, "stdout", &snowman[..1]), "");
-        assert_eq!(streams.push(run, "stdout", &snowman[1..]), "☃");
-        assert_eq!(streams.push(run, "stdout", b"\xffb"), "\u{fffd}b");
-        assert_eq!(streams.push(run, "stdout", &snowman[..2]), "");
+        let (run, out) = (Stage::Run, Stream::Stdout);
+        assert_eq!(streams.push(run, out, &[b'a', snowman[0]]), "a");
+        assert_eq!(streams.push(run, Stream::Stderr, b"e"), "e");
+        assert_eq!(streams.push(Stage::Compile, out, &snowman[..1]), "");
+        assert_eq!(streams.push(run, out, &snowman[1..]), "☃");
+        assert_eq!(streams.push(run, out, b"\xffb"), "\u{fffd}b");
+        assert_eq!(streams.push(run, out, &snowman[..2]), "");
         let mut rest = streams.finish();
         rest.sort();
         assert_eq!(
             rest,
             vec![
-                ((Stage::Compile, "stdout"), "\u{fffd}".into()),
-                ((run, "stdout"), "\u{fffd}".into())
+                ((Stage::Compile, out), "\u{fffd}".into()),
+                ((run, out), "\u{fffd}".into())
             ]
         );
     }
 
     #[test]
-    fn comparisons_take_the_fields_of_their_mode() {
-        let compare = |json: &str| {
-            let body: Option<CompareBody> =
-                serde_json::from_str(json).map_err(|e| e.to_string())?;
-            to_compare(body).map_err(|e| e.message)
-        };
-        assert_eq!(compare(r#"{"mode": "exact"}"#), Ok(Some(Compare::Exact)));
-        assert_eq!(
-            compare(r#"{"mode": "float", "absolute_tolerance": 0.01}"#),
-            Ok(Some(Compare::Float {
-                absolute_tolerance: 0.01,
-                relative_tolerance: DEFAULT_TOLERANCE
-            }))
-        );
-        assert!(
-            compare(r#"{"mode": "fuzzy"}"#)
-                .unwrap_err()
-                .contains("fuzzy")
-        );
-        assert!(compare(r#"{"mode": "lines", "tolerance": 1}"#).is_err());
-        assert!(
-            compare(r#"{"mode": "tokens", "absolute_tolerance": 1}"#)
-                .unwrap_err()
-                .contains("float")
-        );
-        assert!(
-            compare(r#"{"mode": "checker"}"#)
-                .unwrap_err()
-                .contains("checker is missing")
-        );
-        let checker = compare(
-            r#"{"mode": "checker", "checker": {"language": "py", "files": [{"content": "aW1wb3J0IHN5cw==", "encoding": "base64"}]}}"#,
-        )
-        .unwrap()
-        .unwrap();
-        let Compare::Checker(checker) = checker else {
-            panic!("{checker:?}")
-        };
-        assert_eq!(checker.language, "py");
-        assert_eq!(checker.files[0].content, b"import sys");
-        assert_eq!(compare("null"), Ok(None));
-    }
-
-    #[test]
     fn parse_errors_say_what_is_wrong() {
         let code = |body: &[u8]| parse::<ExecutionBody>(body).unwrap_err().code;
-        assert_eq!(code(b"{"), "malformed_json");
-        assert_eq!(code(b"\xff{}"), "invalid_utf8");
+        assert_eq!(code(b"{"), ErrorCode::MalformedJson);
+        assert_eq!(code(b"\xff{}"), ErrorCode::InvalidUtf8);
         assert_eq!(
             code(br#"{"language":"python","files":[],"colour":1}"#),
-            "invalid_request"
+            ErrorCode::MisshapenRequest
         );
-        assert_eq!(code(br#"{"language":3,"files":[]}"#), "invalid_request");
+        assert_eq!(
+            code(br#"{"language":3,"files":[]}"#),
+            ErrorCode::MisshapenRequest
+        );
         assert!(
             parse::<ExecutionBody>(br#"{"language":"python","files":[{"content":"print(1)"}]}"#)
                 .is_ok()

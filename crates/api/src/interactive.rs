@@ -30,17 +30,18 @@ use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runner_host::ExecutionResult;
+use runner_host::bodies::OneShot;
 use runner_host::exec::{Control, Interactive, OutputChunk, SignalKind, WindowSize};
+use runner_wire::{ErrorCode, ExecutionBody};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::App;
 use crate::auth::Owner;
 use crate::error::ApiError;
-use crate::executions::{Asked, ExecutionBody, stream_events, to_request};
+use crate::executions::{stream_events, to_request, to_session_request};
 use crate::trace::TraceId;
 
 /// What a client sends after its request.
@@ -148,7 +149,9 @@ async fn in_session(
 ) {
     let accepted = async {
         let body = first_request(&mut socket).await?;
-        let request = interactive_request(body, &trace_id)?.in_session()?;
+        let (body, pty) = take_pty(body);
+        let mut request = to_session_request(body, &trace_id)?;
+        request.interactive = Some(Interactive { pty });
         let plan = app
             .sessions
             .plan_execution(&owner.name, &id, request)
@@ -186,8 +189,7 @@ async fn first_request(socket: &mut WebSocket) -> Result<ExecutionBody, ApiError
         };
         return serde_json::from_str(text.as_str()).map_err(|e| {
             ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("the first message must be the execution's request: {e}"),
             )
         });
@@ -195,15 +197,22 @@ async fn first_request(socket: &mut WebSocket) -> Result<ExecutionBody, ApiError
 }
 
 /// The request `body` asks for, interactive, on a terminal if it says.
-fn interactive_request(mut body: ExecutionBody, trace_id: &str) -> Result<Asked, ApiError> {
-    let pty = body.pty.take();
+fn interactive_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot, ApiError> {
+    let (body, pty) = take_pty(body);
     let mut asked = to_request(body, trace_id)?;
     asked.request.interactive = Some(Interactive { pty });
     Ok(asked)
 }
 
+/// The body without its terminal, and the terminal: over a WebSocket its
+/// client types into it.
+fn take_pty(mut body: ExecutionBody) -> (ExecutionBody, Option<WindowSize>) {
+    let pty = body.pty.take();
+    (body, pty)
+}
+
 fn invalid(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    ApiError::new(ErrorCode::MisshapenRequest, message)
 }
 
 /// Sends `error` as an `error` event, and closes.
@@ -213,9 +222,9 @@ async fn refuse(mut socket: WebSocket, error: ApiError) {
 }
 
 fn error_event(error: &ApiError) -> Message {
-    let mut event = serde_json::to_value(error).expect("errors serialize");
+    let mut event = serde_json::to_value(error.body()).expect("errors serialize");
     event["type"] = "error".into();
-    event["status"] = error.status.as_u16().into();
+    event["status"] = error.status().as_u16().into();
     Message::Text(event.to_string().into())
 }
 
@@ -299,8 +308,7 @@ fn send(input: &Option<mpsc::UnboundedSender<Control>>, control: Control) {
 fn control(text: &str) -> Result<Control, ApiError> {
     let message: ClientMessage = serde_json::from_str(text).map_err(|e| {
         ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!(
                 "not a message this endpoint takes ({e}): send stdin as binary messages or \
                  {{\"type\": \"stdin\", \"data\": ...}}, or one of stdin_end, signal, resize"
@@ -356,7 +364,7 @@ mod tests {
             "not json",
         ] {
             let error = control(bad).unwrap_err();
-            assert_eq!(error.code, "invalid_request", "{bad}");
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{bad}");
         }
     }
 }

@@ -300,30 +300,8 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn languages(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let list: Vec<_> = app
-        .languages()
-        .iter()
-        .map(|name| {
-            let language = app.runner.languages().get(name).expect("served");
-            let version = app
-                .runner
-                .images()
-                .rootfs_manifest(language)
-                .map(|m| m.version);
-            json!({
-                "language": language.name,
-                "aliases": language.aliases,
-                "version": version,
-                "source_file": language.source_file,
-                "compiled": language.compile.is_some(),
-                "memory_mib": language.memory_mib,
-                "min_memory_mib": language.min_memory_mib,
-                "ready": version.is_some(),
-            })
-        })
-        .collect();
-    Json(json!(list))
+async fn languages(State(app): State<Arc<App>>) -> Json<Vec<runner_wire::LanguageInfo>> {
+    Json(app.runner.language_infos())
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -448,8 +426,7 @@ async fn not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed(uri: Uri) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        runner_wire::ErrorCode::MethodNotAllowed,
         format!(
             "{} does not take this method; see /openapi.json",
             uri.path()

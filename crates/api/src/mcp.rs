@@ -56,7 +56,7 @@ impl Capacity for Places {
                 app.metrics.reject(rejection.reason());
                 let error = ApiError::from_rejection(rejection);
                 ToolError {
-                    code: error.code.into(),
+                    code: error.code.as_str().into(),
                     message: error.message,
                 }
             })

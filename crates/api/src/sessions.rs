@@ -20,7 +20,6 @@
 //! new session gets 429 `no_capacity` with `Retry-After` rather than
 //! waiting in the queue.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -29,125 +28,16 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use runner_host::session::{
-    FileError, FileProblem, SessionError, SessionInfo, SessionRequest, SessionState, Turn,
-};
+use runner_host::session::{SessionError, SessionInfo, SessionState, Turn};
+use runner_wire::{ErrorCode, ExecutionBody, FileListing, SessionBody, SessionList};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::App;
 use crate::auth::Owner;
 use crate::error::ApiError;
-use crate::executions::{ExecutionBody, ndjson, read_json, stream_events, to_request};
+use crate::executions::{ndjson, read_json, stream_events, to_session_request};
 use crate::trace::TraceId;
-
-/// The body of `POST /v1/sessions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionBody {
-    pub language: String,
-    #[serde(default)]
-    pub memory_mib: Option<u64>,
-    #[serde(default)]
-    pub disk_mib: Option<u64>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub idle_timeout_s: Option<u64>,
-    #[serde(default)]
-    pub max_lifetime_s: Option<u64>,
-    #[serde(default)]
-    pub network: Option<runner_host::net::NetworkRequest>,
-}
-
-impl ApiError {
-    pub(crate) fn from_session(error: SessionError) -> Self {
-        match error {
-            SessionError::NotFound(_) => Self::new(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                error.to_string(),
-            ),
-            SessionError::Busy(_) => {
-                Self::new(StatusCode::CONFLICT, "session_busy", error.to_string())
-            }
-            SessionError::Ended { ref reason, .. } => {
-                let code = match reason {
-                    runner_host::session::EndReason::Failed { .. } => "session_failed",
-                    _ => "session_ended",
-                };
-                Self::new(StatusCode::CONFLICT, code, error.to_string())
-            }
-            SessionError::Plan(error) => Self::from_plan(error),
-            SessionError::TooMany { .. } => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sessions",
-                error.to_string(),
-            ),
-            SessionError::Open(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                error.to_string(),
-            ),
-            SessionError::Paused(_) => {
-                Self::new(StatusCode::CONFLICT, "session_paused", error.to_string())
-            }
-            SessionError::TooManyPaused { .. } => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_paused_sessions",
-                error.to_string(),
-            ),
-            SessionError::NoDisk { .. } => {
-                let mut e = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "no_disk_for_paused_sessions",
-                    error.to_string(),
-                );
-                e.retry_after_s = Some(NO_DISK_RETRY_S);
-                e
-            }
-            SessionError::Pause(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "pause_failed",
-                error.to_string(),
-            ),
-            SessionError::Resume(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "resume_failed",
-                error.to_string(),
-            ),
-            SessionError::File(FileError::Refused { problem, message }) => match problem {
-                FileProblem::NotFound => {
-                    Self::new(StatusCode::NOT_FOUND, "file_not_found", message)
-                }
-                FileProblem::Invalid => {
-                    Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_path", message)
-                }
-                FileProblem::Full => {
-                    Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
-                }
-            },
-            SessionError::File(error @ FileError::TooLarge { .. }) => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
-                error.to_string(),
-            ),
-            SessionError::File(error @ FileError::Broken(_)) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "session_failed",
-                format!(
-                    "{}; the session has ended and its files are gone",
-                    runner_host::error_chain(&error)
-                ),
-            ),
-        }
-    }
-}
-
-/// When to try a pause again that found the disk budget used up: paused
-/// sessions are resumed, deleted or reach their lifetime in minutes.
-const NO_DISK_RETRY_S: u64 = 60;
 
 fn session_error(error: SessionError) -> ApiError {
     ApiError::from_session(error)
@@ -236,15 +126,7 @@ pub async fn create(
     let body: SessionBody = read_json(body, app.server.max_body_bytes).await?;
     let plan = app
         .sessions
-        .plan(SessionRequest {
-            language: body.language,
-            memory_mib: body.memory_mib,
-            disk_mib: body.disk_mib,
-            env: body.env,
-            idle_timeout_s: body.idle_timeout_s,
-            max_lifetime_s: body.max_lifetime_s,
-            network: body.network,
-        })
+        .plan(body)
         .map_err(|e| ApiError::from_plan(e).traced(&trace_id))?;
     let slot = app
         .sessions
@@ -273,8 +155,10 @@ pub async fn create(
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(owner): Extension<Owner>,
-) -> Json<serde_json::Value> {
-    Json(json!({ "sessions": app.sessions.list(&owner.name) }))
+) -> Json<SessionList> {
+    Json(SessionList {
+        sessions: app.sessions.list(&owner.name),
+    })
 }
 
 pub async fn get(
@@ -307,7 +191,7 @@ async fn accept(
     trace_id: &str,
 ) -> Result<(runner_host::Plan, runner_host::session::Turn), ApiError> {
     let body: ExecutionBody = read_json(body, app.server.max_body_bytes).await?;
-    let request = to_request(body, trace_id)?.in_session()?;
+    let request = to_session_request(body, trace_id)?;
     let plan = app
         .sessions
         .plan_execution(&owner.name, id, request)
@@ -376,8 +260,7 @@ pub async fn put_file(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
+                ErrorCode::FileTooLarge,
                 format!(
                     "the file is over the session's disk limit of {} MiB (disk_mib)",
                     info.disk_mib
@@ -437,7 +320,11 @@ pub async fn list_files(
     let Query(query) = query.map_err(ApiError::malformed_query)?;
     let turn = turn(&app, &owner, &id).await?;
     let entries = turn.list(query.path.clone()).await.map_err(session_error)?;
-    Ok(Json(json!({ "path": query.path, "entries": entries })).into_response())
+    let listing = FileListing {
+        path: query.path,
+        entries,
+    };
+    Ok(Json(listing).into_response())
 }
 
 /// Sessions by state, for the metrics.

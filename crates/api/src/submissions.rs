@@ -9,80 +9,22 @@
 //! `test` per finished test, then the `result`. A streaming client that
 //! disconnects stops the submission.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use runner_host::exec::{RequestLimits, StageLimits};
-use runner_host::judge::{
-    Capacity, SubmissionEvent, SubmissionPlan, SubmissionRequest, SubmissionResult, TestCase,
-};
-use serde::{Deserialize, Serialize};
+use runner_host::judge::{Capacity, SubmissionEvent, SubmissionPlan, SubmissionResult};
+use runner_wire::SubmissionBody;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 
 use crate::App;
 use crate::admission::Rejection;
 use crate::error::ApiError;
-use crate::executions::{CompareBody, FileBody, decode_files, read_json, to_compare};
+use crate::executions::{line, ndjson, read_json};
 use crate::trace::TraceId;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmissionBody {
-    pub language: String,
-    pub files: Vec<FileBody>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub limits: RequestLimits,
-    #[serde(default)]
-    pub compare: Option<CompareBody>,
-    pub tests: Vec<TestBody>,
-    #[serde(default)]
-    pub stop_on_first_failure: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestBody {
-    pub name: String,
-    #[serde(default)]
-    pub stdin: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub expected_output: Option<String>,
-    /// The test's run limits, over the submission's.
-    #[serde(default)]
-    pub limits: StageLimits,
-}
-
-/// One line of a stream.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Line<'a> {
-    Started {
-        trace_id: &'a str,
-        language: &'a str,
-        tests: usize,
-    },
-    Result {
-        result: &'a SubmissionResult,
-    },
-}
-
-fn line(value: &impl Serialize) -> Bytes {
-    let mut line = serde_json::to_vec(value).expect("events serialize");
-    line.push(b'\n');
-    Bytes::from(line)
-}
 
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -102,9 +44,9 @@ pub async fn stream(
     let plan = app.plan_submission(body, &trace_id).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let started = Line::Started {
-            trace_id: &plan.trace_id,
-            language: &plan.language.name,
+        let started = SubmissionEvent::Started {
+            trace_id: plan.trace_id.clone(),
+            language: plan.language.name.clone(),
             tests: plan.tests.len(),
         };
         let _ = lines.send(line(&started)).await;
@@ -124,20 +66,12 @@ pub async fn stream(
             }
         };
         let (result, ()) = tokio::join!(judged, forward);
-        let _ = lines.send(line(&Line::Result { result: &result })).await;
+        let ended = SubmissionEvent::Result {
+            result: Box::new(result),
+        };
+        let _ = lines.send(line(&ended)).await;
     });
-    let body = Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(body_lines).map(Ok::<_, Infallible>),
-    );
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(ndjson(body_lines))
 }
 
 /// Judges `plan` with the server's capacity and records its metrics.
@@ -183,7 +117,8 @@ impl App {
     ) -> Result<SubmissionPlan, ApiError> {
         let planned = async {
             let body: SubmissionBody = read_json(body, self.server.max_submission_bytes).await?;
-            let request = to_request(body, trace_id)?;
+            let request = runner_host::bodies::submission(body, Some(trace_id.to_string()))
+                .map_err(ApiError::from_plan)?;
             let plan = self
                 .runner
                 .plan_submission(request)
@@ -205,27 +140,4 @@ impl App {
         };
         planned.await.map_err(|e: ApiError| e.traced(trace_id))
     }
-}
-
-fn to_request(body: SubmissionBody, trace_id: &str) -> Result<SubmissionRequest, ApiError> {
-    Ok(SubmissionRequest {
-        language: body.language,
-        files: decode_files(body.files)?,
-        env: body.env,
-        limits: body.limits,
-        compare: to_compare(body.compare)?,
-        tests: body
-            .tests
-            .into_iter()
-            .map(|t| TestCase {
-                name: t.name,
-                stdin: t.stdin.into_bytes(),
-                args: t.args,
-                expected_output: t.expected_output.map(String::into_bytes),
-                limits: t.limits,
-            })
-            .collect(),
-        stop_on_first_failure: body.stop_on_first_failure,
-        trace_id: Some(trace_id.to_string()),
-    })
 }

@@ -12,6 +12,7 @@ mod figures;
 mod host;
 mod machine;
 mod report;
+pub mod soak;
 mod stats;
 
 use std::collections::BTreeMap;

@@ -18,7 +18,8 @@ use runner_host::judge::{Slots, SubmissionEvent, SubmissionRequest, SubmissionRe
 use runner_host::{Config, Runner};
 use tokio::sync::mpsc;
 
-use crate::{CompareArgs, EXIT_RUNNER_FAILED, LimitArgs, Usage};
+use crate::exit::{EXIT_RUNNER_FAILED, Usage};
+use crate::flags::{self, CompareArgs, LimitArgs};
 
 #[derive(clap::Args)]
 pub struct JudgeArgs {
@@ -51,8 +52,8 @@ pub struct JudgeArgs {
 }
 
 pub async fn judge(runner: Runner, config: &Config, args: JudgeArgs) -> anyhow::Result<ExitCode> {
-    let files = crate::read_files(&args.files)?;
-    let env = crate::parse_env(&args.env)?;
+    let files = flags::read_files(&args.files)?;
+    let env = flags::parse_env(&args.env)?;
     let tests = read_tests(&args.tests)?;
     let request = SubmissionRequest {
         language: args.lang.clone(),
@@ -88,6 +89,7 @@ pub async fn judge(runner: Runner, config: &Config, args: JudgeArgs) -> anyhow::
                         bar.inc(1);
                         bar.set_message(format!("{}: {}", test.name, test.status));
                     }
+                    SubmissionEvent::Started { .. } | SubmissionEvent::Result { .. } => {}
                 }
             }
         })
@@ -99,7 +101,7 @@ pub async fn judge(runner: Runner, config: &Config, args: JudgeArgs) -> anyhow::
             parallel,
             Some(events),
             async {
-                let signal = crate::interrupted().await;
+                let signal = crate::exit::interrupted().await;
                 format!("interrupted by {signal}")
             },
         )
@@ -138,7 +140,7 @@ fn read_tests(dir: &Path) -> anyhow::Result<Vec<TestCase>> {
         if !matches!(ext, "in" | "out" | "args") {
             continue;
         }
-        let content = crate::read_input(&path)?;
+        let content = flags::read_input(&path)?;
         let test = tests.entry(stem.to_string()).or_insert_with(|| TestCase {
             name: stem.to_string(),
             ..TestCase::default()

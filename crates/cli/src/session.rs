@@ -1,20 +1,24 @@
-//! `runner session`: a client of `runner serve`'s sessions.
+//! `runner session`: a client of `runner serve`'s sessions, through the
+//! typed client ([`runner_wire::Client`]).
 //!
 //! Each subcommand is one or two HTTP requests; the server does the work and
-//! keeps the session. `exec` streams the output as `runner run` does and
+//! keeps the session. `exec` takes `runner run`'s flags for the same things
+//! (limits, environment, files back), streams the output as it does and
 //! exits with the program's exit status.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-use tokio_stream::StreamExt;
+use runner_wire::{
+    Client, ClientError, ExecutionBody, ExecutionEvent, ExecutionResult, FileBody, FileKind,
+    SessionBody, Stream,
+};
 
-use crate::{EXIT_RUNNER_FAILED, EXIT_USAGE};
+use crate::exit::{self, EXIT_RUNNER_FAILED};
+use crate::flags::{self, LimitArgs, OutputArgs};
 
 #[derive(clap::Args)]
 pub struct SessionArgs {
@@ -59,25 +63,7 @@ enum SessionCommand {
         json: bool,
     },
     /// Run code (-c, or files) or a command in a session.
-    Exec {
-        id: String,
-        /// The program's code.
-        #[arg(short, long, conflicts_with_all = ["files", "command"])]
-        code: Option<String>,
-        /// A shell command instead of a program.
-        #[arg(long)]
-        command: Option<String>,
-        /// The program's files (the first is the entry point).
-        files: Vec<PathBuf>,
-        #[arg(short, long = "env", value_name = "NAME=value")]
-        env: Vec<String>,
-        /// Print the result as JSON instead of streaming the output.
-        #[arg(long)]
-        json: bool,
-        /// Arguments for the program.
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
+    Exec(Box<ExecArgs>),
     /// Copy a file into a session (LOCAL ID:PATH) or out of one (ID:PATH
     /// LOCAL).
     Cp { from: String, to: String },
@@ -100,116 +86,76 @@ enum SessionCommand {
     Resume { id: String },
 }
 
-/// A client of one server.
-pub struct Client {
-    base: String,
-    http: reqwest::Client,
+/// `runner session exec`.
+#[derive(clap::Args)]
+struct ExecArgs {
+    id: String,
+    /// The program's code.
+    #[arg(short, long, conflicts_with_all = ["files", "command"])]
+    code: Option<String>,
+    /// A shell command instead of a program.
+    #[arg(long)]
+    command: Option<String>,
+    /// The program's files (the first is the entry point).
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Environment variable for the program, NAME=value (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    /// Print the result as JSON instead of streaming the output.
+    #[arg(long)]
+    json: bool,
+    /// Arguments for the program.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// A client of the server `server` names, else this machine's `listen`
+/// address, with `api_key`.
+pub fn client(
+    server: Option<String>,
     api_key: Option<String>,
-}
-
-/// The server answered with an error.
-#[derive(Debug, thiserror::Error)]
-#[error("{message} ({code})")]
-pub struct ApiFailure {
-    status: StatusCode,
-    pub code: String,
-    pub message: String,
-}
-
-impl Client {
-    pub fn new(
-        server: Option<String>,
-        api_key: Option<String>,
-        config: &runner_api::ServerConfig,
-    ) -> Self {
-        let base = server.unwrap_or_else(|| {
-            let mut addr = config.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{addr}")
-        });
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-            api_key,
+    config: &runner_api::ServerConfig,
+) -> Client {
+    let base = server.unwrap_or_else(|| {
+        let mut addr = config.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
+        format!("http://{addr}")
+    });
+    let client = Client::new(base);
+    match api_key {
+        Some(key) => client.with_api_key(key),
+        None => client,
     }
-
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Body>,
-    ) -> anyhow::Result<reqwest::Response> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        match body {
-            Some(Body::Json(value)) => request = request.json(&value),
-            Some(Body::Bytes(bytes)) => request = request.body(bytes),
-            None => {}
-        }
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the server at {}: is `runner serve` running there?",
-                self.base
-            )
-        })?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        let mut message = body["message"]
-            .as_str()
-            .map_or_else(|| format!("the server answered {status}"), String::from);
-        if status == StatusCode::UNAUTHORIZED {
-            message.push_str("; give the key with --api-key or RUNNER_API_KEY");
-        }
-        Err(ApiFailure {
-            status,
-            code: body["code"].as_str().unwrap_or("error").to_string(),
-            message,
-        }
-        .into())
-    }
-
-    pub async fn json(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Body>,
-    ) -> anyhow::Result<Value> {
-        Ok(self.send(method, path, body).await?.json().await?)
-    }
-}
-
-pub enum Body {
-    Json(Value),
-    Bytes(Vec<u8>),
 }
 
 pub async fn session(
     args: SessionArgs,
     config: &runner_api::ServerConfig,
 ) -> anyhow::Result<ExitCode> {
-    let client = Client::new(args.server, args.api_key, config);
+    let client = client(args.server, args.api_key, config);
     match run(&client, args.command).await {
-        Err(e) => match e.downcast_ref::<ApiFailure>() {
-            Some(failure) => {
-                eprintln!("runner: {failure}");
+        Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Api { status, .. }) => {
+                let mut message = format!("runner: {e}");
+                if *status == 401 {
+                    message.push_str("; give the key with --api-key or RUNNER_API_KEY");
+                }
+                eprintln!("{message}");
                 // A refused request is the caller's to change; the server's
                 // own failure is ours.
-                Ok(ExitCode::from(if failure.status.is_client_error() {
-                    EXIT_USAGE
+                Ok(ExitCode::from(if (400..500).contains(status) {
+                    exit::EXIT_USAGE
                 } else {
                     EXIT_RUNNER_FAILED
                 }))
             }
-            None => Err(e),
+            _ => Err(e),
         },
         ok => ok,
     }
@@ -226,53 +172,30 @@ async fn run(client: &Client, command: SessionCommand) -> anyhow::Result<ExitCod
             max_lifetime_s,
             json,
         } => {
-            let body = json!({
-                "language": lang,
-                "memory_mib": memory_mib,
-                "disk_mib": disk_mib,
-                "env": crate::parse_env(&env)?,
-                "idle_timeout_s": idle_timeout_s,
-                "max_lifetime_s": max_lifetime_s,
-            });
-            let body = without_nulls(body);
-            let session = client
-                .json(Method::POST, "/v1/sessions", Some(Body::Json(body)))
-                .await?;
+            let body = SessionBody {
+                language: lang,
+                memory_mib,
+                disk_mib,
+                env: flags::parse_env(&env)?,
+                idle_timeout_s,
+                max_lifetime_s,
+                network: None,
+            };
+            let session = client.create_session(&body).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&session)?);
             } else {
-                outln!("{}", session["id"].as_str().unwrap_or_default());
+                outln!("{}", session.id);
             }
         }
-        SessionCommand::Exec {
-            id,
-            code,
-            command,
-            files,
-            env,
-            json,
-            args,
-        } => return exec(client, &id, code, command, files, env, json, args).await,
+        SessionCommand::Exec(args) => return exec(client, *args).await,
         SessionCommand::Cp { from, to } => match (remote(&from), remote(&to)) {
             (None, Some((id, path))) => {
-                let content = crate::read_input(std::path::Path::new(&from))?;
-                client
-                    .send(
-                        Method::PUT,
-                        &format!("/v1/sessions/{id}/files/{}", encode_path(path)),
-                        Some(Body::Bytes(content)),
-                    )
-                    .await?;
+                let content = flags::read_input(std::path::Path::new(&from))?;
+                client.write_file(id, path, content, false).await?;
             }
             (Some((id, path)), None) => {
-                let response = client
-                    .send(
-                        Method::GET,
-                        &format!("/v1/sessions/{id}/files/{}", encode_path(path)),
-                        None,
-                    )
-                    .await?;
-                let content = response.bytes().await?;
+                let content = client.read_file(id, path).await?;
                 if to == "-" {
                     std::io::stdout().write_all(&content)?;
                 } else {
@@ -282,173 +205,108 @@ async fn run(client: &Client, command: SessionCommand) -> anyhow::Result<ExitCod
             _ => usage!("cp takes one local path and one ID:PATH, e.g. `cp data.csv ID:data.csv`"),
         },
         SessionCommand::Ls { id, path } => {
-            let listing = client
-                .json(
-                    Method::GET,
-                    &format!("/v1/sessions/{id}/files?path={}", encode_path(&path)),
-                    None,
-                )
-                .await?;
-            for entry in listing["entries"].as_array().into_iter().flatten() {
-                let kind = match entry["kind"].as_str() {
-                    Some("directory") => 'd',
-                    Some("symlink") => 'l',
-                    Some("file") => '-',
-                    _ => '?',
+            for entry in client.list_files(&id, &path).await? {
+                let kind = match entry.kind {
+                    FileKind::Directory => 'd',
+                    FileKind::Symlink => 'l',
+                    FileKind::File => '-',
+                    FileKind::Other => '?',
                 };
-                outln!(
-                    "{kind}{:o} {:>10} {}",
-                    entry["mode"].as_u64().unwrap_or(0),
-                    entry["size"].as_u64().unwrap_or(0),
-                    entry["name"].as_str().unwrap_or_default()
-                );
+                outln!("{kind}{:o} {:>10} {}", entry.mode, entry.size, entry.name);
             }
         }
         SessionCommand::List => {
-            let list = client.json(Method::GET, "/v1/sessions", None).await?;
-            for session in list["sessions"].as_array().into_iter().flatten() {
+            for session in client.sessions().await? {
+                let state = serde_json::to_value(session.state)?;
                 outln!(
                     "{} {} {} executions={}",
-                    session["id"].as_str().unwrap_or_default(),
-                    session["language"].as_str().unwrap_or_default(),
-                    session["state"].as_str().unwrap_or_default(),
-                    session["executions"],
+                    session.id,
+                    session.language,
+                    state.as_str().unwrap_or_default(),
+                    session.executions,
                 );
             }
         }
         SessionCommand::Show { id } => {
-            let session = client
-                .json(Method::GET, &format!("/v1/sessions/{id}"), None)
-                .await?;
+            let session = client.session(&id).await?;
             outln!("{}", serde_json::to_string_pretty(&session)?);
         }
-        SessionCommand::Rm { id } => {
-            client
-                .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
-                .await?;
-        }
+        SessionCommand::Rm { id } => client.delete_session(&id).await?,
         SessionCommand::Pause { id } => {
-            let session = client
-                .json(Method::POST, &format!("/v1/sessions/{id}/pause"), None)
-                .await?;
-            let paused = &session["paused"];
+            let session = client.pause_session(&id).await?;
+            let (disk_bytes, pause_time_ms) = session
+                .paused
+                .as_ref()
+                .map_or((0, 0.0), |p| (p.disk_bytes, p.pause_time_ms));
             outln!(
-                "{id} paused: {:.1} MiB on disk (a {} MiB VM), saved in {:.0} ms",
-                paused["disk_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
-                session["vm_memory_mib"],
-                paused["pause_time_ms"].as_f64().unwrap_or(0.0),
+                "{id} paused: {:.1} MiB on disk (a {} MiB VM), saved in {pause_time_ms:.0} ms",
+                disk_bytes as f64 / (1 << 20) as f64,
+                session.vm_memory_mib,
             );
         }
         SessionCommand::Resume { id } => {
-            let session = client
-                .json(Method::POST, &format!("/v1/sessions/{id}/resume"), None)
-                .await?;
-            outln!("{id} {}", session["state"].as_str().unwrap_or_default());
+            let session = client.resume_session(&id).await?;
+            let state = serde_json::to_value(session.state)?;
+            outln!("{id} {}", state.as_str().unwrap_or_default());
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn exec(
-    client: &Client,
-    id: &str,
-    code: Option<String>,
-    command: Option<String>,
-    files: Vec<PathBuf>,
-    env: Vec<String>,
-    json: bool,
-    args: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let files: Vec<Value> = match code {
-        Some(code) => vec![json!({ "content": code })],
-        None => crate::read_files(&files)?
+async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let files: Vec<FileBody> = match args.code {
+        Some(code) => vec![FileBody::new(None, code.into_bytes())],
+        None => flags::read_files(&args.files)?
             .into_iter()
-            .map(|file| {
-                use base64::Engine;
-                json!({
-                    "name": file.name,
-                    "content": base64::engine::general_purpose::STANDARD.encode(&file.content),
-                    "encoding": "base64",
-                })
-            })
+            .map(|file| FileBody::new(file.name, file.content))
             .collect(),
     };
-    if files.is_empty() && command.is_none() {
+    if files.is_empty() && args.command.is_none() {
         usage!("give the code with -c CODE, as files, or a --command");
     }
-    let stdin = read_stdin_text()?;
-    let body = without_nulls(json!({
-        "files": files,
-        "command": command,
-        "env": crate::parse_env(&env)?,
-        "args": args,
-        "stdin": stdin,
-    }));
-    let path = format!("/v1/sessions/{id}/executions");
-    if json {
-        let result = client
-            .json(Method::POST, &path, Some(Body::Json(body)))
-            .await?;
-        outln!("{}", serde_json::to_string_pretty(&result)?);
-        return Ok(exit_code(&result));
-    }
-    let response = client
-        .send(
-            Method::POST,
-            &format!("{path}/stream"),
-            Some(Body::Json(body)),
-        )
-        .await?;
-    let mut stream = response.bytes_stream();
-    let mut buffer = Vec::new();
-    let mut result = Value::Null;
-    while let Some(piece) = stream.next().await {
-        buffer.extend_from_slice(&piece?);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let event: Value = serde_json::from_slice(&line)?;
-            match event["type"].as_str() {
-                Some("output") => {
-                    let data = event["data"].as_str().unwrap_or_default().as_bytes();
-                    // As `runner run`: the program's stdout is ours, the
-                    // rest (stderr, a compiler's output) goes to stderr.
-                    let _ = if event["stage"] == "run" && event["stream"] == "stdout" {
-                        let mut out = std::io::stdout();
-                        out.write_all(data).and_then(|()| out.flush())
-                    } else {
-                        std::io::stderr().write_all(data)
-                    };
-                }
-                Some("result") => result = event["result"].clone(),
-                _ => {}
-            }
-        }
-    }
-    let status = result["status"].as_str().unwrap_or("internal_error");
-    if !matches!(status, "ok" | "accepted") {
-        match result["message"].as_str() {
-            Some(message) => eprintln!("runner: {status}: {message}"),
-            None => eprintln!("runner: {status}"),
-        }
-    }
-    Ok(exit_code(&result))
+    let body = ExecutionBody {
+        files,
+        command: args.command,
+        env: flags::parse_env(&args.env)?,
+        args: args.args,
+        stdin: read_stdin_text()?,
+        limits: args.limits.request_limits()?,
+        outputs: args.outputs.outputs.clone(),
+        ..ExecutionBody::default()
+    };
+    let result = if args.json {
+        let result = client.execute_in_session(&args.id, &body).await?;
+        crate::run::print_json(&result)?;
+        result
+    } else {
+        let result = streamed(client, &args.id, &body).await?;
+        exit::explain(&result);
+        result
+    };
+    args.outputs.write(&result.outputs)?;
+    Ok(exit::of_result(&result))
 }
 
-/// The exit status of a result as JSON, as `runner run` exits.
-fn exit_code(result: &Value) -> ExitCode {
-    let run = &result["run"];
-    match result["status"].as_str() {
-        Some("internal_error") | None => return ExitCode::from(EXIT_RUNNER_FAILED),
-        Some("time_limit_exceeded") => return ExitCode::from(crate::EXIT_TIMED_OUT),
-        Some("compile_error" | "wrong_answer") => return ExitCode::from(1),
-        _ => {}
+/// Runs `body` in session `id`, its output shown as it comes, as `runner
+/// run` shows it.
+async fn streamed(
+    client: &Client,
+    id: &str,
+    body: &ExecutionBody,
+) -> anyhow::Result<ExecutionResult> {
+    let mut lines = client.execute_in_session_stream(id, body).await?;
+    while let Some(event) = lines.next().await {
+        match event? {
+            ExecutionEvent::Output {
+                stage,
+                stream,
+                data,
+            } => crate::run::show(stage, stream == Stream::Stderr, data.as_bytes()),
+            ExecutionEvent::Result { result } => return Ok(*result),
+            ExecutionEvent::Started { .. } => {}
+        }
     }
-    match (run["exit_code"].as_i64(), run["signal"].as_i64()) {
-        (Some(code), _) => ExitCode::from(code as u8),
-        (None, Some(signal)) => ExitCode::from(128u8.saturating_add(signal as u8)),
-        (None, None) => ExitCode::from(EXIT_RUNNER_FAILED),
-    }
+    anyhow::bail!("the server's stream ended without a result")
 }
 
 /// `ID:PATH` as its two parts; `None` for a local path.
@@ -457,39 +315,11 @@ fn remote(arg: &str) -> Option<(&str, &str)> {
     id.starts_with("ses_").then_some((id, path))
 }
 
-/// A path for a URL: each segment percent-encoded, `/` kept.
-pub fn encode_path(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            segment
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn without_nulls(mut value: Value) -> Value {
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
-}
-
 /// Stdin as text for the request (the API takes stdin as a string).
 fn read_stdin_text() -> anyhow::Result<String> {
-    if std::io::stdin().is_terminal() {
-        return Ok(String::new());
-    }
-    let bytes = crate::read_stdin()?;
+    let bytes = flags::read_stdin()?;
     String::from_utf8(bytes).map_err(|_| {
-        anyhow::Error::new(crate::Usage(
+        anyhow::Error::new(exit::Usage(
             "stdin is not UTF-8; the API takes stdin as text".into(),
         ))
     })
@@ -500,11 +330,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_paths_and_their_urls() {
+    fn remote_paths_are_told_from_local_ones() {
         assert_eq!(remote("ses_ab:data/x.csv"), Some(("ses_ab", "data/x.csv")));
         assert_eq!(remote("./local.txt"), None);
         assert_eq!(remote("C:file"), None);
-        assert_eq!(encode_path("a b/ü?.txt"), "a%20b/%C3%BC%3F.txt");
-        assert_eq!(encode_path(""), "");
     }
 }

@@ -157,6 +157,35 @@ impl Settings {
     }
 }
 
+/// Prints the configuration as TOML that loads back as itself, after
+/// comments on what some of its values come to on this machine.
+pub fn print(settings: &Settings) -> anyhow::Result<()> {
+    let config = &settings.engine;
+    let capacity = runner_api::Capacity::of_host(config.reserved_memory_mib, config.machine_vms())
+        .map_err(anyhow::Error::msg)?;
+    let python = runner_host::lang::Languages::builtin()?
+        .get("python")?
+        .memory_mib;
+    let vm = u64::from(runner_host::vmm::vm_memory_mib(python.into()));
+    outln!(
+        "# capacity: {} VMs at once ({} CPUs, max_vms {}; {} MiB of memory for VMs = {} VMs of {vm} MiB)",
+        capacity.vms_of(vm),
+        capacity.cpus,
+        capacity.max_vms,
+        capacity.vm_memory_budget_mib,
+        capacity.vm_memory_budget_mib / vm,
+    );
+    if config.debian_mirror.is_empty() {
+        let source = runner_host::image::DebianSource::new("");
+        match source.mirror() {
+            Ok(mirror) => outln!("# debian_mirror: from this machine's apt sources: {mirror}"),
+            Err(e) => outln!("# debian_mirror: {e}"),
+        }
+    }
+    crate::write_stdout(format_args!("{}", settings.to_toml()));
+    Ok(())
+}
+
 /// `engine` with one setting changed as `--set key=raw` changes it: for
 /// settings varied side by side (`runner bench --vary`).
 pub fn with_setting(engine: &Config, key: &str, raw: &str) -> Result<Config, SettingsError> {

@@ -24,12 +24,14 @@
 //! [`judge`] (outputs judged; submissions of many tests), [`session`] (one
 //! VM, an owner's many executions) and [`prepare`] (snapshots made and
 //! pools tended ahead of requests). Above them, [`Runner`] ([`runner`]) is
-//! the facade the front ends hold.
+//! the facade the front ends hold, and [`bodies`] reads the API's request
+//! bodies as the engine's requests.
 //!
 //! The library reads no environment variables and speaks no HTTP: the
 //! binary builds a [`Config`] and hands it down; the front ends map its
 //! errors' codes to their own.
 
+pub mod bodies;
 pub mod capacity;
 pub mod config;
 pub mod exec;

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use runner_wire::LanguageInfo;
 use tokio::sync::mpsc;
 
 use crate::capacity::MachineSlots;
@@ -169,6 +170,27 @@ impl Runner {
         self.planner.language(name)
     }
 
+    /// The languages that run here as a client sees them: with the version
+    /// their image has, once it is built.
+    pub fn language_infos(&self) -> Vec<LanguageInfo> {
+        self.enabled_languages()
+            .into_iter()
+            .map(|language| {
+                let version = self.images().rootfs_manifest(language).map(|m| m.version);
+                LanguageInfo {
+                    language: language.name.clone(),
+                    aliases: language.aliases.clone(),
+                    ready: version.is_some(),
+                    version,
+                    source_file: language.source_file.clone(),
+                    compiled: language.compile.is_some(),
+                    memory_mib: language.memory_mib,
+                    min_memory_mib: language.min_memory_mib,
+                }
+            })
+            .collect()
+    }
+
     pub fn images(&self) -> &ImageStore {
         self.vms.images()
     }
@@ -287,7 +309,7 @@ impl Runner {
                 crate::judge::execute(&self.vms, &judged, output, input, stop).await
             }
         };
-        result.log();
+        crate::exec::log(&result);
         result
     }
 

@@ -1,54 +1,59 @@
 //! What the tools run on: a [`Backend`], either an [`Engine`] (a
-//! [`Runner`] and its [`Sessions`] in this process) or a client of a
-//! `runner serve` (the CLI's). Results travel as the HTTP API's JSON, so
-//! that both give the tools the same thing. Every error a caller can
-//! cause comes back as a [`ToolError`]: a code (as the HTTP API's) and a
-//! message.
+//! [`Runner`] and its [`Sessions`] in this process) or a [`Remote`]
+//! `runner serve`. Both take the API's request bodies and give back its
+//! results ([`runner_wire`]), so the tools get the same thing from either.
+//! Every error a caller can cause comes back as a [`ToolError`]: a code
+//! (from the one table of them) and a message.
+//!
+//! [`Remote`]: crate::Remote
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use runner_host::session::{SessionError, SessionInfo, SessionRequest, Sessions};
-use runner_host::{Config, ExecutionRequest, PlanError, Runner};
-use serde_json::{Value, json};
+use runner_host::session::{SessionError, SessionInfo, Sessions};
+use runner_host::{Config, LimitPolicy, PlanError, Runner};
+use runner_wire::{
+    ErrorCode, ExecutionBody, ExecutionResult, FileEntry, LanguageInfo, SessionBody,
+};
 
 /// A request the engine refused, or that failed: the code names the kind
 /// (`unknown_language`, `invalid_request`, `session_not_found`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ToolError {
-    /// A code of the HTTP API's (a remote server's, as it sent it).
+    /// A code of the API's error table (a remote server's, as it sent
+    /// it), or `unreachable` when there was no server to answer.
     pub code: Cow<'static, str>,
     pub message: String,
 }
 
+impl ToolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str().into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl From<PlanError> for ToolError {
     fn from(error: PlanError) -> Self {
-        Self {
-            code: error.code().into(),
-            message: error.to_string(),
-        }
+        Self::new(error.code(), error.to_string())
     }
 }
 
 impl From<SessionError> for ToolError {
     fn from(error: SessionError) -> Self {
-        let code = match &error {
-            SessionError::NotFound(_) => "session_not_found",
-            SessionError::Busy(_) => "session_busy",
-            SessionError::TooMany { .. } => "too_many_sessions",
-            SessionError::Ended { .. } => "session_ended",
-            SessionError::Plan(e) => e.code(),
-            SessionError::Paused(_) => "session_paused",
-            SessionError::TooManyPaused { .. } | SessionError::NoDisk { .. } => "no_capacity",
-            SessionError::File(_) => "file_error",
-            _ => "internal_error",
-        };
-        Self {
-            code: code.into(),
-            message: error.to_string(),
-        }
+        Self::new(error.code(), runner_host::error_chain(&error))
     }
+}
+
+/// The languages a backend runs, and its limits where it knows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Languages {
+    pub languages: Vec<LanguageInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitPolicy>,
 }
 
 /// What the tools ask of an engine, local or remote.
@@ -56,49 +61,45 @@ impl From<SessionError> for ToolError {
 pub trait Backend: Send + Sync + 'static {
     /// The caller when the transport names none (stdio).
     fn local_caller(&self) -> Caller;
-    /// `{"languages": [...]}` as `GET /v1/languages` lists them, and the
-    /// limits' defaults and maximums (`"limits"`) where known.
-    async fn languages(&self) -> Result<Value, ToolError>;
-    /// Runs `request` in a VM of its own, judged against
-    /// `expected_output` if given: the result's JSON.
-    async fn run(
-        &self,
-        caller: &Caller,
-        request: ExecutionRequest,
-        expected_output: Option<Vec<u8>>,
-    ) -> Result<Value, ToolError>;
-    /// A new session: its description's JSON.
+    async fn languages(&self) -> Result<Languages, ToolError>;
+    /// Runs `body` in a VM of its own, judged if it says what to expect.
+    async fn run(&self, caller: &Caller, body: ExecutionBody)
+    -> Result<ExecutionResult, ToolError>;
     async fn create_session(
         &self,
         caller: &Caller,
-        request: SessionRequest,
-    ) -> Result<Value, ToolError>;
+        body: SessionBody,
+    ) -> Result<SessionInfo, ToolError>;
     async fn run_in_session(
         &self,
         caller: &Caller,
         id: &str,
-        request: ExecutionRequest,
-    ) -> Result<Value, ToolError>;
+        body: ExecutionBody,
+    ) -> Result<ExecutionResult, ToolError>;
     async fn write_file(
         &self,
         caller: &Caller,
         id: &str,
-        path: String,
+        path: &str,
         content: Vec<u8>,
         executable: bool,
     ) -> Result<(), ToolError>;
+    /// A regular file's content, if it has at most `limit` bytes.
     async fn read_file(
         &self,
         caller: &Caller,
         id: &str,
-        path: String,
+        path: &str,
         limit: u64,
     ) -> Result<Vec<u8>, ToolError>;
-    /// A directory's entries' JSON (an array).
-    async fn list_files(&self, caller: &Caller, id: &str, path: String)
-    -> Result<Value, ToolError>;
-    async fn pause(&self, caller: &Caller, id: &str) -> Result<Value, ToolError>;
-    async fn resume(&self, caller: &Caller, id: &str) -> Result<Value, ToolError>;
+    async fn list_files(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ToolError>;
+    async fn pause(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError>;
+    async fn resume(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError>;
     async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError>;
 }
 
@@ -204,51 +205,34 @@ impl Engine {
     }
 }
 
-fn to_json(value: impl serde::Serialize) -> Value {
-    serde_json::to_value(value).expect("results serialize")
-}
-
 #[async_trait::async_trait]
 impl Backend for Engine {
     fn local_caller(&self) -> Caller {
         self.local.clone()
     }
 
-    async fn languages(&self) -> Result<Value, ToolError> {
-        let languages: Vec<Value> = self
-            .runner
-            .enabled_languages()
-            .into_iter()
-            .map(|l| {
-                json!({
-                    "language": l.name,
-                    "aliases": l.aliases,
-                    "source_file": l.source_file,
-                    "compiled": l.compile.is_some(),
-                    "memory_mib": l.memory_mib,
-                })
-            })
-            .collect();
-        Ok(json!({ "languages": languages, "limits": self.runner.limits() }))
+    async fn languages(&self) -> Result<Languages, ToolError> {
+        Ok(Languages {
+            languages: self.runner.language_infos(),
+            limits: Some(self.runner.limits().clone()),
+        })
     }
 
-    async fn run(
-        &self,
-        _: &Caller,
-        request: ExecutionRequest,
-        expected_output: Option<Vec<u8>>,
-    ) -> Result<Value, ToolError> {
-        let execution = self.runner.plan_execution(request, expected_output, None)?;
+    async fn run(&self, _: &Caller, body: ExecutionBody) -> Result<ExecutionResult, ToolError> {
+        let asked = runner_host::bodies::execution(body, None)?;
+        let execution =
+            self.runner
+                .plan_execution(asked.request, asked.expected_output, asked.compare)?;
         let _place = self.capacity.admit(execution.vm_memory_mib(), true).await?;
-        Ok(to_json(self.runner.execute(execution, None).await))
+        Ok(self.runner.execute(execution, None).await)
     }
 
     async fn create_session(
         &self,
         caller: &Caller,
-        request: SessionRequest,
-    ) -> Result<Value, ToolError> {
-        let plan = self.sessions.plan(request)?;
+        body: SessionBody,
+    ) -> Result<SessionInfo, ToolError> {
+        let plan = self.sessions.plan(body)?;
         let slot = self.sessions.reserve(&caller.owner, caller.max_sessions)?;
         let place = self.capacity.admit(plan.vm_memory_mib, false).await?;
         let info = self
@@ -260,32 +244,33 @@ impl Backend for Engine {
                 Box::new((slot, place)),
             )
             .await?;
-        Ok(to_json(info))
+        Ok(info)
     }
 
     async fn run_in_session(
         &self,
         caller: &Caller,
         id: &str,
-        request: ExecutionRequest,
-    ) -> Result<Value, ToolError> {
+        body: ExecutionBody,
+    ) -> Result<ExecutionResult, ToolError> {
+        let request = runner_host::bodies::session_execution(body, None)?;
         let plan = self.sessions.plan_execution(&caller.owner, id, request)?;
         let turn = self.turn(caller, id).await?;
-        Ok(to_json(turn.execute(plan, None).await))
+        Ok(turn.execute(plan, None).await)
     }
 
     async fn write_file(
         &self,
         caller: &Caller,
         id: &str,
-        path: String,
+        path: &str,
         content: Vec<u8>,
         executable: bool,
     ) -> Result<(), ToolError> {
         Ok(self
             .turn(caller, id)
             .await?
-            .write(path, content, executable)
+            .write(path.to_string(), content, executable)
             .await?)
     }
 
@@ -293,27 +278,31 @@ impl Backend for Engine {
         &self,
         caller: &Caller,
         id: &str,
-        path: String,
+        path: &str,
         limit: u64,
     ) -> Result<Vec<u8>, ToolError> {
-        Ok(self.turn(caller, id).await?.read(path, limit).await?)
+        Ok(self
+            .turn(caller, id)
+            .await?
+            .read(path.to_string(), limit)
+            .await?)
     }
 
     async fn list_files(
         &self,
         caller: &Caller,
         id: &str,
-        path: String,
-    ) -> Result<Value, ToolError> {
-        Ok(to_json(self.turn(caller, id).await?.list(path).await?))
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ToolError> {
+        Ok(self.turn(caller, id).await?.list(path.to_string()).await?)
     }
 
-    async fn pause(&self, caller: &Caller, id: &str) -> Result<Value, ToolError> {
-        Ok(to_json(self.sessions.pause(&caller.owner, id).await?))
+    async fn pause(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
+        Ok(self.sessions.pause(&caller.owner, id).await?)
     }
 
-    async fn resume(&self, caller: &Caller, id: &str) -> Result<Value, ToolError> {
-        Ok(to_json(self.resume_session(caller, id).await?))
+    async fn resume(&self, caller: &Caller, id: &str) -> Result<SessionInfo, ToolError> {
+        self.resume_session(caller, id).await
     }
 
     async fn delete(&self, caller: &Caller, id: &str) -> Result<(), ToolError> {

@@ -16,12 +16,14 @@
 //! same engine and configuration as `runner run`, over stdio) or `runner
 //! serve`'s (its runner, sessions and capacity, over MCP's streamable HTTP
 //! at `/mcp`, where the API key says who calls); or, for `runner mcp
-//! --server`, a client of a `runner serve` (in the CLI).
+//! --server`, a [`Remote`] `runner serve` through its typed client.
 
 mod engine;
+mod remote;
 mod tools;
 
-pub use engine::{Backend, Caller, Capacity, Engine, ToolError};
+pub use engine::{Backend, Caller, Capacity, Engine, Languages, ToolError};
+pub use remote::Remote;
 pub use tools::{RunnerMcp, TEXT_LIMIT};
 
 /// Serves the tools over this process's stdin and stdout until the client

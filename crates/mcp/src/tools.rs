@@ -9,11 +9,12 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerInfo};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
-use runner_host::ExecutionRequest;
-use runner_host::exec::{RequestLimits, SourceFile, StageLimits};
-use runner_host::session::SessionRequest;
+use runner_wire::{
+    ExecutionBody, ExecutionResult, FileBody, FileKind, RequestLimits, SessionBody, SessionInfo,
+    StageLimits,
+};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::engine::{Backend, Caller, ToolError};
@@ -171,21 +172,19 @@ impl RunnerMcp {
         Parameters(args): Parameters<RunArgs>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let request = ExecutionRequest {
+        let body = ExecutionBody {
             language: args.language,
-            files: source_files(args.code, args.files),
-            stdin: args.stdin.unwrap_or_default().into_bytes(),
+            files: files(args.code, args.files),
+            stdin: args.stdin.unwrap_or_default(),
             args: args.args.unwrap_or_default(),
             env: args.env.unwrap_or_default(),
             limits: limits(args.limits),
             command: args.command,
-            ..ExecutionRequest::default()
+            expected_output: args.expected_output,
+            ..ExecutionBody::default()
         };
-        let expected = args.expected_output.map(String::into_bytes);
         Ok(execution(
-            self.engine
-                .run(&self.caller(&context), request, expected)
-                .await,
+            self.engine.run(&self.caller(&context), body).await,
         ))
     }
 
@@ -197,42 +196,35 @@ impl RunnerMcp {
             Ok(listed) => listed,
             Err(error) => return Ok(refused(error)),
         };
-        let languages = listed["languages"].as_array().cloned().unwrap_or_default();
-        let mut text = languages
+        let mut text = listed
+            .languages
             .iter()
             .map(|l| {
-                let aliases: Vec<&str> = l["aliases"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
                 format!(
                     "{} ({}{}), entry point {}",
-                    l["language"].as_str().unwrap_or_default(),
-                    if l["compiled"] == true {
+                    l.language,
+                    if l.compiled {
                         "compiled"
                     } else {
                         "interpreted"
                     },
-                    if aliases.is_empty() {
+                    if l.aliases.is_empty() {
                         String::new()
                     } else {
-                        format!("; also {}", aliases.join(", "))
+                        format!("; also {}", l.aliases.join(", "))
                     },
-                    l["source_file"].as_str().unwrap_or_default()
+                    l.source_file
                 )
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let limits = &listed["limits"];
-        if limits.is_object() {
+        if let Some(limits) = &listed.limits {
             text += &format!(
                 "\nRun limits: {} ms wall and CPU time by default, at most {} ms; memory at most {} MiB.",
-                limits["run"]["wall_time_ms"],
-                limits["max"]["wall_time_ms"],
-                limits["max"]["memory_mib"]
+                limits.run.wall_time_ms, limits.max.wall_time_ms, limits.max.memory_mib
             );
         }
-        Ok(with_structure(text, listed, false))
+        Ok(with_structure(text, structure(&listed), false))
     }
 
     #[tool(
@@ -243,16 +235,16 @@ impl RunnerMcp {
         Parameters(args): Parameters<CreateSessionArgs>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let request = SessionRequest {
+        let body = SessionBody {
             language: args.language,
             memory_mib: args.memory_mib,
             env: args.env.unwrap_or_default(),
             idle_timeout_s: args.idle_timeout_s,
-            ..SessionRequest::default()
+            ..SessionBody::default()
         };
         Ok(session_info(
             self.engine
-                .create_session(&self.caller(&context), request)
+                .create_session(&self.caller(&context), body)
                 .await,
         ))
     }
@@ -265,18 +257,18 @@ impl RunnerMcp {
         Parameters(args): Parameters<SessionRunArgs>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let request = ExecutionRequest {
-            files: source_files(args.code, args.files),
-            stdin: args.stdin.unwrap_or_default().into_bytes(),
+        let body = ExecutionBody {
+            files: files(args.code, args.files),
+            stdin: args.stdin.unwrap_or_default(),
             args: args.args.unwrap_or_default(),
             env: args.env.unwrap_or_default(),
             limits: limits(args.limits),
             command: args.command,
-            ..ExecutionRequest::default()
+            ..ExecutionBody::default()
         };
         Ok(execution(
             self.engine
-                .run_in_session(&self.caller(&context), &args.session_id, request)
+                .run_in_session(&self.caller(&context), &args.session_id, body)
                 .await,
         ))
     }
@@ -295,7 +287,7 @@ impl RunnerMcp {
             .write_file(
                 &self.caller(&context),
                 &args.session_id,
-                args.path.clone(),
+                &args.path,
                 args.content.into_bytes(),
                 args.executable.unwrap_or(false),
             )
@@ -319,7 +311,7 @@ impl RunnerMcp {
             .read_file(
                 &self.caller(&context),
                 &args.session_id,
-                args.path.clone(),
+                &args.path,
                 READ_LIMIT,
             )
             .await;
@@ -356,27 +348,30 @@ impl RunnerMcp {
     ) -> Result<CallToolResult, ErrorData> {
         let listed = self
             .engine
-            .list_files(&self.caller(&context), &args.session_id, args.path)
-            .await
-            .map(|entries| json!({ "entries": entries }));
-        Ok(outcome(listed, |v| {
-            let entries = v["entries"].as_array().cloned().unwrap_or_default();
-            if entries.is_empty() {
-                return "(empty)".into();
+            .list_files(&self.caller(&context), &args.session_id, &args.path)
+            .await;
+        Ok(match listed {
+            Ok(entries) => {
+                let text = if entries.is_empty() {
+                    "(empty)".into()
+                } else {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            let slash = if e.kind == FileKind::Directory {
+                                "/"
+                            } else {
+                                ""
+                            };
+                            format!("{:>10}  {}{slash}", e.size, e.name)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                with_structure(text, json!({ "entries": entries }), false)
             }
-            entries
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{:>10}  {}{}",
-                        e["size"],
-                        e["name"].as_str().unwrap_or_default(),
-                        if e["kind"] == "directory" { "/" } else { "" }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        }))
+            Err(error) => refused(error),
+        })
     }
 
     #[tool(
@@ -433,13 +428,17 @@ impl ServerHandler for RunnerMcp {
     }
 }
 
-fn source_files(code: Option<String>, files: Option<Vec<FileArg>>) -> Vec<SourceFile> {
-    let mut all: Vec<SourceFile> = code.map(SourceFile::entry).into_iter().collect();
+/// The program: `code` as its entry point, then `files`.
+fn files(code: Option<String>, files: Option<Vec<FileArg>>) -> Vec<FileBody> {
+    let mut all: Vec<FileBody> = code
+        .map(|code| FileBody::new(None, code.into_bytes()))
+        .into_iter()
+        .collect();
     all.extend(
         files
             .unwrap_or_default()
             .into_iter()
-            .map(|f| SourceFile::named(f.name, f.content)),
+            .map(|f| FileBody::new(Some(f.name), f.content.into_bytes())),
     );
     all
 }
@@ -474,43 +473,44 @@ fn cut(bytes: &[u8]) -> String {
     )
 }
 
-/// What a model reads of an execution's result (the API's JSON).
-fn describe(result: &Value) -> String {
-    let mut text = format!("status: {}", result["status"].as_str().unwrap_or("unknown"));
-    let run = &result["run"];
-    if let Some(code) = run["exit_code"].as_i64() {
-        text += &format!(" (exit code {code})");
+/// What a model reads of an execution's result.
+fn describe(result: &ExecutionResult) -> String {
+    let mut text = format!("status: {}", result.status);
+    if let Some(run) = &result.run {
+        if let Some(code) = run.exit_code {
+            text += &format!(" (exit code {code})");
+        }
+        if let Some(signal) = &run.signal_name {
+            text += &format!(" (killed by {signal})");
+        }
     }
-    if let Some(signal) = run["signal_name"].as_str() {
-        text += &format!(" (killed by {signal})");
-    }
-    let metrics = &result["metrics"];
     text += &format!(
         " · {} · run {:.0} ms, total {:.0} ms",
-        result["version"].as_str().unwrap_or_default(),
-        metrics["execution_time_ms"].as_f64().unwrap_or_default(),
-        metrics["total_time_ms"].as_f64().unwrap_or_default()
+        result.version, result.metrics.execution_time_ms, result.metrics.total_time_ms
     );
-    if let Some(message) = result["message"].as_str() {
+    if let Some(message) = &result.message {
         text += &format!("\n{message}");
     }
-    for name in ["compile", "run"] {
-        let stage = &result[name];
-        if !stage.is_object() {
+    for (name, stage) in [("compile", &result.compile), ("run", &result.run)] {
+        let Some(stage) = stage else {
             continue;
-        }
-        for stream in ["stdout", "stderr"] {
-            let output = stage[stream].as_str().unwrap_or_default();
+        };
+        for (stream, output) in [("stdout", &stage.stdout), ("stderr", &stage.stderr)] {
             if !output.is_empty() || (name == "run" && stream == "stdout") {
                 let label = match name {
                     "compile" => format!("compiler {stream}"),
                     _ => stream.to_string(),
                 };
-                text += &format!("\n--- {label} ---\n{}", cut(output.as_bytes()));
+                text += &format!("\n--- {label} ---\n{}", cut(output));
             }
         }
     }
     text
+}
+
+/// `value` as structured content.
+fn structure(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("results serialize")
 }
 
 fn with_structure(text: String, structured: Value, is_error: bool) -> CallToolResult {
@@ -523,14 +523,15 @@ fn with_structure(text: String, structured: Value, is_error: bool) -> CallToolRe
     result
 }
 
-fn execution(result: Result<Value, ToolError>) -> CallToolResult {
+fn execution(result: Result<ExecutionResult, ToolError>) -> CallToolResult {
     match result {
-        Ok(result) => with_structure(describe(&result), result, false),
+        Ok(result) => with_structure(describe(&result), structure(&result), false),
         Err(error) => refused(error),
     }
 }
 
-fn session_info(info: Result<Value, ToolError>) -> CallToolResult {
+fn session_info(info: Result<SessionInfo, ToolError>) -> CallToolResult {
+    let info = info.map(|info| structure(&info));
     outcome(info, |v| {
         format!(
             "session_id: {} · {} · state {}",

@@ -6,34 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::lang::Language;
 
-/// What a request asks for; every field is optional. Units are in the names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageLimits {
-    pub wall_time_ms: Option<u64>,
-    pub cpu_time_ms: Option<u64>,
-    pub memory_mib: Option<u64>,
-    pub processes: Option<u32>,
-    pub output_bytes: Option<u64>,
-    pub file_size_bytes: Option<u64>,
-}
+pub use runner_wire::{RequestLimits, StageLimits};
 
-/// What a request asks for, per stage: the API's `limits` object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestLimits {
-    #[serde(default)]
-    pub compile: StageLimits,
-    #[serde(default)]
-    pub run: StageLimits,
-}
-
-impl RequestLimits {
-    pub fn of(&self, stage: Stage) -> &StageLimits {
-        match stage {
-            Stage::Compile => &self.compile,
-            Stage::Run => &self.run,
-        }
+/// The limits `limits` asks for `stage`.
+pub fn of_stage(limits: &RequestLimits, stage: Stage) -> &StageLimits {
+    match stage {
+        Stage::Compile => &limits.compile,
+        Stage::Run => &limits.run,
     }
 }
 

@@ -36,6 +36,7 @@ pub use limits::{LimitPolicy, LimitSet, RequestLimits, StageLimits};
 pub use outputs::OutputFile;
 pub(crate) use plan::check_exec_strings;
 pub use plan::{ExecutionRequest, Part, Plan, PlanError, Planner, SourceFile, new_trace_id};
+pub(crate) use result::log;
 pub use result::{Difference, ExecutionMetrics, ExecutionResult, StageResult, StartKind, Status};
 pub use runner_protocol::Stage;
 pub use runner_protocol::{Control, Interactive, SignalKind, WindowSize};

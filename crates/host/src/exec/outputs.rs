@@ -8,9 +8,7 @@
 //! entry with its size and `truncated: true` and no content; past
 //! [`MAX_FILES`] files the rest are left out. None of this is an error.
 
-use base64::Engine;
 use runner_protocol::{OutputPiece, Outputs, glob};
-use serde::{Serialize, Serializer};
 
 use super::conversation::ConversationError;
 
@@ -34,25 +32,7 @@ pub fn spec(patterns: Vec<String>) -> Outputs {
 }
 
 /// A file back from a run, as the result shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutputFile {
-    /// Relative to the working directory.
-    pub path: String,
-    pub size: u64,
-    /// From the file name's extension.
-    pub media_type: &'static str,
-    /// The content's transport encoding: always `base64`.
-    pub encoding: &'static str,
-    /// Empty when `truncated`.
-    #[serde(serialize_with = "as_base64")]
-    pub content: Vec<u8>,
-    /// Over a cap: listed, not sent.
-    pub truncated: bool,
-}
-
-fn as_base64<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-}
+pub use runner_wire::OutputFile;
 
 /// Output files as their pieces come, checked against what was asked.
 #[derive(Debug, Default)]
@@ -97,10 +77,10 @@ impl Received {
                 return bad(format!("more than {} files", asked.max_files));
             }
             None => OutputFile {
-                media_type: media_type(&piece.path),
+                media_type: media_type(&piece.path).to_string(),
                 path: piece.path.clone(),
                 size: piece.size,
-                encoding: "base64",
+                encoding: "base64".to_string(),
                 content: Vec::new(),
                 truncated: piece.truncated,
             },

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use runner_protocol::{
     ExecRequest, File, Frame, HEADER_LEN, Interactive, MAX_HOST_FRAME, Stage, StageSpec,
 };
+use runner_wire::ErrorCode;
 
 use super::limits::{LimitPolicy, RequestLimits};
 use crate::lang::{Language, LanguageError, Languages};
@@ -32,13 +33,13 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    /// The error's code, as the HTTP API and the MCP tools report it.
-    pub fn code(&self) -> &'static str {
+    /// The error's kind, as every front end reports it.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            PlanError::Language(_) | PlanError::NotEnabled { .. } => "unknown_language",
-            PlanError::Network(_) => "network_not_allowed",
-            PlanError::TooLarge(_) => "request_too_large",
-            PlanError::Invalid(_) => "invalid_request",
+            PlanError::Language(_) | PlanError::NotEnabled { .. } => ErrorCode::UnknownLanguage,
+            PlanError::Network(_) => ErrorCode::NetworkNotAllowed,
+            PlanError::TooLarge(_) => ErrorCode::RequestTooLarge,
+            PlanError::Invalid(_) => ErrorCode::InvalidRequest,
         }
     }
 }
@@ -315,7 +316,11 @@ impl Planner {
         for (stage, argv) in stages {
             let limits = self
                 .limits
-                .resolve(stage, request.limits.of(stage), &language)
+                .resolve(
+                    stage,
+                    super::limits::of_stage(&request.limits, stage),
+                    &language,
+                )
                 .map_err(PlanError::Invalid)?;
             largest = largest.max(limits.memory_mib);
             specs.push(StageSpec {

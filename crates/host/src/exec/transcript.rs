@@ -132,7 +132,7 @@ impl Transcript {
         let stderr = std::mem::take(&mut self.stderr);
         let stage = report.stage;
         self.stages
-            .push((stage, StageResult::new(stdout, stderr, report)));
+            .push((stage, super::result::stage_result(stdout, stderr, report)));
         self.stage_started = Some(Instant::now());
     }
 
@@ -182,7 +182,7 @@ impl Transcript {
             };
             let stdout = std::mem::take(&mut self.stdout);
             let stderr = std::mem::take(&mut self.stderr);
-            let mut stage = StageResult::new(stdout, stderr, report);
+            let mut stage = super::result::stage_result(stdout, stderr, report);
             if !flooded {
                 stage.status = Status::InternalError;
             }
@@ -197,7 +197,7 @@ impl Transcript {
         let (status, message) = match outcome {
             Ok(()) => {
                 let planned_run = plan.exec.stages.iter().any(|s| s.stage == Stage::Run);
-                ExecutionResult::verdict(compile.as_ref(), run.as_ref(), planned_run)
+                super::result::verdict(compile.as_ref(), run.as_ref(), planned_run)
             }
             Err(e) => {
                 let message = error_chain(&e);
@@ -227,7 +227,7 @@ impl Transcript {
             compile,
             run,
             metrics,
-            backend,
+            backend: backend.to_string(),
             accel,
             difference: None,
             outputs: self.outputs.files,

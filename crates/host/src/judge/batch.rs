@@ -10,14 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::checker;
-use super::compare::Difference;
 use super::submission::{SubmissionPlan, Summary};
 use crate::exec::acquire::Vms;
-use crate::exec::{ExecutionResult, StageResult, StartKind, Status};
+use crate::exec::{ExecutionResult, StageResult, Status};
 use crate::oneshot;
 
 /// Room for VMs. A submission asks for one before each VM it starts and
@@ -56,123 +54,58 @@ impl Capacity for Slots {
 /// Bytes of a test's stdout and of its stderr kept in its report.
 pub const REPORTED_OUTPUT_BYTES: usize = 64 << 10;
 
-/// How one test went.
-#[derive(Debug, Clone, Serialize)]
-pub struct TestResult {
-    pub name: String,
-    /// The verdict: `accepted` or `wrong_answer` when the run was `ok` and
-    /// the test had an expected output, `ok` when it had none, the run's
-    /// status otherwise (`time_limit_exceeded`, ...), or `skipped`.
-    pub status: Status,
-    /// The run stage's own status, as for an execution (`ok`,
-    /// `runtime_error`, ...); `null` when the test did not run.
-    pub run_status: Option<Status>,
-    pub message: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal_name: Option<String>,
-    pub wall_time_ms: f64,
-    pub cpu_time_ms: f64,
-    pub memory_peak_bytes: u64,
-    /// The first [`REPORTED_OUTPUT_BYTES`] of each.
-    pub stdout: String,
-    pub stderr: String,
-    /// The report holds only the start of stdout or stderr.
-    pub output_cut: bool,
-    /// Where the output first differs, for a `wrong_answer`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub difference: Option<Difference>,
-    /// How its VM started (`snapshot`, `pool`, `cold`).
-    pub start: Option<StartKind>,
-    pub trace_id: String,
-}
+pub use runner_wire::{SubmissionEvent, SubmissionResult, TestResult};
 
-impl TestResult {
-    fn from_execution(name: String, result: ExecutionResult) -> Self {
-        let run = result.run.as_ref();
-        let cut = |bytes: &[u8]| {
-            let end = bytes.len().min(REPORTED_OUTPUT_BYTES);
-            (
-                String::from_utf8_lossy(&bytes[..end]).into_owned(),
-                end < bytes.len(),
-            )
-        };
-        let (stdout, stdout_cut) = cut(run.map_or(&[][..], |r| &r.stdout));
-        let (stderr, stderr_cut) = cut(run.map_or(&[][..], |r| &r.stderr));
-        Self {
-            name,
-            status: result.status,
-            run_status: run.map(|r| r.status),
-            message: result.message,
-            exit_code: run.and_then(|r| r.exit_code),
-            signal_name: run.and_then(|r| r.signal_name.clone()),
-            wall_time_ms: run.map_or(0.0, |r| r.wall_time_ms),
-            cpu_time_ms: run.map_or(0.0, |r| r.cpu_time_ms),
-            memory_peak_bytes: run.map_or(0, |r| r.memory_peak_bytes),
-            stdout,
-            stderr,
-            output_cut: stdout_cut || stderr_cut,
-            difference: result.difference,
-            start: Some(result.metrics.start),
-            trace_id: result.trace_id,
-        }
-    }
-
-    fn skipped(name: String, trace_id: String, why: &str) -> Self {
-        Self {
-            name,
-            status: Status::Skipped,
-            run_status: None,
-            message: Some(why.into()),
-            exit_code: None,
-            signal_name: None,
-            wall_time_ms: 0.0,
-            cpu_time_ms: 0.0,
-            memory_peak_bytes: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            output_cut: false,
-            difference: None,
-            start: None,
-            trace_id,
-        }
-    }
-
-    /// The test passed: accepted, or ok where nothing was expected.
-    pub fn passed(&self) -> bool {
-        matches!(self.status, Status::Accepted | Status::Ok)
+/// A test's report of how its execution went.
+fn test_result(name: String, result: ExecutionResult) -> TestResult {
+    let run = result.run.as_ref();
+    let cut = |bytes: &[u8]| {
+        let end = bytes.len().min(REPORTED_OUTPUT_BYTES);
+        (
+            String::from_utf8_lossy(&bytes[..end]).into_owned(),
+            end < bytes.len(),
+        )
+    };
+    let (stdout, stdout_cut) = cut(run.map_or(&[][..], |r| &r.stdout));
+    let (stderr, stderr_cut) = cut(run.map_or(&[][..], |r| &r.stderr));
+    TestResult {
+        name,
+        status: result.status,
+        run_status: run.map(|r| r.status),
+        message: result.message,
+        exit_code: run.and_then(|r| r.exit_code),
+        signal_name: run.and_then(|r| r.signal_name.clone()),
+        wall_time_ms: run.map_or(0.0, |r| r.wall_time_ms),
+        cpu_time_ms: run.map_or(0.0, |r| r.cpu_time_ms),
+        memory_peak_bytes: run.map_or(0, |r| r.memory_peak_bytes),
+        stdout,
+        stderr,
+        output_cut: stdout_cut || stderr_cut,
+        difference: result.difference,
+        start: Some(result.metrics.start),
+        trace_id: result.trace_id,
     }
 }
 
-/// How a submission went.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubmissionResult {
-    pub trace_id: String,
-    pub language: String,
-    pub version: String,
-    /// `compile_error` (no test ran), the verdict of the first test (in
-    /// their order) that did not pass, or `accepted` (`ok` when no test had
-    /// an expected output).
-    pub status: Status,
-    pub message: Option<String>,
-    /// The compile stage, for compiled languages.
-    pub compile: Option<StageResult>,
-    pub tests: Vec<TestResult>,
-    pub summary: Summary,
-    /// From taking the submission until its result.
-    pub total_time_ms: f64,
-}
-
-/// What a submission reports as it goes.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SubmissionEvent {
-    /// The program is compiled (or failed to).
-    Compiled {
-        status: Status,
-        compile: Option<StageResult>,
-    },
-    /// A test is over.
-    Test { index: usize, test: TestResult },
+/// A test that did not run, and why.
+fn skipped_test(name: String, trace_id: String, why: &str) -> TestResult {
+    TestResult {
+        name,
+        status: Status::Skipped,
+        run_status: None,
+        message: Some(why.into()),
+        exit_code: None,
+        signal_name: None,
+        wall_time_ms: 0.0,
+        cpu_time_ms: 0.0,
+        memory_peak_bytes: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        output_cut: false,
+        difference: None,
+        start: None,
+        trace_id,
+    }
 }
 
 /// Runs `plan` with up to `parallel` tests at once, each admitted by
@@ -205,7 +138,7 @@ pub(crate) async fn run(
     let skip_all = |why: &str| {
         names
             .iter()
-            .map(|(name, trace)| TestResult::skipped(name.clone(), trace.clone(), why))
+            .map(|(name, trace)| skipped_test(name.clone(), trace.clone(), why))
             .collect::<Vec<_>>()
     };
 
@@ -217,7 +150,7 @@ pub(crate) async fn run(
             Ok(_permit) => {
                 let compiled =
                     oneshot::execute(&vms, compile, None, None, stopped(stop_rx.clone())).await;
-                compiled.0.log();
+                crate::exec::log(&compiled.0);
                 compiled
             }
             Err(why) => {
@@ -312,9 +245,8 @@ pub(crate) async fn run(
                 let Some(test) = tests.get(index) else {
                     return;
                 };
-                let skipped = |why: &str| {
-                    TestResult::skipped(test.name.clone(), test.plan.trace_id.clone(), why)
-                };
+                let skipped =
+                    |why: &str| skipped_test(test.name.clone(), test.plan.trace_id.clone(), why);
                 let stopped_by = stop_rx.borrow().clone();
                 let report = if stop_on_first_failure && failed.load(Ordering::SeqCst) {
                     skipped("an earlier test failed (stop_on_first_failure)")
@@ -334,11 +266,11 @@ pub(crate) async fn run(
                                 let input = &plan.exec.stdin;
                                 super::judge(&vms, &mut result, input, expected, checker).await;
                             }
-                            result.log();
+                            crate::exec::log(&result);
                             if !result.version.is_empty() {
                                 let _ = tested_version.set(result.version.clone());
                             }
-                            TestResult::from_execution(test.name.clone(), result)
+                            test_result(test.name.clone(), result)
                         }
                     }
                 };
@@ -362,7 +294,7 @@ pub(crate) async fn run(
         .into_iter()
         .zip(names)
         .map(|(result, (name, trace))| {
-            result.unwrap_or_else(|| TestResult::skipped(name, trace, "not run"))
+            result.unwrap_or_else(|| skipped_test(name, trace, "not run"))
         })
         .collect();
     if version.is_empty() {

@@ -132,7 +132,7 @@ pub(crate) async fn prepare(vms: &Vms, plan: &CheckerPlan) -> Result<Checker, St
     if let Some(compile) = &plan.compile {
         let (result, collected) =
             oneshot::execute(vms, compile, None, None, std::future::pending()).await;
-        result.log();
+        crate::exec::log(&result);
         if result.status != Status::Ok {
             let stderr = result
                 .compile
@@ -175,7 +175,7 @@ impl Checker {
             });
         }
         let (result, _) = oneshot::execute(vms, &plan, None, None, std::future::pending()).await;
-        result.log();
+        crate::exec::log(&result);
         let Some(run) = &result.run else {
             return Outcome::Failed(format!(
                 "the checker did not run: {}",

@@ -11,7 +11,7 @@
 //! Outputs are bytes: a program may print anything. Excerpts in a
 //! [`Difference`] are decoded lossily.
 
-pub use crate::exec::Difference;
+pub use runner_wire::Difference;
 
 /// How outputs are compared (a checker program is the judge's business,
 /// see [`super`]).

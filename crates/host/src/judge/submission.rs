@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use runner_protocol::File;
-use serde::Serialize;
 
 use std::sync::Arc;
 
@@ -232,15 +231,7 @@ fn over(test: StageLimits, submission: StageLimits) -> StageLimits {
 }
 
 /// Counts of tests by verdict, and the most any test used.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Summary {
-    pub tests: usize,
-    /// Tests per verdict, e.g. `{"accepted": 18, "wrong_answer": 2}`.
-    pub verdicts: BTreeMap<String, usize>,
-    pub max_wall_time_ms: f64,
-    pub max_cpu_time_ms: f64,
-    pub max_memory_peak_bytes: u64,
-}
+pub use runner_wire::Summary;
 
 #[cfg(test)]
 mod tests {

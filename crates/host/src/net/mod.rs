@@ -134,13 +134,9 @@ impl NetworkConfig {
 /// Most patterns a request may name.
 const MAX_PATTERNS: usize = 100;
 
-/// What a request asks of the network.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkRequest {
-    /// Domain patterns, each within the server's `network.allow`.
-    pub allow: Vec<String>,
-}
+/// What a request asks of the network: domain patterns, each within the
+/// server's `network.allow`.
+pub use runner_wire::NetworkRequest;
 
 /// What one execution or session may reach: granted by
 /// [`NetworkConfig::grant`], held to by the [`Proxy`].

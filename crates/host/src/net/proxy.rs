@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runner_protocol::net::{MAX_NET_PAYLOAD, NET_HEADER_LEN, NetFrame, NetKind};
-use serde::{Deserialize, Serialize};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
@@ -28,32 +28,7 @@ const MAX_LISTED: usize = 1000;
 /// How long a connection to a server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One connection a program made through the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Connection {
-    /// The host name it asked for (or the address, when it gave one).
-    pub host: String,
-    pub port: u16,
-    /// Whether the proxy connected it.
-    pub allowed: bool,
-    /// Bytes from the program to the server, and back.
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// Why it was refused, or cut short.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// What the network did for an execution.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkReport {
-    /// In the order they were made.
-    pub connections: Vec<Connection>,
-    /// Connections made past the first 1000, not listed.
-    pub unlisted: u64,
-    /// Bytes through the proxy, both ways.
-    pub bytes: u64,
-}
+pub use runner_wire::{Connection, NetworkReport};
 
 /// What the connections since the last report did.
 #[derive(Default)]

@@ -8,14 +8,22 @@
 //! - [`vm`]: the session's VM: opened through the same acquisition as a
 //!   one-shot execution (pool, snapshot, cold boot), then told it is a
 //!   session's; executions and file operations on it;
-//! - [`registry`]: the sessions of a server: unguessable ids, one request
-//!   at a time per session, idle and lifetime limits, pausing to disk and
-//!   resuming, and what is left of a session that ended.
+//! - [`registry`]: the sessions of a server and who may use which:
+//!   unguessable ids, owners and their limits, one request at a time;
+//! - [`turn`]: what a request does with its turn: executions and files;
+//! - [`pause`]: pausing to disk and resuming, and what an earlier server
+//!   left (paused sessions taken up, running ones reported lost);
+//! - [`reaper`]: idle and lifetime limits.
 //!
 //! A session's VM belongs to one owner and is never given to another: it is
 //! destroyed when the session ends, whatever the reason.
 
+mod pause;
+mod reaper;
 mod registry;
+#[cfg(test)]
+mod scripted;
+mod turn;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -24,15 +32,17 @@ use std::time::Duration;
 use runner_protocol::Stage;
 use serde::{Deserialize, Serialize};
 
+pub use pause::files_of_paused;
 pub use registry::{
-    EndReason, PausedInfo, SessionError, SessionInfo, SessionState, Sessions, Turn, files_of_paused,
+    EndReason, OwnerSlot, PausedInfo, SessionError, SessionInfo, SessionState, Sessions,
 };
 pub use runner_protocol::{FileEntry, FileKind, FileProblem};
+pub use turn::Turn;
 pub use vm::{FileError, PauseError, PausedVm, ResumeError, SessionVm};
 
 use crate::exec::{ExecutionRequest, Plan, PlanError, Planner, StageLimits};
 use crate::lang::Language;
-use crate::net::{Egress, NetworkRequest};
+use crate::net::Egress;
 use crate::vmm::vm_memory_mib;
 
 /// The server's rules for sessions: defaults and maximums of what a
@@ -87,27 +97,9 @@ impl Default for SessionConfig {
     }
 }
 
-/// What a caller asks of a new session.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRequest {
-    /// A language name or alias.
-    pub language: String,
-    /// Memory for the session's programs (each execution's default and
-    /// most); the VM has the guest's reserve on top. The language's
-    /// default when not given.
-    pub memory_mib: Option<u64>,
-    /// What the working directory may hold. Files live in the VM's memory,
-    /// so this is at most `memory_mib`.
-    pub disk_mib: Option<u64>,
-    /// On top of the language's environment, for every execution.
-    pub env: BTreeMap<String, String>,
-    pub idle_timeout_s: Option<u64>,
-    pub max_lifetime_s: Option<u64>,
-    /// What its programs may reach of the network, for its whole life
-    /// (paused and resumed too); none when not given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkRequest>,
-}
+/// What a caller asks of a new session: the body of `POST /v1/sessions`,
+/// taken as it is (paused sessions' records hold it too).
+pub use runner_wire::SessionBody as SessionRequest;
 
 /// A session request, checked and resolved.
 #[derive(Debug, Clone)]

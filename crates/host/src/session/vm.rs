@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner_protocol::{FILE_CHUNK, FileEntry, FileOp, FileProblem, Frame, SessionSpec};
+use runner_wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -37,8 +38,23 @@ pub enum FileError {
     #[error("{path} is over {limit} bytes")]
     TooLarge { path: String, limit: u64 },
     /// The VM failed; the session cannot go on.
-    #[error("the session's VM failed: {0}")]
+    #[error("the session's VM failed, and the session has ended with its files")]
     Broken(#[source] ConversationError),
+}
+
+impl FileError {
+    /// The error's kind, as every front end reports it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FileError::Refused { problem, .. } => match problem {
+                FileProblem::NotFound => ErrorCode::FileNotFound,
+                FileProblem::Invalid => ErrorCode::InvalidPath,
+                FileProblem::Full => ErrorCode::DiskFull,
+            },
+            FileError::TooLarge { .. } => ErrorCode::FileTooLarge,
+            FileError::Broken(_) => ErrorCode::SessionBroken,
+        }
+    }
 }
 
 /// Why a session's VM was not saved.
@@ -426,6 +442,24 @@ impl SessionVm {
             version: paused.version.clone(),
             backend: (backend.info().name, backend.info().accel),
         })
+    }
+
+    /// A session's VM on `vm` as it is, its agent ready: for the
+    /// registry's tests against a scripted agent peer.
+    #[cfg(test)]
+    pub(crate) fn scripted(vm: Box<dyn Vm>, running: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let now = Instant::now();
+        Self {
+            vm,
+            _running: Running::new(running),
+            start: StartKind::Snapshot,
+            started: now,
+            ready: now,
+            version: "scripted".into(),
+            backend: ("scripted", Accel::Tcg),
+            proxy: None,
+            slots: None,
+        }
     }
 
     /// The end of the guest's console, for an error message.

@@ -16,21 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::qemu::QemuBackend;
 use super::{AccelMode, Backend, Installed, VmSpec, VmmConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
+/// How a VM's CPU runs: in hardware (KVM) or emulated (TCG), as results
+/// report it.
+pub use runner_wire::Accel;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccelChoice {

@@ -1,6 +1,8 @@
-//! `runner soak`: a `runner serve` of its own, driven at its capacity for a
+//! The soak: a `runner serve` of its own, driven at its capacity for a
 //! while with a mix of languages and hostile programs; then what came back,
 //! and whether the server's memory, open files and threads stayed flat.
+//! Not in the shipped binary: `cargo bench -p runner-cli --bench soak`
+//! runs it against the `runner` it builds.
 //!
 //! A result is *lost* when a request got no result: the connection failed,
 //! the answer was not a result, a 5xx other than a documented 503, or no
@@ -20,31 +22,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use runner_wire::{Client, ClientError, ExecutionBody};
 use serde_json::{Value, json};
 
 /// How often the server's resources are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(clap::Args)]
-pub struct SoakArgs {
-    /// How long to drive the server, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
-    duration: u64,
-    /// Clients sending requests at once [default: twice the server's
-    /// max_vms, so that it is always at capacity with a queue].
-    #[arg(long, value_name = "N")]
-    clients: Option<usize>,
+/// How to soak.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    /// The `runner` binary whose server is soaked.
+    pub runner: PathBuf,
+    /// Its configuration file and `--set` settings.
+    pub config: Option<PathBuf>,
+    pub sets: Vec<String>,
+    /// How long to drive the server.
+    pub duration: Duration,
+    /// Clients sending requests at once; `None` for twice the server's
+    /// `max_vms`, so that it is always at capacity with a queue.
+    pub clients: Option<usize>,
 }
 
 /// One kind of request in the mix, and the statuses it may end in.
 struct Case {
     name: &'static str,
-    request: Value,
+    request: ExecutionBody,
     expected: &'static [&'static str],
 }
 
 fn mix() -> Vec<Case> {
-    let program = |language: &str, code: &str, run: Value| json!({ "language": language, "files": [{ "content": code }], "limits": { "run": run } });
+    let program = |language: &str, code: &str, run: Value| {
+        let body = json!({ "language": language, "files": [{ "content": code }], "limits": { "run": run } });
+        serde_json::from_value(body).expect("the mix's bodies are bodies")
+    };
     vec![
         Case {
             name: "python hello",
@@ -142,15 +152,17 @@ fn sample(pid: u32, at_s: u64) -> Option<Sample> {
 struct Server {
     child: std::process::Child,
     base: String,
+    /// Its VMs at once, as it said when it started listening.
+    max_vms: usize,
 }
 
 impl Server {
-    fn start(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Self> {
-        let mut command = std::process::Command::new(std::env::current_exe()?);
-        if let Some(file) = config {
+    fn start(options: &SoakOptions) -> anyhow::Result<Self> {
+        let mut command = std::process::Command::new(&options.runner);
+        if let Some(file) = &options.config {
             command.arg("--config").arg(file);
         }
-        for set in sets {
+        for set in &options.sets {
             command.args(["--set", set]);
         }
         let mut child = command
@@ -172,17 +184,20 @@ impl Server {
                 };
                 if event["message"] == "listening" {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_string());
+                        let addr = event["addr"].as_str().unwrap_or_default().to_string();
+                        let max_vms = event["max_vms"].as_u64().unwrap_or(1) as usize;
+                        let _ = tx.send((addr, max_vms));
                     }
                 }
             }
         });
-        let addr = rx
+        let (addr, max_vms) = rx
             .recv_timeout(Duration::from_secs(600))
             .context("runner serve did not start listening (is `runner doctor` happy?)")?;
         Ok(Self {
             child,
             base: format!("http://{addr}"),
+            max_vms,
         })
     }
 }
@@ -195,21 +210,18 @@ impl Drop for Server {
     }
 }
 
-pub async fn soak(
-    config: &runner_host::Config,
-    file: Option<&PathBuf>,
-    sets: &[String],
-    args: SoakArgs,
-) -> anyhow::Result<ExitCode> {
-    let server = Server::start(file, sets)?;
+/// Soaks a server as `options` say; the exit code says whether it passed.
+pub async fn soak(options: SoakOptions) -> anyhow::Result<ExitCode> {
+    let server = Server::start(&options)?;
     let pid = server.child.id();
-    let clients = args.clients.unwrap_or(config.machine_vms() * 2).max(1);
-    let duration = Duration::from_secs(args.duration);
+    let client = Client::new(server.base.clone());
+    let clients = options.clients.unwrap_or(server.max_vms * 2).max(1);
+    let duration = options.duration;
     eprintln!(
-        "runner: soaking the server at {} for {} s with {clients} clients",
-        server.base, args.duration
+        "soak: the server at {} for {} s with {clients} clients",
+        server.base,
+        duration.as_secs()
     );
-    let http = reqwest::Client::new();
     let cases = Arc::new(mix());
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
@@ -227,7 +239,7 @@ pub async fn soak(
                 }
                 if let Some(s) = sample(pid, started.elapsed().as_secs()) {
                     eprintln!(
-                        "runner: {:>4} s  rss {:>7} KiB  fds {:>4}  threads {:>3}",
+                        "soak: {:>4} s  rss {:>7} KiB  fds {:>4}  threads {:>3}",
                         s.at_s, s.rss_kib, s.fds, s.threads
                     );
                     samples.push(s);
@@ -236,19 +248,14 @@ pub async fn soak(
         })
     };
     let mut workers = Vec::new();
-    for client in 0..clients {
-        let (http, base, cases, tally) = (
-            http.clone(),
-            server.base.clone(),
-            cases.clone(),
-            tally.clone(),
-        );
+    for first in 0..clients {
+        let (client, cases, tally) = (client.clone(), cases.clone(), tally.clone());
         workers.push(tokio::spawn(async move {
-            let mut n = client;
+            let mut n = first;
             while started.elapsed() < duration {
                 let case = &cases[n % cases.len()];
                 n += 1;
-                let outcome = execute(&http, &base, &case.request).await;
+                let outcome = execute(&client, &case.request).await;
                 let mut tally = tally.lock().unwrap();
                 match outcome {
                     Ok(Some(status)) => {
@@ -278,34 +285,20 @@ pub async fn soak(
     Ok(report(&tally, &samples, started.elapsed()))
 }
 
+/// How long a request may take before its result counts as lost: its own
+/// time limits and more.
+const ANSWER_WITHIN: Duration = Duration::from_secs(300);
+
 /// A request's status; `None` if it was refused (429) before it started.
-async fn execute(
-    http: &reqwest::Client,
-    base: &str,
-    request: &Value,
-) -> Result<Option<String>, String> {
-    let response = http
-        .post(format!("{base}/v1/executions"))
-        .json(request)
-        .timeout(Duration::from_secs(300))
-        .send()
+async fn execute(client: &Client, request: &ExecutionBody) -> Result<Option<String>, String> {
+    let answer = tokio::time::timeout(ANSWER_WITHIN, client.execute(request))
         .await
-        .map_err(|e| format!("no answer: {e}"))?;
-    let code = response.status();
-    if code == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Ok(None);
+        .map_err(|_| format!("no answer within {} s", ANSWER_WITHIN.as_secs()))?;
+    match answer {
+        Ok(result) => Ok(Some(result.status.to_string())),
+        Err(ClientError::Api { status: 429, .. }) => Ok(None),
+        Err(e) => Err(runner_host::error_chain(&e)),
     }
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("{code}, not JSON: {e}"))?;
-    if !code.is_success() {
-        return Err(format!("{code}: {body}"));
-    }
-    body["status"]
-        .as_str()
-        .map(|s| Some(s.to_string()))
-        .ok_or_else(|| format!("{code}, no status: {body}"))
 }
 
 /// How the second and the last quarter of a resource's samples are
