@@ -4,11 +4,10 @@
 //! (the `run` helper checks that no VM process and no run directory of the
 //! runner is left).
 
-mod common;
-
 use std::time::Duration;
 
-use common::run;
+use crate::common::run;
+use crate::common::sessions::stdout;
 use serde_json::{Value, json};
 
 /// What a run may take beyond its wall limit: starting the VM (a cold
@@ -33,10 +32,6 @@ fn hostile(lang: &str, code: &str, wall_s: u64, args: &[&str], status: &str) -> 
         done.elapsed
     );
     json
-}
-
-fn stdout(json: &Value) -> &str {
-    json["run"]["stdout"].as_str().unwrap()
 }
 
 // Processes.
@@ -502,7 +497,7 @@ fn a_compile_stage_leaves_nothing_running_into_the_run_stage() {
           if [ \"$$a\" -gt \"$$b\" ]; then echo daemon alive; else echo daemon gone; fi\\n' > main\n\
         \tchmod +x main\n";
     let set = example_languages();
-    let built = common::runner()
+    let built = crate::common::runner()
         .args(["image", "build", "--set", &set, "--lang", "make"])
         .output()
         .unwrap();
@@ -623,7 +618,7 @@ fn a_session_program_racing_the_file_names_the_client_uses() {
     // a link to /etc, as fast as it can, while the client reads, writes
     // and lists through those names: the agent, which works as root, must
     // never follow the program's links whichever state it catches.
-    let server = common::server::Server::start(&[]);
+    let server = crate::common::server::Server::start(&[]);
     let id = server.session(&json!({ "language": "python" }));
     let command = |command: &str| server.session_command(&id, command);
     let racer = r#"

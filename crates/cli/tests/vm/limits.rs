@@ -1,9 +1,7 @@
 //! Each limit, crossed for real, gets its status; the host stays clean
 //! (the `run` helper checks that after every execution).
 
-mod common;
-
-use common::run;
+use crate::common::run;
 
 #[test]
 fn cpu_spin_hits_the_cpu_time_limit() {

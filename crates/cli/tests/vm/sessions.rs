@@ -1,82 +1,14 @@
 //! Sessions over HTTP, in real VMs: one VM serving many executions, its
 //! files, one request at a time, and every way a session ends.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::Response;
 use serde_json::{Value, json};
 
-use common::server::{Server, check, header};
-use common::vm_processes;
-
-fn create(server: &Server, request: Value) -> Value {
-    let response = server.post("/v1/sessions", request.to_string());
-    let status = response.status();
-    let body: Value = response.json().unwrap();
-    assert_eq!(status, 201, "{body:#}");
-    check("Session", &body);
-    body
-}
-
-fn exec(server: &Server, id: &str, request: Value) -> Value {
-    let response = server.post(
-        &format!("/v1/sessions/{id}/executions"),
-        request.to_string(),
-    );
-    let status = response.status();
-    let body: Value = response.json().unwrap();
-    assert_eq!(status, 200, "{body:#}");
-    check("ExecutionResult", &body);
-    body
-}
-
-fn command(server: &Server, id: &str, command: &str) -> Value {
-    exec(server, id, json!({ "command": command }))
-}
-
-/// The VM processes of session `id` (the server may be making snapshots
-/// meanwhile).
-fn session_vms(server: &Server, id: &str) -> Vec<String> {
-    vm_processes(server.pid())
-        .into_iter()
-        .filter(|vm| vm.contains(id))
-        .collect()
-}
-
-fn stdout(result: &Value) -> &str {
-    result["run"]["stdout"].as_str().unwrap()
-}
-
-/// An error response: its status and checked body.
-fn error(response: Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().unwrap();
-    check("Error", &body);
-    (status, body)
-}
-
-fn put(server: &Server, id: &str, path: &str, content: Vec<u8>) -> Response {
-    server
-        .client
-        .put(format!("{}/v1/sessions/{id}/files/{path}", server.base))
-        .body(content)
-        .send()
-        .unwrap()
-}
-
-fn get(server: &Server, id: &str, path: &str) -> Response {
-    server.get(&format!("/v1/sessions/{id}/files/{path}"))
-}
-
-fn delete(server: &Server, path: &str) -> Response {
-    server
-        .client
-        .delete(format!("{}{path}", server.base))
-        .send()
-        .unwrap()
-}
+use crate::common::server::{Server, check, header};
+use crate::common::sessions::{
+    command, create, delete, error, exec, get, put, session_vms, stdout,
+};
 
 #[test]
 fn a_session_keeps_files_and_processes_between_executions() {
@@ -524,7 +456,7 @@ fn runner_session_is_a_client_of_the_server() {
     let session = |args: &[&str], stdin: &[u8]| {
         let mut all = vec!["session", "--server", server.base.as_str()];
         all.extend_from_slice(args);
-        common::run(&all, stdin)
+        crate::common::run(&all, stdin)
     };
     let created = session(&["create", "--lang", "bash", "-e", "WHO=session"], b"");
     assert_eq!(created.code(), Some(0), "{}", created.stderr());
@@ -608,7 +540,7 @@ fn runner_session_is_a_client_of_the_server() {
         "{}",
         gone.stderr()
     );
-    let nowhere = common::run(&["session", "--server", "http://127.0.0.1:9", "list"], b"");
+    let nowhere = crate::common::run(&["session", "--server", "http://127.0.0.1:9", "list"], b"");
     assert_eq!(nowhere.code(), Some(125));
     assert!(
         nowhere.stderr().contains("cannot reach the server"),
@@ -623,7 +555,7 @@ fn runner_session_is_a_client_of_the_server() {
 fn new_key(args: &[&str]) -> (String, String) {
     let mut all = vec!["key", "new"];
     all.extend_from_slice(args);
-    let made = common::run(&all, b"");
+    let made = crate::common::run(&all, b"");
     assert_eq!(made.code(), Some(0), "{}", made.stderr());
     let out = made.stdout();
     let key = out
@@ -733,7 +665,7 @@ fn an_api_key_owns_its_sessions_and_has_a_limit() {
         let mut all = vec!["session", "--server", server.base.as_str()];
         all.extend_from_slice(args);
         let env: Vec<(&str, &str)> = key.map(|k| ("RUNNER_API_KEY", k)).into_iter().collect();
-        common::run_with_env(&all, b"", &env)
+        crate::common::run_with_env(&all, b"", &env)
     };
     let listed = session(&["list"], Some(&alice));
     assert_eq!(listed.code(), Some(0), "{}", listed.stderr());
@@ -767,11 +699,12 @@ fn outward_address() -> Option<std::net::IpAddr> {
 }
 
 #[test]
+#[cfg_attr(
+    no_outward_address,
+    ignore = "this machine has no address besides loopback to call from"
+)]
 fn without_api_keys_only_this_machine_is_served() {
-    let Some(outward) = outward_address() else {
-        eprintln!("skipped: this machine has no address besides loopback to call from");
-        return;
-    };
+    let outward = outward_address().expect("an address besides loopback");
     let server = Server::start(&["--listen", "0.0.0.0:0"]);
     let port = server.base.rsplit(':').next().unwrap().to_string();
     let client = reqwest::blocking::Client::new();
@@ -847,7 +780,7 @@ fn a_killed_servers_running_sessions_are_reported_lost_and_paused_ones_go_on() {
     // The VM died with its server; the next server sweeps what is left and
     // tells the owner what happened.
     let second = Server::start(&args);
-    assert_eq!(common::vm_processes(pid), Vec::<String>::new());
+    assert_eq!(crate::common::vm_processes(pid), Vec::<String>::new());
     let left: Vec<_> = std::fs::read_dir(home.path().join("run"))
         .unwrap()
         .flatten()
@@ -899,8 +832,11 @@ fn a_killed_servers_running_sessions_are_reported_lost_and_paused_ones_go_on() {
 fn own_state_dir() -> (tempfile::TempDir, String) {
     let home = tempfile::tempdir().unwrap();
     for shared in ["images", "snapshots", "accel.json"] {
-        std::os::unix::fs::symlink(common::state_dir().join(shared), home.path().join(shared))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            crate::common::state_dir().join(shared),
+            home.path().join(shared),
+        )
+        .unwrap();
     }
     let state_dir = format!("state_dir={}", home.path().display());
     (home, state_dir)

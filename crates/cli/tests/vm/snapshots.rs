@@ -1,10 +1,8 @@
 //! Snapshots: VMs restored instead of booted, real VMs throughout.
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{run, run_with_env, runner, state_dir};
+use crate::common::{run, run_with_env, runner, state_dir};
 
 use serde_json::Value;
 

@@ -273,7 +273,7 @@ pub fn metric(text: &str, sample: &str) -> f64 {
 }
 
 pub fn openapi() -> Value {
-    let text = include_str!("../../../api/openapi.json");
+    let text = include_str!("../../../../api/openapi.json");
     serde_json::from_str(text).unwrap()
 }
 

@@ -1,11 +1,11 @@
 //! Image management on the real state directory.
 
-mod common;
-
-use common::{runner, state_dir};
+use crate::common::{runner, state_dir};
 
 #[test]
 fn prune_removes_only_images_no_recipe_uses() {
+    // Prunes the images every other test uses: none runs meanwhile.
+    crate::common::alone();
     let images = state_dir().join("images");
     std::fs::create_dir_all(&images).unwrap();
     // An image of a recipe that no longer exists.

@@ -1,11 +1,11 @@
 //! `runner run` end to end: each test boots a real VM and runs a real
 //! interpreter in it, then checks that nothing is left on the host.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_clean, run, run_dirs, runner, spawn, vm_processes, wait_for_first_line};
+use crate::common::{
+    assert_clean, run, run_dirs, runner, spawn, vm_processes, wait_for_first_line,
+};
 
 #[test]
 fn bash_hello_world() {
@@ -385,13 +385,13 @@ fn a_killed_runner_takes_its_vm_with_it() {
     child.kill().unwrap();
     child.wait().unwrap();
     // QEMU dies with its parent (PDEATHSIG) ...
-    common::wait_for_no_vms(pid, Duration::from_secs(10));
+    crate::common::wait_for_no_vms(pid, Duration::from_secs(10));
     // ... and the next runner sweeps the run directory the killed one left.
     assert!(
         !run_dirs(pid).is_empty(),
         "SIGKILL leaves the directory to sweep"
     );
-    let status = common::runner().arg("languages").output().unwrap();
+    let status = crate::common::runner().arg("languages").output().unwrap();
     assert!(status.status.success());
     assert_clean(pid);
 }
@@ -419,7 +419,7 @@ fn missing_qemu_says_what_to_install() {
             "/nonexistent/qemu not found",
         ),
     ] {
-        let mut command = common::runner();
+        let mut command = crate::common::runner();
         command.envs(variable);
         if let Some(setting) = setting {
             command.args(["--set", setting]);
@@ -518,7 +518,7 @@ fn the_configuration_file_applies_to_run() {
     assert!(done.elapsed < Duration::from_secs(5), "nothing should boot");
 
     // Languages that are not enabled are refused too.
-    let done = common::run_with_env(
+    let done = crate::common::run_with_env(
         &["run", "--lang", "sh", "-c", "true"],
         b"",
         &[("RUNNER_LANGUAGES", "python")],
@@ -545,7 +545,7 @@ fn no_disk_space_says_so_before_building() {
         mount.success(),
         "mounting a tmpfs needs root, as the tests do"
     );
-    let output = common::runner()
+    let output = crate::common::runner()
         .env("RUNNER_HOME", dir.path())
         .args(["image", "build", "--lang", "bash"])
         .output()

@@ -3,15 +3,14 @@
 //! they may not reach. No test depends on anything outside this machine:
 //! the index serves a wheel and an npm tarball made here.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{Server, check};
+use crate::common::server::{Server, check};
+use crate::common::sessions::{create, exec, stdout};
 use serde_json::{Value, json};
 
 /// A web server on this machine serving the files under `root`, which
@@ -171,10 +170,6 @@ fn server(max_bytes: u64) -> Server {
     ])
 }
 
-fn stdout(result: &Value) -> &str {
-    result["run"]["stdout"].as_str().unwrap_or_default()
-}
-
 fn connections(result: &Value) -> Vec<(String, bool)> {
     result["network"]["connections"]
         .as_array()
@@ -321,7 +316,7 @@ fn a_program_reaches_the_names_it_was_allowed_and_nothing_else() {
 
 #[test]
 fn a_server_without_network_allow_gives_none() {
-    let run = common::run(
+    let run = crate::common::run(
         &[
             "run",
             "--lang",
@@ -342,23 +337,7 @@ fn a_server_without_network_allow_gives_none() {
 }
 
 fn session(server: &Server, request: Value) -> String {
-    let response = server.post("/v1/sessions", request.to_string());
-    let status = response.status();
-    let body: Value = response.json().unwrap();
-    assert_eq!(status, 201, "{body:#}");
-    body["id"].as_str().unwrap().to_string()
-}
-
-fn exec(server: &Server, id: &str, request: Value) -> Value {
-    let response = server.post(
-        &format!("/v1/sessions/{id}/executions"),
-        request.to_string(),
-    );
-    let status = response.status();
-    let body: Value = response.json().unwrap();
-    assert_eq!(status, 200, "{body:#}");
-    check("ExecutionResult", &body);
-    body
+    create(server, request)["id"].as_str().unwrap().to_string()
 }
 
 #[test]

@@ -2,12 +2,10 @@
 //! baseline in its chroot and write the report. The tests check what was
 //! measured and written, never how fast.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::{Finished, run};
+use crate::common::{Finished, run};
 use serde_json::Value;
 
 fn results(dir: &Path) -> Value {

@@ -1,19 +1,13 @@
 //! The host's load changes neither a verdict nor the CPU time it reports,
 //! and `runner run` processes share the machine's capacity rule.
 //!
-//! The tests here load the machine on purpose, so they take turns.
-
-mod common;
+//! The tests here load the machine on purpose, so each runs alone.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 
-use common::{run, spawn, vm_processes, wait_for_first_line};
+use crate::common::{run, spawn, vm_processes, wait_for_first_line};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-
-/// One test at a time: each wants the machine to itself.
-static MACHINE: Mutex<()> = Mutex::new(());
 
 /// A CPU-bound Python program: the same work every time.
 const WORK: &str = "x = 0\nfor i in range(1_000_000):\n    x += i\nprint(x)\n";
@@ -133,7 +127,8 @@ fn median(mut values: Vec<u64>) -> u64 {
 /// their medians are compared.
 #[test]
 fn cpu_time_and_verdict_do_not_change_with_the_hosts_load() {
-    let _machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    // Measured against the machine's load: no other test runs meanwhile.
+    crate::common::alone();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load = Load::start(cpus);
     load.switch(false);
@@ -161,7 +156,8 @@ fn cpu_time_and_verdict_do_not_change_with_the_hosts_load() {
 /// `shared_capacity = false` opts out.
 #[test]
 fn runner_run_processes_wait_for_a_machine_slot() {
-    let _machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    // One machine slot, which no other test may take meanwhile.
+    crate::common::alone();
     let holder = |code: &str| {
         spawn(&[
             "run",

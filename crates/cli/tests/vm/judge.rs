@@ -1,14 +1,12 @@
 //! Judge mode end to end, in real VMs: expected outputs and their
 //! comparison modes.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::json;
 
-use common::run;
-use common::server::Server;
+use crate::common::run;
+use crate::common::server::Server;
 
 /// Runs bash `code` expecting `expected` (compared as `compare` says) and
 /// returns the `--json` result.
@@ -429,7 +427,7 @@ fn submissions_over_the_api_in_every_language() {
                         server.post("/v1/submissions", submission(language, code).to_string());
                     assert_eq!(response.status(), 200, "{language}");
                     let result: serde_json::Value = response.json().unwrap();
-                    common::server::check("SubmissionResult", &result);
+                    crate::common::server::check("SubmissionResult", &result);
                     (language.to_string(), compiles, result)
                 })
             })
@@ -477,7 +475,7 @@ fn a_submission_streams_an_event_per_test() {
         .lines()
         .map(|line| {
             let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            common::server::check("SubmissionStreamEvent", &event);
+            crate::common::server::check("SubmissionStreamEvent", &event);
             event
         })
         .collect();
@@ -565,14 +563,14 @@ fn bad_submissions_are_refused_with_the_field_named() {
         let response = server.post("/v1/submissions", body);
         assert_eq!(response.status().as_u16(), status, "{what}");
         let error: serde_json::Value = response.json().unwrap();
-        common::server::check("Error", &error);
+        crate::common::server::check("Error", &error);
         assert!(
             error["message"].as_str().unwrap().contains(says),
             "{what}: {error}"
         );
     }
     assert!(
-        common::vm_processes(server.pid()).is_empty(),
+        crate::common::vm_processes(server.pid()).is_empty(),
         "nothing booted"
     );
     server.stop(Duration::from_secs(10));
@@ -697,7 +695,7 @@ fn a_bad_checker_is_refused_before_booting() {
         assert!(error["message"].as_str().unwrap().contains(says), "{error}");
     }
     assert!(
-        common::vm_processes(server.pid()).is_empty(),
+        crate::common::vm_processes(server.pid()).is_empty(),
         "nothing booted"
     );
     server.stop(Duration::from_secs(10));

@@ -1,9 +1,7 @@
 //! The guest kernels: Runner Codes' own by default, Debian's on request,
 //! and the debug flavour that shows a boot on the console. Real VMs.
 
-mod common;
-
-use common::runner;
+use crate::common::runner;
 
 /// Runs a bash program with extra `--set` settings; its stdout, once the
 /// run succeeded.
@@ -75,7 +73,7 @@ fn both_machines_are_told_their_clocks_under_emulation() {
     // for 100 ms. Told the host's TSC rate, it keeps time by the TSC; its
     // tick comes from the PIT, and q35 boots without ACPI. Under KVM the
     // clock is kvmclock and the tick the APIC's.
-    let kvm = common::kvm();
+    let kvm = crate::common::kvm();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     let constant_tsc = cpuinfo.contains(" constant_tsc") && cpuinfo.contains(" nonstop_tsc");
     for machine in ["microvm", "microvm", "microvm", "q35"] {

@@ -11,14 +11,12 @@
 //! where the language has one), booted cold, and from a warm pool through
 //! the API, and must print that in all three.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::server::Server;
-use common::{run, run_with_env};
+use crate::common::server::Server;
+use crate::common::{run, run_with_env};
 
 struct Program {
     language: &'static str,
@@ -32,8 +30,8 @@ macro_rules! program {
         Program {
             language: $language,
             file: $file,
-            source: include_str!(concat!("../../../programs/compat/", $file)),
-            expected: include_str!(concat!("../../../programs/compat/", $file, ".out")),
+            source: include_str!(concat!("../../../../programs/compat/", $file)),
+            expected: include_str!(concat!("../../../../programs/compat/", $file, ".out")),
         }
     };
 }

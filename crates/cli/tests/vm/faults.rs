@@ -3,14 +3,14 @@
 //! execution works; what breaks while an image or a snapshot is made, or
 //! damages one afterwards, is never booted or restored.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::server::Server;
-use common::{assert_clean, run, runner, spawn, state_dir, vm_processes, wait_for_first_line};
+use crate::common::server::Server;
+use crate::common::{
+    assert_clean, run, runner, spawn, state_dir, vm_processes, wait_for_first_line,
+};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -420,7 +420,7 @@ fn a_server_killed_while_making_a_snapshot_leaves_nothing_used() {
         "the client waited {:?} after the kill",
         ended.duration_since(killed)
     );
-    common::wait_for_no_vms(pid, Duration::from_secs(10));
+    crate::common::wait_for_no_vms(pid, Duration::from_secs(10));
     drop(server);
     assert!(
         entries(&snapshots, "snapshot-").is_empty(),

@@ -2,8 +2,6 @@
 //! the program runs, a terminal with its signals and size, and the same in
 //! a session.
 
-mod common;
-
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,7 @@ use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use common::server::{Server, check};
+use crate::common::server::{Server, check};
 
 /// How long a test waits for what a program should print.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -170,7 +168,7 @@ fn a_program_takes_input_while_it_runs() {
         .to_string();
     leaving.expect("waiting");
     let vms = || {
-        common::vm_processes(server.pid())
+        crate::common::vm_processes(server.pid())
             .into_iter()
             .filter(|vm| vm.contains(&trace_id))
             .collect::<Vec<_>>()

@@ -1,21 +1,80 @@
 //! Shared fixtures for the black-box tests: they run the real `runner`
-//! binary, which boots real VMs.
-
-#![allow(dead_code)]
+//! binary, which boots real VMs. [`server`] starts a `runner serve`,
+//! [`sessions`] drives its sessions.
+//!
+//! Tests run two at a time. A test that needs the machine to itself (it
+//! measures, or changes what the others use) takes [`alone`] first; every
+//! other test shares it from its first `runner` on.
 
 pub mod server;
+pub mod sessions;
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 pub fn runner() -> Command {
+    share_the_machine();
     let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
     command.env("RUNNER_LOG", "info");
     command
+}
+
+/// Tests that run `runner` share the machine; one that must have it alone
+/// waits until they are done, and they wait for it.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// This test thread's hold on the machine.
+enum Hold {
+    Shared {
+        _guard: RwLockReadGuard<'static, ()>,
+    },
+    Alone {
+        _guard: RwLockWriteGuard<'static, ()>,
+    },
+}
+
+thread_local! {
+    /// Dropped with the test's thread: libtest runs each test on a thread
+    /// of its own, named after the test.
+    static HOLD: RefCell<Option<Hold>> = const { RefCell::new(None) };
+}
+
+/// Shares the machine for the rest of the test, if this is a test's
+/// thread. A thread a test started itself (unnamed) holds nothing: its
+/// test does, and it must not wait behind a test waiting to be alone.
+fn share_the_machine() {
+    if std::thread::current().name().is_none() {
+        return;
+    }
+    HOLD.with(|hold| {
+        let mut hold = hold.borrow_mut();
+        if hold.is_none() {
+            let guard = MACHINE.read().unwrap_or_else(|e| e.into_inner());
+            *hold = Some(Hold::Shared { _guard: guard });
+        }
+    });
+}
+
+/// Has the rest of this test run with no other test running `runner`:
+/// for a test that measures the machine's load, or changes what every
+/// test uses (the state directory's shared images). Call it first.
+pub fn alone() {
+    HOLD.with(|hold| {
+        let mut hold = hold.borrow_mut();
+        if matches!(*hold, Some(Hold::Alone { .. })) {
+            return;
+        }
+        // A thread that shared the machine lets go before it waits.
+        *hold = None;
+        let guard = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+        *hold = Some(Hold::Alone { _guard: guard });
+    });
 }
 
 /// The state directory the runner under test uses.
