@@ -5,14 +5,17 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::kmod::init_module;
-use nix::mount::{MsFlags, mount};
+use nix::mount::MsFlags;
 use nix::sys::reboot::{RebootMode, reboot};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, chdir, chroot};
+
+use crate::error::{AgentError, Context};
+use crate::mount::{mount_fs, wait_for};
 
 /// What the host asked for on the kernel command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +30,7 @@ impl Mode {
     /// Where the agent finds the kernel's device nodes (its port).
     pub fn devices(self) -> &'static str {
         match self {
-            Mode::Serve => crate::devices::AGENT_DEVICES,
+            Mode::Serve => crate::consts::AGENT_DEVICES,
             Mode::Probe => "/dev",
         }
     }
@@ -38,7 +41,7 @@ const MODULE_DIR: &str = "/lib/modules";
 const MODULE_ORDER: &str = "/etc/runner/modules";
 const ROOT_DEVICE: &str = "/dev/vda";
 
-pub fn init() -> Result<Mode, String> {
+pub fn init() -> Result<Mode, AgentError> {
     mount_fs("proc", "/proc", "proc", MsFlags::empty(), None)?;
     mount_fs("sysfs", "/sys", "sysfs", MsFlags::empty(), None)?;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None)?;
@@ -60,7 +63,7 @@ pub fn init() -> Result<Mode, String> {
         Some("mode=0755"),
     )?;
     for dir in ["/mnt/upper/data", "/mnt/upper/work"] {
-        fs::create_dir(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+        fs::create_dir(dir).context(|| format!("mkdir {dir}"))?;
     }
     mount_fs(
         "overlay",
@@ -75,10 +78,10 @@ pub fn init() -> Result<Mode, String> {
     }
     // The classic switch_root: the initramfs cannot be pivoted away from, so
     // move the new root over `/` and chroot into it.
-    chdir("/mnt/root").map_err(|e| format!("chdir /mnt/root: {e}"))?;
+    chdir("/mnt/root").context(|| "chdir /mnt/root".into())?;
     mount_fs(".", "/", "", MsFlags::MS_MOVE, None)?;
-    chroot(".").map_err(|e| format!("chroot: {e}"))?;
-    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    chroot(".").context(|| "chroot".into())?;
+    chdir("/").context(|| "chdir /".into())?;
 
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
@@ -100,7 +103,7 @@ pub fn init() -> Result<Mode, String> {
     let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
     // The image's /etc/hostname and /etc/hosts name the same host.
     nix::unistd::sethostname(runner_protocol::GUEST_HOSTNAME)
-        .map_err(|e| format!("set the hostname: {e}"))?;
+        .context(|| "set the hostname".into())?;
     loopback_up()?;
     Ok(Mode::Serve)
 }
@@ -114,11 +117,11 @@ pub fn init() -> Result<Mode, String> {
 /// (`getent ahostsv4 localhost`, and programs that ask the same way) only
 /// when the machine has an IPv4 address other than 127.0.0.1; with this one
 /// they find localhost as they do on any Debian machine.
-fn loopback_up() -> Result<(), String> {
+fn loopback_up() -> Result<(), AgentError> {
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        return Err(format!("socket: {}", std::io::Error::last_os_error()).into());
     }
     // SAFETY: `fd` is a descriptor this process just opened and owns.
     let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
@@ -126,7 +129,7 @@ fn loopback_up() -> Result<(), String> {
         // SAFETY: the SIOC*IF* requests read and write only the ifreq on
         // the caller's stack frame, which outlives the call.
         if unsafe { libc::ioctl(socket.as_raw_fd(), request, ifreq as *mut libc::ifreq) } < 0 {
-            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+            return Err(format!("{what}: {}", std::io::Error::last_os_error()).into());
         }
         Ok(())
     };
@@ -167,37 +170,23 @@ fn ifreq(name: &str) -> libc::ifreq {
     request
 }
 
-/// Mounts `source` on `target`, making `target` first if it is missing.
-pub fn mount_fs(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), String> {
-    let _ = fs::create_dir_all(target);
-    let fstype = (!fstype.is_empty()).then_some(fstype);
-    mount(Some(source), target, fstype, flags, data)
-        .map_err(|e| format!("mount {source} on {target}: {e}"))
-}
-
 /// Loads the modules of a kernel that has them (Debian's), each with its
 /// parameters from the kernel command line (`kernel_args`), as modprobe
 /// would pass them.
-fn load_modules(cmdline: &str) -> Result<(), String> {
+fn load_modules(cmdline: &str) -> Result<(), AgentError> {
     let order = match fs::read_to_string(MODULE_ORDER) {
         Ok(order) => order,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("read {MODULE_ORDER}: {e}")),
+        Err(e) => return Err(format!("read {MODULE_ORDER}: {e}").into()),
     };
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let path = Path::new(MODULE_DIR).join(format!("{name}.ko"));
-        let image = fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let image = fs::read(&path).context(|| format!("read {}", path.display()))?;
         let params = CString::new(module_params(cmdline, name))
             .map_err(|_| format!("parameters of module {name} hold a NUL byte"))?;
         match init_module(&image, &params) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("load module {name}: {e}")),
+            Err(e) => return Err(format!("load module {name}: {e}").into()),
         }
     }
     Ok(())
@@ -216,19 +205,6 @@ fn module_params(cmdline: &str, name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Device nodes appear when the driver has probed, which may be after its
-/// module finished loading.
-pub fn wait_for(path: &str, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    while !Path::new(path).exists() {
-        if start.elapsed() > timeout {
-            return Err(format!("{path} did not appear within {timeout:?}"));
-        }
-        sleep(Duration::from_millis(2));
-    }
-    Ok(())
 }
 
 /// PID 1 after the fork: reap every process that ends (the server's own

@@ -27,11 +27,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use nix::mount::MsFlags;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
-use crate::boot::mount_fs;
-
-/// Where the agent keeps the kernel's devtmpfs once `/dev` is the programs'
-/// (its port, the root disk).
-pub const AGENT_DEVICES: &str = "/run/runner/dev";
+use crate::consts::AGENT_DEVICES;
+use crate::error::{AgentError, Context};
+use crate::mount::mount_fs;
 
 /// Character devices: name, major, minor.
 const NODES: &[(&str, u64, u64)] = &[
@@ -56,12 +54,12 @@ const TTY_GID: u32 = 5;
 
 /// Moves the devtmpfs at `/dev` to [`AGENT_DEVICES`] and puts the
 /// programs' `/dev` in its place.
-pub fn set_up() -> Result<(), String> {
+pub fn set_up() -> Result<(), AgentError> {
     let parent = "/run/runner";
     DirBuilder::new()
         .mode(0o700)
         .create(parent)
-        .map_err(|e| format!("create {parent}: {e}"))?;
+        .context(|| format!("create {parent}"))?;
     mount_fs("/dev", AGENT_DEVICES, "", MsFlags::MS_MOVE, None)?;
 
     let sealed = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
@@ -74,13 +72,13 @@ pub fn set_up() -> Result<(), String> {
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )
-        .map_err(|e| format!("mknod {path}: {e}"))?;
+        .context(|| format!("mknod {path}"))?;
         // mknod's mode went through the umask.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-            .map_err(|e| format!("chmod {path}: {e}"))?;
+            .context(|| format!("chmod {path}"))?;
     }
     for &(name, target) in LINKS {
-        symlink(target, format!("/dev/{name}")).map_err(|e| format!("link /dev/{name}: {e}"))?;
+        symlink(target, format!("/dev/{name}")).context(|| format!("link /dev/{name}"))?;
     }
     mount_fs(
         "devpts",

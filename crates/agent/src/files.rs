@@ -21,39 +21,70 @@ use runner_protocol::{
     COLLECTED_CHUNK, CollectedChunk, FileEntry, FileKind, FileOp, FileProblem, Frame,
 };
 
-use crate::serve::{Port, RUN_GID, RUN_UID, WORK_DIR};
+use crate::consts::{RUN_GID, RUN_UID, WORK_DIR};
+use crate::error::{AgentError, Context};
+use crate::port::Port;
 
-/// Why an operation failed: the request's fault (`file` set) or the
-/// agent's.
+/// Why an operation did not happen.
 #[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub file: Option<FileProblem>,
+pub enum FileError {
+    /// Refused for what it asked: the path, or what the guest's kernel
+    /// said of it. An answer to the request; the session goes on.
+    Request {
+        problem: FileProblem,
+        message: String,
+    },
+    /// The agent itself failed.
+    Agent(AgentError),
 }
 
-impl Failure {
+impl FileError {
     fn invalid(message: String) -> Self {
-        Self {
+        FileError::Request {
+            problem: FileProblem::Invalid,
             message,
-            file: Some(FileProblem::Invalid),
         }
     }
 }
 
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Self {
-            message,
-            file: None,
+/// What the kernel refused, as the request's error; only the agent's
+/// port failing is the agent's.
+impl From<AgentError> for FileError {
+    fn from(error: AgentError) -> Self {
+        let errno = match &error {
+            AgentError::Io { error, .. } => error.raw_os_error().map(Errno::from_raw),
+            AgentError::Sys { error, .. } => Some(*error),
+            AgentError::Port(_) | AgentError::Failed(_) => None,
+        };
+        match errno {
+            Some(errno) => FileError::Request {
+                problem: problem_of(errno),
+                message: error.to_string(),
+            },
+            None => FileError::Agent(error),
         }
     }
 }
+
+/// The kind of refusal `errno` is.
+fn problem_of(errno: Errno) -> FileProblem {
+    match errno {
+        Errno::ENOENT => FileProblem::NotFound,
+        Errno::ENOSPC | Errno::EDQUOT => FileProblem::Full,
+        _ => FileProblem::Invalid,
+    }
+}
+
+/// The longest path a request may name, in bytes, and the longest name
+/// in it: the kernel's `PATH_MAX` and `NAME_MAX`.
+const MAX_PATH: usize = 4095;
+const MAX_NAME: usize = 255;
 
 /// Entries per [`Frame::Listing`], well under the agent's frame limit.
 const LISTING_CHUNK: usize = 500;
 
 /// Carries out `op`, answering on `out`.
-pub fn serve(op: &FileOp, out: &mut Port) -> Result<(), Failure> {
+pub fn serve(op: &FileOp, out: &mut Port) -> Result<(), FileError> {
     match op {
         FileOp::Write {
             path,
@@ -70,7 +101,7 @@ pub fn serve(op: &FileOp, out: &mut Port) -> Result<(), Failure> {
 
 /// Writes `content` at `offset` of `path` (created or truncated at 0, with
 /// its missing directories), owned by the run user.
-pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Result<(), Failure> {
+pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Result<(), FileError> {
     let (dir, name) = parent(path, true)?;
     let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK;
     if offset == 0 {
@@ -80,9 +111,9 @@ pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Resul
     let fd = open_beneath(&dir, &name, flags, Mode::from_bits_truncate(mode))
         .map_err(|e| explain(path, e))?;
     let mut file = File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    let meta = file.metadata().context(|| path.to_string())?;
     if !meta.is_file() {
-        return Err(Failure::invalid(format!("{path} is not a regular file")));
+        return Err(FileError::invalid(format!("{path} is not a regular file")));
     }
     if offset == 0 {
         fchown(
@@ -90,19 +121,23 @@ pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Resul
             Some(Uid::from_raw(RUN_UID)),
             Some(Gid::from_raw(RUN_GID)),
         )
-        .map_err(|e| format!("chown {path}: {e}"))?;
+        .context(|| format!("chown {path}"))?;
         nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode))
-            .map_err(|e| format!("chmod {path}: {e}"))?;
+            .context(|| format!("chmod {path}"))?;
     }
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.write_all(content))
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC) => explain(path, Errno::ENOSPC),
-            _ => format!("write {path}: {e}").into(),
+            Some(errno) => explain(path, Errno::from_raw(errno)),
+            None => AgentError::Io {
+                what: format!("write {path}"),
+                error: e,
+            }
+            .into(),
         })
 }
 
-fn read(path: &str, out: &mut Port) -> Result<(), Failure> {
+fn read(path: &str, out: &mut Port) -> Result<(), FileError> {
     let (dir, name) = parent(path, false)?;
     let fd = open_beneath(
         &dir,
@@ -112,15 +147,15 @@ fn read(path: &str, out: &mut Port) -> Result<(), Failure> {
     )
     .map_err(|e| explain(path, e))?;
     let mut file = File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("{path}: {e}"))?;
+    let meta = file.metadata().context(|| path.to_string())?;
     if !meta.is_file() {
-        return Err(Failure::invalid(format!("{path} is not a regular file")));
+        return Err(FileError::invalid(format!("{path} is not a regular file")));
     }
     let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
     let mut buf = vec![0; COLLECTED_CHUNK];
     let mut offset = 0u64;
     loop {
-        let n = read_full(&mut file, &mut buf).map_err(|e| format!("read {path}: {e}"))?;
+        let n = read_full(&mut file, &mut buf).context(|| format!("read {path}"))?;
         let last = n < buf.len();
         out.send(&Frame::Collected(CollectedChunk {
             name: path.to_string(),
@@ -136,7 +171,7 @@ fn read(path: &str, out: &mut Port) -> Result<(), Failure> {
     }
 }
 
-fn list(path: &str, out: &mut Port) -> Result<(), Failure> {
+fn list(path: &str, out: &mut Port) -> Result<(), FileError> {
     let fd = if path.is_empty() || path == "." {
         work_dir()?
     } else {
@@ -149,11 +184,11 @@ fn list(path: &str, out: &mut Port) -> Result<(), Failure> {
         )
         .map_err(|e| explain(path, e))?
     };
-    let listed = fd.try_clone().map_err(|e| format!("{path}: {e}"))?;
-    let mut dir = nix::dir::Dir::from_fd(listed).map_err(|e| format!("list {path}: {e}"))?;
+    let listed = fd.try_clone().context(|| path.to_string())?;
+    let mut dir = nix::dir::Dir::from_fd(listed).context(|| format!("list {path}"))?;
     let mut entries = Vec::new();
     for entry in dir.iter() {
-        let entry = entry.map_err(|e| format!("list {path}: {e}"))?;
+        let entry = entry.context(|| format!("list {path}"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == "." || name == ".." {
             continue;
@@ -190,7 +225,7 @@ fn entry_of(name: String, stat: &FileStat) -> FileEntry {
     }
 }
 
-fn remove(path: &str) -> Result<(), Failure> {
+fn remove(path: &str) -> Result<(), FileError> {
     let (dir, name) = parent(path, false)?;
     let stat = fstatat(
         &dir,
@@ -203,17 +238,17 @@ fn remove(path: &str) -> Result<(), Failure> {
         // through /proc/self/fd the path starts at the directory resolved
         // above, not at a name the run user could swap meanwhile.
         let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
-        Ok(std::fs::remove_dir_all(&at).map_err(|e| format!("remove {path}: {e}"))?)
+        Ok(std::fs::remove_dir_all(&at).context(|| format!("remove {path}"))?)
     } else {
         Ok(unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
-            .map_err(|e| format!("remove {path}: {e}"))?)
+            .context(|| format!("remove {path}"))?)
     }
 }
 
 /// The directory that holds `path`, opened beneath the working directory
 /// (its missing directories made, owned by the run user, if `create`),
 /// and the last component's name.
-fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), Failure> {
+fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), FileError> {
     let components = components(path)?;
     let (name, dirs) = components.split_last().expect("at least one component");
     let mut dir = work_dir()?;
@@ -223,7 +258,7 @@ fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), Failure> {
             Ok(next) => next,
             Err(Errno::ENOENT) if create => {
                 mkdirat(&dir, part.as_str(), Mode::from_bits_truncate(0o755))
-                    .map_err(|e| format!("create directory {part} of {path}: {e}"))?;
+                    .context(|| format!("create directory {part} of {path}"))?;
                 let made =
                     open_beneath(&dir, part, how, Mode::empty()).map_err(|e| explain(path, e))?;
                 fchown(
@@ -231,7 +266,7 @@ fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), Failure> {
                     Some(Uid::from_raw(RUN_UID)),
                     Some(Gid::from_raw(RUN_GID)),
                 )
-                .map_err(|e| format!("chown {part}: {e}"))?;
+                .context(|| format!("chown {part}"))?;
                 made
             }
             Err(e) => return Err(explain(path, e)),
@@ -240,8 +275,20 @@ fn parent(path: &str, create: bool) -> Result<(OwnedFd, String), Failure> {
     Ok((dir, name.clone()))
 }
 
-/// `path`'s components: relative, inside the working directory.
-fn components(path: &str) -> Result<Vec<String>, Failure> {
+/// `path`'s components: relative, inside the working directory, each a
+/// name the kernel takes.
+fn components(path: &str) -> Result<Vec<String>, FileError> {
+    if path.contains('\0') {
+        return Err(FileError::invalid(format!(
+            "{path:?} contains a NUL byte, which no path can"
+        )));
+    }
+    if path.len() > MAX_PATH {
+        return Err(FileError::invalid(format!(
+            "the path is {} bytes long; a path can be at most {MAX_PATH}",
+            path.len()
+        )));
+    }
     let parts: Vec<String> = Path::new(path)
         .components()
         .filter(|c| *c != Component::CurDir)
@@ -251,25 +298,32 @@ fn components(path: &str) -> Result<Vec<String>, Failure> {
         })
         .collect::<Result<_, _>>()
         .map_err(|()| {
-            Failure::invalid(format!(
+            FileError::invalid(format!(
                 "{path:?} is not a relative path inside the working directory"
             ))
         })?;
     if parts.is_empty() {
-        return Err(Failure::invalid(format!(
+        return Err(FileError::invalid(format!(
             "{path:?} names the working directory itself"
+        )));
+    }
+    if let Some(long) = parts.iter().find(|part| part.len() > MAX_NAME) {
+        return Err(FileError::invalid(format!(
+            "a name in {path:?} is {} bytes long; a name can be at most {MAX_NAME}",
+            long.len()
         )));
     }
     Ok(parts)
 }
 
-pub(crate) fn work_dir() -> Result<OwnedFd, String> {
+/// The working directory, opened: the agent's own to open.
+pub(crate) fn work_dir() -> Result<OwnedFd, AgentError> {
     nix::fcntl::open(
         WORK_DIR,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("open {WORK_DIR}: {e}"))
+    .context(|| format!("open {WORK_DIR}"))
 }
 
 /// Opens `name` in `dir` without leaving it or following any link.
@@ -291,9 +345,10 @@ pub(crate) fn open_beneath(
 }
 
 /// An error for `path`, in the words a user of the API understands.
-fn explain(path: &str, errno: Errno) -> Failure {
+fn explain(path: &str, errno: Errno) -> FileError {
     let (problem, message) = match errno {
         Errno::ENOENT => (FileProblem::NotFound, "no such file or directory"),
+        Errno::ENAMETOOLONG => (FileProblem::Invalid, "a name in it is too long"),
         Errno::ELOOP => (
             FileProblem::Invalid,
             "a symbolic link is in the way; links are not followed",
@@ -311,11 +366,15 @@ fn explain(path: &str, errno: Errno) -> Failure {
             FileProblem::Full,
             "the session's disk is full (its disk_mib limit)",
         ),
-        other => return format!("{path}: {}", other.desc()).into(),
+        Errno::EDQUOT => (
+            FileProblem::Full,
+            "the session's disk is full (its disk_mib limit)",
+        ),
+        other => (problem_of(other), other.desc()),
     };
-    Failure {
+    FileError::Request {
+        problem,
         message: format!("{path}: {message}"),
-        file: Some(problem),
     }
 }
 
@@ -332,14 +391,62 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::components;
+    use super::*;
 
     #[test]
     fn paths_stay_inside_the_work_dir() {
         assert_eq!(components("a/./b").unwrap(), ["a", "b"]);
         assert_eq!(components("main.py").unwrap(), ["main.py"]);
-        for bad in ["", ".", "/etc/passwd", "../x", "a/../../x", "a/.."] {
-            assert!(components(bad).is_err(), "{bad:?}");
+        let long = "é".repeat(130);
+        let longest = "x".repeat(255);
+        assert!(components(&longest).is_ok());
+        let too_long = "x".repeat(300);
+        for bad in [
+            "",
+            ".",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "a\0b",
+            &long,
+            &too_long,
+        ] {
+            match components(bad) {
+                Err(FileError::Request { problem, .. }) => {
+                    assert_eq!(problem, FileProblem::Invalid, "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn what_the_kernel_refuses_is_the_requests_error() {
+        let error = AgentError::Sys {
+            what: "open a".into(),
+            error: Errno::EINVAL,
+        };
+        assert!(matches!(
+            FileError::from(error),
+            FileError::Request {
+                problem: FileProblem::Invalid,
+                ..
+            }
+        ));
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let error = AgentError::Io {
+            what: "write a".into(),
+            error: full,
+        };
+        assert!(matches!(
+            FileError::from(error),
+            FileError::Request {
+                problem: FileProblem::Full,
+                ..
+            }
+        ));
+        let port = AgentError::Port(std::io::Error::from_raw_os_error(libc::EPIPE));
+        assert!(matches!(FileError::from(port), FileError::Agent(_)));
     }
 }

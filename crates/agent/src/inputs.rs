@@ -23,7 +23,7 @@ use std::thread;
 
 use runner_protocol::{Control, Decoder, Frame, MAX_HOST_FRAME};
 
-use crate::stage::Event;
+use crate::event::Event;
 
 /// What the serve loop gets from the host.
 pub enum Incoming {

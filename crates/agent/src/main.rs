@@ -8,11 +8,16 @@
 //! ends.
 
 mod boot;
+mod consts;
 mod devices;
+mod error;
+mod event;
 mod files;
 mod inputs;
+mod mount;
 mod net;
 mod outputs;
+mod port;
 mod serve;
 mod stage;
 mod steal;

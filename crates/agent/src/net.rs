@@ -17,30 +17,31 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use runner_protocol::net::{MAX_NET_PAYLOAD, NET_PORT_NAME, NetFrame, NetKind, PROXY_PORT};
 
+use crate::error::{AgentError, Context};
+
 /// The open connections, by number.
 type Connections = Arc<Mutex<HashMap<u32, TcpStream>>>;
 
 static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Starts carrying connections, once; later calls say how the first went.
-pub fn start() -> Result<(), String> {
+pub fn start() -> Result<(), AgentError> {
     STARTED
         .get_or_init(|| serve().map_err(|e| format!("network: {e}")))
         .clone()
+        .map_err(AgentError::Failed)
 }
 
-fn serve() -> Result<(), String> {
-    let path = crate::serve::find_port(crate::devices::AGENT_DEVICES, NET_PORT_NAME)?;
+fn serve() -> Result<(), AgentError> {
+    let path = crate::port::find_port(crate::consts::AGENT_DEVICES, NET_PORT_NAME)?;
     let port = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
+        .context(|| format!("open {}", path.display()))?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT))
-        .map_err(|e| format!("listen on 127.0.0.1:{PROXY_PORT}: {e}"))?;
-    let writer = Arc::new(Mutex::new(
-        port.try_clone().map_err(|e| format!("dup port: {e}"))?,
-    ));
+        .context(|| format!("listen on 127.0.0.1:{PROXY_PORT}"))?;
+    let writer = Arc::new(Mutex::new(port.try_clone().context(|| "dup port".into())?));
     let connections = Connections::default();
     std::thread::spawn({
         let connections = connections.clone();

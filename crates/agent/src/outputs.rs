@@ -18,7 +18,9 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use runner_protocol::{COLLECTED_CHUNK, Frame, OutputPiece, Outputs, glob};
 
-use crate::serve::{Port, WORK_DIR};
+use crate::consts::WORK_DIR;
+use crate::error::{AgentError, Context};
+use crate::port::Port;
 
 /// Directories deeper than this are not looked into.
 const MAX_DEPTH: usize = 32;
@@ -26,7 +28,7 @@ const MAX_DEPTH: usize = 32;
 const MAX_ENTRIES: usize = 100_000;
 
 /// Sends the files `outputs` names.
-pub fn send(outputs: &Outputs, out: &mut Port) -> Result<(), String> {
+pub fn send(outputs: &Outputs, out: &mut Port) -> Result<(), AgentError> {
     let mut paths = Vec::new();
     let mut seen = 0;
     walk(Path::new(WORK_DIR), "", 0, &mut seen, &mut paths);
@@ -42,9 +44,7 @@ pub fn send(outputs: &Outputs, out: &mut Port) -> Result<(), String> {
             Err(_) => continue,
         };
         let mut file = File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("stat output {path}: {e}"))?;
+        let meta = file.metadata().context(|| format!("stat output {path}"))?;
         if !meta.is_file() {
             continue;
         }
@@ -64,7 +64,7 @@ pub fn send(outputs: &Outputs, out: &mut Port) -> Result<(), String> {
         (&mut file)
             .take(size)
             .read_to_end(&mut content)
-            .map_err(|e| format!("read output {path}: {e}"))?;
+            .context(|| format!("read output {path}"))?;
         budget -= content.len() as u64;
         let size = content.len() as u64;
         let mut offset = 0;

@@ -1,37 +1,26 @@
 //! The server: say hello on the agent port, take one request, run it; or,
 //! in a session's VM, take requests and file operations one after another.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use runner_protocol::{
-    AGENT_PORT_NAME, AgentFailure, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FileOp, Frame,
-    Hello, PrestartSpec, SessionSpec, Stage, encode,
+    AGENT_PORT_NAME, COLLECTED_CHUNK, CollectedChunk, ExecRequest, FileOp, Frame, PrestartSpec,
+    SessionSpec, Stage,
 };
 
 use crate::boot::Mode;
+use crate::consts::WORK_DIR;
+use crate::error::{AgentError, Context};
+use crate::files::FileError;
 use crate::inputs::{Incoming, Inputs, read_frames};
+use crate::port::Port;
 use crate::stage::{self, Live, StageInput};
 
-/// The unprivileged user every program runs as.
-pub const RUN_UID: u32 = 1000;
-pub const RUN_GID: u32 = 1000;
-pub const WORK_DIR: &str = "/home/runner";
-
-pub fn run(mode: Mode) -> Result<(), String> {
-    let path = find_port(mode.devices(), AGENT_PORT_NAME)?;
-    let port = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let mut out = Port {
-        file: port.try_clone().map_err(|e| format!("dup port: {e}"))?,
-        buf: Vec::new(),
-    };
+pub fn run(mode: Mode) -> Result<(), AgentError> {
+    let (mut out, port) = Port::open(mode.devices(), AGENT_PORT_NAME)?;
     out.hello()?;
     if mode == Mode::Probe {
         return Ok(());
@@ -54,8 +43,9 @@ pub fn run(mode: Mode) -> Result<(), String> {
             // The host hung up: the VM is about to be destroyed.
             Ok(Incoming::Closed) | Err(_) => return Ok(()),
             Ok(Incoming::Bad(e)) => {
-                out.fail(format!("bad frame from host: {e}"))?;
-                return Err(e);
+                let error = AgentError::Failed(format!("bad frame from host: {e}"));
+                out.fail(format!("bad frame from host: {e}").into())?;
+                return Err(error);
             }
         };
         let number = execs;
@@ -103,8 +93,13 @@ pub fn run(mode: Mode) -> Result<(), String> {
                         runtime.discard();
                     }
                 }
-                if let Err(failure) = crate::files::serve(&op, &mut out) {
-                    out.refuse(failure)?;
+                match crate::files::serve(&op, &mut out) {
+                    Ok(()) => {}
+                    Err(FileError::Request { problem, message }) => {
+                        out.refuse(message, Some(problem))?
+                    }
+                    Err(FileError::Agent(error @ AgentError::Port(_))) => return Err(error),
+                    Err(FileError::Agent(error)) => out.refuse(error.to_string(), None)?,
                 }
             }
             // Warming, prestarting and waking happen before the one
@@ -138,7 +133,7 @@ pub fn run(mode: Mode) -> Result<(), String> {
                 Ok(()) => out.hello()?,
                 Err(message) => out.fail(message)?,
             },
-            other => out.fail(format!("unexpected {:?} frame from host", other.kind()))?,
+            other => out.fail(format!("unexpected {:?} frame from host", other.kind()).into())?,
         }
     }
 }
@@ -183,7 +178,7 @@ struct Restart(Option<Arc<(Mutex<Handoff>, Condvar)>>);
 /// Between the thread that prestarts and the loop that takes the runtime.
 #[derive(Default)]
 struct Handoff {
-    ready: Option<Result<stage::Prestarted, String>>,
+    ready: Option<Result<stage::Prestarted, AgentError>>,
     /// The loop stopped waiting: the thread discards what it makes.
     abandoned: bool,
 }
@@ -242,45 +237,6 @@ impl Restart {
     }
 }
 
-/// The write side of the agent port.
-pub struct Port {
-    file: File,
-    buf: Vec<u8>,
-}
-
-impl Port {
-    fn hello(&mut self) -> Result<(), String> {
-        self.send(&Frame::Hello(Hello {
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: uptime_ms(),
-        }))
-    }
-
-    pub fn send(&mut self, frame: &Frame) -> Result<(), String> {
-        self.buf.clear();
-        encode(frame, &mut self.buf);
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| format!("write to host: {e}"))
-    }
-
-    /// A file operation refused, or failed.
-    fn refuse(&mut self, failure: crate::files::Failure) -> Result<(), String> {
-        if failure.file.is_none() {
-            eprintln!("runner-agent: {}", failure.message);
-        }
-        self.send(&Frame::Error(AgentFailure {
-            message: failure.message,
-            file: failure.file,
-        }))
-    }
-
-    fn fail(&mut self, message: String) -> Result<(), String> {
-        eprintln!("runner-agent: {message}");
-        self.send(&Frame::Error(AgentFailure::new(message)))
-    }
-}
-
 /// Runs the request's stages in order. The first one goes to the
 /// prestarted runtime if it fits (and needs no terminal: the runtime's
 /// stdio are pipes); else the runtime is killed first, so that it takes no
@@ -292,7 +248,7 @@ fn execute(
     session: Option<&SessionSpec>,
     inputs: &Inputs,
     out: &mut Port,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     let on_terminal = request.interactive.is_some_and(|i| i.pty.is_some());
     // A request's file under a hidden entry of home (a `.pth` in the user
     // site directory) is one a fresh runtime would read at start-up: the
@@ -346,12 +302,12 @@ fn execute(
 /// Sends the files `patterns` name (see `ExecRequest::collect`) from the
 /// working directory, in pieces. The run user could have put anything
 /// there, so only regular files are sent, never what a link points to.
-fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
+fn collect(patterns: &[String], out: &mut Port) -> Result<(), AgentError> {
     let work = Path::new(WORK_DIR);
     for pattern in patterns {
         let mut names: Vec<String> = match pattern.strip_prefix('*') {
             Some(suffix) => fs::read_dir(work)
-                .map_err(|e| format!("read {WORK_DIR}: {e}"))?
+                .context(|| format!("read {WORK_DIR}"))?
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
                 .filter(|name| name.ends_with(suffix))
@@ -368,7 +324,7 @@ fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
             if !meta.file_type().is_file() {
                 continue;
             }
-            let content = fs::read(&path).map_err(|e| format!("read {name}: {e}"))?;
+            let content = fs::read(&path).context(|| format!("read {name}"))?;
             let executable =
                 std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
             let mut offset = 0;
@@ -395,9 +351,9 @@ fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
             sent += 1;
         }
         if sent == 0 {
-            return Err(format!(
-                "nothing in the working directory matches {pattern:?} to collect"
-            ));
+            return Err(
+                format!("nothing in the working directory matches {pattern:?} to collect").into(),
+            );
         }
     }
     Ok(())
@@ -406,18 +362,22 @@ fn collect(patterns: &[String], out: &mut Port) -> Result<(), String> {
 /// The request's files in the working directory, owned by the run user.
 /// In a session's VM the run user may have put links there: they are
 /// written as the host's file operations are, never through a link.
-fn prepare_work_dir(request: &ExecRequest) -> Result<(), String> {
+fn prepare_work_dir(request: &ExecRequest) -> Result<(), AgentError> {
     for file in &request.files {
-        crate::files::write(&file.name, 0, &file.content, file.executable)
-            .map_err(|failure| failure.message)?;
+        crate::files::write(&file.name, 0, &file.content, file.executable).map_err(|failure| {
+            match failure {
+                FileError::Request { message, .. } => AgentError::Failed(message),
+                FileError::Agent(error) => error,
+            }
+        })?;
     }
     Ok(())
 }
 
 /// After a warm-up: nothing of it stays where the execution will look.
-fn clear_scratch() -> Result<(), String> {
+fn clear_scratch() -> Result<(), AgentError> {
     for dir in [WORK_DIR, "/tmp", "/dev/shm"] {
-        let entries = fs::read_dir(dir).map_err(|e| format!("read {dir}: {e}"))?;
+        let entries = fs::read_dir(dir).context(|| format!("read {dir}"))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let removed = if path.is_dir() && !path.is_symlink() {
@@ -425,14 +385,14 @@ fn clear_scratch() -> Result<(), String> {
             } else {
                 fs::remove_file(&path)
             };
-            removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
+            removed.context(|| format!("remove {}", path.display()))?;
         }
     }
     Ok(())
 }
 
 /// The host checks names too; the agent does not trust it blindly.
-fn safe_relative(name: &str) -> Result<PathBuf, String> {
+fn safe_relative(name: &str) -> Result<PathBuf, AgentError> {
     let path = Path::new(name);
     let ok = !name.is_empty()
         && path
@@ -441,36 +401,11 @@ fn safe_relative(name: &str) -> Result<PathBuf, String> {
     if ok {
         Ok(path.to_path_buf())
     } else {
-        Err(format!(
-            "file name {name:?} is not a relative path inside the working directory"
-        ))
+        Err(
+            format!("file name {name:?} is not a relative path inside the working directory")
+                .into(),
+        )
     }
-}
-
-/// The device of the port named `wanted` is `vportNpM` in `devices`; its
-/// name is in sysfs.
-pub fn find_port(devices: &str, wanted: &str) -> Result<PathBuf, String> {
-    for _ in 0..2000 {
-        if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
-            for entry in entries.flatten() {
-                let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-                if name.trim() == wanted {
-                    let dev = Path::new(devices).join(entry.file_name());
-                    if dev.exists() {
-                        return Ok(dev);
-                    }
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Err(format!("no virtio-serial port named {wanted}"))
-}
-
-fn uptime_ms() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
-    ts.map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,29 +7,28 @@ use std::os::fd::AsRawFd;
 
 use runner_protocol::Wake;
 
+use crate::error::{AgentError, Context};
+
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-pub fn wake(wake: &Wake) -> Result<(), String> {
+pub fn wake(wake: &Wake) -> Result<(), AgentError> {
     reseed(&wake.entropy)?;
     set_clock(wake.unix_time_ns)
 }
 
 /// Mixes `entropy` into the input pool, credited, then makes the kernel's
 /// generator reseed from it now rather than at its next scheduled reseed.
-fn reseed(entropy: &[u8]) -> Result<(), String> {
+fn reseed(entropy: &[u8]) -> Result<(), AgentError> {
     if entropy.len() < 32 {
-        return Err(format!(
-            "{} bytes of entropy; 32 or more needed",
-            entropy.len()
-        ));
+        return Err(format!("{} bytes of entropy; 32 or more needed", entropy.len()).into());
     }
     let random = File::options()
         .write(true)
         .open("/dev/random")
-        .map_err(|e| format!("open /dev/random: {e}"))?;
+        .context(|| "open /dev/random".into())?;
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let mut info: Vec<u8> = Vec::with_capacity(8 + entropy.len().next_multiple_of(4));
     info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
@@ -44,27 +43,21 @@ fn reseed(entropy: &[u8]) -> Result<(), String> {
     // aligned for its int fields, alive for the call.
     let added = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, words.as_ptr()) };
     if added < 0 {
-        return Err(format!(
-            "RNDADDENTROPY: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("RNDADDENTROPY: {}", std::io::Error::last_os_error()).into());
     }
     // SAFETY: RNDRESEEDCRNG takes no argument.
     let reseeded = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) };
     if reseeded < 0 {
-        return Err(format!(
-            "RNDRESEEDCRNG: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error()).into());
     }
     Ok(())
 }
 
-fn set_clock(unix_time_ns: u64) -> Result<(), String> {
+fn set_clock(unix_time_ns: u64) -> Result<(), AgentError> {
     let time = nix::sys::time::TimeSpec::new(
         (unix_time_ns / 1_000_000_000) as libc::time_t,
         (unix_time_ns % 1_000_000_000) as libc::c_long,
     );
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time)
-        .map_err(|e| format!("set the clock: {e}"))
+        .context(|| "set the clock".into())
 }

@@ -151,6 +151,13 @@ fn the_host_rooms_have_no_cycle() {
 }
 
 #[test]
+fn the_agent_rooms_have_no_cycle() {
+    let edges = edges(&sources("agent"));
+    assert!(edges.contains_key("serve"), "the sources were read");
+    assert_eq!(cycles(&edges), Vec::<Vec<String>>::new());
+}
+
+#[test]
 fn the_engines_floor_knows_nothing_of_what_stands_on_it() {
     let edges = edges(&sources("host"));
     let above = ["oneshot", "judge", "session", "prepare", "runner", "config"];

@@ -90,13 +90,22 @@ fn a_session_keeps_files_and_processes_between_executions() {
     // Paths that lead out of the working directory, through the run
     // user's links, or to what is not a file are refused; nothing follows
     // a link as root.
+    // So are names no file can have: a NUL byte, a name over 255 bytes
+    // (300 letters; 130 é are 260 bytes), and a path through a file; each
+    // is an answer, and the session goes on with its files.
     command(&server, id, "ln -s /etc/shadow shadow; ln -s /etc etc");
+    let (long, accented) = ("x".repeat(300), "%C3%A9".repeat(130));
     for (path, method) in [
         ("%2E%2E%2Fx", "put"),
         ("shadow", "get"),
         ("etc/passwd", "get"),
         ("etc/evil", "put"),
         ("data", "get"),
+        ("a%00b", "put"),
+        ("a%00b", "get"),
+        (long.as_str(), "put"),
+        (accented.as_str(), "put"),
+        ("data/input.txt/x", "put"),
     ] {
         let response = match method {
             "put" => put(&server, id, path, b"x".to_vec()),
@@ -111,6 +120,8 @@ fn a_session_keeps_files_and_processes_between_executions() {
     }
     let untouched = command(&server, id, "test -e /etc/evil || echo untouched");
     assert_eq!(stdout(&untouched), "untouched\n");
+    let kept = get(&server, id, "data/input.txt");
+    assert_eq!(kept.status(), 200, "the session and its files are there");
 
     // The disk limit: a body over it, then files that fill it.
     let (status, body) = error(put(&server, id, "big", vec![b'x'; 9 << 20]));
@@ -500,6 +511,35 @@ fn runner_session_is_a_client_of_the_server() {
     assert_eq!(doubled.code(), Some(0), "{}", doubled.stderr());
     let back = session(&["cp", &format!("{id}:out.txt"), "-"], b"");
     assert_eq!(back.stdout(), "84\n");
+
+    // runner run's flags for the same things: a limit, and files back.
+    let slow = session(
+        &["exec", &id, "--timeout", "1", "--command", "sleep 5"],
+        b"",
+    );
+    assert_eq!(slow.code(), Some(124), "{}", slow.stderr());
+    assert!(
+        slow.stderr().contains("time_limit_exceeded"),
+        "{}",
+        slow.stderr()
+    );
+    let fetched_dir = tempfile::tempdir().unwrap();
+    let fetched = session(
+        &[
+            "exec",
+            &id,
+            "-O",
+            "out.txt",
+            "--output-dir",
+            fetched_dir.path().to_str().unwrap(),
+            "--command",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(fetched.code(), Some(0), "{}", fetched.stderr());
+    let fetched = std::fs::read_to_string(fetched_dir.path().join("out.txt")).unwrap();
+    assert_eq!(fetched, "84\n");
     let listed = session(&["ls", &id], b"");
     assert!(listed.stdout().contains("out.txt"), "{}", listed.stdout());
     assert!(listed.stdout().contains("in"), "{}", listed.stdout());

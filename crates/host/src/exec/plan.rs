@@ -368,7 +368,7 @@ impl Planner {
 /// `exec`, if it fits the one frame the agent takes it in: files and stdin
 /// travel base64-encoded, so about 12 MiB of them fit the 16 MiB frame.
 /// Refused here rather than by the agent once a VM has booted.
-fn fits_one_frame(exec: ExecRequest) -> Result<ExecRequest, PlanError> {
+pub(crate) fn fits_one_frame(exec: ExecRequest) -> Result<ExecRequest, PlanError> {
     let frame = Frame::Exec(exec);
     let mut encoded = Vec::new();
     runner_protocol::encode(&frame, &mut encoded);
@@ -509,23 +509,29 @@ fn named_files(files: Vec<SourceFile>) -> Result<Vec<File>, PlanError> {
 
 /// A name the file system takes, inside the working directory.
 fn check_file_name(index: usize, name: &str) -> Result<(), PlanError> {
-    let invalid = |why: &str| {
-        Err(PlanError::Invalid(format!(
+    match path_problem(name) {
+        Some(why) => Err(PlanError::Invalid(format!(
             "files[{index}].name {name:?} {why}"
-        )))
-    };
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with `name` as a path of the working directory, if
+/// anything: the rule for a request's files and for a session's.
+pub(crate) fn path_problem(name: &str) -> Option<&'static str> {
     if name.contains('\0') {
-        return invalid("contains a NUL byte, which no file name can");
+        return Some("contains a NUL byte, which no file name can");
     }
     if name.is_empty() || name.len() > 255 {
-        return invalid("must be 1 to 255 bytes long");
+        return Some("must be 1 to 255 bytes long");
     }
     let path = std::path::Path::new(name);
     if !path
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)))
     {
-        return invalid("must be a relative path inside the working directory");
+        return Some("must be a relative path inside the working directory");
     }
     // Compile commands pass the request's files by glob (`./*.c`), and a
     // name like `@opts.c` or `-wrapper.c` would reach the compiler as an
@@ -535,11 +541,11 @@ fn check_file_name(index: usize, name: &str) -> Result<(), PlanError> {
         .components()
         .any(|c| c.as_os_str().to_string_lossy().starts_with(['-', '@']))
     {
-        return invalid(
+        return Some(
             "has a part that starts with '-' or '@', which compilers would read as an option",
         );
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]

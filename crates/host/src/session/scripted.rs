@@ -256,6 +256,36 @@ async fn a_file_the_guest_refuses_is_the_callers_error_and_the_session_goes_on()
 }
 
 #[tokio::test]
+async fn a_path_the_working_directory_cannot_hold_is_refused_before_the_guest() {
+    // The agent dies at its first file operation: none of these reach it.
+    let f = fixture(Agent::DiesAtFiles, SessionConfig::default());
+    let id = f.open("alice", 1).await.unwrap().id;
+    let long = "é".repeat(130);
+    for path in [
+        "a\0b",
+        &"x".repeat(300),
+        &long,
+        "../x",
+        "/etc/passwd",
+        "-rf",
+    ] {
+        let turn = f.sessions.turn("alice", &id).unwrap();
+        let refused = turn
+            .write(path.to_string(), Vec::new(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), ErrorCode::InvalidPath, "{path:?}");
+        let turn = f.sessions.turn("alice", &id).unwrap();
+        assert!(turn.read(path.to_string(), 10).await.is_err(), "{path:?}");
+    }
+    assert_eq!(
+        f.sessions.get("alice", &id).unwrap().state,
+        SessionState::Running
+    );
+    assert!(!f.vms.destroyed(0));
+}
+
+#[tokio::test]
 async fn a_guest_that_fails_in_a_file_operation_ends_its_session() {
     let f = fixture(Agent::DiesAtFiles, SessionConfig::default());
     let id = f.open("alice", 1).await.unwrap().id;

@@ -67,24 +67,30 @@ impl Turn {
         content: Vec<u8>,
         executable: bool,
     ) -> Result<(), SessionError> {
+        checked(&path)?;
         self.files(move |vm| Box::pin(async move { vm.write(&path, &content, executable).await }))
             .await
     }
 
     /// Reads a regular file of the working directory, up to `limit` bytes.
     pub async fn read(self, path: String, limit: u64) -> Result<Vec<u8>, SessionError> {
+        checked(&path)?;
         self.files(move |vm| Box::pin(async move { vm.read(&path, limit).await }))
             .await
     }
 
-    /// Lists a directory of the working directory.
+    /// Lists a directory of the working directory (`""` for itself).
     pub async fn list(self, path: String) -> Result<Vec<super::FileEntry>, SessionError> {
+        if !path.is_empty() && path != "." {
+            checked(&path)?;
+        }
         self.files(move |vm| Box::pin(async move { vm.list(&path).await }))
             .await
     }
 
     /// Removes a file or directory of the working directory.
     pub async fn remove(self, path: String) -> Result<(), SessionError> {
+        checked(&path)?;
         self.files(move |vm| Box::pin(async move { vm.remove(&path).await }))
             .await
     }
@@ -138,4 +144,16 @@ fn log_execution(session: &str, result: &ExecutionResult) {
         execution_time = result.metrics.execution_time_ms,
         "session execution finished"
     );
+}
+
+/// `path`, if the working directory can hold it by the rule for a
+/// request's files; refused before it reaches the guest otherwise.
+fn checked(path: &str) -> Result<(), SessionError> {
+    match crate::exec::path_problem(path) {
+        Some(why) => Err(SessionError::File(FileError::Refused {
+            problem: runner_protocol::FileProblem::Invalid,
+            message: format!("{path:?} {why}"),
+        })),
+        None => Ok(()),
+    }
 }
