@@ -210,25 +210,12 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         let policy = &self.limits;
         for (name, set) in [("compile", &policy.compile), ("run", &policy.run)] {
-            let over = [
-                ("wall_time_ms", set.wall_time_ms, policy.max.wall_time_ms),
-                ("cpu_time_ms", set.cpu_time_ms, policy.max.cpu_time_ms),
-                ("memory_mib", set.memory_mib, policy.max.memory_mib),
-                (
-                    "processes",
-                    set.processes.into(),
-                    policy.max.processes.into(),
-                ),
-                ("output_bytes", set.output_bytes, policy.max.output_bytes),
-                (
-                    "file_size_bytes",
-                    set.file_size_bytes,
-                    policy.max.file_size_bytes,
-                ),
-            ]
-            .into_iter()
-            .find(|(_, value, max)| value > max);
-            if let Some((field, value, max)) = over {
+            let over = set
+                .named()
+                .into_iter()
+                .zip(policy.max.named())
+                .find(|((_, value), (_, max))| value > max);
+            if let Some(((field, value), (_, max))) = over {
                 return Err(ConfigError(format!(
                     "limits.{name}.{field} = {value} is above limits.max.{field} = {max}"
                 )));

@@ -12,6 +12,10 @@
 //! or tail and damage to a sampled piece, not every flipped bit. A file
 //! checked once is not read again by the same process until it changes
 //! (device, inode, size, mtime and ctime).
+//!
+//! Each fingerprint names its sampling [`Method`], so that a later build
+//! that samples otherwise still checks what an earlier one recorded by the
+//! earlier method, instead of finding every image and snapshot damaged.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -30,9 +34,29 @@ pub const PIECE: u64 = 4096;
 /// Pieces sampled from a larger file.
 pub const PIECES: u64 = 64;
 
+/// How a fingerprint's sample was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The whole file up to [`WHOLE`] bytes, else [`PIECES`] pieces of
+    /// [`PIECE`] bytes spread evenly from its first byte to its last. The
+    /// records made before methods were named took their samples so.
+    #[default]
+    SampleV1,
+    /// A method of a later build than this one: only the size is checked.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The method this build samples by.
+pub const METHOD: Method = Method::SampleV1;
+
 /// What a file was when it was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
+    /// How `sample_sha256` was taken.
+    #[serde(default)]
+    pub method: Method,
     pub size: u64,
     /// SHA-256 of the sampled pieces, in hex.
     pub sample_sha256: String,
@@ -68,6 +92,7 @@ impl Fingerprint {
         let file = File::open(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
+            method: METHOD,
             size,
             sample_sha256: sample(&file, size)?,
         })
@@ -119,7 +144,14 @@ fn check_file(path: &Path, name: &str, print: &Fingerprint) -> Result<(), Damage
     if CHECKED.lock().expect("not poisoned").contains(&seen) {
         return Ok(());
     }
-    if sample(&file, meta.len()).map_err(unreadable)? != print.sample_sha256 {
+    let sampled = match print.method {
+        Method::SampleV1 => Some(sample(&file, meta.len()).map_err(unreadable)?),
+        Method::Unknown => {
+            tracing::warn!(file = %path.display(), "fingerprinted by a method this build does not know; only its size is checked");
+            None
+        }
+    };
+    if sampled.is_some_and(|sampled| sampled != print.sample_sha256) {
         return Err(Damage::Content {
             file: name.to_string(),
         });
@@ -229,6 +261,43 @@ mod tests {
         assert!(matches!(
             check(dir.path(), &prints),
             Err(Damage::Unreadable { file, .. }) if file == "small"
+        ));
+    }
+
+    #[test]
+    fn a_fingerprint_is_checked_by_the_method_that_took_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "state", b"state");
+        // A record from before methods were named samples as this build.
+        let old: Fingerprints =
+            serde_json::from_str(r#"{"state": {"size": 5, "sample_sha256": "x"}}"#).unwrap();
+        assert_eq!(old["state"].method, Method::SampleV1);
+        let prints = take(dir.path(), &["state"]).unwrap();
+        assert_eq!(prints["state"].method, METHOD);
+        let json = serde_json::to_value(&prints).unwrap();
+        assert_eq!(json["state"]["method"], "sample-v1");
+        // A later build's method: this one cannot sample so, and does not
+        // call the file damaged for it; its size still counts.
+        let mut later: Fingerprints = serde_json::from_str(
+            r#"{"state": {"method": "sample-v9", "size": 5, "sample_sha256": "y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(later["state"].method, Method::Unknown);
+        check(dir.path(), &later).unwrap();
+        later.get_mut("state").unwrap().size = 6;
+        assert!(matches!(
+            check(dir.path(), &later),
+            Err(Damage::Size { .. })
+        ));
+        write(dir.path(), "state", b"STATE");
+        assert!(matches!(
+            check(dir.path(), &prints),
+            Err(Damage::Content { .. })
+        ));
+        std::fs::remove_file(dir.path().join("state")).unwrap();
+        assert!(matches!(
+            check(dir.path(), &prints),
+            Err(Damage::Unreadable { file, .. }) if file == "state"
         ));
     }
 }

@@ -30,6 +30,19 @@ pub struct LimitSet {
 }
 
 impl LimitSet {
+    /// Each limit by its name, with its value (the units are in the names;
+    /// `processes` widened).
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("wall_time_ms", self.wall_time_ms),
+            ("cpu_time_ms", self.cpu_time_ms),
+            ("memory_mib", self.memory_mib),
+            ("processes", self.processes.into()),
+            ("output_bytes", self.output_bytes),
+            ("file_size_bytes", self.file_size_bytes),
+        ]
+    }
+
     pub fn to_protocol(self) -> runner_protocol::Limits {
         runner_protocol::Limits {
             wall_time_ms: self.wall_time_ms,

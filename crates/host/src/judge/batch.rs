@@ -215,8 +215,13 @@ pub(crate) async fn run(
         }
     };
 
+    // Each test's request carries the compiled program: one that no longer
+    // fits the one frame the agent takes is refused here, with why, rather
+    // than by the agent once its VM has booted.
+    let too_large = too_large(&plan, &files);
     let tests = Arc::new(plan.tests.clone());
     let files = Arc::new(files);
+    let too_large = Arc::new(too_large);
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<Option<TestResult>>>> =
@@ -237,6 +242,7 @@ pub(crate) async fn run(
         );
         let (stop_rx, events, tested_version) =
             (stop_rx.clone(), events.clone(), tested_version.clone());
+        let too_large = too_large.clone();
         let checker = checker.clone();
         let stop_on_first_failure = plan.stop_on_first_failure;
         workers.spawn(async move {
@@ -248,7 +254,9 @@ pub(crate) async fn run(
                 let skipped =
                     |why: &str| skipped_test(test.name.clone(), test.plan.trace_id.clone(), why);
                 let stopped_by = stop_rx.borrow().clone();
-                let report = if stop_on_first_failure && failed.load(Ordering::SeqCst) {
+                let report = if let Some(why) = too_large.get(&index) {
+                    skipped(why)
+                } else if stop_on_first_failure && failed.load(Ordering::SeqCst) {
                     skipped("an earlier test failed (stop_on_first_failure)")
                 } else if let Some(reason) = stopped_by {
                     skipped(&format!("stopped: {reason}"))
@@ -313,7 +321,18 @@ pub(crate) async fn run(
             )),
         ),
         None if tests.iter().any(|t| t.status == Status::Skipped) => {
-            (Status::InternalError, Some("some tests did not run".into()))
+            let first = tests.iter().find(|t| t.status == Status::Skipped);
+            let why = first.map_or(String::new(), |t| {
+                format!(
+                    ": test {:?}: {}",
+                    t.name,
+                    t.message.as_deref().unwrap_or("skipped")
+                )
+            });
+            (
+                Status::InternalError,
+                Some(format!("some tests did not run{why}")),
+            )
         }
         None if tests.iter().all(|t| t.status == Status::Ok) => (Status::Ok, None),
         None => (Status::Accepted, None),
@@ -327,6 +346,45 @@ pub(crate) async fn run(
         compile_stage,
         tests,
     )
+}
+
+/// The tests whose request, with `files` (the program, compiled), does not
+/// fit the one frame the agent takes, by index, with why. The tests share
+/// their files and environment, so the one with the most input and
+/// arguments is tried first; only if it does not fit is each tried.
+fn too_large(plan: &SubmissionPlan, files: &[runner_protocol::File]) -> BTreeMap<usize, String> {
+    let weight = |test: &super::submission::TestPlan| {
+        test.plan.exec.stdin.len()
+            + test
+                .plan
+                .exec
+                .stages
+                .iter()
+                .map(|s| s.argv.iter().map(String::len).sum::<usize>())
+                .sum::<usize>()
+    };
+    let fits = |test: &super::submission::TestPlan| {
+        let mut exec = test.plan.exec.clone();
+        exec.files = files.to_vec();
+        crate::exec::fits_one_frame(exec).map(drop)
+    };
+    let Some(heaviest) = plan.tests.iter().max_by_key(|t| weight(t)) else {
+        return BTreeMap::new();
+    };
+    if fits(heaviest).is_ok() {
+        return BTreeMap::new();
+    }
+    plan.tests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, test)| {
+            let error = fits(test).err()?;
+            Some((
+                i,
+                format!("with the compiled program, {error}: give the test less input"),
+            ))
+        })
+        .collect()
 }
 
 /// Room for one VM, unless the submission is stopped first.
@@ -398,4 +456,52 @@ fn finish(
         "submission finished"
     );
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{LimitPolicy, Planner, SourceFile};
+    use crate::judge::{SubmissionRequest, TestCase};
+    use crate::lang::Languages;
+
+    fn submission(stdins: &[usize]) -> SubmissionPlan {
+        let planner = Planner::new(Languages::builtin().unwrap(), LimitPolicy::default(), &[]);
+        let tests = stdins
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| TestCase {
+                name: format!("t{i}"),
+                stdin: vec![b'1'; bytes],
+                ..TestCase::default()
+            })
+            .collect();
+        let request = SubmissionRequest {
+            language: "c".into(),
+            files: vec![SourceFile::entry("int main() {}")],
+            tests,
+            ..SubmissionRequest::default()
+        };
+        crate::judge::submission::plan(&planner, request).unwrap()
+    }
+
+    fn program(bytes: usize) -> Vec<runner_protocol::File> {
+        vec![runner_protocol::File {
+            name: "main".into(),
+            content: vec![0x7f; bytes],
+            executable: true,
+        }]
+    }
+
+    #[test]
+    fn a_test_that_no_longer_fits_with_the_compiled_program_is_named() {
+        // Each test's input fits the frame alone (it was planned), but not
+        // beside a 4 MiB program.
+        let plan = submission(&[1 << 10, 10 << 20, 2 << 10]);
+        assert!(too_large(&plan, &program(1 << 10)).is_empty());
+        let refused = too_large(&plan, &program(4 << 20));
+        assert_eq!(refused.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(refused[&1].contains("compiled program"), "{}", refused[&1]);
+        assert!(refused[&1].contains("less input"), "{}", refused[&1]);
+    }
 }

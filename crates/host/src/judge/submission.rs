@@ -171,7 +171,8 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
     for (i, test) in request.tests.into_iter().enumerate() {
         let limits = RequestLimits {
             compile: base.limits.compile,
-            run: over(test.limits, base.limits.run),
+            // The test's own, the submission's where it says nothing.
+            run: test.limits.or(base.limits.run),
         };
         let plan = planner
             .plan_part(
@@ -216,18 +217,6 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
         tests,
         stop_on_first_failure: request.stop_on_first_failure,
     })
-}
-
-/// `test`'s limits, the submission's where it says nothing.
-fn over(test: StageLimits, submission: StageLimits) -> StageLimits {
-    StageLimits {
-        wall_time_ms: test.wall_time_ms.or(submission.wall_time_ms),
-        cpu_time_ms: test.cpu_time_ms.or(submission.cpu_time_ms),
-        memory_mib: test.memory_mib.or(submission.memory_mib),
-        processes: test.processes.or(submission.processes),
-        output_bytes: test.output_bytes.or(submission.output_bytes),
-        file_size_bytes: test.file_size_bytes.or(submission.file_size_bytes),
-    }
 }
 
 /// Counts of tests by verdict, and the most any test used.
