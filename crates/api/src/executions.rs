@@ -205,10 +205,27 @@ impl App {
     }
 }
 
-/// What a one-shot execution's body asks. A terminal goes only with a
-/// client that types into it: the WebSocket endpoints take `pty` out
-/// first.
+/// What a one-shot execution's body asks.
 pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot, ApiError> {
+    refuse_pty(&body)?;
+    runner_host::bodies::execution(body, Some(trace_id.to_string())).map_err(ApiError::from_plan)
+}
+
+/// What an execution's body in a session asks: the same, judged by
+/// nothing.
+pub(crate) fn to_session_request(
+    body: ExecutionBody,
+    trace_id: &str,
+) -> Result<runner_host::ExecutionRequest, ApiError> {
+    refuse_pty(&body)?;
+    runner_host::bodies::session_execution(body, Some(trace_id.to_string()))
+        .map_err(ApiError::from_plan)
+}
+
+/// A terminal goes only with a client that types into it: the WebSocket
+/// endpoints take `pty` out of the body first. Refused here, rather than
+/// by [`runner_host::bodies`], to name the endpoints that take one.
+fn refuse_pty(body: &ExecutionBody) -> Result<(), ApiError> {
     if body.pty.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -216,23 +233,7 @@ pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot,
              (GET /v1/executions/ws, or /v1/sessions/{id}/executions/ws)",
         ));
     }
-    runner_host::bodies::execution(body, Some(trace_id.to_string())).map_err(ApiError::from_plan)
-}
-
-/// What an execution's body in a session asks (the same rule for `pty`).
-pub(crate) fn to_session_request(
-    body: ExecutionBody,
-    trace_id: &str,
-) -> Result<runner_host::ExecutionRequest, ApiError> {
-    let asked = to_request(body, trace_id)?;
-    if asked.expected_output.is_some() || asked.compare.is_some() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "expected_output and compare judge one-shot executions (POST /v1/executions) \
-             and submissions; an execution in a session is not judged",
-        ));
-    }
-    Ok(asked.request)
+    Ok(())
 }
 
 /// Reads a body of at most `limit` bytes and parses it as JSON.
@@ -378,6 +379,25 @@ mod tests {
                 ((run, out), "\u{fffd}".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_session_execution_is_not_judged_and_has_no_terminal_over_http() {
+        let body = |json: &str| serde_json::from_str::<ExecutionBody>(json).unwrap();
+        let judged = body(r#"{"files": [{"content": "1"}], "expected_output": "1"}"#);
+        let e = to_session_request(judged, "t").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("not judged"), "{}", e.message);
+        let on_terminal = body(r#"{"files": [{"content": "1"}], "pty": {"rows": 24, "cols": 80}}"#);
+        for e in [
+            to_session_request(on_terminal.clone(), "t").unwrap_err(),
+            to_request(on_terminal, "t").map(drop).unwrap_err(),
+        ] {
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert!(e.message.contains("/executions/ws"), "{}", e.message);
+        }
+        let plain = body(r#"{"files": [{"content": "1"}], "stdin": "x"}"#);
+        assert_eq!(to_session_request(plain, "t").unwrap().stdin, b"x");
     }
 
     #[test]
