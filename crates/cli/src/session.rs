@@ -217,12 +217,11 @@ async fn run(client: &Client, command: SessionCommand) -> anyhow::Result<ExitCod
         }
         SessionCommand::List => {
             for session in client.sessions().await? {
-                let state = serde_json::to_value(session.state)?;
                 outln!(
                     "{} {} {} executions={}",
                     session.id,
                     session.language,
-                    state.as_str().unwrap_or_default(),
+                    session.state,
                     session.executions,
                 );
             }
@@ -246,8 +245,7 @@ async fn run(client: &Client, command: SessionCommand) -> anyhow::Result<ExitCod
         }
         SessionCommand::Resume { id } => {
             let session = client.resume_session(&id).await?;
-            let state = serde_json::to_value(session.state)?;
-            outln!("{id} {}", state.as_str().unwrap_or_default());
+            outln!("{id} {}", session.state);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -10,8 +10,8 @@ use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerInfo};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use runner_wire::{
-    ExecutionBody, ExecutionResult, FileBody, FileKind, RequestLimits, SessionBody, SessionInfo,
-    StageLimits,
+    ExecutionBody, ExecutionResult, FileBody, FileEntry, FileKind, RequestLimits, SessionBody,
+    SessionInfo, StageLimits,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -350,28 +350,25 @@ impl RunnerMcp {
             .engine
             .list_files(&self.caller(&context), &args.session_id, &args.path)
             .await;
-        Ok(match listed {
-            Ok(entries) => {
-                let text = if entries.is_empty() {
-                    "(empty)".into()
-                } else {
-                    entries
-                        .iter()
-                        .map(|e| {
-                            let slash = if e.kind == FileKind::Directory {
-                                "/"
-                            } else {
-                                ""
-                            };
-                            format!("{:>10}  {}{slash}", e.size, e.name)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                with_structure(text, json!({ "entries": entries }), false)
+        let listed = listed.map(|entries| Listing { entries });
+        Ok(outcome(listed, |listing| {
+            if listing.entries.is_empty() {
+                return "(empty)".into();
             }
-            Err(error) => refused(error),
-        })
+            listing
+                .entries
+                .iter()
+                .map(|e| {
+                    let slash = if e.kind == FileKind::Directory {
+                        "/"
+                    } else {
+                        ""
+                    };
+                    format!("{:>10}  {}{slash}", e.size, e.name)
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }))
     }
 
     #[tool(
@@ -524,27 +521,31 @@ fn with_structure(text: String, structured: Value, is_error: bool) -> CallToolRe
 }
 
 fn execution(result: Result<ExecutionResult, ToolError>) -> CallToolResult {
-    match result {
-        Ok(result) => with_structure(describe(&result), structure(&result), false),
-        Err(error) => refused(error),
-    }
+    outcome(result, describe)
 }
 
 fn session_info(info: Result<SessionInfo, ToolError>) -> CallToolResult {
-    let info = info.map(|info| structure(&info));
-    outcome(info, |v| {
+    outcome(info, |info| {
         format!(
             "session_id: {} · {} · state {}",
-            v["id"].as_str().unwrap_or_default(),
-            v["language"].as_str().unwrap_or_default(),
-            v["state"].as_str().unwrap_or_default()
+            info.id, info.language, info.state
         )
     })
 }
 
-fn outcome(value: Result<Value, ToolError>, text: impl FnOnce(&Value) -> String) -> CallToolResult {
+/// A directory's entries, as a tool gives them.
+#[derive(Serialize)]
+struct Listing {
+    entries: Vec<FileEntry>,
+}
+
+/// `value` with `text` of it for a model to read, or the error.
+fn outcome<T: Serialize>(
+    value: Result<T, ToolError>,
+    text: impl FnOnce(&T) -> String,
+) -> CallToolResult {
     match value {
-        Ok(value) => with_structure(text(&value), value, false),
+        Ok(value) => with_structure(text(&value), structure(&value), false),
         Err(error) => refused(error),
     }
 }

@@ -22,6 +22,24 @@ pub enum SessionState {
     Failed,
 }
 
+impl SessionState {
+    /// Its name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Running => "running",
+            SessionState::Paused => "paused",
+            SessionState::Ended => "ended",
+            SessionState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
@@ -116,4 +134,17 @@ pub struct SessionList {
 pub struct FileListing {
     pub path: String,
     pub entries: Vec<FileEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_states_name_is_the_one_the_api_writes() {
+        use SessionState::*;
+        for state in [Running, Paused, Ended, Failed] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 }
