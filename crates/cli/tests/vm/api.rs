@@ -9,7 +9,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
 use crate::common::server::{Server, check, header, metric, openapi};
-use crate::common::{assert_clean, kvm, runner, vm_processes};
+use crate::common::{assert_clean, kvm, runner, succeeds, vm_processes};
 
 fn python(code: &str) -> Value {
     json!({ "language": "python", "files": [{ "content": code }] })
@@ -640,20 +640,14 @@ fn print_config_shows_file_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:1111\"\nqueue_size = 3\nmax_vms = 5\n[limits.run]\nwall_time_ms = 2000\n").unwrap();
-    let output = runner()
-        .args(["serve", "--print-config", "--config"])
-        .arg(&file)
-        .args(["--queue-size", "9", "--set", "limits.run.cpu_time_ms=1500"])
-        .env("RUNNER_QUEUE_SIZE", "7")
-        .env("RUNNER_MAX_VMS", "4")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let text = succeeds(
+        runner()
+            .args(["serve", "--print-config", "--config"])
+            .arg(&file)
+            .args(["--queue-size", "9", "--set", "limits.run.cpu_time_ms=1500"])
+            .env("RUNNER_QUEUE_SIZE", "7")
+            .env("RUNNER_MAX_VMS", "4"),
     );
-    let text = String::from_utf8(output.stdout).unwrap();
     let config: toml::Table = text.parse().unwrap();
     assert_eq!(config["listen"].as_str(), Some("127.0.0.1:1111"), "file");
     assert_eq!(

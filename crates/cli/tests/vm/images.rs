@@ -1,6 +1,6 @@
 //! Image management on the real state directory.
 
-use crate::common::{runner, state_dir};
+use crate::common::{runner, state_dir, succeeds};
 
 #[test]
 fn prune_removes_only_images_no_recipe_uses() {
@@ -14,13 +14,7 @@ fn prune_removes_only_images_no_recipe_uses() {
     std::fs::write(stale.join("manifest.json"), "{}").unwrap();
     std::fs::write(stale.join("rootfs.ext4"), "old").unwrap();
 
-    let output = runner().args(["image", "prune"]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = succeeds(runner().args(["image", "prune"]));
     assert!(
         stdout.contains("removed rootfs-bash-0000000000000000"),
         "{stdout}"

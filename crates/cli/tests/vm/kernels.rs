@@ -1,7 +1,7 @@
 //! The guest kernels: Runner Codes' own by default, Debian's on request,
 //! and the debug flavour that shows a boot on the console. Real VMs.
 
-use crate::common::runner;
+use crate::common::{runner, succeeds};
 
 /// Runs a bash program with extra `--set` settings; its stdout, once the
 /// run succeeded.
@@ -11,17 +11,7 @@ fn bash(settings: &[&str], code: &str) -> String {
     for setting in settings {
         command.args(["--set", setting]);
     }
-    let output = command
-        .args(["--lang", "bash", "-c", code])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    succeeds(command.args(["--lang", "bash", "-c", code]))
 }
 
 const WHICH_KERNEL: &str = "uname -r; cat /proc/version; \

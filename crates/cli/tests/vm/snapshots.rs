@@ -2,24 +2,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::common::{run, run_with_env, runner, state_dir};
+use crate::common::{run, run_with_env, runner, state_dir, succeeds};
 
 use serde_json::Value;
 
 /// Runs `runner` with `args` on the state directory `home`; its stdout,
 /// once it succeeded.
 fn runner_in(home: &std::path::Path, args: &[&str]) -> String {
-    let output = runner()
-        .env("RUNNER_HOME", home)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    succeeds(runner().env("RUNNER_HOME", home).args(args))
 }
 
 /// Makes the snapshots of `languages` (cached across runs, like images).
@@ -29,12 +19,7 @@ fn create(languages: &[&str]) {
     for language in languages {
         command.args(["--lang", language]);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "snapshot create failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeds(&mut command);
 }
 
 #[test]

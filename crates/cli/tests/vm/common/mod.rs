@@ -140,6 +140,19 @@ pub fn kvm() -> bool {
     String::from_utf8_lossy(&output.stdout).contains("acceleration   kvm")
 }
 
+/// Runs `command` to its end, which must be a success: its stdout.
+pub fn succeeds(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Runs `runner` with `args`, feeding `stdin`, and checks afterwards that the
 /// execution left nothing behind.
 pub fn run(args: &[&str], stdin: &[u8]) -> Finished {
