@@ -98,6 +98,14 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Sessions {
+    /// Where this server records running session `id`: `<pid>.<id>.json`,
+    /// so that a later server tells a dead server's records from a live
+    /// one's.
+    pub(super) fn record_path(&self, id: &str) -> PathBuf {
+        self.records
+            .join(format!("{}.{id}.json", std::process::id()))
+    }
+
     /// Writes the record of running session `session`, so that a server
     /// started after this one is killed can report it lost.
     pub(super) fn record_running(&self, session: &Session) {
@@ -199,9 +207,7 @@ impl Sessions {
                 max_paused: record.max_paused,
                 paused_dir: dir,
                 dir_hold: Mutex::new(Some(hold)),
-                record: self
-                    .records
-                    .join(format!("{}.{id}.json", std::process::id())),
+                record: self.record_path(&id),
                 stop: watch::channel(false).0,
                 hold: Mutex::new(None),
             });

@@ -370,9 +370,7 @@ impl Sessions {
             max_paused,
             paused_dir: self.paused.join(&id),
             dir_hold: Mutex::new(None),
-            record: self
-                .records
-                .join(format!("{}.{id}.json", std::process::id())),
+            record: self.record_path(&id),
             stop: watch::channel(false).0,
             hold: Mutex::new(Some(hold)),
         });
