@@ -218,10 +218,9 @@ pub(crate) async fn run(
     // Each test's request carries the compiled program: one that no longer
     // fits the one frame the agent takes is refused here, with why, rather
     // than by the agent once its VM has booted.
-    let too_large = too_large(&plan, &files);
+    let too_large = Arc::new(too_large(&plan, &files));
     let tests = Arc::new(plan.tests.clone());
     let files = Arc::new(files);
-    let too_large = Arc::new(too_large);
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<Option<TestResult>>>> =
