@@ -16,6 +16,7 @@ use nix::unistd::{Pid, chdir, chroot};
 
 use crate::error::{AgentError, Context};
 use crate::mount::{mount_fs, wait_for};
+use crate::platform::Platform;
 
 /// What the host asked for on the kernel command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,13 @@ const MODULE_ORDER: &str = "/etc/runner/modules";
 const ROOT_DEVICE: &str = "/dev/vda";
 
 pub fn init() -> Result<Mode, AgentError> {
+    match crate::platform::current() {
+        Platform::Vm => init_vm(),
+        Platform::Gvisor => init_sandbox(),
+    }
+}
+
+fn init_vm() -> Result<Mode, AgentError> {
     mount_fs("proc", "/proc", "proc", MsFlags::empty(), None)?;
     mount_fs("sysfs", "/sys", "sysfs", MsFlags::empty(), None)?;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None)?;
@@ -87,6 +95,65 @@ pub fn init() -> Result<Mode, AgentError> {
     mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
     mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
     crate::devices::set_up()?;
+    scratch_and_names()?;
+    // Controllers for the per-stage cgroups; a kernel without one of them
+    // still runs programs, with fewer limits.
+    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
+    Ok(Mode::Serve)
+}
+
+/// In a gVisor sandbox: `runsc` mounted the root filesystem, `/proc`,
+/// `/sys` and a `/dev` of the usual devices, and bound the agent's own
+/// directory at `/mnt`, which programs must not see. gVisor keeps such a
+/// bind out of its mount table (it cannot be unmounted), so an empty,
+/// read-only tmpfs covers it, as empty as a VM's `/mnt`. gVisor's cgroups
+/// are version 1, one hierarchy per controller (see `stage::cgroup`).
+fn init_sandbox() -> Result<Mode, AgentError> {
+    // gVisor lets any user read a dumpable process's /proc/<pid>/environ;
+    // the agent's are root's alone, as a kernel keeps them.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
+        return Err(format!(
+            "prctl(PR_SET_DUMPABLE): {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs(
+        "tmpfs",
+        "/mnt",
+        "tmpfs",
+        nosuid | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        Some("mode=0755,size=4k"),
+    )?;
+    // gVisor's /dev has two entries a VM's has not (see `devices`).
+    for extra in ["/dev/net/tun", "/dev/fuse"] {
+        let _ = fs::remove_file(extra);
+    }
+    let _ = fs::remove_dir("/dev/net");
+    mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
+    mount_fs(
+        "tmpfs",
+        "/sys/fs/cgroup",
+        "tmpfs",
+        nosuid,
+        Some("mode=0755"),
+    )?;
+    for controller in crate::stage::CGROUP_V1_CONTROLLERS {
+        let target = format!("/sys/fs/cgroup/{controller}");
+        mount_fs("cgroup", &target, "cgroup", nosuid, Some(controller))?;
+    }
+    // The programs' shared memory, a tmpfs sized per stage as in a VM.
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
+    scratch_and_names()?;
+    Ok(Mode::Serve)
+}
+
+/// What VMs and sandboxes have alike: the scratch directories, the host
+/// name and the loopback interface.
+fn scratch_and_names() -> Result<(), AgentError> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Where programs can write: each its own tmpfs, so that the size of
     // files a stage writes can be capped (see stage::Scratch); /dev/shm is
     // the third.
@@ -98,14 +165,15 @@ pub fn init() -> Result<Mode, AgentError> {
         nosuid,
         Some("mode=0700,uid=1000,gid=1000"),
     )?;
-    // Controllers for the per-stage cgroups; a kernel without one of them
-    // still runs programs, with fewer limits.
-    let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids");
     // The image's /etc/hostname and /etc/hosts name the same host.
     nix::unistd::sethostname(runner_protocol::GUEST_HOSTNAME)
         .context(|| "set the hostname".into())?;
-    loopback_up()?;
-    Ok(Mode::Serve)
+    match crate::platform::current() {
+        Platform::Vm => loopback_up(),
+        // gVisor's network stack brings up its loopback itself and takes
+        // no interface ioctls; its address comes by netlink.
+        Platform::Gvisor => add_loopback_alias_by_netlink(),
+    }
 }
 
 /// Brings up `lo`, which gives it 127.0.0.1 and ::1: programs talk to
@@ -158,6 +226,93 @@ fn loopback_up() -> Result<(), AgentError> {
         )
     };
     ioctl(libc::SIOCSIFADDR, &mut alias, "give lo 127.0.1.1")
+}
+
+/// Gives `lo` 127.0.1.1 (see [`loopback_up`]) by an `RTM_NEWADDR`
+/// request on a route netlink socket, the way `ip addr add` does: gVisor
+/// takes that where it refuses `SIOCSIFADDR`. A restored gVisor sandbox
+/// has lost it (its network stack is made anew), so waking one adds it
+/// again; one that has it already is left as it is.
+pub fn add_loopback_alias_by_netlink() -> Result<(), AgentError> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    // SAFETY: if_nametoindex reads the NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if index == 0 {
+        return Err(format!("no lo: {}", std::io::Error::last_os_error()).into());
+    }
+    let address = [127u8, 0, 1, 1];
+    let mut message = Vec::with_capacity(40);
+    let length: u32 = 16 + 8 + 2 * 8;
+    message.extend_from_slice(&length.to_ne_bytes());
+    message.extend_from_slice(&libc::RTM_NEWADDR.to_ne_bytes());
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL;
+    message.extend_from_slice(&(flags as u16).to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    message.extend_from_slice(&0u32.to_ne_bytes()); // to the kernel
+    // struct ifaddrmsg: family, prefix length, flags, scope, index.
+    message.extend_from_slice(&[libc::AF_INET as u8, 8, 0, libc::RT_SCOPE_HOST]);
+    message.extend_from_slice(&index.to_ne_bytes());
+    for kind in [IFA_LOCAL, IFA_ADDRESS] {
+        message.extend_from_slice(&8u16.to_ne_bytes());
+        message.extend_from_slice(&kind.to_ne_bytes());
+        message.extend_from_slice(&address);
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("netlink socket: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: `fd` is a descriptor this process just opened and owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data for which all zeroes is a valid
+    // value (the kernel's address).
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: sendto reads `message` and the address on this stack frame.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            std::ptr::addr_of!(kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(format!("netlink send: {}", std::io::Error::last_os_error()).into());
+    }
+    let mut reply = [0u8; 256];
+    // SAFETY: recv writes at most `reply.len()` bytes into `reply`.
+    let got = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            0,
+        )
+    };
+    if got < 20 {
+        return Err(format!("netlink reply: {}", std::io::Error::last_os_error()).into());
+    }
+    // An NLMSG_ERROR whose error is 0 is the acknowledgement.
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    let error = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+    if kind != libc::NLMSG_ERROR as u16 || (error != 0 && error != -libc::EEXIST) {
+        return Err(format!(
+            "give lo 127.0.1.1: {}",
+            std::io::Error::from_raw_os_error(-error)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// An interface request for `name`, otherwise zero.
@@ -226,7 +381,11 @@ pub fn reap_until(server: Pid) -> ! {
     }
 }
 
+/// Ends the VM; in a gVisor sandbox, the first process's exit ends it.
 pub fn power_off() -> ! {
+    if crate::platform::current() == Platform::Gvisor {
+        std::process::exit(0);
+    }
     nix::unistd::sync();
     let _ = reboot(RebootMode::RB_POWER_OFF);
     // reboot(2) only returns on error; PID 1 must never exit.

@@ -13,7 +13,9 @@ pub enum Event {
         bytes: Vec<u8>,
     },
     Closed,
-    Exited(ExitStatus, Instant),
+    /// The main process ended: how, when, and its peak resident memory in
+    /// bytes.
+    Exited(ExitStatus, Instant, u64),
     /// From the client of an interactive execution, passed on by the
     /// thread that reads the host's frames.
     Control(Control),

@@ -12,8 +12,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
+
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
@@ -106,6 +108,9 @@ pub fn write(path: &str, offset: u64, content: &[u8], executable: bool) -> Resul
     let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK;
     if offset == 0 {
         flags |= OFlag::O_TRUNC;
+    }
+    if !crate::stage::room_for(content.len() as u64) {
+        return Err(explain(path, Errno::ENOSPC));
     }
     let mode = if executable { 0o755 } else { 0o644 };
     let fd = open_beneath(&dir, &name, flags, Mode::from_bits_truncate(mode))
@@ -234,15 +239,69 @@ fn remove(path: &str) -> Result<(), FileError> {
     )
     .map_err(|e| explain(path, e))?;
     if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-        // std's remove_dir_all opens each level without following links;
-        // through /proc/self/fd the path starts at the directory resolved
-        // above, not at a name the run user could swap meanwhile.
-        let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
-        Ok(std::fs::remove_dir_all(&at).context(|| format!("remove {path}"))?)
+        Ok(remove_tree(&dir, &name).map_err(|e| explain(path, e))?)
     } else {
         Ok(unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
             .context(|| format!("remove {path}"))?)
     }
+}
+
+/// Removes directory `name` in `parent` with everything in it, never
+/// following a link the run user may put in the way: each level is opened
+/// with [`open_beneath`], and entries are unlinked by name in their open
+/// directory. (std's `remove_dir_all` opens levels with `O_DIRECTORY |
+/// O_NOFOLLOW`, which gVisor follows to a link's directory.)
+fn remove_tree(parent: &OwnedFd, name: &str) -> Result<(), Errno> {
+    let open_dir = |at: &OwnedFd, name: &str| {
+        open_beneath(
+            at,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+    };
+    // The open directories from `name` down, each with its name.
+    let mut stack: Vec<(OwnedFd, String)> = vec![(open_dir(parent, name)?, name.to_string())];
+    while let Some((dir, _)) = stack.last() {
+        let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir)?)?;
+        let mut descend = None;
+        for entry in listing.iter() {
+            let entry = entry?;
+            let entry_name = entry.file_name().to_string_lossy().into_owned();
+            if entry_name == "." || entry_name == ".." {
+                continue;
+            }
+            let stat = match fstatat(
+                dir,
+                entry_name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(stat) => stat,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+                descend = Some(entry_name);
+                break;
+            }
+            match unlinkat(dir, entry_name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match descend {
+            Some(child) => {
+                let opened = open_dir(dir, &child)?;
+                stack.push((opened, child));
+            }
+            None => {
+                let (_, emptied) = stack.pop().expect("the loop holds one");
+                let at = stack.last().map_or(parent, |(fd, _)| fd);
+                unlinkat(at, emptied.as_str(), UnlinkatFlags::RemoveDir)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The directory that holds `path`, opened beneath the working directory
@@ -326,22 +385,97 @@ pub(crate) fn work_dir() -> Result<OwnedFd, AgentError> {
     .context(|| format!("open {WORK_DIR}"))
 }
 
-/// Opens `name` in `dir` without leaving it or following any link.
+/// Opens `name` (a relative path) in `dir` without leaving it or following
+/// any link.
 pub(crate) fn open_beneath(
     dir: &impl AsFd,
     name: &str,
     flags: OFlag,
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .mode(mode)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    openat2(dir.as_fd(), name, how)
+    static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(mode)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        match openat2(dir.as_fd(), name, how) {
+            Err(Errno::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            opened => return opened,
+        }
+    }
+    open_walking(dir, name, flags, mode)
+}
+
+/// [`open_beneath`] where the kernel has no `openat2` (gVisor): one
+/// component at a time, none of them `..` (`EXDEV`, as `RESOLVE_BENEATH`
+/// refuses an escape) and none of them a link (`ELOOP`, as
+/// `RESOLVE_NO_SYMLINKS`). Each is first opened as a path only
+/// (`O_PATH | O_NOFOLLOW`, which opens a link itself) and looked at, then
+/// the last is opened for what the caller asked through `/proc/self/fd`,
+/// which reaches exactly that file: gVisor's `openat` follows a final link
+/// to a directory despite `O_NOFOLLOW` when `O_DIRECTORY` is given.
+fn open_walking(dir: &impl AsFd, name: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if name.starts_with('/') || parts.contains(&"..") {
+        return Err(Errno::EXDEV);
+    }
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(Errno::ENOENT);
+    };
+    let path_only = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut held: Option<OwnedFd> = None;
+    for part in dirs {
+        let at = held.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
+        let next = nix::fcntl::openat(at, *part, path_only, Mode::empty())?;
+        match file_type(&next)? {
+            SFlag::S_IFDIR => held = Some(next),
+            SFlag::S_IFLNK => return Err(Errno::ELOOP),
+            _ => return Err(Errno::ENOTDIR),
+        }
+    }
+    let at = held.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
+    let found = match nix::fcntl::openat(at, *last, path_only, Mode::empty()) {
+        Err(Errno::ENOENT) if flags.contains(OFlag::O_CREAT) => {
+            // Made here, with O_NOFOLLOW, which gVisor keeps for O_CREAT: a
+            // link put in its place meanwhile fails with ELOOP.
+            return nix::fcntl::openat(
+                at,
+                *last,
+                flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                mode,
+            );
+        }
+        found => found?,
+    };
+    match file_type(&found)? {
+        SFlag::S_IFLNK => return Err(Errno::ELOOP),
+        SFlag::S_IFDIR if flags.contains(OFlag::O_WRONLY) || flags.contains(OFlag::O_RDWR) => {
+            return Err(Errno::EISDIR);
+        }
+        SFlag::S_IFDIR => {}
+        _ if flags.contains(OFlag::O_DIRECTORY) => return Err(Errno::ENOTDIR),
+        _ => {}
+    }
+    let reopen = flags & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW);
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", found.as_raw_fd()).as_str(),
+        reopen | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The type of the file `fd` is open on.
+fn file_type(fd: &OwnedFd) -> Result<SFlag, Errno> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    Ok(SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT)
 }
 
 /// An error for `path`, in the words a user of the API understands.

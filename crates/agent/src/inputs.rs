@@ -124,6 +124,12 @@ pub fn read_frames(mut port: File, inputs: Inputs) -> Receiver<Incoming> {
                     Incoming::Frame(Frame::Exec(request))
                 }
                 Ok(Some(frame)) => Incoming::Frame(frame),
+                // In gVisor nothing else ends the sandbox when its runner
+                // is gone (a VM's QEMU dies with it): the agent ends it
+                // now, whatever stage runs.
+                Ok(None) if crate::platform::current() == crate::platform::Platform::Gvisor => {
+                    std::process::exit(0)
+                }
                 Ok(None) => Incoming::Closed,
                 Err(e) => Incoming::Bad(e.to_string()),
             };

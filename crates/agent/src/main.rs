@@ -5,7 +5,9 @@
 //! language's root filesystem read-only under a tmpfs overlay and switches
 //! into it. Then it forks: the child serves the host ([`serve`]) and PID 1
 //! stays behind only to reap orphans and to power the VM off when the server
-//! ends.
+//! ends. In a gVisor sandbox `runsc` starts it as the container's first
+//! process, with the root filesystem already in place ([`platform`]); the
+//! rest is the same.
 
 mod boot;
 mod consts;
@@ -17,6 +19,7 @@ mod inputs;
 mod mount;
 mod net;
 mod outputs;
+mod platform;
 mod port;
 mod serve;
 mod stage;
@@ -28,8 +31,9 @@ use std::process::ExitCode;
 use nix::unistd::{ForkResult, fork};
 
 fn main() -> ExitCode {
+    platform::detect();
     if std::process::id() != 1 {
-        eprintln!("runner-agent: must run as PID 1 inside a Runner Codes VM");
+        eprintln!("runner-agent: must run as PID 1 inside a Runner Codes VM or gVisor sandbox");
         return ExitCode::FAILURE;
     }
     let mode = match boot::init() {

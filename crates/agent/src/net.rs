@@ -18,11 +18,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use runner_protocol::net::{MAX_NET_PAYLOAD, NET_PORT_NAME, NetFrame, NetKind, PROXY_PORT};
 
 use crate::error::{AgentError, Context};
+use crate::platform::Platform;
 
 /// The open connections, by number.
 type Connections = Arc<Mutex<HashMap<u32, TcpStream>>>;
 
 static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// A gVisor sandbox's network port, from its start until the network is.
+static GVISOR_PORT: Mutex<Option<File>> = Mutex::new(None);
+
+/// In a gVisor sandbox, takes the network port off stdout at start, before
+/// any program can inherit it.
+pub fn take_gvisor_port() -> Result<(), AgentError> {
+    *GVISOR_PORT.lock().unwrap() = Some(crate::port::take_stdio(1)?);
+    Ok(())
+}
 
 /// Starts carrying connections, once; later calls say how the first went.
 pub fn start() -> Result<(), AgentError> {
@@ -32,13 +43,25 @@ pub fn start() -> Result<(), AgentError> {
         .map_err(AgentError::Failed)
 }
 
+/// The network port: a virtio-serial port, or in a gVisor sandbox the
+/// agent's stdout (see [`runner_protocol::GVISOR_AGENT_ARG`]), taken at
+/// start (see [`take_gvisor_port`]).
 fn serve() -> Result<(), AgentError> {
-    let path = crate::port::find_port(crate::consts::AGENT_DEVICES, NET_PORT_NAME)?;
-    let port = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .context(|| format!("open {}", path.display()))?;
+    let port = match crate::platform::current() {
+        Platform::Gvisor => GVISOR_PORT
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| AgentError::Failed("the network port was not kept".into()))?,
+        Platform::Vm => {
+            let path = crate::port::find_port(crate::consts::AGENT_DEVICES, NET_PORT_NAME)?;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .context(|| format!("open {}", path.display()))?
+        }
+    };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT))
         .context(|| format!("listen on 127.0.0.1:{PROXY_PORT}"))?;
     let writer = Arc::new(Mutex::new(port.try_clone().context(|| "dup port".into())?));

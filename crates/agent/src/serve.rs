@@ -21,6 +21,9 @@ use crate::stage::{self, Live, StageInput};
 
 pub fn run(mode: Mode) -> Result<(), AgentError> {
     let (mut out, port) = Port::open(mode.devices(), AGENT_PORT_NAME)?;
+    if crate::platform::current() == crate::platform::Platform::Gvisor {
+        crate::net::take_gvisor_port()?;
+    }
     out.hello()?;
     if mode == Mode::Probe {
         return Ok(());

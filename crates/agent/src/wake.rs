@@ -14,7 +14,14 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
+/// In a gVisor sandbox neither is needed: its random numbers come from the
+/// host's kernel at every read and its clock is the host's, so a restored
+/// sandbox shares neither with its snapshot. Its loopback lost the address
+/// the agent gave it, though.
 pub fn wake(wake: &Wake) -> Result<(), AgentError> {
+    if crate::platform::current() == crate::platform::Platform::Gvisor {
+        return crate::boot::add_loopback_alias_by_netlink();
+    }
     reseed(&wake.entropy)?;
     set_clock(wake.unix_time_ns)
 }

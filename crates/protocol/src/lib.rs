@@ -55,6 +55,12 @@ pub const MAX_AGENT_FRAME: u32 = 256 << 10;
 /// Name of the virtio-serial port the agent talks on.
 pub const AGENT_PORT_NAME: &str = "runner.agent";
 
+/// The argument that tells the agent it is the first process of a gVisor
+/// sandbox rather than a VM's `/init`: its port to the host is its stdin
+/// (a socket, both ways), the network port its stdout, its console its
+/// stderr. `runsc restore` gives a restored sandbox new ones of the three.
+pub const GVISOR_AGENT_ARG: &str = "--gvisor";
+
 /// The guest's host name: set by the agent, and in the root filesystem's
 /// `/etc/hostname` and `/etc/hosts`.
 pub const GUEST_HOSTNAME: &str = "runner";

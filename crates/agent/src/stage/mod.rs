@@ -5,7 +5,8 @@
 //! |-------------|---------------------------------------------------------|
 //! | wall time   | the agent's clock; cgroup.kill                          |
 //! | CPU time    | the cgroup's cpu.stat, polled; RLIMIT_CPU as a backstop |
-//! | memory      | cgroup memory.max (OOM kills the whole group)           |
+//! | memory      | cgroup memory.max (OOM kills the whole group); polled   |
+//! |             | in a gVisor sandbox, whose cgroups do not enforce it    |
 //! | processes   | cgroup pids.max                                         |
 //! | output      | the agent counts bytes; cgroup.kill                     |
 //! | file size   | RLIMIT_FSIZE per file; tmpfs size for all files         |
@@ -31,15 +32,16 @@ mod terminal;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use runner_protocol::{Limits, SessionSpec, StageReport, StageSpec, WindowSize};
 
+pub use cgroup::CGROUP_V1_CONTROLLERS;
 pub use prestart::{Prestarted, prestart};
-pub use sandbox::session_disk;
+pub use sandbox::{room_for, session_disk};
 
 use crate::consts::WORK_DIR;
 use crate::error::{AgentError, Context};
@@ -175,7 +177,7 @@ fn spawn_in(
             terminal = Some(master);
         }
     }
-    let cgroup_procs = cgroup.procs.as_raw_fd();
+    let cgroup_procs = cgroup.procs_fds();
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls on values copied into it; the caller
     // keeps the control pipe open until the spawn returns.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use runner_protocol::{PrestartSpec, SessionSpec, StageReport, StageSpec};
 
 use super::cgroup::Cgroup;
-use super::sandbox::{Scratch, backstop_cpu_seconds, prlimit};
+use super::sandbox::{Scratch, backstop_cpu_seconds, gvisor_tasks, prlimit};
 use super::supervise::supervise;
 use super::{Process, StageInput, Stdio3, spawn_in};
 use crate::error::{AgentError, Context};
@@ -70,13 +70,22 @@ pub fn prestart(spec: &PrestartSpec) -> Result<Prestarted, AgentError> {
 /// Longest a runtime may take to get through its start-up.
 const PRESTART_TIMEOUT: Duration = Duration::from_secs(110);
 
+/// Polls of an idle process that make it settled, where the kernel does not
+/// show the system call it sleeps in (gVisor).
+const SETTLED_POLLS: u32 = 10;
+
 /// Waits until the prestarted process blocks reading its control pipe: its
 /// start-up is over and the snapshot can be taken. The kernel shows the
 /// system call a process sleeps in, with its arguments, in
-/// `/proc/<pid>/syscall`.
+/// `/proc/<pid>/syscall`. gVisor does not: there the process is taken as
+/// waiting once it has slept without using CPU time for
+/// [`SETTLED_POLLS`] polls in a row. Taken too early, a restored runtime
+/// only finishes its start-up before it reads the pipe.
 fn await_waiting(child: &mut Child) -> Result<(), AgentError> {
     let path = format!("/proc/{}/syscall", child.id());
+    let stat = format!("/proc/{}/stat", child.id());
     let waiting = format!("{} {:#x} ", libc::SYS_read, CONTROL_FD);
+    let mut idle = Idle::default();
     let deadline = Instant::now() + PRESTART_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
@@ -90,8 +99,16 @@ fn await_waiting(child: &mut Child) -> Result<(), AgentError> {
             )
             .into());
         }
-        if fs::read_to_string(&path).is_ok_and(|s| s.starts_with(&waiting)) {
-            return Ok(());
+        match fs::read_to_string(&path) {
+            Ok(syscall) if syscall.starts_with(&waiting) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && idle.poll(&fs::read_to_string(&stat).unwrap_or_default())
+                        >= SETTLED_POLLS =>
+            {
+                return Ok(());
+            }
+            _ => {}
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -100,6 +117,38 @@ fn await_waiting(child: &mut Child) -> Result<(), AgentError> {
         PRESTART_TIMEOUT.as_secs()
     )
     .into())
+}
+
+/// Polls in a row that found a process asleep with the CPU time of the
+/// poll before.
+#[derive(Default)]
+struct Idle {
+    cpu_ticks: Option<u64>,
+    polls: u32,
+}
+
+impl Idle {
+    /// Takes in the process's `/proc/<pid>/stat`; returns the polls in a
+    /// row it has been idle.
+    fn poll(&mut self, stat: &str) -> u32 {
+        // The fields after the command's closing parenthesis: state, then
+        // utime and stime as the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = fields
+            .get(11)
+            .zip(fields.get(12))
+            .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?));
+        let asleep = fields.first() == Some(&"S");
+        if asleep && ticks.is_some() && ticks == self.cpu_ticks {
+            self.polls += 1;
+        } else {
+            self.polls = 0;
+        }
+        self.cpu_ticks = ticks;
+        self.polls
+    }
 }
 
 impl Prestarted {
@@ -164,7 +213,11 @@ impl Prestarted {
                 limits.file_size_bytes,
                 limits.file_size_bytes,
             )?;
-            prlimit(pid, libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)
+            prlimit(pid, libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+            match gvisor_tasks(&limits) {
+                Some(tasks) => prlimit(pid, libc::RLIMIT_NPROC, tasks, tasks),
+                None => Ok(()),
+            }
         });
         if let Err(e) = limited {
             return fail(e, cgroup);
@@ -191,5 +244,30 @@ impl Prestarted {
             prestarted: true,
         };
         supervise(spec, process, input, scratch, session, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Idle;
+
+    #[test]
+    fn a_process_is_idle_while_it_sleeps_without_using_cpu_time() {
+        let stat = |state: &str, utime: u64| {
+            format!("8 (python3 (x)) {state} 4 4 4 0 0 0 0 0 0 0 {utime} 5 0 0 20 0 1 0 25")
+        };
+        let mut idle = Idle::default();
+        assert_eq!(
+            idle.poll(&stat("S", 5)),
+            0,
+            "the first poll has nothing to compare"
+        );
+        assert_eq!(idle.poll(&stat("S", 5)), 1);
+        assert_eq!(idle.poll(&stat("S", 5)), 2);
+        assert_eq!(idle.poll(&stat("S", 6)), 0, "it used CPU time");
+        assert_eq!(idle.poll(&stat("R", 6)), 0, "it runs");
+        assert_eq!(idle.poll(&stat("S", 6)), 1);
+        assert_eq!(idle.poll(&stat("S", 6)), 2);
+        assert_eq!(idle.poll(""), 0, "gone");
     }
 }

@@ -2,11 +2,15 @@
 //! fork and exec (the stage's cgroup, a session of its own, its rlimits,
 //! the run user for good), and the scratch space it may fill.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use runner_protocol::{Limits, SessionSpec};
 
+use super::cgroup::ProcsFds;
 use super::prestart::CONTROL_FD;
 use crate::consts::{RUN_GID, RUN_UID, WORK_DIR};
 use crate::error::{AgentError, Context};
+use crate::platform::Platform;
 
 pub(super) fn prlimit(
     pid: libc::pid_t,
@@ -40,13 +44,25 @@ pub(super) fn backstop_cpu_seconds(limits: &Limits) -> u64 {
     (limits.cpu_time_ms * 2).div_ceil(1000) + 1
 }
 
+/// In a gVisor sandbox, the `RLIMIT_NPROC` that caps a stage at its
+/// process limit. gVisor's `pids.max` lets a group grow several tasks
+/// past its limit (24 processes at a limit of 16, measured), while it
+/// enforces `RLIMIT_NPROC` at one task past it (the run user's, counting
+/// threads): so the limit less one. It counts all of the run user's tasks,
+/// so in a session a stage's limit also counts what earlier stages left
+/// running. `None` in a VM, whose cgroup is exact.
+pub(super) fn gvisor_tasks(limits: &Limits) -> Option<u64> {
+    (crate::platform::current() == Platform::Gvisor)
+        .then(|| u64::from(limits.processes).saturating_sub(1).max(1))
+}
+
 /// Runs in the child between fork and exec: join the stage's cgroup, start a
 /// new session (so the process group can be killed as one), set the rlimits
 /// (a prestarted runtime gets them at the hand-over), put the control pipe
 /// on fd 3 if there is one, give the stdio pipes to the run user, and drop
 /// to the run user for good.
 pub(super) fn enter_sandbox(
-    cgroup_procs: i32,
+    cgroup_procs: ProcsFds,
     limits: Option<&Limits>,
     control: Option<i32>,
 ) -> std::io::Result<()> {
@@ -65,9 +81,11 @@ pub(super) fn enter_sandbox(
         // SAFETY: setrlimit reads the struct on this stack frame.
         check(unsafe { libc::setrlimit(resource, &limit) })
     }
-    // SAFETY: a write from a static buffer to a file descriptor this process
-    // owns; async-signal-safe.
-    check(unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } as libc::c_int)?;
+    for fd in cgroup_procs.into_iter().filter(|&fd| fd >= 0) {
+        // SAFETY: a write from a static buffer to a file descriptor this
+        // process owns; async-signal-safe.
+        check(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as libc::c_int)?;
+    }
     // SAFETY: setsid takes no arguments and is async-signal-safe.
     check(unsafe { libc::setsid() })?;
     // On a terminal, it becomes the new session's controlling terminal, so
@@ -88,6 +106,9 @@ pub(super) fn enter_sandbox(
         // The soft limit sends SIGXCPU, the hard one SIGKILL a second later.
         let cpu_seconds = backstop_cpu_seconds(limits);
         rlimit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+        if let Some(tasks) = gvisor_tasks(limits) {
+            rlimit(libc::RLIMIT_NPROC, tasks, tasks)?;
+        }
     }
     if let Some(fd) = control {
         if fd == CONTROL_FD {
@@ -135,22 +156,39 @@ pub(super) fn enter_sandbox(
 /// carry on, so the exit status alone does not tell). In a session's VM
 /// the working directory never grows past the session's disk, and goes
 /// back to that size after the stage, for the files the host writes.
-pub(super) struct Scratch;
+///
+/// gVisor takes a tmpfs's size only when it is mounted, not on a remount:
+/// there each place's cap is kept here, the stage's supervision polls what
+/// the places hold and kills the stage at a cap ([`Scratch::over`]), and
+/// the files the host writes are checked against the session's disk
+/// ([`room_for`]). A stage may then write up to one poll's worth past the
+/// cap before it is killed.
+pub(super) struct Scratch {
+    /// gVisor: each place with the most it may hold in this stage.
+    caps: Vec<(&'static str, u64)>,
+}
 
 const SCRATCH_DIRS: &[&str] = &[WORK_DIR, "/tmp", "/dev/shm"];
 const PAGE: u64 = 4096;
 
+/// gVisor: the session's disk (see [`Scratch`]); no session, no cap.
+static SESSION_DISK: AtomicU64 = AtomicU64::new(u64::MAX);
+
 impl Scratch {
     pub(super) fn cap(limit: u64, session: Option<&SessionSpec>) -> Result<Self, AgentError> {
+        let mut caps = Vec::new();
         for dir in SCRATCH_DIRS {
             let used = used_bytes(dir)?;
             let mut size = used + limit;
             if let (Some(session), true) = (session, *dir == WORK_DIR) {
                 size = size.min(session.disk_bytes.max(used));
             }
-            resize(dir, size)?;
+            match crate::platform::current() {
+                Platform::Vm => resize(dir, size)?,
+                Platform::Gvisor => caps.push((*dir, size)),
+            }
         }
-        Ok(Scratch)
+        Ok(Scratch { caps })
     }
 
     /// A session's working directory back at the session's disk size.
@@ -158,7 +196,18 @@ impl Scratch {
         session_disk(session)
     }
 
+    /// gVisor: whether a place holds its cap (the stage is to be killed);
+    /// always `false` in a VM, whose tmpfs sizes stop the writes.
+    pub(super) fn over(&self) -> bool {
+        self.caps
+            .iter()
+            .any(|(dir, cap)| used_bytes(dir).is_ok_and(|used| used >= *cap))
+    }
+
     pub(super) fn any_full(&self) -> bool {
+        if crate::platform::current() == Platform::Gvisor {
+            return self.over();
+        }
         SCRATCH_DIRS.iter().any(|dir| {
             nix::sys::statvfs::statvfs(*dir)
                 .map(|s| s.blocks_available() * s.fragment_size() < PAGE)
@@ -168,9 +217,27 @@ impl Scratch {
 }
 
 /// Sets the working directory of a session's VM to the session's disk
-/// size (or what it holds, if that is more).
+/// size (or what it holds, if that is more); in gVisor, keeps the size
+/// for [`room_for`].
 pub fn session_disk(session: &SessionSpec) -> Result<(), AgentError> {
-    resize(WORK_DIR, session.disk_bytes.max(used_bytes(WORK_DIR)?))
+    match crate::platform::current() {
+        Platform::Vm => resize(WORK_DIR, session.disk_bytes.max(used_bytes(WORK_DIR)?)),
+        Platform::Gvisor => {
+            SESSION_DISK.store(session.disk_bytes, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+/// Whether `bytes` more fit in the working directory: in gVisor, under the
+/// session's disk; in a VM the tmpfs says so itself (ENOSPC).
+pub fn room_for(bytes: u64) -> bool {
+    match crate::platform::current() {
+        Platform::Vm => true,
+        Platform::Gvisor => used_bytes(WORK_DIR).map_or(true, |used| {
+            used + bytes <= SESSION_DISK.load(Ordering::Relaxed)
+        }),
+    }
 }
 
 fn used_bytes(dir: &str) -> Result<u64, AgentError> {

@@ -21,7 +21,8 @@ use crate::port::Port;
 
 /// How long to wait for the pipes to close once the process tree was killed.
 const DRAIN: Duration = Duration::from_secs(2);
-/// How often the CPU time of the stage is checked against its limit.
+/// How often the CPU time of the stage (and, in gVisor, its memory) is
+/// checked against its limit.
 const CPU_POLL: Duration = Duration::from_millis(20);
 const CHUNK: usize = 32 << 10;
 
@@ -103,8 +104,8 @@ pub(super) fn supervise(
         live.inputs.attach(tx.clone());
     }
     thread::spawn(move || {
-        if let Ok(status) = child.wait() {
-            let _ = tx.send(Event::Exited(status, Instant::now()));
+        if let Some((status, max_rss)) = wait_with_usage(&child) {
+            let _ = tx.send(Event::Exited(status, Instant::now(), max_rss));
         }
     });
 
@@ -155,9 +156,13 @@ pub(super) fn supervise(
                     }
                 }
                 // A terminal reads end-of-file at Ctrl-D; closing it would
-                // hang it up.
+                // hang it up. gVisor's terminal has no Ctrl-D (VEOF): there
+                // the program's session is hung up (SIGHUP), as a terminal
+                // that goes away does, rather than wait for ever.
                 Control::InputEnd if terminal.is_some() => {
-                    if let Some(feed) = &feed {
+                    if crate::platform::current() == crate::platform::Platform::Gvisor {
+                        let _ = killpg(pgid, Signal::SIGHUP);
+                    } else if let Some(feed) = &feed {
                         let _ = feed.send(vec![EOT]);
                     }
                 }
@@ -184,8 +189,9 @@ pub(super) fn supervise(
                     }
                 }
             },
-            Ok(Event::Exited(status, at)) => {
+            Ok(Event::Exited(status, at, max_rss)) => {
                 exited = true;
+                cgroup.note_peak(max_rss);
                 report.wall_time_us = at.duration_since(started).as_micros() as u64;
                 report.exit_code = status.code();
                 report.signal = status.signal();
@@ -214,10 +220,14 @@ pub(super) fn supervise(
                 deadline = Instant::now() + DRAIN;
             }
             Err(RecvTimeoutError::Timeout) => {
-                if steal.charged(cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us))
-                    >= limits.cpu_time_ms * 1000
-                {
-                    report.cpu_time_exceeded = true;
+                let cpu_over = steal.charged(cgroup.cpu_usage_us().saturating_sub(cpu_baseline_us))
+                    >= limits.cpu_time_ms * 1000;
+                // Where the cgroup and the tmpfs sizes do not enforce the
+                // memory and file limits (gVisor).
+                let memory_over = cgroup.over_memory();
+                let files_over = scratch.over();
+                if cpu_over || memory_over || files_over {
+                    report.cpu_time_exceeded = cpu_over;
                     killed = true;
                     kill();
                     deadline = Instant::now() + DRAIN;
@@ -253,6 +263,27 @@ pub(super) fn supervise(
         None => cgroup.remove(),
     }
     Ok(report)
+}
+
+/// Waits for `child` to end (reaping it): its status and its peak resident
+/// memory in bytes, which the kernel keeps until then.
+fn wait_with_usage(child: &std::process::Child) -> Option<(std::process::ExitStatus, u64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 writes the status and the usage into the locals on
+        // this stack frame.
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if waited == pid {
+            let max_rss = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+            return Some((std::process::ExitStatus::from_raw(status), max_rss));
+        }
+        if waited < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
 }
 
 /// Sends what `pipe` gives to `tx` until it closes. Once the stage is over
