@@ -92,10 +92,18 @@ pub async fn doctor(
     );
 
     let boot_files = runner.images().boot_files(agent());
-    let acceleration = match (accel::preflight(vmm.accel), &boot_files, installed) {
+    // Which backend `auto` takes, and gVisor's platform, only choosing
+    // tells.
+    let preflight = match vmm.backend {
+        vmm::BackendKind::Qemu => accel::preflight(vmm.accel),
+        vmm::BackendKind::Gvisor | vmm::BackendKind::Auto => None,
+    };
+    let mut installed = installed;
+    let acceleration = match (preflight, &boot_files, installed) {
         (Some(choice), _, _) => format!("{}: {}", choice.accel, choice.reason),
         (None, Some((kernel, initramfs)), Some(_)) => {
             let backend = runner.backend(kernel, initramfs).await?;
+            installed = Some(backend.info().name);
             format!("{}: {}", backend.info().accel, backend.info().reason)
         }
         (None, None, _) => {

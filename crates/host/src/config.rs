@@ -19,7 +19,7 @@ use crate::net::NetworkConfig;
 use crate::pool::PoolConfig;
 use crate::session::SessionConfig;
 use crate::vmm::placement::{CpuList, HugePages};
-use crate::vmm::{AccelMode, Machine, VmmConfig};
+use crate::vmm::{AccelMode, BackendKind, Machine, VmmConfig};
 
 /// Read when no configuration file is named, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/runner/config.toml";
@@ -42,8 +42,13 @@ pub struct Config {
     pub snapshots: bool,
     /// Snapshots hold the language's prestarted runtime where it has one.
     pub prestart: bool,
+    /// What runs the sandboxes: `qemu` (a microVM, KVM where it works,
+    /// else TCG) or `gvisor` (Debian's `runsc`).
+    pub backend: BackendKind,
     /// `qemu-system-x86_64` to use; empty for the one on `PATH`.
     pub qemu: String,
+    /// gVisor's `runsc` to use; empty for the one on `PATH`.
+    pub runsc: String,
     /// `auto` uses KVM when a probe VM boots under it, else TCG; `kvm` or
     /// `tcg` skip the probe.
     pub accel: AccelMode,
@@ -127,7 +132,9 @@ impl Config {
             limits: LimitPolicy::default(),
             snapshots: true,
             prestart: true,
+            backend: BackendKind::Qemu,
             qemu: String::new(),
+            runsc: String::new(),
             accel: AccelMode::Auto,
             kernel: KernelChoice::Runner,
             kernel_debug: false,
@@ -167,7 +174,9 @@ impl Config {
     /// What the VMM backends need of it.
     pub fn vmm(&self) -> VmmConfig {
         VmmConfig {
+            backend: self.backend,
             qemu: (!self.qemu.is_empty()).then(|| PathBuf::from(&self.qemu)),
+            runsc: (!self.runsc.is_empty()).then(|| PathBuf::from(&self.runsc)),
             accel: self.accel,
             machine: self.machine,
             kernel_args: self

@@ -121,12 +121,15 @@ impl StartKind {
     }
 }
 
-/// How the VM's CPU ran: in hardware, or emulated.
+/// How the sandbox's CPU ran: a VM's in hardware (`kvm`) or emulated
+/// (`tcg`); a gVisor sandbox's natively, its system calls trapped by
+/// gVisor's `systrap` platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
     Tcg,
+    Systrap,
 }
 
 impl std::fmt::Display for Accel {
@@ -134,6 +137,7 @@ impl std::fmt::Display for Accel {
         f.write_str(match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
+            Accel::Systrap => "systrap",
         })
     }
 }

@@ -215,9 +215,18 @@ impl Vms {
     ) -> Result<Arc<dyn Backend>, VmmError> {
         let runs = self.state.runs();
         let accel_cache = self.state.root().join("accel.json");
+        let gvisor_dir = self.state.root().join("gvisor");
+        let files = vmm::SelectFiles {
+            kernel,
+            initramfs,
+            run_dir: &runs,
+            accel_cache: &accel_cache,
+            gvisor_dir: &gvisor_dir,
+            agent: AGENT_BINARY,
+        };
         let backend = self
             .backend
-            .get_or_try_init(|| vmm::select(&self.vmm, kernel, initramfs, &runs, &accel_cache))
+            .get_or_try_init(|| vmm::select(&self.vmm, files))
             .await?;
         Ok(backend.clone())
     }
@@ -464,7 +473,7 @@ const POOL_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a booting guest may take to say hello.
 pub(crate) fn boot_timeout(accel: Accel) -> Duration {
     match accel {
-        Accel::Kvm => Duration::from_secs(20),
+        Accel::Kvm | Accel::Systrap => Duration::from_secs(20),
         Accel::Tcg => Duration::from_secs(90),
     }
 }

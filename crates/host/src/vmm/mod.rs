@@ -12,10 +12,13 @@
 
 pub mod accel;
 mod channel;
+mod console;
+mod gvisor;
 mod mapped_ram;
 pub mod placement;
 mod qemu;
 mod qmp;
+mod run_dir;
 mod tsc;
 mod vcpu_time;
 
@@ -36,6 +39,13 @@ pub enum VmmError {
     #[error("{binary} not found: {remedy}")]
     Missing {
         binary: String,
+        remedy: &'static str,
+    },
+    #[error("{binary} is {version}; this runner needs {needs}: {remedy}")]
+    TooOld {
+        binary: String,
+        version: String,
+        needs: String,
         remedy: &'static str,
     },
     #[error("starting {binary}")]
@@ -71,11 +81,41 @@ pub enum VmmError {
 /// The backend [`select`] picks where nothing else is asked for.
 pub const DEFAULT_BACKEND: &str = qemu::NAME;
 
+pub use gvisor::SENTRY_RESERVE_MIB;
+
+/// Which backend runs the sandboxes (`backend` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// QEMU where KVM works; else gVisor where `runsc` is installed (it
+    /// runs code at the host's speed, where QEMU would emulate it); else
+    /// QEMU under TCG.
+    Auto,
+    /// A microVM under QEMU: KVM where it works, else TCG.
+    #[default]
+    Qemu,
+    /// A gVisor sandbox under Debian's `runsc`.
+    Gvisor,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Qemu => qemu::NAME,
+            BackendKind::Gvisor => gvisor::NAME,
+        })
+    }
+}
+
 /// What the backends take from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmmConfig {
+    pub backend: BackendKind,
     /// The QEMU binary; `None` for `qemu-system-x86_64` on `PATH`.
     pub qemu: Option<PathBuf>,
+    /// gVisor's `runsc`; `None` for the one on `PATH`.
+    pub runsc: Option<PathBuf>,
     pub accel: AccelMode,
     pub machine: Machine,
     /// Appended to every guest's kernel command line.
@@ -139,40 +179,139 @@ pub struct Installed {
 }
 
 /// The backend the configuration asks for, if it is installed, without
-/// choosing its acceleration.
+/// choosing its acceleration; for `auto`, QEMU if it is installed, else
+/// gVisor.
 pub async fn installed(config: &VmmConfig) -> Result<Installed, VmmError> {
-    let binary = qemu::QemuBackend::binary(config);
-    let version = qemu::QemuBackend::version(&binary).await?;
-    Ok(Installed {
-        backend: qemu::NAME,
-        binary,
-        version,
-    })
+    match config.backend {
+        BackendKind::Auto => match installed_kind(config, BackendKind::Qemu).await {
+            Ok(qemu) => Ok(qemu),
+            Err(e) => installed_kind(config, BackendKind::Gvisor)
+                .await
+                .map_err(|_| e),
+        },
+        kind => installed_kind(config, kind).await,
+    }
 }
 
-/// Picks the backend for this machine and its acceleration: this may boot a
-/// probe VM from `kernel` and `initramfs` (with its files under `run_dir`)
-/// to see whether KVM works; the verdict is cached in `accel_cache`.
+/// Backend `kind` (QEMU or gVisor), if it is installed.
+pub async fn installed_kind(config: &VmmConfig, kind: BackendKind) -> Result<Installed, VmmError> {
+    match kind {
+        BackendKind::Qemu | BackendKind::Auto => {
+            let binary = qemu::QemuBackend::binary(config);
+            let version = qemu::QemuBackend::version(&binary).await?;
+            Ok(Installed {
+                backend: qemu::NAME,
+                binary,
+                version,
+            })
+        }
+        BackendKind::Gvisor => {
+            let binary = gvisor::GvisorBackend::binary(config);
+            let version = gvisor::GvisorBackend::version(&binary).await?;
+            Ok(Installed {
+                backend: gvisor::NAME,
+                binary,
+                version,
+            })
+        }
+    }
+}
+
+/// What [`select`] may need besides the configuration.
+pub struct SelectFiles<'a> {
+    /// What a probe VM boots (see [`accel`]).
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    /// Where a probe VM keeps its files.
+    pub run_dir: &'a Path,
+    /// The KVM verdict's cache.
+    pub accel_cache: &'a Path,
+    /// The gVisor backend's own state (its `runsc` root, mount points).
+    pub gvisor_dir: &'a Path,
+    /// The guest agent, a gVisor sandbox's first process.
+    pub agent: &'a [u8],
+}
+
+/// Picks the backend for this machine and its acceleration: for QEMU this
+/// may boot a probe VM to see whether KVM works; the verdict is cached.
 pub async fn select(
     config: &VmmConfig,
-    kernel: &Path,
-    initramfs: &Path,
-    run_dir: &Path,
-    accel_cache: &Path,
+    files: SelectFiles<'_>,
 ) -> Result<Arc<dyn Backend>, VmmError> {
-    let installed = installed(config).await?;
-    let choice = accel::choose(config, &installed, kernel, initramfs, run_dir, accel_cache).await;
-    tracing::info!(
-        backend = installed.backend,
-        version = %installed.version,
-        accel = %choice.accel,
-        reason = %choice.reason,
-        "backend chosen"
-    );
-    if let Some(why) = config.huge_pages.unavailable() {
-        tracing::warn!("huge_pages = \"transparent\", but {why}");
+    let SelectFiles {
+        kernel,
+        initramfs,
+        run_dir,
+        accel_cache,
+        gvisor_dir,
+        agent,
+    } = files;
+    let gvisor = |installed: Installed, reason: String| -> Result<Arc<dyn Backend>, VmmError> {
+        tracing::info!(
+            backend = installed.backend,
+            version = %installed.version,
+            reason = %reason,
+            "backend chosen"
+        );
+        Ok(Arc::new(gvisor::GvisorBackend::new(
+            installed, gvisor_dir, agent, reason,
+        )?))
+    };
+    let qemu = |installed: Installed, choice: AccelChoice| -> Arc<dyn Backend> {
+        tracing::info!(
+            backend = installed.backend,
+            version = %installed.version,
+            accel = %choice.accel,
+            reason = %choice.reason,
+            "backend chosen"
+        );
+        if let Some(why) = config.huge_pages.unavailable() {
+            tracing::warn!("huge_pages = \"transparent\", but {why}");
+        }
+        Arc::new(qemu::QemuBackend::new(installed, config, choice))
+    };
+    match config.backend {
+        BackendKind::Gvisor => {
+            let installed = installed_kind(config, BackendKind::Gvisor).await?;
+            gvisor(installed, "the backend setting is gvisor".into())
+        }
+        BackendKind::Qemu => {
+            let installed = installed_kind(config, BackendKind::Qemu).await?;
+            let choice =
+                accel::choose(config, &installed, kernel, initramfs, run_dir, accel_cache).await;
+            Ok(qemu(installed, choice))
+        }
+        BackendKind::Auto => {
+            let runsc = installed_kind(config, BackendKind::Gvisor).await;
+            let installed = match installed_kind(config, BackendKind::Qemu).await {
+                Ok(installed) => installed,
+                Err(no_qemu) => {
+                    let why = format!("backend = \"auto\" and {no_qemu}; gVisor runs the code");
+                    return gvisor(runsc.map_err(|_| no_qemu)?, why);
+                }
+            };
+            let choice =
+                accel::choose(config, &installed, kernel, initramfs, run_dir, accel_cache).await;
+            match (choice.accel, runsc) {
+                (Accel::Kvm, _) => Ok(qemu(installed, choice)),
+                (_, Ok(runsc)) => {
+                    let why = format!(
+                        "backend = \"auto\" and no usable KVM ({}): gVisor runs code at the \
+                         host's speed where QEMU would emulate it",
+                        choice.reason
+                    );
+                    gvisor(runsc, why)
+                }
+                (_, Err(no_runsc)) => {
+                    let reason = format!(
+                        "{}; backend = \"auto\" would use gVisor, but {no_runsc}",
+                        choice.reason
+                    );
+                    Ok(qemu(installed, AccelChoice { reason, ..choice }))
+                }
+            }
+        }
     }
-    Ok(Arc::new(qemu::QemuBackend::new(installed, config, choice)))
 }
 
 /// Memory a VM has beyond its programs' limit: the guest kernel, the

@@ -150,6 +150,54 @@ pub fn threads(pid: u32) -> Vec<libc::pid_t> {
         .collect()
 }
 
+/// Process `root` and every process under it, parents first.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(pid, ppid)| ppid == parent && pid != root)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Brings every thread of process `pid` to an execution's priority
+/// ([`VM_NICE`]) and, if `cpus` are given, onto them.
+pub fn bring_forward(pid: u32, cpus: &CpuList) -> Result<(), nix::Error> {
+    let set = cpus.to_set();
+    for tid in threads(pid) {
+        // SAFETY: setpriority on a thread id, no pointers.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VM_NICE) };
+        if let Some(set) = &set {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), set)?;
+        }
+    }
+    Ok(())
+}
+
 /// The host's NUMA nodes this process may allocate memory on, each with
 /// its CPUs, as the kernel lists them under `/sys/devices/system/node`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

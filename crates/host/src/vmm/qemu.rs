@@ -7,20 +7,19 @@
 //! VM has no network device and its root disk is read-only. A QMP monitor
 //! on a second socket stops, saves and loads it.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
-use super::placement::{self, CpuList, HugePages, Nodes, POOL_NICE, VM_NICE, threads};
+use super::console::Console;
+use super::placement::{self, CpuList, HugePages, Nodes, POOL_NICE, VM_NICE};
 use super::qmp::{Qmp, QmpError};
+use super::run_dir::RunDir;
 use super::{
     Accel, AccelChoice, AgentChannel, Backend, BackendInfo, Installed, Machine, Memory, Saved,
     VcpuClock, Vm, VmSpec, VmmConfig, VmmError,
@@ -30,8 +29,6 @@ pub const NAME: &str = "qemu";
 const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// How long QEMU may take to start and connect to the agent socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Bytes of console output kept for error reports.
-const CONSOLE_KEEP: usize = 16 << 10;
 
 /// Kernel arguments for every VM: console on the serial port (kept for error
 /// reports), quiet, and a panic ends the VM at once (`-no-reboot` turns the
@@ -107,7 +104,8 @@ impl QemuBackend {
     }
 
     /// The backend for `config` (its machine, kernel arguments and memory
-    /// placement) with `installed`'s QEMU, accelerated as `choice` says.
+    /// placement) with `installed`'s QEMU, accelerated as `choice` says
+    /// (KVM or TCG: [`Accel::Systrap`] is gVisor's, and taken as TCG here).
     pub fn new(installed: Installed, config: &VmmConfig, choice: AccelChoice) -> Self {
         Self {
             binary: installed.binary,
@@ -131,7 +129,7 @@ impl QemuBackend {
     /// kvmclock tells the guest.
     fn tsc_khz(&self) -> Option<u64> {
         match self.info.accel {
-            Accel::Tcg => super::tsc::host_khz(),
+            Accel::Tcg | Accel::Systrap => super::tsc::host_khz(),
             Accel::Kvm => None,
         }
     }
@@ -150,7 +148,7 @@ impl QemuBackend {
             });
         }
         let (every, q35): (&[&str], &[&str]) = match self.info.accel {
-            Accel::Tcg => (TCG_KERNEL_ARGS, TCG_Q35_KERNEL_ARGS),
+            Accel::Tcg | Accel::Systrap => (TCG_KERNEL_ARGS, TCG_Q35_KERNEL_ARGS),
             Accel::Kvm => (&[], &[]),
         };
         args.extend(every.iter().map(|a| a.to_string()));
@@ -164,7 +162,7 @@ impl QemuBackend {
         let mut command = Command::new(&self.binary);
         let accel = match self.info.accel {
             Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+            Accel::Tcg | Accel::Systrap => "tcg",
         };
         let cpu = self.cpu_model();
         // Snapshots: memory in a file (x-ignore-shared leaves it out of the
@@ -338,7 +336,7 @@ impl Backend for QemuBackend {
     fn cpu_model(&self) -> &'static str {
         match self.info.accel {
             Accel::Kvm => "host",
-            Accel::Tcg => "max",
+            Accel::Tcg | Accel::Systrap => "max",
         }
     }
 
@@ -443,7 +441,7 @@ impl Backend for QemuBackend {
         // the host counts it (see `VcpuClock`).
         let vcpu_clock = match self.info.accel {
             Accel::Kvm => None,
-            Accel::Tcg => child
+            Accel::Tcg | Accel::Systrap => child
                 .id()
                 .and_then(|pid| VcpuClock::new(pid, &vcpu_threads)),
         };
@@ -589,20 +587,10 @@ impl Vm for QemuVm {
         let Some(pid) = self.child.id() else {
             return Ok(());
         };
-        let set = cpus.to_set();
-        for tid in threads(pid) {
-            // SAFETY: setpriority on a thread id, no pointers.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VM_NICE) };
-            if let Some(set) = &set {
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), set).map_err(
-                    |e| VmmError::Control {
-                        operation: "move the threads of",
-                        source: Box::new(e),
-                    },
-                )?;
-            }
-        }
-        Ok(())
+        placement::bring_forward(pid, cpus).map_err(|e| VmmError::Control {
+            operation: "move the threads of",
+            source: Box::new(e),
+        })
     }
 
     // Its priority was set when it started (see `VmSpec::background`) or
@@ -750,71 +738,6 @@ async fn save(
             }
             _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-    }
-}
-
-/// The VM's directory under the state dir; removed with everything in it
-/// when dropped, whatever path the execution took.
-struct RunDir {
-    path: PathBuf,
-}
-
-impl RunDir {
-    fn create(path: PathBuf) -> Result<Self, VmmError> {
-        fs::create_dir_all(&path).map_err(|source| VmmError::Io {
-            what: "create",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// The last [`CONSOLE_KEEP`] bytes QEMU and the guest printed.
-#[derive(Clone, Default)]
-struct Console {
-    tail: Arc<Mutex<VecDeque<u8>>>,
-    readers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Console {
-    fn capture(&self, pipe: Option<impl AsyncRead + Unpin + Send + 'static>) {
-        let Some(mut pipe) = pipe else { return };
-        let tail = self.tail.clone();
-        let handle = tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let mut tail = tail.lock().unwrap();
-                tail.extend(&buf[..n]);
-                let excess = tail.len().saturating_sub(CONSOLE_KEEP);
-                tail.drain(..excess);
-            }
-        });
-        self.readers.lock().unwrap().push(handle);
-    }
-
-    fn tail(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        let bytes: Vec<u8> = tail.iter().copied().collect();
-        String::from_utf8_lossy(&bytes).trim().to_string()
-    }
-
-    /// After the process exited: let the readers take in its last words.
-    async fn settle_and_tail(&self) -> String {
-        let readers: Vec<_> = self.readers.lock().unwrap().drain(..).collect();
-        for reader in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
-        }
-        self.tail()
     }
 }
 

@@ -9,15 +9,29 @@
 //! [`VcpuTime`], that lets it take the waiting off a stage's CPU time. Under
 //! KVM the guest has steal time of its own (`kvm-steal-time`), so no clock
 //! is made.
+//!
+//! gVisor's systrap platform counts a program's CPU time the same way, by
+//! its own clock while the program's code runs in a stub process, so a
+//! sandbox's clock is kept too: over every thread of the sandbox's process
+//! tree, whose processes come and go with the program's ([`VcpuClock::tree`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use runner_protocol::VcpuTime;
+
+/// The last counts (running, waiting) of each thread (process, thread)
+/// of a process tree.
+type Seen = Arc<Mutex<HashMap<(u32, u32), (u64, u64)>>>;
 
 /// Where to read a VM's vCPU threads' counts.
 #[derive(Debug, Clone)]
 pub struct VcpuClock {
     schedstats: Vec<PathBuf>,
+    /// A process tree's root instead, with the last counts of each thread
+    /// seen, kept once it ends so that the sums never go back.
+    tree: Option<(u32, Seen)>,
 }
 
 impl VcpuClock {
@@ -31,11 +45,43 @@ impl VcpuClock {
                 .iter()
                 .map(|tid| PathBuf::from(format!("/proc/{pid}/task/{tid}/schedstat")))
                 .collect(),
+            tree: None,
         })
+    }
+
+    /// For every thread of process `root` and its descendants, as they are
+    /// at each read.
+    pub fn tree(root: u32) -> Self {
+        Self {
+            schedstats: Vec::new(),
+            tree: Some((root, Arc::default())),
+        }
     }
 
     /// The threads' counts now, summed; `None` once they are gone.
     pub fn read(&self) -> Option<VcpuTime> {
+        if let Some((root, seen)) = &self.tree {
+            let mut seen = seen.lock().unwrap();
+            for pid in super::placement::descendants(*root) {
+                for tid in super::placement::threads(pid) {
+                    let path = format!("/proc/{pid}/task/{tid}/schedstat");
+                    if let Some(counts) = std::fs::read_to_string(path).ok().and_then(|s| parse(&s))
+                    {
+                        seen.insert((pid, tid as u32), counts);
+                    }
+                }
+            }
+            if seen.is_empty() {
+                return None;
+            }
+            let (running, waiting) = seen
+                .values()
+                .fold((0, 0), |(r, w), (run, wait)| (r + run, w + wait));
+            return Some(VcpuTime {
+                running_us: running / 1_000,
+                waiting_us: waiting / 1_000,
+            });
+        }
         let mut total = VcpuTime::default();
         for path in &self.schedstats {
             let (running_ns, waiting_ns) = parse(&std::fs::read_to_string(path).ok()?)?;
