@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up Runner Codes on Debian 12 (bookworm) or 13 (trixie), as root:
-# installs QEMU and the image tools, builds `runner`, builds the guest images
-# and runs a first program. Safe to run again; it only does what is missing.
+# installs QEMU, gVisor and the image tools, builds `runner`, builds the
+# guest images and runs a first program. Safe to run again; it only does what is missing.
 #
 #   scripts/setup.sh            set up and run print(6*7) in a microVM
 #   scripts/setup.sh --no-run   set up only (CI)
@@ -39,7 +39,8 @@ SOURCES
 fi
 
 apt-get update -q
-apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86
+# gVisor's runsc, the other backend (README "Backends"), from the same suite.
+apt-get install -y -q --no-install-recommends "${qemu_suite[@]}" qemu-system-x86 runsc
 # mmdebstrap builds the trixie guests (the keyring has trixie's keys);
 # e2fsprogs writes ext4 images; xz unpacks kernel modules; gcc and
 # libc6-dev (libc.a) link the static guest agent; python3 makes the wheel
@@ -61,8 +62,10 @@ fi
 cargo build --release --locked
 install -m 0755 target/release/runner /usr/local/bin/runner
 runner image build
-# VMs start from these instead of booting: about a minute, once per build.
+# VMs start from these instead of booting: about a minute, once per build;
+# then gVisor's (under a minute).
 runner snapshot create
+RUNNER_BACKEND=gvisor runner snapshot create
 runner doctor
 
 if [ "${1:-}" != --no-run ]; then

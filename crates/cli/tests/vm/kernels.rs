@@ -1,7 +1,9 @@
 //! The guest kernels: Runner Codes' own by default, Debian's on request,
-//! and the debug flavour that shows a boot on the console. Real VMs.
+//! and the debug flavour that shows a boot on the console. Real VMs, on
+//! QEMU whatever backend the other tests use (a gVisor sandbox has no
+//! kernel of its own).
 
-use crate::common::{runner, succeeds};
+use crate::common::{qemu_runner as runner, succeeds};
 
 /// Runs a bash program with extra `--set` settings; its stdout, once the
 /// run succeeded.

@@ -88,8 +88,12 @@ fn memory_hog_hits_the_memory_limit() {
     assert_eq!(stage["memory_exceeded"], true);
     assert_eq!(stage["signal_name"], "SIGKILL");
     let peak = stage["memory_peak_bytes"].as_u64().unwrap();
+    // gVisor's limit is the agent's poll, which a program allocating fast
+    // overshoots by what it takes in one poll's time (see "The
+    // environment"); a VM's kernel stops it at the limit.
+    let overshoot = if crate::common::gvisor() { 64 << 20 } else { 0 };
     assert!(
-        peak > 200 << 20 && peak <= 256 << 20,
+        peak > 200 << 20 && peak <= (256 << 20) + overshoot,
         "peak {peak} bytes, limit 256 MiB"
     );
     assert!(json["message"].as_str().unwrap().contains("memory limit"));

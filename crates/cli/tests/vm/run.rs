@@ -227,7 +227,8 @@ fn output_flood_is_cut_at_the_cap() {
 
 #[test]
 fn program_runs_unprivileged_without_network() {
-    let code = "id -u; id -g; ls /sys/class/net; cat /proc/sys/kernel/hostname";
+    let code = "id -u; id -g; sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+                cat /proc/sys/kernel/hostname";
     let done = run(&["run", "--lang", "bash", "-c", code], b"");
     // Only the loopback interface exists: the VM has no network device.
     assert_eq!(
@@ -397,6 +398,38 @@ fn a_killed_runner_takes_its_vm_with_it() {
 }
 
 #[test]
+fn missing_or_old_runsc_says_what_to_install() {
+    // A runsc that is not there, and one too old (a script that says an
+    // old version): refused before anything starts, with what to do,
+    // naming the other backend.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("runsc");
+    std::fs::write(&old, "#!/bin/sh\necho 'runsc version 0.0~20220101.0'\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (runsc, says) in [
+        ("/nonexistent/runsc", "/nonexistent/runsc not found"),
+        (
+            old.to_str().unwrap(),
+            "is 0.0~20220101.0; this runner needs release 20240729",
+        ),
+    ] {
+        let output = crate::common::runner()
+            .env("RUNNER_BACKEND", "gvisor")
+            .env("RUNNER_RUNSC", runsc)
+            .args(["run", "--lang", "bash", "-c", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(125));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(says) && stderr.contains("backend = \"qemu\""),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn missing_qemu_says_what_to_install() {
     // An empty PATH: the images are there, QEMU is not. Or a path to a
     // QEMU that is not there, by variable or by setting.
@@ -420,7 +453,8 @@ fn missing_qemu_says_what_to_install() {
         ),
     ] {
         let mut command = crate::common::runner();
-        command.envs(variable);
+        // QEMU's message, whichever backend the other tests run on.
+        command.envs(variable).env("RUNNER_BACKEND", "qemu");
         if let Some(setting) = setting {
             command.args(["--set", setting]);
         }

@@ -25,6 +25,14 @@ pub fn runner() -> Command {
     command
 }
 
+/// `runner` on the QEMU backend, whichever the other tests run on: for a
+/// test of what only a VM has (its kernel, its memory placement).
+pub fn qemu_runner() -> Command {
+    let mut command = runner();
+    command.env("RUNNER_BACKEND", "qemu");
+    command
+}
+
 /// Tests that run `runner` share the machine; one that must have it alone
 /// waits until they are done, and they wait for it.
 static MACHINE: RwLock<()> = RwLock::new(());
@@ -129,6 +137,14 @@ impl Finished {
     }
 }
 
+/// Whether the tests run on the gVisor backend: `RUNNER_BACKEND=gvisor`,
+/// which every `runner` they start reads too (the README's "Backends").
+/// Where a program sees the backends differ, a test says so and expects
+/// what the README's "The environment" documents.
+pub fn gvisor() -> bool {
+    std::env::var("RUNNER_BACKEND").is_ok_and(|b| b == "gvisor")
+}
+
 /// The path of a program under `programs/`.
 pub fn program(path: &str) -> String {
     format!("{}/../../programs/{path}", env!("CARGO_MANIFEST_DIR"))
@@ -203,7 +219,9 @@ fn run_prefix(pid: u32) -> String {
 }
 
 /// Processes whose command line mentions a run directory of `pid` (QEMU has
-/// its socket path there).
+/// its socket path there, gVisor's sandbox its bundle). Of gVisor's three
+/// (`runsc` that started it, the sandbox, the gofer that serves its
+/// files), the sandbox alone is counted: one process per VM or sandbox.
 pub fn vm_processes(pid: u32) -> Vec<String> {
     let needle = format!("/run/{}", run_prefix(pid));
     let mut found = Vec::new();
@@ -212,7 +230,12 @@ pub fn vm_processes(pid: u32) -> Vec<String> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
+        let runsc_helper = cmdline.starts_with("runsc-gofer")
+            || cmdline
+                .split(' ')
+                .next()
+                .is_some_and(|arg0| arg0.ends_with("runsc"));
+        if cmdline.contains(&needle) && !runsc_helper {
             found.push(format!(
                 "{}: {cmdline}",
                 entry.file_name().to_string_lossy()
