@@ -666,8 +666,10 @@ impl Drop for GvisorVm {
 }
 
 /// Root filesystem images mounted read-only on the host, one mount point
-/// per image, shared by every sandbox of it and left mounted (they are
-/// read-only; `runner image prune` unmounts an image it removes).
+/// per image, shared by every sandbox of it and left mounted: they are
+/// read-only, and the next runner finds them mounted. (An image that
+/// `runner image prune` removes stays mounted, its space held, until it is
+/// unmounted by hand or the host restarts.)
 struct Roots {
     dir: PathBuf,
     mounted: Mutex<HashSet<PathBuf>>,
