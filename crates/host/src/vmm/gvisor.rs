@@ -667,9 +667,10 @@ impl Drop for GvisorVm {
 
 /// Root filesystem images mounted read-only on the host, one mount point
 /// per image, shared by every sandbox of it and left mounted: they are
-/// read-only, and the next runner finds them mounted. (An image that
-/// `runner image prune` removes stays mounted, its space held, until it is
-/// unmounted by hand or the host restarts.)
+/// read-only, and the next runner finds them mounted. Beside each mount
+/// point a record names its image; an image that is gone (`runner image
+/// prune` removed it) is unmounted when the next backend starts, so its
+/// space is not held for ever.
 struct Roots {
     dir: PathBuf,
     mounted: Mutex<HashSet<PathBuf>>,
@@ -677,9 +678,43 @@ struct Roots {
 
 impl Roots {
     fn new(dir: PathBuf) -> Self {
-        Self {
+        let roots = Self {
             dir,
             mounted: Mutex::default(),
+        };
+        roots.sweep();
+        roots
+    }
+
+    /// The record of the image mounted at `target`.
+    fn record(target: &Path) -> PathBuf {
+        target.with_extension("image")
+    }
+
+    /// Unmounts the mount points whose images are gone.
+    fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let record = entry.path();
+            if record.extension().is_none_or(|e| e != "image") {
+                continue;
+            }
+            let image = fs::read_to_string(&record).unwrap_or_default();
+            if Path::new(image.trim()).exists() {
+                continue;
+            }
+            let target = record.with_extension("");
+            tracing::info!(mount = %target.display(), "unmounting a removed image");
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&target)
+                .status();
+            if !is_mount_point(&target) {
+                let _ = fs::remove_dir(&target);
+                let _ = fs::remove_file(&record);
+            }
         }
     }
 
@@ -721,6 +756,14 @@ impl Roots {
                 });
             }
         }
+        let record = Self::record(&target);
+        fs::write(&record, image.as_os_str().as_encoded_bytes()).map_err(|source| {
+            VmmError::Io {
+                what: "write",
+                path: record.clone(),
+                source,
+            }
+        })?;
         mounted.insert(target.clone());
         Ok(target)
     }
@@ -737,7 +780,33 @@ fn is_mount_point(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::release_date;
+    use super::{Roots, is_mount_point, release_date};
+
+    #[test]
+    fn an_image_is_mounted_once_and_unmounted_once_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let image_dir = dir.path().join("rootfs-x-0123");
+        std::fs::create_dir(&image_dir).unwrap();
+        let image = image_dir.join("rootfs.ext4");
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .arg("4M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let roots = Roots::new(dir.path().join("roots"));
+        let target = roots.mount(&image).unwrap();
+        assert!(is_mount_point(&target));
+        assert_eq!(roots.mount(&image).unwrap(), target, "once");
+        // Another runner finds it mounted and keeps it while its image is.
+        let again = Roots::new(dir.path().join("roots"));
+        assert!(is_mount_point(&target));
+        assert_eq!(again.mount(&image).unwrap(), target);
+        std::fs::remove_dir_all(&image_dir).unwrap();
+        let _next = Roots::new(dir.path().join("roots"));
+        assert!(!is_mount_point(&target) && !target.exists(), "unmounted");
+    }
 
     #[test]
     fn a_release_is_dated_as_debian_and_gvisor_number_it() {
