@@ -51,6 +51,26 @@ pub async fn doctor(
             None
         }
     };
+    // What `auto` may take besides (and what the other setting would use).
+    let other = match vmm.backend {
+        vmm::BackendKind::Gvisor => vmm::BackendKind::Qemu,
+        vmm::BackendKind::Qemu | vmm::BackendKind::Auto => vmm::BackendKind::Gvisor,
+    };
+    match vmm::installed_kind(&vmm, other).await {
+        Ok(found) if Some(found.backend) != installed => outln!(
+            "{:<14} {} ({}), the other backend",
+            found.backend,
+            which(&found.binary.to_string_lossy())
+                .unwrap_or(found.binary)
+                .display(),
+            found.version
+        ),
+        Ok(_) => {}
+        Err(e) => outln!(
+            "{:<14} not usable, the other backend: {e}",
+            other.to_string()
+        ),
+    }
     for (tool, package, why) in [
         (
             "mmdebstrap",
