@@ -392,6 +392,23 @@ pub struct Saved {
 }
 
 impl Saved {
+    /// The saved state of a VM started from `spec`: `memory` to resume it
+    /// from, `bytes` on disk, on `backend` (as [`BackendInfo::describe`]
+    /// says).
+    pub fn of(spec: &VmSpec, memory: Memory, backend: String, bytes: u64) -> Self {
+        Self {
+            kernel: spec.kernel.clone(),
+            initramfs: spec.initramfs.clone(),
+            rootfs: spec.rootfs.clone(),
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            kernel_args: spec.kernel_args.clone(),
+            memory,
+            backend,
+            bytes,
+        }
+    }
+
     /// A spec that resumes the VM, named `id`, with its sockets in
     /// `run_dir`.
     pub fn spec(&self, id: &str, run_dir: PathBuf) -> VmSpec {

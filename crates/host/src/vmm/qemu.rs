@@ -685,21 +685,11 @@ impl Vm for QemuVm {
         })
         .await
         .expect("saving does not panic")?;
-        let spec = &self.spec;
-        Ok(Saved {
-            kernel: spec.kernel.clone(),
-            initramfs: spec.initramfs.clone(),
-            rootfs: spec.rootfs.clone(),
-            memory_mib: spec.memory_mib,
-            vcpus: spec.vcpus,
-            kernel_args: spec.kernel_args.clone(),
-            memory: Memory::Resume {
-                base: kept_base,
-                state: state.to_path_buf(),
-            },
-            backend: self.backend.clone(),
-            bytes,
-        })
+        let memory = Memory::Resume {
+            base: kept_base,
+            state: state.to_path_buf(),
+        };
+        Ok(Saved::of(&self.spec, memory, self.backend.clone(), bytes))
     }
 
     async fn destroy(mut self: Box<Self>) {
