@@ -22,13 +22,14 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rustix::process::{PidfdFlags, WaitId, WaitIdOptions};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
@@ -52,6 +53,8 @@ pub const SENTRY_RESERVE_MIB: u64 = 192;
 const CHECKPOINT_FILE: &str = "checkpoint.img";
 /// The period of the sandbox's CPU quota.
 const CPU_PERIOD_US: u64 = 100_000;
+/// How long `runsc` may take to end once its sandbox was killed.
+const RUNSC_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long `runsc` may take to start or restore a sandbox.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -179,6 +182,14 @@ impl GvisorBackend {
         }
         let state = dir.join("runsc");
         fs::create_dir_all(&state).map_err(io("create", &state))?;
+        // A sandbox's processes outlive their `runsc` for a moment; the
+        // runner collects them (see [`Held`]).
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| {
+            VmmError::Control {
+                operation: "become the subreaper of",
+                source: Box::new(std::io::Error::from(e)),
+            }
+        })?;
         sweep(&installed.binary, &state);
         Ok(Self {
             binary: installed.binary,
@@ -394,9 +405,14 @@ impl Backend for GvisorBackend {
         };
         let agent = stream(agent_host).map_err(io("connect to", &bundle))?;
         let net = stream(net_host).map_err(io("connect to", &bundle))?;
+        let mut held = Held::default();
+        if let Some(runsc) = child.id() {
+            held.take_under(runsc);
+        }
         Ok(Box::new(GvisorVm {
             id,
             child,
+            held,
             pid,
             binary: self.binary.clone(),
             state: self.state.clone(),
@@ -454,6 +470,8 @@ struct GvisorVm {
     id: String,
     /// `runsc run` (or `restore`), attached: the sandbox lives as long.
     child: tokio::process::Child,
+    /// The processes under it.
+    held: Held,
     /// The sandbox process on the host.
     pid: u32,
     binary: PathBuf,
@@ -519,6 +537,9 @@ impl GvisorVm {
         let mut args = vec!["checkpoint", "--compression=flate-best-speed", &image_path];
         if leave_running {
             args.push("--leave-running");
+        } else if let Some(runsc) = self.child.id() {
+            // The sandbox ends with the checkpoint.
+            self.held.take_under(runsc);
         }
         let saved = self.runsc(&args, "save").await;
         let moved = saved.and_then(|()| {
@@ -637,10 +658,25 @@ impl Vm for GvisorVm {
         Ok(Saved::of(&self.spec, memory, self.backend.clone(), bytes))
     }
 
+    /// The sandbox's processes are killed and collected before `runsc
+    /// delete`, which otherwise waits for whoever collects them.
     async fn destroy(mut self: Box<Self>) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        if let Some(runsc) = self.child.id() {
+            self.held.take_under(runsc);
+        }
+        self.held.kill();
+        // `runsc` ends with its sandbox.
+        if tokio::time::timeout(RUNSC_EXIT_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        let held = std::mem::take(&mut self.held);
+        let _ = tokio::task::spawn_blocking(|| held.reap()).await;
         let _ = self.runsc(&["delete", "--force"], "delete").await;
+        reap_strays();
         self.run_dir.take();
     }
 }
@@ -648,9 +684,107 @@ impl Vm for GvisorVm {
 impl Drop for GvisorVm {
     fn drop(&mut self) {
         if self.run_dir.is_some() {
-            // Its `runsc` is killed on drop, and the sandbox with it.
+            // Its `runsc` is killed on drop, and the sandbox with it; a
+            // thread collects them once `runsc` has ended.
+            let runsc = self.child.id().and_then(|pid| {
+                self.held.take_under(pid);
+                rustix::process::Pid::from_raw(pid as i32)
+                    .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
+            });
+            self.held.kill();
             let _ = self.child.start_kill();
-            delete(&self.binary, &self.state, &self.id);
+            let held = std::mem::take(&mut self.held);
+            let (binary, state, id) = (self.binary.clone(), self.state.clone(), self.id.clone());
+            std::thread::spawn(move || {
+                if let Some(runsc) = runsc {
+                    // Ended, and left for tokio to collect.
+                    let _ = rustix::process::waitid(
+                        WaitId::PidFd(runsc.as_fd()),
+                        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+                    );
+                }
+                held.reap();
+                delete(&binary, &state, &id);
+                reap_strays();
+            });
+        }
+    }
+}
+
+/// The host processes under a sandbox's `runsc`: the sandbox, its gofer,
+/// systrap's stub processes. Held by pidfd, so that a process number
+/// reused after one ended is never signalled.
+///
+/// The runner is their child subreaper (set in [`GvisorBackend::new`], as
+/// containerd's shim is for its containers): `runsc` ends before them, and
+/// they become the runner's children, collected here at once. Left to
+/// init, they may wait for seconds (this machine's init collects orphans
+/// every few seconds), and `runsc delete` waits for them: an execution's
+/// end took 1.3–1.8 s more than its program.
+#[derive(Default)]
+struct Held(Vec<(u32, OwnedFd)>);
+
+impl Held {
+    /// Holds every process under `runsc` not held yet.
+    fn take_under(&mut self, runsc: u32) {
+        for pid in placement::descendants(runsc) {
+            if pid == runsc || self.0.iter().any(|(held, _)| *held == pid) {
+                continue;
+            }
+            let fd = rustix::process::Pid::from_raw(pid as i32)
+                .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
+            if let Some(fd) = fd {
+                self.0.push((pid, fd));
+            }
+        }
+    }
+
+    fn kill(&self) {
+        for (_, fd) in &self.0 {
+            // One that has ended already says so.
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// Collects each that is the runner's child, waiting for it to end;
+    /// once their `runsc` has ended, all of them are. Blocks.
+    fn reap(self) {
+        for (_, fd) in self.0 {
+            // Not the runner's child (its own parent collected it): ECHILD.
+            let _ = rustix::process::waitid(WaitId::PidFd(fd.as_fd()), WaitIdOptions::EXITED);
+        }
+    }
+}
+
+/// Collects the runner's children that ended unheld: gVisor's processes
+/// (named `exe`: `runsc` runs itself again for each) that began after the
+/// last [`Held::take_under`]. The runner starts no other process of that
+/// name, and a process that has ended keeps its number until collected.
+fn reap_strays() {
+    let me = std::process::id();
+    let children = placement::threads(me).into_iter().flat_map(|tid| {
+        fs::read_to_string(format!("/proc/{me}/task/{tid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .collect::<Vec<_>>()
+    });
+    for pid in children {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let (state, parent) = (fields.next(), fields.next());
+        if comm == "exe" && state == Some("Z") && parent == Some(me.to_string().as_str()) {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
     }
 }
