@@ -267,6 +267,35 @@ mod tests {
     }
 
     #[test]
+    fn the_precompiled_header_is_made_with_the_compiles_flags() {
+        // gcc takes a .gch only if the -O, -std and -f flags it was made
+        // with are the compile's: otherwise it parses the header again.
+        let languages = Languages::builtin().unwrap();
+        let cpp = languages.get("cpp").unwrap();
+        let compile = cpp.compile.as_ref().unwrap().join(" ");
+        let flags = |text: &str| -> Vec<String> {
+            text.split_whitespace()
+                .filter(|word| {
+                    ["-O", "-std=", "-f", "-m"]
+                        .iter()
+                        .any(|p| word.starts_with(p))
+                })
+                // What gcc does with the file, not how it compiles.
+                .filter(|word| *word != "-fsyntax-only")
+                .map(String::from)
+                .collect()
+        };
+        let wanted = flags(&compile);
+        assert!(!wanted.is_empty(), "{compile}");
+        let prepare = cpp.prepare.as_ref().unwrap();
+        let made: Vec<&str> = prepare.lines().filter(|l| l.contains("g++ ")).collect();
+        assert_eq!(made.len(), 2, "{prepare}");
+        for line in made {
+            assert_eq!(flags(line), wanted, "{line}");
+        }
+    }
+
+    #[test]
     fn selections_by_name_or_alias_keep_the_tables_order() {
         let languages = Languages::builtin().unwrap();
         let names = |picked: Vec<&Language>| -> Vec<String> {
