@@ -290,9 +290,13 @@ fn execute(
         if failed {
             break;
         }
+        if request.collect_after == Some(spec.stage) {
+            // For the host's own use: what is there, and the run goes on.
+            collect(&request.collect, false, out)?;
+        }
     }
-    if !failed {
-        collect(&request.collect, out)?;
+    if !failed && request.collect_after.is_none() {
+        collect(&request.collect, true, out)?;
     }
     // Output files come back however the program ended: a partial CSV or
     // the plot before a crash tell what went wrong.
@@ -305,7 +309,9 @@ fn execute(
 /// Sends the files `patterns` name (see `ExecRequest::collect`) from the
 /// working directory, in pieces. The run user could have put anything
 /// there, so only regular files are sent, never what a link points to.
-fn collect(patterns: &[String], out: &mut Port) -> Result<(), AgentError> {
+/// A pattern that matches nothing is an error if `every` pattern must
+/// match.
+fn collect(patterns: &[String], every: bool, out: &mut Port) -> Result<(), AgentError> {
     let work = Path::new(WORK_DIR);
     for pattern in patterns {
         let mut names: Vec<String> = match pattern.strip_prefix('*') {
@@ -353,7 +359,7 @@ fn collect(patterns: &[String], out: &mut Port) -> Result<(), AgentError> {
             }
             sent += 1;
         }
-        if sent == 0 {
+        if sent == 0 && every {
             return Err(
                 format!("nothing in the working directory matches {pattern:?} to collect").into(),
             );

@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 
 /// The owner of a request: whose sessions it sees, and how many it may run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owner {
     /// The key's name; empty without keys.
     pub name: String,

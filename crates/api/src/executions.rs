@@ -30,15 +30,17 @@ use tokio_stream::StreamExt;
 
 use crate::App;
 use crate::admission::Permit;
+use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::trace::TraceId;
 
 pub async fn create(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (execution, permit) = app.accept(body, &trace_id).await?;
+    let (execution, permit) = app.accept(body, &trace_id, &owner).await?;
     let stopping = app.stopping();
     let language = execution.plan().language.name.clone();
     let guard = Unfinished::new(&app, &trace_id, &language);
@@ -51,10 +53,11 @@ pub async fn create(
 
 pub async fn stream(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (execution, permit) = app.accept(body, &trace_id).await?;
+    let (execution, permit) = app.accept(body, &trace_id, &owner).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
     tokio::spawn(run_streaming(app, execution, permit, lines));
     Ok(ndjson(body_lines))
@@ -168,8 +171,13 @@ async fn run_streaming(
 impl App {
     /// Reads and plans a request, then waits for capacity. Nothing has
     /// started when this fails.
-    async fn accept(&self, body: Body, trace_id: &str) -> Result<(Execution, Permit), ApiError> {
-        self.plan_and_admit(body, trace_id)
+    async fn accept(
+        &self,
+        body: Body,
+        trace_id: &str,
+        owner: &Owner,
+    ) -> Result<(Execution, Permit), ApiError> {
+        self.plan_and_admit(body, trace_id, owner)
             .await
             .map_err(|e| e.traced(trace_id))
     }
@@ -178,9 +186,10 @@ impl App {
         &self,
         body: Body,
         trace_id: &str,
+        owner: &Owner,
     ) -> Result<(Execution, Permit), ApiError> {
         let body: ExecutionBody = read_json(body, self.server.max_body_bytes).await?;
-        let asked = to_request(body, trace_id)?;
+        let asked = to_request(body, trace_id, owner)?;
         self.admit_request(asked).await
     }
 
@@ -205,10 +214,15 @@ impl App {
     }
 }
 
-/// What a one-shot execution's body asks.
-pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot, ApiError> {
+/// What a one-shot execution's body asks of `owner`'s.
+pub(crate) fn to_request(
+    body: ExecutionBody,
+    trace_id: &str,
+    owner: &Owner,
+) -> Result<OneShot, ApiError> {
     refuse_pty(&body)?;
-    runner_host::bodies::execution(body, Some(trace_id.to_string())).map_err(ApiError::from_plan)
+    runner_host::bodies::execution(body, Some(trace_id.to_string()), &owner.name)
+        .map_err(ApiError::from_plan)
 }
 
 /// What an execution's body in a session asks: the same, judged by
@@ -216,9 +230,10 @@ pub(crate) fn to_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot,
 pub(crate) fn to_session_request(
     body: ExecutionBody,
     trace_id: &str,
+    owner: &Owner,
 ) -> Result<runner_host::ExecutionRequest, ApiError> {
     refuse_pty(&body)?;
-    runner_host::bodies::session_execution(body, Some(trace_id.to_string()))
+    runner_host::bodies::session_execution(body, Some(trace_id.to_string()), &owner.name)
         .map_err(ApiError::from_plan)
 }
 
@@ -385,19 +400,26 @@ mod tests {
     fn a_session_execution_is_not_judged_and_has_no_terminal_over_http() {
         let body = |json: &str| serde_json::from_str::<ExecutionBody>(json).unwrap();
         let judged = body(r#"{"files": [{"content": "1"}], "expected_output": "1"}"#);
-        let e = to_session_request(judged, "t").unwrap_err();
+        let e = to_session_request(judged, "t", &Owner::default()).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("not judged"), "{}", e.message);
         let on_terminal = body(r#"{"files": [{"content": "1"}], "pty": {"rows": 24, "cols": 80}}"#);
         for e in [
-            to_session_request(on_terminal.clone(), "t").unwrap_err(),
-            to_request(on_terminal, "t").map(drop).unwrap_err(),
+            to_session_request(on_terminal.clone(), "t", &Owner::default()).unwrap_err(),
+            to_request(on_terminal, "t", &Owner::default())
+                .map(drop)
+                .unwrap_err(),
         ] {
             assert_eq!(e.code, ErrorCode::InvalidRequest);
             assert!(e.message.contains("/executions/ws"), "{}", e.message);
         }
         let plain = body(r#"{"files": [{"content": "1"}], "stdin": "x"}"#);
-        assert_eq!(to_session_request(plain, "t").unwrap().stdin, b"x");
+        assert_eq!(
+            to_session_request(plain, "t", &Owner::default())
+                .unwrap()
+                .stdin,
+            b"x"
+        );
     }
 
     #[test]

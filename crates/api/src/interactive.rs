@@ -57,13 +57,14 @@ enum ClientMessage {
 /// `GET /v1/executions/ws`.
 pub async fn execution(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let limit = app.server.max_body_bytes;
     let id = trace_id.clone();
     accept(upgrade, limit, &id, move |socket| {
-        one_shot(app, trace_id, socket)
+        one_shot(app, owner, trace_id, socket)
     })
 }
 
@@ -104,10 +105,10 @@ where
     }
 }
 
-async fn one_shot(app: Arc<App>, trace_id: String, mut socket: WebSocket) {
+async fn one_shot(app: Arc<App>, owner: Owner, trace_id: String, mut socket: WebSocket) {
     let accepted = async {
         let body = first_request(&mut socket).await?;
-        let request = interactive_request(body, &trace_id)?;
+        let request = interactive_request(body, &trace_id, &owner)?;
         app.admit_request(request).await
     }
     .await;
@@ -150,7 +151,7 @@ async fn in_session(
     let accepted = async {
         let body = first_request(&mut socket).await?;
         let (body, pty) = take_pty(body);
-        let mut request = to_session_request(body, &trace_id)?;
+        let mut request = to_session_request(body, &trace_id, &owner)?;
         request.interactive = Some(Interactive { pty });
         let plan = app
             .sessions
@@ -197,9 +198,13 @@ async fn first_request(socket: &mut WebSocket) -> Result<ExecutionBody, ApiError
 }
 
 /// The request `body` asks for, interactive, on a terminal if it says.
-fn interactive_request(body: ExecutionBody, trace_id: &str) -> Result<OneShot, ApiError> {
+fn interactive_request(
+    body: ExecutionBody,
+    trace_id: &str,
+    owner: &Owner,
+) -> Result<OneShot, ApiError> {
     let (body, pty) = take_pty(body);
-    let mut asked = to_request(body, trace_id)?;
+    let mut asked = to_request(body, trace_id, owner)?;
     asked.request.interactive = Some(Interactive { pty });
     Ok(asked)
 }

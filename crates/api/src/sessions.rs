@@ -191,7 +191,7 @@ async fn accept(
     trace_id: &str,
 ) -> Result<(runner_host::Plan, runner_host::session::Turn), ApiError> {
     let body: ExecutionBody = read_json(body, app.server.max_body_bytes).await?;
-    let request = to_session_request(body, trace_id)?;
+    let request = to_session_request(body, trace_id, owner)?;
     let plan = app
         .sessions
         .plan_execution(&owner.name, id, request)

@@ -22,26 +22,29 @@ use tokio::sync::mpsc;
 
 use crate::App;
 use crate::admission::Rejection;
+use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::executions::{line, ndjson, read_json};
 use crate::trace::TraceId;
 
 pub async fn create(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let plan = app.plan_submission(body, &trace_id).await?;
+    let plan = app.plan_submission(body, &trace_id, &owner).await?;
     let result = judge(&app, plan, None, app.stopping()).await;
     Ok(axum::Json(result).into_response())
 }
 
 pub async fn stream(
     State(app): State<Arc<App>>,
+    Extension(owner): Extension<Owner>,
     Extension(TraceId(trace_id)): Extension<TraceId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let plan = app.plan_submission(body, &trace_id).await?;
+    let plan = app.plan_submission(body, &trace_id, &owner).await?;
     let (lines, body_lines) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let started = SubmissionEvent::Started {
@@ -114,11 +117,13 @@ impl App {
         &self,
         body: Body,
         trace_id: &str,
+        owner: &Owner,
     ) -> Result<SubmissionPlan, ApiError> {
         let planned = async {
             let body: SubmissionBody = read_json(body, self.server.max_submission_bytes).await?;
-            let request = runner_host::bodies::submission(body, Some(trace_id.to_string()))
-                .map_err(ApiError::from_plan)?;
+            let request =
+                runner_host::bodies::submission(body, Some(trace_id.to_string()), &owner.name)
+                    .map_err(ApiError::from_plan)?;
             let plan = self
                 .runner
                 .plan_submission(request)

@@ -64,6 +64,8 @@ pub async fn judge(runner: Runner, config: &Config, args: JudgeArgs) -> anyhow::
         tests,
         stop_on_first_failure: args.stop_on_first_failure,
         trace_id: None,
+        // This machine's own user, as a server without keys has it.
+        owner: String::new(),
     };
     // Refuse a bad submission before building or booting anything.
     let plan = runner.plan_submission(request)?;

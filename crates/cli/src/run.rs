@@ -82,6 +82,8 @@ pub async fn run(runner: Runner, args: RunArgs) -> anyhow::Result<ExitCode> {
         network: (!args.allow_net.is_empty()).then(|| NetworkRequest {
             allow: args.allow_net.clone(),
         }),
+        // This machine's own user, as a server without keys has it.
+        owner: String::new(),
     };
     // Refuse a bad request before building or booting anything.
     let execution = runner.plan_execution(request, expected_output, compare)?;

@@ -19,9 +19,13 @@ pub struct OneShot {
 }
 
 /// A one-shot execution's body, named by `trace_id` (made up when
-/// `None`). A terminal (`pty`) is the front end's to take out first: only
+/// `None`), asked by `owner`. A terminal (`pty`) is the front end's to take out first: only
 /// a client that types into it can have one.
-pub fn execution(body: ExecutionBody, trace_id: Option<String>) -> Result<OneShot, PlanError> {
+pub fn execution(
+    body: ExecutionBody,
+    trace_id: Option<String>,
+    owner: &str,
+) -> Result<OneShot, PlanError> {
     if body.pty.is_some() {
         return Err(PlanError::Invalid(
             "pty needs a client that types into the terminal".into(),
@@ -40,6 +44,7 @@ pub fn execution(body: ExecutionBody, trace_id: Option<String>) -> Result<OneSho
             interactive: None,
             outputs: body.outputs,
             network: body.network,
+            owner: owner.to_string(),
         },
         expected_output: body.expected_output.map(String::into_bytes),
         compare: compare(body.compare)?,
@@ -50,8 +55,9 @@ pub fn execution(body: ExecutionBody, trace_id: Option<String>) -> Result<OneSho
 pub fn session_execution(
     body: ExecutionBody,
     trace_id: Option<String>,
+    owner: &str,
 ) -> Result<ExecutionRequest, PlanError> {
-    let asked = execution(body, trace_id)?;
+    let asked = execution(body, trace_id, owner)?;
     if asked.expected_output.is_some() || asked.compare.is_some() {
         return Err(PlanError::Invalid(
             "expected_output and compare judge one-shot executions and submissions; \
@@ -62,10 +68,11 @@ pub fn session_execution(
     Ok(asked.request)
 }
 
-/// A submission's body, named by `trace_id`.
+/// A submission's body, named by `trace_id`, asked by `owner`.
 pub fn submission(
     body: SubmissionBody,
     trace_id: Option<String>,
+    owner: &str,
 ) -> Result<SubmissionRequest, PlanError> {
     Ok(SubmissionRequest {
         language: body.language,
@@ -86,6 +93,7 @@ pub fn submission(
             .collect(),
         stop_on_first_failure: body.stop_on_first_failure,
         trace_id,
+        owner: owner.to_string(),
     })
 }
 
@@ -209,7 +217,7 @@ mod tests {
             r#"{"language": "python", "files": [{"content": "!!", "encoding": "base64"}]}"#,
         )
         .unwrap();
-        let e = execution(body, None).unwrap_err().to_string();
+        let e = execution(body, None, "").unwrap_err().to_string();
         assert!(e.contains("files[0] is not valid base64"), "{e}");
     }
 
@@ -218,7 +226,7 @@ mod tests {
         let body: ExecutionBody =
             serde_json::from_str(r#"{"files": [{"content": "1"}], "expected_output": "1"}"#)
                 .unwrap();
-        let e = session_execution(body, None).unwrap_err().to_string();
+        let e = session_execution(body, None, "").unwrap_err().to_string();
         assert!(e.contains("not judged"), "{e}");
     }
 }

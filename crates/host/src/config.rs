@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compile_cache::CompileCacheConfig;
 use crate::exec::LimitPolicy;
 use crate::image::{KernelChoice, KernelSpec};
 use crate::lang::Languages;
@@ -96,6 +97,8 @@ pub struct Config {
     /// What executions may reach of the network, and how much (none by
     /// default).
     pub network: NetworkConfig,
+    /// What compiles made, kept to skip the same compile again.
+    pub compile_cache: CompileCacheConfig,
 }
 
 impl Config {
@@ -151,6 +154,7 @@ impl Config {
             pool: PoolConfig::default(),
             sessions: SessionConfig::default(),
             network: NetworkConfig::default(),
+            compile_cache: CompileCacheConfig::default(),
         }
     }
 

@@ -33,6 +33,7 @@
 
 pub mod bodies;
 pub mod capacity;
+pub mod compile_cache;
 pub mod config;
 pub mod exec;
 pub mod image;

@@ -21,6 +21,7 @@ use runner_wire::LanguageInfo;
 use tokio::sync::mpsc;
 
 use crate::capacity::MachineSlots;
+use crate::compile_cache::CompileCache;
 use crate::config::Config;
 use crate::exec::acquire::Vms;
 use crate::exec::conversation::Input;
@@ -136,7 +137,11 @@ impl Runner {
                 .with_slots(config.shared_capacity.then(|| {
                     MachineSlots::new(&config.state_dir, config.machine_vms())
                         .with_cpus(config.vm_cpus.clone())
-                })),
+                }))
+                .with_compile_cache(CompileCache::new(
+                    config.state_dir.join("compile-cache"),
+                    &config.compile_cache,
+                )),
             ),
             tending: Mutex::default(),
         })
@@ -256,7 +261,13 @@ impl Runner {
         compare: Option<Compare>,
     ) -> Result<Execution, PlanError> {
         let plan = self.planner.plan(request)?;
-        let expected = Expected::plan(&self.planner, expected_output, compare, &plan.trace_id)?;
+        let expected = Expected::plan(
+            &self.planner,
+            expected_output,
+            compare,
+            &plan.trace_id,
+            &plan.owner,
+        )?;
         Ok(match expected {
             Some(expected) => Execution::Judged(JudgedPlan { plan, expected }),
             None => Execution::Plain(plan),

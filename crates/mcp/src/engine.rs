@@ -218,8 +218,12 @@ impl Backend for Engine {
         })
     }
 
-    async fn run(&self, _: &Caller, body: ExecutionBody) -> Result<ExecutionResult, ToolError> {
-        let asked = runner_host::bodies::execution(body, None)?;
+    async fn run(
+        &self,
+        caller: &Caller,
+        body: ExecutionBody,
+    ) -> Result<ExecutionResult, ToolError> {
+        let asked = runner_host::bodies::execution(body, None, &caller.owner)?;
         let execution =
             self.runner
                 .plan_execution(asked.request, asked.expected_output, asked.compare)?;
@@ -253,7 +257,7 @@ impl Backend for Engine {
         id: &str,
         body: ExecutionBody,
     ) -> Result<ExecutionResult, ToolError> {
-        let request = runner_host::bodies::session_execution(body, None)?;
+        let request = runner_host::bodies::session_execution(body, None, &caller.owner)?;
         let plan = self.sessions.plan_execution(&caller.owner, id, request)?;
         let turn = self.turn(caller, id).await?;
         Ok(turn.execute(plan, None).await)

@@ -222,6 +222,7 @@ mod tests {
             stdin: vec![0, 1, 2, 255],
             env: BTreeMap::from([("A".into(), "b".into())]),
             collect: vec!["main".into(), "*.class".into()],
+            collect_after: Some(Stage::Compile),
             interactive: Some(Interactive {
                 pty: Some(WindowSize { rows: 24, cols: 80 }),
             }),

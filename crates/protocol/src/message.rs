@@ -246,6 +246,11 @@ pub struct ExecRequest {
     /// least one.
     #[serde(default)]
     pub collect: Vec<String>,
+    /// Send the files of [`ExecRequest::collect`] as soon as this stage
+    /// has exited 0, before the next one starts (what the compile made,
+    /// before the program could change it), not once every stage has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect_after: Option<Stage>,
     /// The run stage takes more input while it runs ([`Frame::Control`]),
     /// after [`ExecRequest::stdin`], until the input ends; with a
     /// terminal if asked.

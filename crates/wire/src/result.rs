@@ -94,6 +94,11 @@ pub struct StageResult {
     /// the interpreter's start-up happened before the request, and the
     /// wall and CPU times count from the hand-over.
     pub prestarted: bool,
+    /// The stage did not run: what it made came from the compile cache,
+    /// kept from the same compile before. Its wall time is the lookup's;
+    /// its CPU time and memory are none.
+    #[serde(default)]
+    pub cached: bool,
 }
 
 /// How the VM of an execution was obtained.

@@ -700,3 +700,121 @@ fn a_bad_checker_is_refused_before_booting() {
     );
     server.stop(Duration::from_secs(10));
 }
+
+/// `source` made unique with a comment: the compile cache's tests start
+/// from a miss, however often they run on one state directory.
+fn fresh(source: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{source}// {nanos} {}\n", std::process::id())
+}
+
+/// The compile cache's entries, newest first.
+fn cache_entries() -> Vec<std::path::PathBuf> {
+    let dir = crate::common::state_dir().join("compile-cache");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .map(|read| read.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.retain(|p| p.join("entry.json").exists());
+    entries.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().modified().unwrap()));
+    entries
+}
+
+/// One test, so that no other test of the cache adds entries meanwhile
+/// (the others run with it off).
+#[test]
+fn the_same_compile_again_comes_from_the_cache_for_its_owner_alone() {
+    const ON: &[&str] = &["--set", "compile_cache.enabled=true"];
+    let tests = tests_dir(&[("1", "1 2\n", "3\n"), ("2", "40 2\n", "42\n")]);
+
+    // A resubmission: the compile comes from the cache, and runs the same.
+    let source = fresh(SUM_C);
+    let (_, first) = judge("c", "sum.c", &source, tests.path(), ON);
+    assert_eq!(first["status"], "accepted", "{first:#}");
+    assert_eq!(first["compile"]["cached"], false, "{first:#}");
+    let entry = cache_entries()
+        .into_iter()
+        .next()
+        .expect("the compile was kept");
+    let (_, again) = judge("c", "sum.c", &source, tests.path(), ON);
+    assert_eq!(again["status"], "accepted", "{again:#}");
+    assert_eq!(again["compile"]["cached"], true, "{again:#}");
+    assert_eq!(again["compile"]["cpu_time_ms"], 0.0);
+    assert!(
+        again["compile"]["wall_time_ms"].as_f64().unwrap()
+            < first["compile"]["wall_time_ms"].as_f64().unwrap()
+    );
+    // Off by setting: compiled.
+    let (_, off) = judge("c", "sum.c", &source, tests.path(), &[]);
+    assert_eq!(off["compile"]["cached"], false, "{off:#}");
+
+    // A damaged entry (here a program that answers wrong) is never run:
+    // the program is compiled again, and the entry made anew.
+    std::fs::write(entry.join("0"), "#!/bin/sh\necho 4\n").unwrap();
+    let (_, damaged) = judge("c", "sum.c", &source, tests.path(), ON);
+    assert_eq!(damaged["status"], "accepted", "{damaged:#}");
+    assert_eq!(damaged["compile"]["cached"], false, "{damaged:#}");
+    let (_, remade) = judge("c", "sum.c", &source, tests.path(), ON);
+    assert_eq!(remade["compile"]["cached"], true, "{remade:#}");
+
+    // One execution, then the same again: run without its compile.
+    let program = fresh("#include <stdio.h>\nint main(void) { puts(\"built\"); return 0; }\n");
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let done = run(
+            &["run", "--json", "--lang", "c", "-c", &program, ON[0], ON[1]],
+            b"",
+        );
+        assert_eq!(done.code(), Some(0), "{}", done.stderr());
+        let json = done.json();
+        assert_eq!(json["run"]["stdout"], "built\n", "{json:#}");
+        outputs.push(json["compile"]["cached"].clone());
+    }
+    assert_eq!(outputs, [false, true]);
+
+    // Over the API, with keys: alice's compile serves alice, not bob.
+    let (alice, alice_entry) = crate::sessions::new_key(&["--name", "alice"]);
+    let (bob, bob_entry) = crate::sessions::new_key(&["--name", "bob"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{alice_entry}\n{bob_entry}")).unwrap();
+    let server = Server::start_with_key(
+        &["--config", config.to_str().unwrap(), ON[0], ON[1]],
+        Some(&alice),
+    );
+    let program = fresh(SUM_C);
+    let body = json!({
+        "language": "c",
+        "files": [{ "name": "sum.c", "content": program }],
+        "stdin": "20 22\n",
+    });
+    let as_alice = || server.post("/v1/executions", body.to_string());
+    let as_bob = || {
+        server
+            .client
+            .post(format!("{}/v1/executions", server.base))
+            .bearer_auth(&bob)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    // Two at once: both run right, whether one compile or two.
+    let both: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| as_alice().json::<serde_json::Value>().unwrap()))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for result in &both {
+        assert_eq!(result["run"]["stdout"], "42\n", "{result:#}");
+    }
+    let hit: serde_json::Value = as_alice().json().unwrap();
+    assert_eq!(hit["compile"]["cached"], true, "{hit:#}");
+    assert_eq!(hit["run"]["stdout"], "42\n");
+    crate::common::server::check("ExecutionResult", &hit);
+    let bobs: serde_json::Value = as_bob().json().unwrap();
+    assert_eq!(bobs["compile"]["cached"], false, "{bobs:#}");
+    assert_eq!(bobs["run"]["stdout"], "42\n");
+}

@@ -596,7 +596,7 @@ fn runner_session_is_a_client_of_the_server() {
 
 /// A new API key from `runner key new`: the key, and its configuration
 /// entry.
-fn new_key(args: &[&str]) -> (String, String) {
+pub(crate) fn new_key(args: &[&str]) -> (String, String) {
     let mut all = vec!["key", "new"];
     all.extend_from_slice(args);
     let made = crate::common::run(&all, b"");

@@ -16,6 +16,7 @@ use super::plan::Plan;
 use super::result::StartKind;
 use super::transcript::Timeline;
 use crate::capacity::MachineSlots;
+use crate::compile_cache::CompileCache;
 use crate::image::{Agent, GuestImages, ImageError, ImageStore, Progress};
 use crate::lang::Language;
 use crate::pool::Pools;
@@ -71,6 +72,8 @@ pub(crate) struct Vms {
     slots: Option<MachineSlots>,
     /// The warm pools VMs are taken from first, while they run.
     pools: Mutex<Option<Arc<Pools>>>,
+    /// What compiles made, unless the cache is off.
+    compile_cache: Option<Arc<CompileCache>>,
 }
 
 /// How far a VM got before it was handed over.
@@ -150,7 +153,18 @@ impl Vms {
             prestart,
             slots: None,
             pools: Mutex::default(),
+            compile_cache: None,
         }
+    }
+
+    /// Compiles are looked up in `cache` first, and kept there.
+    pub fn with_compile_cache(mut self, cache: Option<CompileCache>) -> Self {
+        self.compile_cache = cache.map(Arc::new);
+        self
+    }
+
+    pub fn compile_cache(&self) -> Option<Arc<CompileCache>> {
+        self.compile_cache.clone()
     }
 
     /// Executions take one of `slots` while they run.
@@ -511,6 +525,7 @@ mod tests {
             stdin: Vec::new(),
             env: Default::default(),
             collect: Vec::new(),
+            collect_after: None,
             interactive: None,
             outputs: None,
             network: false,

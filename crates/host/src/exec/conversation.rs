@@ -194,15 +194,19 @@ pub async fn converse(
                 }
                 transcript.stage_end(report);
             }
-            Frame::Collected(chunk) if current.is_none() => {
-                transcript.collected.add(chunk, &exec.collect)?;
-            }
+            // Files collected before a later stage are for the host's
+            // own use (the compile cache): what does not come whole is
+            // not kept, and the execution goes on.
+            Frame::Collected(chunk) if collecting(exec, transcript) => match exec.collect_after {
+                None => transcript.collected.add(chunk, &exec.collect)?,
+                Some(_) => transcript.collected.add_or_give_up(chunk, &exec.collect),
+            },
             Frame::OutputFile(piece) if current.is_none() => {
                 transcript.outputs.add(piece, exec.outputs.as_ref())?;
             }
             Frame::Done => {
                 // The agent collects only after every stage exited 0.
-                if transcript.all_succeeded(exec.stages.len()) {
+                if exec.collect_after.is_none() && transcript.all_succeeded(exec.stages.len()) {
                     transcript.collected.finish(&exec.collect)?;
                 }
                 transcript.outputs.finish()?;
@@ -227,6 +231,18 @@ pub async fn converse(
     }
 }
 
+/// Whether collected files may come now: after the stage they follow
+/// (the last, unless the request names one) and before the next begins.
+fn collecting(exec: &ExecRequest, transcript: &Transcript) -> bool {
+    let done = transcript.stages_done();
+    match exec.collect_after {
+        None => done == exec.stages.len(),
+        Some(stage) => {
+            done > 0 && exec.stages[done - 1].stage == stage && !transcript.stage_has_output()
+        }
+    }
+}
+
 /// The most a request's collected files may hold together: a compiled
 /// program, or a few thousand class files.
 pub const MAX_COLLECTED_BYTES: u64 = 64 << 20;
@@ -240,6 +256,8 @@ pub struct Collected {
     /// The file whose pieces are coming, if one is.
     partial: Option<File>,
     bytes: u64,
+    /// Files that came wrong were dropped (see [`Collected::add_or_give_up`]).
+    given_up: bool,
 }
 
 impl Collected {
@@ -288,6 +306,22 @@ impl Collected {
             self.partial = Some(file);
         }
         Ok(())
+    }
+
+    /// [`Collected::add`], but a piece that is refused drops every file
+    /// and the ones after it, rather than ending the execution.
+    fn add_or_give_up(&mut self, chunk: CollectedChunk, patterns: &[String]) {
+        if !self.given_up && self.add(chunk, patterns).is_err() {
+            *self = Collected {
+                given_up: true,
+                ..Collected::default()
+            };
+        }
+    }
+
+    /// Whether every file `patterns` name came whole.
+    pub fn is_whole(&self, patterns: &[String]) -> bool {
+        !self.given_up && self.finish(patterns).is_ok()
     }
 
     /// At the end: no file left unfinished, and every pattern matched.

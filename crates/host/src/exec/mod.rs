@@ -24,7 +24,7 @@ pub(crate) mod conversation;
 mod limits;
 pub mod outputs;
 mod plan;
-mod result;
+pub(crate) mod result;
 pub(crate) mod transcript;
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub struct ExecutionRequest {
     pub outputs: Vec<String>,
     /// What the program may reach of the network; none when not given.
     pub network: Option<NetworkRequest>,
+    /// Who asks: an API key's name, empty for this machine's own user.
+    /// What one owner's compiles made serves only that owner (see
+    /// [`crate::compile_cache`]).
+    pub owner: String,
 }
 
 /// An accepted request, ready to run.
@@ -116,6 +120,8 @@ pub struct Plan {
     pub vm_memory_mib: u32,
     /// What it may reach of the network, if anything.
     pub network: Option<Egress>,
+    /// Who asked (see [`ExecutionRequest::owner`]).
+    pub owner: String,
 }
 
 impl Plan {
@@ -348,6 +354,7 @@ impl Planner {
             } else {
                 Vec::new()
             },
+            collect_after: None,
             interactive: request.interactive.filter(|_| part != Part::Compile),
             outputs: Some(request.outputs)
                 .filter(|patterns| !patterns.is_empty() && part != Part::Compile)
@@ -361,6 +368,7 @@ impl Planner {
             exec,
             vm_memory_mib: vm_memory_mib(largest),
             network,
+            owner: request.owner,
         })
     }
 }

@@ -31,6 +31,7 @@ pub fn stage_result(stdout: Vec<u8>, stderr: Vec<u8>, report: StageReport) -> St
         cpu_time: report.cpu_time_us as f64 / 1e3,
         memory_peak_bytes: report.memory_peak_bytes,
         prestarted: report.prestarted,
+        cached: false,
     };
     stage.status = stage_verdict(&stage);
     stage

@@ -53,6 +53,10 @@ pub(crate) struct Transcript {
     pub outputs: super::outputs::Received,
     /// What the program did on the network, if it could.
     pub network: Option<crate::net::proxy::NetworkReport>,
+    /// The compile stage's report, as the agent sent it.
+    compile_report: Option<StageReport>,
+    /// The compile stage, from the compile cache rather than run.
+    cached: Option<StageResult>,
 }
 
 impl Transcript {
@@ -70,6 +74,8 @@ impl Transcript {
             collected: Collected::default(),
             outputs: Default::default(),
             network: None,
+            compile_report: None,
+            cached: None,
         }
     }
 
@@ -126,8 +132,45 @@ impl Transcript {
         self.stages.len() == planned && self.stages.iter().all(|(_, s)| s.exit_code == Some(0))
     }
 
+    /// The result of `stage`, if it reported.
+    pub fn stage(&self, stage: Stage) -> Option<&StageResult> {
+        self.stages
+            .iter()
+            .find_map(|(s, result)| (*s == stage).then_some(result))
+    }
+
+    /// The compile stage did not run: `result` came from the compile
+    /// cache. Its output goes to a streaming caller as if it ran.
+    pub fn cached_compile(&mut self, result: StageResult) {
+        if let Some(tx) = &self.output {
+            for (stderr, bytes) in [(false, &result.stdout), (true, &result.stderr)] {
+                if !bytes.is_empty() {
+                    let _ = tx.send(OutputChunk {
+                        stage: Stage::Compile,
+                        stderr,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+        }
+        self.cached = Some(result);
+    }
+
+    /// The report of the compile stage, if it ran and reported.
+    pub fn compile_report(&self) -> Option<&StageReport> {
+        self.compile_report.as_ref()
+    }
+
+    /// Whether the stage the agent is running has sent output yet.
+    pub fn stage_has_output(&self) -> bool {
+        !self.stdout.is_empty() || !self.stderr.is_empty()
+    }
+
     /// The stage the agent was running has ended with `report`.
     pub fn stage_end(&mut self, report: StageReport) {
+        if report.stage == Stage::Compile {
+            self.compile_report = Some(report.clone());
+        }
         let stdout = std::mem::take(&mut self.stdout);
         let stderr = std::mem::take(&mut self.stderr);
         let stage = report.stage;
@@ -192,7 +235,7 @@ impl Transcript {
             let index = self.stages.iter().position(|(s, _)| *s == wanted)?;
             Some(self.stages.remove(index).1)
         };
-        let compile = take(Stage::Compile);
+        let compile = take(Stage::Compile).or(self.cached.take());
         let run = take(Stage::Run);
         let (status, message) = match outcome {
             Ok(()) => {

@@ -61,6 +61,7 @@ pub fn plan(
     planner: &Planner,
     request: CheckerRequest,
     trace_id: &str,
+    owner: &str,
 ) -> Result<CheckerPlan, PlanError> {
     let field = |e: PlanError| match e {
         PlanError::Invalid(message) => PlanError::Invalid(format!("compare.checker: {message}")),
@@ -82,6 +83,7 @@ pub fn plan(
         language: language.name.clone(),
         files: request.files,
         trace_id: Some(format!("{trace_id}-checker")),
+        owner: owner.to_string(),
         ..ExecutionRequest::default()
     };
     let (files, compile) = if language.compile.is_some() {
@@ -223,7 +225,7 @@ mod tests {
             language: "cpp".into(),
             files: vec![SourceFile::entry("int main() {}")],
         };
-        let plan = plan(&planner(), request, "t").unwrap();
+        let plan = plan(&planner(), request, "t", "").unwrap();
         let compile = plan.compile.as_ref().unwrap();
         assert_eq!(compile.exec.stages[0].stage, Stage::Compile);
         assert_eq!(compile.trace_id, "t-checker");
@@ -236,7 +238,7 @@ mod tests {
             language: "py".into(),
             files: vec![SourceFile::entry("import sys")],
         };
-        let plan = super::plan(&planner(), python, "t").unwrap();
+        let plan = super::plan(&planner(), python, "t", "").unwrap();
         assert!(plan.compile.is_none());
         assert_eq!(plan.files[0].name, "main.py");
     }
@@ -244,7 +246,7 @@ mod tests {
     #[test]
     fn a_bad_checker_is_refused_naming_the_field() {
         let says = |request: CheckerRequest, text: &str| {
-            let message = plan(&planner(), request, "t").unwrap_err().to_string();
+            let message = plan(&planner(), request, "t", "").unwrap_err().to_string();
             assert!(message.contains(text), "{message:?} does not say {text:?}");
         };
         says(

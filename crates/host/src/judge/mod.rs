@@ -57,10 +57,11 @@ pub const DEFAULT_TOLERANCE: f64 = 1e-6;
 impl Compare {
     /// What decides with this comparison, checked (a checker planned with
     /// `planner`; `trace_id` names its VMs).
-    pub fn check(self, planner: &Planner, trace_id: &str) -> Result<Check, PlanError> {
+    /// Checked for a request of `owner` named `trace_id`.
+    pub fn check(self, planner: &Planner, trace_id: &str, owner: &str) -> Result<Check, PlanError> {
         match self {
             Compare::Checker(request) => Ok(Check::Checker(Arc::new(checker::plan(
-                planner, request, trace_id,
+                planner, request, trace_id, owner,
             )?))),
             other => other
                 .comparison()
@@ -123,11 +124,14 @@ impl Expected {
         output: Option<Vec<u8>>,
         compare: Option<Compare>,
         trace_id: &str,
+        owner: &str,
     ) -> Result<Option<Self>, PlanError> {
         match (output, compare) {
             (Some(output), compare) => Ok(Some(Expected {
                 output,
-                check: compare.unwrap_or_default().check(planner, trace_id)?,
+                check: compare
+                    .unwrap_or_default()
+                    .check(planner, trace_id, owner)?,
             })),
             (None, Some(_)) => Err(PlanError::Invalid(
                 "compare needs expected_output: there is nothing to compare with".into(),

@@ -50,6 +50,8 @@ pub struct SubmissionRequest {
     /// `skipped`).
     pub stop_on_first_failure: bool,
     pub trace_id: Option<String>,
+    /// Who asks (see [`ExecutionRequest::owner`]).
+    pub owner: String,
 }
 
 /// A checked submission.
@@ -144,12 +146,13 @@ pub fn plan(planner: &Planner, request: SubmissionRequest) -> Result<SubmissionP
     let check = request
         .compare
         .unwrap_or_default()
-        .check(planner, &trace_id)?;
+        .check(planner, &trace_id, &request.owner)?;
     let base = ExecutionRequest {
         language: language.name.clone(),
         files: request.files,
         env: request.env,
         limits: request.limits,
+        owner: request.owner,
         ..ExecutionRequest::default()
     };
     // The files are named and checked once, by the compile or by a whole

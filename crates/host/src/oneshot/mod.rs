@@ -2,6 +2,8 @@
 //! destroyed, whatever path the execution takes. Whether the output is the
 //! expected one is the judge's business, decided after this.
 
+mod cached;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,16 +33,30 @@ pub(crate) async fn execute(
 ) -> (ExecutionResult, Vec<File>) {
     let received = Instant::now();
     let mut transcript = Transcript::new(output);
-    let outcome = run(vms, plan, &mut transcript, input, std::pin::pin!(stop)).await;
+    let mut ran = None;
+    let outcome = run(
+        vms,
+        plan,
+        &mut ran,
+        &mut transcript,
+        input,
+        std::pin::pin!(stop),
+    )
+    .await;
     let collected = std::mem::take(&mut transcript.collected.files);
-    (transcript.finish(plan, received, outcome), collected)
+    // A plan whose compile came from the cache ran without it.
+    let ran = ran.as_ref().unwrap_or(plan);
+    (transcript.finish(ran, received, outcome), collected)
 }
 
 /// Runs `plan` in a VM of its own, recording what comes back in
-/// `transcript`.
+/// `transcript`. Its compile is looked up in the compile cache first: a
+/// plan that only compiles then needs no VM, and one that runs too runs
+/// without its compile (the plan that ran is left in `ran`).
 async fn run(
     vms: &Vms,
     plan: &Plan,
+    ran: &mut Option<Plan>,
     transcript: &mut Transcript,
     input: Option<Input>,
     mut stop: Stop<'_>,
@@ -50,6 +66,12 @@ async fn run(
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
     transcript.version = images.rootfs_manifest.version.clone();
+    let cached = cached::Compile::look_up(vms, plan, &images.rootfs_manifest.id).await;
+    let plan = match cached.plan(plan, transcript) {
+        cached::Next::Done => return Ok(()),
+        cached::Next::Run(changed) => &*ran.insert(*changed),
+        cached::Next::AsPlanned => plan,
+    };
     let backend = vms
         .backend(&images.kernel.vmlinux, &images.initramfs)
         .await
@@ -75,7 +97,9 @@ async fn run(
     if let Some(cpu) = _slot.as_ref().and_then(Slot::cpu) {
         acquire::pin(&*acquired.vm, cpu);
     }
-    run_on(acquired, plan, transcript, input, stop).await
+    run_on(acquired, plan, transcript, input, stop).await?;
+    cached.keep(plan, transcript).await;
+    Ok(())
 }
 
 /// Waits for an acquired VM to be ready, runs `plan` on it (serving its
@@ -363,6 +387,79 @@ mod tests {
         assert_eq!(out.collected[0].name, "main");
         assert_eq!(out.collected[0].content, b"\x7fELF and the rest");
         assert!(out.collected[0].executable);
+    }
+
+    /// A whole program whose compile's files come back before its run,
+    /// for the compile cache.
+    fn whole_collecting_after_compile() -> Plan {
+        let mut plan = plan("rust", None);
+        plan.exec.collect = vec!["main".into()];
+        plan.exec.collect_after = Some(Stage::Compile);
+        plan
+    }
+
+    #[tokio::test]
+    async fn files_collected_after_the_compile_come_back_before_the_run() {
+        let plan = whole_collecting_after_compile();
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            let request = take_request(&mut peer).await;
+            assert_eq!(request.collect_after, Some(Stage::Compile));
+            peer.send(&ended(Stage::Compile, 0)).await;
+            peer.send(&piece("main", 0, b"\x7fELF", true)).await;
+            peer.send(&Frame::Stdout(b"ran\n".to_vec())).await;
+            peer.send(&ended(Stage::Run, 0)).await;
+            peer.send(&Frame::Done).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::Ok, "{:?}", out.result.message);
+        assert_eq!(out.result.run.unwrap().stdout, b"ran\n");
+        assert_eq!(out.collected.len(), 1);
+        assert_eq!(out.collected[0].content, b"\x7fELF");
+    }
+
+    #[tokio::test]
+    async fn files_collected_for_the_cache_that_come_wrong_do_not_end_the_run() {
+        // Pieces out of order, a file never asked for, or none at all:
+        // nothing is kept, and the program's result stands.
+        let cases: Vec<Vec<Frame>> = vec![
+            vec![piece("main", 0, b"ab", false), piece("main", 5, b"c", true)],
+            vec![piece("other", 0, b"x", true)],
+            vec![],
+        ];
+        for pieces in cases {
+            let plan = whole_collecting_after_compile();
+            let out = scripted(&plan, booting(), |mut peer| async move {
+                take_request(&mut peer).await;
+                peer.send(&ended(Stage::Compile, 0)).await;
+                for piece in &pieces {
+                    peer.send(piece).await;
+                }
+                peer.send(&Frame::Stdout(b"ran\n".to_vec())).await;
+                peer.send(&ended(Stage::Run, 0)).await;
+                peer.send(&Frame::Done).await;
+                peer.until_closed().await;
+            })
+            .await;
+            assert_eq!(out.result.status, Status::Ok, "{:?}", out.result.message);
+            assert!(out.collected.is_empty(), "{:?}", out.collected);
+        }
+        // Pieces once the run has begun are the protocol broken.
+        let plan = whole_collecting_after_compile();
+        let out = scripted(&plan, booting(), |mut peer| async move {
+            take_request(&mut peer).await;
+            peer.send(&ended(Stage::Compile, 0)).await;
+            peer.send(&Frame::Stdout(b"ran\n".to_vec())).await;
+            peer.send(&piece("main", 0, b"x", true)).await;
+            peer.until_closed().await;
+        })
+        .await;
+        assert_eq!(out.result.status, Status::InternalError);
+        assert!(
+            message(&out.result).contains("Collected"),
+            "{:?}",
+            out.result.message
+        );
     }
 
     #[tokio::test]

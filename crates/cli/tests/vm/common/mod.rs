@@ -22,6 +22,9 @@ pub fn runner() -> Command {
     share_the_machine();
     let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
     command.env("RUNNER_LOG", "info");
+    // Every test sees its compiles run (the state directory outlives test
+    // runs); the compile cache's tests turn it on (`--set`).
+    command.env("RUNNER_COMPILE_CACHE_ENABLED", "false");
     command
 }
 
