@@ -67,7 +67,19 @@ pub enum Group {
     /// kernel or machine type, or with another value of a setting
     /// (`--kernels`, `--machines`, `--vary`), side by side.
     Kernel,
+    /// One C++ program's compile three ways: including `<cstdio>`,
+    /// including `<bits/stdc++.h>` (precompiled in the image), and the
+    /// latter again, from the compile cache.
+    Compile,
 }
+
+/// Languages with a compile stage: their program cases compile each time.
+const COMPILED: [&str; 5] = ["go", "rust", "c", "cpp", "java"];
+
+/// The compile cases' program, one way and the other: the same a+b of two
+/// constants (it needs no input); only the include differs.
+const AB_CSTDIO: &str = "#include <cstdio>\n\nint main() {\n    long long a = 1, b = 2;\n    printf(\"%lld\\n\", a + b);\n}\n";
+const AB_STDCXX: &str = "#include <bits/stdc++.h>\n\nint main() {\n    long long a = 1, b = 2;\n    printf(\"%lld\\n\", a + b);\n}\n";
 
 /// Tests of a judge case: `fib N` for N from 1 to this.
 pub const JUDGE_TESTS: u64 = 20;
@@ -120,6 +132,9 @@ pub struct Case {
     /// [`crate::Variant`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
+    /// Each execution's source is made unique (a comment), so that its
+    /// compile runs rather than coming from the compile cache.
+    pub fresh: bool,
 }
 
 impl Case {
@@ -227,6 +242,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
         judge: None,
         env: BTreeMap::new(),
         vm: vm.cloned(),
+        fresh: false,
     };
     for (start, seed_ms) in [
         (Start::Cold, Some(3100.0)),
@@ -287,6 +303,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
             judge: None,
             env: BTreeMap::new(),
             vm: None,
+            fresh: COMPILED.contains(&language.as_str()),
         });
         for (i, (n, result)) in fibs.iter().enumerate() {
             cases.push(Case {
@@ -303,6 +320,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
                 judge: None,
                 env: BTreeMap::new(),
                 vm: None,
+                fresh: COMPILED.contains(&language.as_str()),
             });
         }
         if SESSION_LANGUAGES.contains(&language.as_str()) {
@@ -320,6 +338,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
                 judge: None,
                 env: BTreeMap::new(),
                 vm: None,
+                fresh: false,
             });
         }
         if JUDGE_LANGUAGES.contains(&language.as_str()) {
@@ -342,6 +361,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
                     judge: Some(way),
                     env: BTreeMap::new(),
                     vm: None,
+                    fresh: false,
                 });
             }
         }
@@ -374,6 +394,41 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
                 judge: None,
                 env,
                 vm: None,
+                fresh: false,
+            });
+        }
+    }
+    if languages.iter().any(|l| l == "cpp") {
+        for (id, title, source, fresh) in [
+            ("compile/cstdio", "a+b with <cstdio>", AB_CSTDIO, true),
+            (
+                "compile/stdc++",
+                "a+b with <bits/stdc++.h>",
+                AB_STDCXX,
+                true,
+            ),
+            (
+                "compile/cached",
+                "a+b with <bits/stdc++.h> again, from the compile cache",
+                AB_STDCXX,
+                false,
+            ),
+        ] {
+            cases.push(Case {
+                id: id.into(),
+                group: Group::Compile,
+                title: title.into(),
+                language: "cpp".into(),
+                start: Start::Snapshot,
+                concurrency: 1,
+                source: source.into(),
+                args: Vec::new(),
+                expected_stdout: Some("3\n".into()),
+                seed_ms: None,
+                judge: None,
+                env: BTreeMap::new(),
+                vm: None,
+                fresh,
             });
         }
     }
@@ -392,6 +447,7 @@ pub fn suite(languages: &[String], vms: &[String]) -> Vec<Case> {
             judge: None,
             env: BTreeMap::new(),
             vm: None,
+            fresh: false,
         });
     }
     cases
@@ -424,6 +480,7 @@ pub fn custom(language: &str, source: String, args: Vec<String>) -> Case {
         judge: None,
         env: BTreeMap::new(),
         vm: None,
+        fresh: false,
     }
 }
 

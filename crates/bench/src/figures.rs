@@ -40,7 +40,7 @@ pub fn timeline(report: &Report) -> Result<String, Failure> {
                 r.case.language,
                 r.case.start.as_str()
             ),
-            Group::Program => format!("{} {}", r.case.language, r.case.title),
+            Group::Program | Group::Compile => format!("{} {}", r.case.language, r.case.title),
             Group::Kernel => r.case.title.clone(),
             // Many VMs each, or one VM for several executions: no one
             // execution's timeline.

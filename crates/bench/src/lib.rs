@@ -36,6 +36,7 @@ use serde::Serialize;
 
 pub use cases::{Case, Group, JudgeWay, Start};
 pub use machine::Machine;
+pub use report::backends as backends_markdown;
 pub use stats::Summary;
 
 /// What to measure.
@@ -764,7 +765,7 @@ async fn judge_case(
         Some(JudgeWay::Submission) => {
             let request = SubmissionRequest {
                 language: language.name.clone(),
-                files: vec![SourceFile::entry(case.source.clone())],
+                files: vec![SourceFile::entry(fresh(&case.source))],
                 limits,
                 tests: tests
                     .iter()
@@ -799,9 +800,11 @@ async fn judge_case(
                 workers.spawn(async move {
                     let mut statuses = Vec::new();
                     while let Some((n, fib)) = tests.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        // Each compiles again, as a judge without a
+                        // compile cache would have them.
                         let request = ExecutionRequest {
                             language: language.clone(),
-                            files: vec![SourceFile::entry(source.clone())],
+                            files: vec![SourceFile::entry(fresh(&source))],
                             args: vec![n.clone()],
                             limits,
                             ..ExecutionRequest::default()
@@ -868,9 +871,14 @@ async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
         cpu_time_ms: Some(LIMIT_MS),
         ..StageLimits::default()
     };
+    let source = if case.fresh {
+        fresh(&case.source)
+    } else {
+        case.source.clone()
+    };
     let request = ExecutionRequest {
         language: language.name.clone(),
-        files: vec![SourceFile::entry(case.source.clone())],
+        files: vec![SourceFile::entry(source)],
         args: case.args.clone(),
         env: case.env.clone(),
         limits: RequestLimits {
@@ -895,6 +903,13 @@ async fn execute(runner: &Runner, case: &Case, language: &Language) -> Sample {
             session: None,
         },
     }
+}
+
+/// `source` with a comment no other execution's has: its compile runs,
+/// rather than coming from the compile cache. (Every compiled language of
+/// the suite takes `//` comments.)
+fn fresh(source: &str) -> String {
+    format!("{source}// {}\n", runner_host::exec::new_trace_id())
 }
 
 fn vm_sample(case: &Case, result: &ExecutionResult) -> Sample {

@@ -149,6 +149,60 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
 
+    let compiles = group(report, Group::Compile);
+    if !compiles.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Compile ({} a+b)\n\n\
+             The same C++ program's compile stage, as the agent timed it: including `<cstdio>`, \
+             including `<bits/stdc++.h>` (precompiled in the image for the compile's flags), \
+             each made unique every time so that it compiles, and the latter again from the \
+             compile cache (its compile stage is the lookup). **× cstdio** is the compile \
+             p50 over `<cstdio>`'s.\n",
+            compiles[0].case.language
+        );
+        let _ = writeln!(
+            out,
+            "| program | compile p50 | p95 | min | max | × cstdio | total p50 | host compile p50 |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        let compile_of = |r: &CaseResult| {
+            let values: Vec<f64> = r
+                .vm_samples
+                .iter()
+                .filter(|s| s.ok && !s.warmup)
+                .filter_map(|s| s.compile_ms)
+                .collect();
+            crate::stats::summarize(&values)
+        };
+        let base = compiles
+            .iter()
+            .find(|r| r.case.id == "compile/cstdio")
+            .and_then(|r| compile_of(r));
+        for r in &compiles {
+            let compile = compile_of(r);
+            let host: Vec<f64> = r
+                .host_samples
+                .iter()
+                .filter(|s| s.ok && !s.warmup)
+                .filter_map(|s| s.compile_ms)
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.case.title,
+                p(compile, |s| s.p50),
+                p(compile, |s| s.p95),
+                p(compile, |s| s.min),
+                p(compile, |s| s.max),
+                ratio(compile.zip(base).map(|(c, b)| c.p50 / b.p50)),
+                p(r.vm, |s| s.p50),
+                p(crate::stats::summarize(&host), |s| s.p50),
+            );
+        }
+        out.push('\n');
+    }
+
     let throughput = group(report, Group::Throughput);
     if let Some(first) = throughput.first() {
         let _ = writeln!(
@@ -292,7 +346,8 @@ pub fn markdown(report: &Report) -> String {
              output) judged two ways, with as many VMs at once as the machine has CPUs, measured \
              once each: one submission (compiled once, then each test in a fresh VM restored \
              from the snapshot with the compiled program), and {tests} separate executions \
-             (each compiling again). Seconds until every test has its verdict.\n\n\
+             (each compiling again: each program is made unique, so that none comes from \
+             the compile cache). Seconds until every test has its verdict.\n\n\
              | language | one submission (its compile) | {tests} separate executions | separate / submission |\n\
              |---|---|---|---|",
             tests = crate::cases::JUDGE_TESTS
@@ -457,6 +512,165 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         out,
         "Every sample is in `results.json`. Reproduce with `runner bench --out DIR`."
+    );
+    out
+}
+
+/// The issue's targets and the per-language table of `reports` (one per
+/// backend, named), side by side.
+pub fn backends(reports: &[(String, Report)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Runner Codes benchmark: backends side by side\n");
+    if let Some((_, first)) = reports.first() {
+        let m = &first.machine;
+        let _ = writeln!(
+            out,
+            "Measured {} with `runner bench --backends {}` on {} ({} CPUs, {} MiB). Each \
+             backend ran the whole suite in turn; its own report is in its folder. **Host** \
+             is the same program in a chroot of the language's image on this machine.\n",
+            utc(first.started_at),
+            reports
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            cell(&m.cpu_model),
+            m.cpus,
+            m.memory_mib,
+        );
+        let _ = writeln!(out, "| backend | what it is | suite took |\n|---|---|---|");
+        for (name, report) in reports {
+            let _ = writeln!(
+                out,
+                "| {name} | {} ({}) | {:.0} s |",
+                cell(&report.machine.backend),
+                report.machine.accel,
+                report.duration_seconds
+            );
+        }
+        out.push('\n');
+    }
+    let find = |report: &'_ Report, id: &str| -> Option<CaseResult> {
+        report.cases.iter().find(|r| r.case.id == id).cloned()
+    };
+    let compile_p50 = |r: &CaseResult| {
+        let values: Vec<f64> = r
+            .vm_samples
+            .iter()
+            .filter(|s| s.ok && !s.warmup)
+            .filter_map(|s| s.compile_ms)
+            .collect();
+        crate::stats::summarize(&values).map(|s| s.p50)
+    };
+    type Figure = Box<dyn Fn(&Report) -> Option<(f64, String)>>;
+    let x = |v: f64| (v, format!("{v:.2}x"));
+    let targets: Vec<(&str, &str, Figure)> = vec![
+        (
+            "Python fib(30), VM total over host",
+            "≤ 1.3x (gVisor)",
+            Box::new(move |r| find(r, "python/fib30")?.ratio.map(x)),
+        ),
+        (
+            "Python hello from the pool, VM total over host",
+            "≤ 3x (gVisor)",
+            Box::new(move |r| find(r, "start/pool")?.ratio.map(x)),
+        ),
+        (
+            "Restore to ready (snapshot start, boot + ready p50)",
+            "≤ 150 ms (gVisor)",
+            Box::new(move |r| {
+                let v = find(r, "start/snapshot")?.vm_boot_to_ready?.p50;
+                Some((v, format!("{} ms", ms(v))))
+            }),
+        ),
+        (
+            "Go hello (compile + run), VM total over host",
+            "≤ 2x (gVisor)",
+            Box::new(move |r| find(r, "go/hello")?.ratio.map(x)),
+        ),
+        (
+            "C++ a+b compile, <bits/stdc++.h> over <cstdio>",
+            "≤ 4x",
+            Box::new(move |r| {
+                let stdcxx = compile_p50(&find(r, "compile/stdc++")?)?;
+                let cstdio = compile_p50(&find(r, "compile/cstdio")?)?;
+                Some(x(stdcxx / cstdio))
+            }),
+        ),
+        (
+            "A compile cache hit's compile stage (p50)",
+            "≤ 50 ms",
+            Box::new(move |r| {
+                let v = compile_p50(&find(r, "compile/cached")?)?;
+                Some((v, format!("{} ms", ms(v))))
+            }),
+        ),
+        (
+            "Throughput, 4 clients over 2",
+            "≥ 1",
+            Box::new(move |r| {
+                let rate = |id: &str| find(r, id)?.throughput.map(|t| t.vm_per_second);
+                Some(x(rate("throughput/4")? / rate("throughput/2")?))
+            }),
+        ),
+    ];
+    let _ = writeln!(out, "## Targets\n");
+    let names: Vec<&str> = reports.iter().map(|(name, _)| name.as_str()).collect();
+    let _ = writeln!(out, "| figure | target | {} |", names.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---|".repeat(names.len()));
+    for (what, goal, figure) in &targets {
+        let cells: Vec<String> = reports
+            .iter()
+            .map(|(_, report)| figure(report).map_or_else(|| "–".into(), |(_, text)| text))
+            .collect();
+        let _ = writeln!(out, "| {what} | {goal} | {} |", cells.join(" | "));
+    }
+    out.push('\n');
+
+    let _ = writeln!(
+        out,
+        "## Programs\n\nThe seed's per-language table on each backend: total p50 (ms) and \
+         its ratio to the host, beside the seed's own figure (c5.metal, KVM).\n"
+    );
+    let header: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name} p50 | {name} ratio"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| language | program | host p50 | {} | seed |",
+        header.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|---|{}---|", "---|---|".repeat(names.len()));
+    if let Some((_, first)) = reports.first() {
+        for r in group(first, Group::Program) {
+            let mut cells = Vec::new();
+            for (_, report) in reports {
+                let same = find(report, &r.case.id);
+                cells.push(format!(
+                    "{} | {}",
+                    same.as_ref()
+                        .map_or_else(|| "–".into(), |s| p(s.vm, |v| v.p50)),
+                    ratio(same.and_then(|s| s.ratio)),
+                ));
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.case.language,
+                r.case.title,
+                p(r.host, |s| s.p50),
+                cells.join(" | "),
+                r.case.seed_ms.map_or_else(|| "–".into(), ms),
+            );
+        }
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Every sample is in each backend's `results.json`. Reproduce with \
+         `runner bench --backends {} --out DIR`.",
+        names.join(",")
     );
     out
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use runner_bench::{Custom, Options, Variant};
+use runner_host::vmm::BackendKind;
 use runner_host::{Config, Runner};
 
 /// The seed's order, then the judges' languages: the first language also
@@ -58,6 +59,11 @@ pub struct BenchArgs {
     /// --kernels and --machines when given).
     #[arg(long, value_name = "KEY=VALUES")]
     vary: Option<String>,
+    /// Run the whole suite on each of these backends (qemu, gvisor;
+    /// comma-separated) in turn, each report in a folder of its own, and
+    /// the targets and per-language table side by side in report.md.
+    #[arg(long, value_delimiter = ',', value_name = "BACKEND")]
+    backends: Vec<String>,
     /// What the machine costs per hour (any currency): adds the cost per
     /// execution of each case to the report, as the design's "Cost per
     /// Execution" computes it.
@@ -77,6 +83,21 @@ pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::
         && !(price.is_finite() && price > 0.0)
     {
         usage!("--price-per-hour must be a positive number, not {price}");
+    }
+    let backends: Vec<BackendKind> = args
+        .backends
+        .iter()
+        .map(|name| parse(name, "backend", "qemu, gvisor"))
+        .collect::<anyhow::Result<_>>()?;
+    if !backends.is_empty()
+        && (!args.kernels.is_empty() || !args.machines.is_empty() || args.vary.is_some())
+    {
+        usage!(
+            "--backends runs the whole suite on each; give --kernels, --machines and --vary without it"
+        );
+    }
+    if backends.contains(&BackendKind::Auto) {
+        usage!("--backends names backends (qemu, gvisor), not auto");
     }
     let variants = variants(config, &args.kernels, &args.machines, args.vary.as_deref())?;
     if !variants.is_empty() && (args.code.is_some() || args.file.is_some()) {
@@ -146,18 +167,64 @@ pub async fn bench(runner: Runner, config: &Config, args: BenchArgs) -> anyhow::
             }
         })
     });
-    let report = runner_bench::run(Arc::new(runner), &options, &bar).await;
+    // The configured backend, or each asked for in turn.
+    let mut reports = Vec::new();
+    let mut outcome = Ok(());
+    if backends.is_empty() {
+        match runner_bench::run(Arc::new(runner), &options, &bar).await {
+            Ok(report) => reports.push((String::new(), report)),
+            Err(e) => outcome = Err(e),
+        }
+    } else {
+        drop(runner);
+        for backend in &backends {
+            let name = config_name(backend);
+            let config = Config {
+                backend: *backend,
+                ..config.clone()
+            };
+            let run = async {
+                let runner = Arc::new(Runner::new(&config)?);
+                runner_bench::run(runner, &options, &bar).await
+            };
+            match run.await {
+                Ok(report) => reports.push((name, report)),
+                Err(e) => {
+                    outcome = Err(e.context(format!("the suite on {name}")));
+                    break;
+                }
+            }
+        }
+    }
     if let Some(lines) = lines {
         lines.abort();
     }
     bar.finish_and_clear();
-    let report = report?;
-    let written = report.write(&args.out)?;
-    outln!("{}", report.markdown());
-    for path in written {
-        eprintln!("runner: wrote {}", path.display());
+    outcome?;
+    match reports.as_slice() {
+        [(name, report)] if name.is_empty() => {
+            written(report.write(&args.out)?);
+            outln!("{}", report.markdown());
+        }
+        _ => {
+            for (name, report) in &reports {
+                written(report.write(&args.out.join(name))?);
+            }
+            let markdown = runner_bench::backends_markdown(&reports);
+            let path = args.out.join("report.md");
+            std::fs::write(&path, &markdown)
+                .with_context(|| format!("write {}", path.display()))?;
+            outln!("{markdown}");
+            written(vec![path]);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn written(paths: Vec<PathBuf>) {
+    for path in paths {
+        eprintln!("runner: wrote {}", path.display());
+    }
 }
 
 /// A runner for each combination of `kernels` and `machines` (the

@@ -233,6 +233,30 @@ fn a_setting_side_by_side_boots_and_restores_with_each_value() {
 }
 
 #[test]
+fn backends_side_by_side_each_run_the_suite() {
+    let out = tempfile::tempdir().unwrap();
+    bash_once(out.path(), &["--no-host", "--backends", "qemu,gvisor"]);
+    for backend in ["qemu", "gvisor"] {
+        let json = results(&out.path().join(backend));
+        let said = json["machine"]["backend"].as_str().unwrap();
+        assert!(said.starts_with(backend), "{backend}: {said}");
+        for case in json["cases"].as_array().unwrap() {
+            for sample in case["vm_samples"].as_array().unwrap() {
+                assert_eq!(sample["ok"], true, "{backend}: {case:#}");
+            }
+        }
+    }
+    let report = fs::read_to_string(out.path().join("report.md")).unwrap();
+    for expected in [
+        "## Targets",
+        "| figure | target | qemu | gvisor |",
+        "| bash | Hello World |",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+}
+
+#[test]
 fn one_program_of_ones_own_with_arguments() {
     let out = tempfile::tempdir().unwrap();
     let finished = run(
@@ -306,6 +330,11 @@ fn bench_arguments_that_cannot_work_are_refused() {
     ] {
         let finished = run(&["bench", "--lang", "bash", "--vary", vary], b"");
         assert_eq!(finished.code(), Some(2), "{vary}");
+        assert!(finished.stderr().contains(says), "{}", finished.stderr());
+    }
+    for (backends, says) in [("kvm", "qemu, gvisor"), ("auto", "not auto")] {
+        let finished = run(&["bench", "--lang", "bash", "--backends", backends], b"");
+        assert_eq!(finished.code(), Some(2), "{backends}");
         assert!(finished.stderr().contains(says), "{}", finished.stderr());
     }
     let finished = run(&["bench", "--lang", "cobol"], b"");
