@@ -63,8 +63,9 @@ cargo build --release --locked
 install -m 0755 target/release/runner /usr/local/bin/runner
 runner image build
 # VMs start from these instead of booting: about a minute, once per build;
-# then gVisor's (under a minute).
-runner snapshot create
+# then gVisor's (under a minute). Both backends, whichever `auto` picks here:
+# the tests run on both.
+RUNNER_BACKEND=qemu runner snapshot create
 RUNNER_BACKEND=gvisor runner snapshot create
 runner doctor
 

@@ -135,7 +135,7 @@ impl Config {
             limits: LimitPolicy::default(),
             snapshots: true,
             prestart: true,
-            backend: BackendKind::Qemu,
+            backend: BackendKind::Auto,
             qemu: String::new(),
             runsc: String::new(),
             accel: AccelMode::Auto,

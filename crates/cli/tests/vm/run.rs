@@ -430,6 +430,44 @@ fn missing_or_old_runsc_says_what_to_install() {
 }
 
 #[test]
+fn the_default_backend_is_kvm_then_gvisor_and_doctor_says_why() {
+    // Nothing set: `auto`. QEMU where KVM works; else gVisor, where runsc
+    // is installed (as setup installs it); else QEMU under TCG.
+    let printed = crate::common::runner()
+        .env_remove("RUNNER_BACKEND")
+        .args(["run", "--print-config"])
+        .output()
+        .unwrap();
+    let config = String::from_utf8_lossy(&printed.stdout);
+    assert!(config.contains("backend = \"auto\""), "{config}");
+    let doctor = crate::common::runner()
+        .env_remove("RUNNER_BACKEND")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key:?} in {stdout}"))
+            .trim()
+            .to_string()
+    };
+    let runsc = std::process::Command::new("runsc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let (backend, why) = match (crate::common::kvm(), runsc) {
+        (true, _) => ("qemu", "kvm"),
+        (false, true) => ("gvisor", "gVisor runs code at the host's speed"),
+        (false, false) => ("qemu", "backend = \"auto\" would use gVisor"),
+    };
+    assert_eq!(line("backend "), backend, "{stdout}");
+    assert!(line("acceleration ").contains(why), "{stdout}");
+}
+
+#[test]
 fn missing_qemu_says_what_to_install() {
     // An empty PATH: the images are there, QEMU is not. Or a path to a
     // QEMU that is not there, by variable or by setting.

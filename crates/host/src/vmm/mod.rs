@@ -90,9 +90,9 @@ pub enum BackendKind {
     /// QEMU where KVM works; else gVisor where `runsc` is installed (it
     /// runs code at the host's speed, where QEMU would emulate it); else
     /// QEMU under TCG.
+    #[default]
     Auto,
     /// A microVM under QEMU: KVM where it works, else TCG.
-    #[default]
     Qemu,
     /// A gVisor sandbox under Debian's `runsc`.
     Gvisor,

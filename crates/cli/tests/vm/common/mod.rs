@@ -25,6 +25,11 @@ pub fn runner() -> Command {
     // Every test sees its compiles run (the state directory outlives test
     // runs); the compile cache's tests turn it on (`--set`).
     command.env("RUNNER_COMPILE_CACHE_ENABLED", "false");
+    // The suites run on QEMU unless the caller names a backend
+    // (scripts/gvisor-tests.sh names gvisor), whatever `auto` would pick.
+    if std::env::var_os("RUNNER_BACKEND").is_none() {
+        command.env("RUNNER_BACKEND", "qemu");
+    }
     command
 }
 
