@@ -50,7 +50,7 @@ class StageResult:
     cpu_time: float
     memory_peak_bytes: int
     prestarted: bool
-    cached: bool = False
+    cached: bool
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
