@@ -166,21 +166,12 @@ pub fn markdown(report: &Report) -> String {
             "| program | compile p50 | p95 | min | max | × cstdio | total p50 | host compile p50 |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-        let compile_of = |r: &CaseResult| {
-            let values: Vec<f64> = r
-                .vm_samples
-                .iter()
-                .filter(|s| s.ok && !s.warmup)
-                .filter_map(|s| s.compile_ms)
-                .collect();
-            crate::stats::summarize(&values)
-        };
         let base = compiles
             .iter()
             .find(|r| r.case.id == "compile/cstdio")
-            .and_then(|r| compile_of(r));
+            .and_then(|r| compile_summary(r));
         for r in &compiles {
-            let compile = compile_of(r);
+            let compile = compile_summary(r);
             let host: Vec<f64> = r
                 .host_samples
                 .iter()
@@ -553,15 +544,7 @@ pub fn backends(reports: &[(String, Report)]) -> String {
     let find = |report: &'_ Report, id: &str| -> Option<CaseResult> {
         report.cases.iter().find(|r| r.case.id == id).cloned()
     };
-    let compile_p50 = |r: &CaseResult| {
-        let values: Vec<f64> = r
-            .vm_samples
-            .iter()
-            .filter(|s| s.ok && !s.warmup)
-            .filter_map(|s| s.compile_ms)
-            .collect();
-        crate::stats::summarize(&values).map(|s| s.p50)
-    };
+    let compile_p50 = |r: &CaseResult| compile_summary(r).map(|s| s.p50);
     type Figure = Box<dyn Fn(&Report) -> Option<(f64, String)>>;
     let x = |v: f64| (v, format!("{v:.2}x"));
     let targets: Vec<(&str, &str, Figure)> = vec![
@@ -673,6 +656,17 @@ pub fn backends(reports: &[(String, Report)]) -> String {
         names.join(",")
     );
     out
+}
+
+/// The compile stage's times of a case's measured VM samples.
+fn compile_summary(r: &CaseResult) -> Option<Summary> {
+    let values: Vec<f64> = r
+        .vm_samples
+        .iter()
+        .filter(|s| s.ok && !s.warmup)
+        .filter_map(|s| s.compile_ms)
+        .collect();
+    crate::stats::summarize(&values)
 }
 
 /// Text that stays in one table cell: one line, no column bars.
