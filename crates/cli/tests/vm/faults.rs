@@ -200,6 +200,67 @@ fn shorten(path: &Path, by: u64) {
     file.set_len(len - by).unwrap();
 }
 
+/// A snapshot damaged where its fingerprint does not look (here, 4 KiB in
+/// the middle of what restores it: a gVisor checkpoint, a VM's device
+/// state, with the fingerprints taken again as if it had been saved so)
+/// does not restore: a fresh sandbox or VM runs the program instead, and
+/// the log says why. On each backend.
+#[test]
+fn a_snapshot_that_does_not_restore_gives_way_to_a_fresh_start() {
+    for backend in ["gvisor", "qemu"] {
+        let home = own_home(|_| Take::Link);
+        let runner = |args: &[&str]| {
+            runner_on(home.path())
+                .env("RUNNER_BACKEND", backend)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let made = runner(&["snapshot", "create", "--lang", "bash"]);
+        assert!(
+            made.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let hello = || {
+            let output = runner(&["run", "--json", "--lang", "bash", "-c", "echo hi"]);
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            let json: Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|e| panic!("{backend}: no JSON result ({e}): {stderr}"));
+            assert_eq!(json["status"], "ok", "{backend}: {json:#} {stderr}");
+            assert_eq!(json["run"]["stdout"], "hi\n", "{backend}: {json:#}");
+            (json, stderr)
+        };
+        assert_eq!(hello().0["metrics"]["start"], "snapshot", "{backend}");
+        let snapshot = entries(&home.path().join("snapshots"), "snapshot-bash-")
+            .pop()
+            .expect("the bash snapshot");
+        let state = snapshot.join("state");
+        let len = std::fs::metadata(&state).unwrap().len();
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&state)
+                .unwrap();
+            file.write_all_at(&[0x5a; 4096], len / 2).unwrap();
+        }
+        let manifest_path = snapshot.join("manifest.json");
+        let mut manifest: Value =
+            serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        let prints = runner_host::integrity::take(&snapshot, &["memory", "state"]).unwrap();
+        manifest["files"] = serde_json::to_value(prints).unwrap();
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+        let (fresh, log) = hello();
+        assert_eq!(fresh["metrics"]["start"], "cold", "{backend}: {log}");
+        assert!(
+            log.contains("the VM restored from the snapshot never became ready"),
+            "{backend}: {log}"
+        );
+    }
+}
+
 /// A snapshot whose device state or memory file changed after it was made
 /// is never restored: the VM boots instead, saying why, and the snapshot
 /// is made again.

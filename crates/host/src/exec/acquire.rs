@@ -346,19 +346,52 @@ impl Vms {
             })
             .flatten()
             .filter(|s| s.memory_mib() >= want.memory_mib);
-        let id = want.id;
-        let (spec, start, wake) = match &snapshot {
-            Some(snapshot) => (
-                self.restore_spec(images, snapshot, id),
-                StartKind::Snapshot,
-                Some(wake()),
-            ),
-            None => (
-                self.spec(images, want.memory_mib, id, Memory::Private),
-                StartKind::Cold,
-                None,
-            ),
-        };
+        match &snapshot {
+            Some(snapshot) => {
+                let spec = self.restore_spec(images, snapshot, want.id);
+                match self
+                    .started(backend, spec, StartKind::Snapshot, Some(wake()))
+                    .await
+                {
+                    Ok(acquired) => Ok(acquired),
+                    // A snapshot that passed its check and still did not
+                    // restore (QEMU refused its device state): a fresh VM.
+                    // One that fails later, before its hello, is the
+                    // one-shot's to replace.
+                    Err(error) => {
+                        tracing::warn!(
+                            snapshot = %snapshot.state().display(),
+                            error = %crate::error_chain(&error),
+                            "the VM restored from the snapshot never became ready; booting one instead"
+                        );
+                        self.boot(want, images, backend).await
+                    }
+                }
+            }
+            None => self.boot(want, images, backend).await,
+        }
+    }
+
+    /// A VM as `want` says, booted, whatever snapshot or pool there is.
+    pub async fn boot(
+        &self,
+        want: Want<'_>,
+        images: &GuestImages,
+        backend: &dyn Backend,
+    ) -> Result<Acquired, AcquireError> {
+        let spec = self.spec(images, want.memory_mib, want.id, Memory::Private);
+        self.started(backend, spec, StartKind::Cold, None).await
+    }
+
+    /// The VM of `spec`, started as `start` says.
+    async fn started(
+        &self,
+        backend: &dyn Backend,
+        spec: VmSpec,
+        start: StartKind,
+        wake: Option<Wake>,
+    ) -> Result<Acquired, AcquireError> {
+        let boot_timeout = boot_timeout(backend.info().accel);
         let started = Instant::now();
         let (vm, running) = self.start(backend, spec).await?;
         Ok(Acquired {

@@ -16,7 +16,7 @@ use crate::capacity::Slot;
 use crate::exec::acquire::{self, AcquireError, Acquired, Readiness, Vms};
 use crate::exec::conversation::{self, Input};
 use crate::exec::transcript::{OutputChunk, Transcript};
-use crate::exec::{ExecError, ExecutionResult, Plan};
+use crate::exec::{ExecError, ExecutionResult, Plan, StartKind};
 use crate::net::Proxy;
 
 /// What stops an execution early, with the reason to report.
@@ -58,7 +58,7 @@ async fn run(
     plan: &Plan,
     ran: &mut Option<Plan>,
     transcript: &mut Transcript,
-    input: Option<Input>,
+    mut input: Option<Input>,
     mut stop: Stop<'_>,
 ) -> Result<(), ExecError> {
     let images = tokio::select! {
@@ -90,14 +90,39 @@ async fn run(
         }),
         None => None,
     };
+    let cpu = _slot.as_ref().and_then(Slot::cpu);
     let acquired = tokio::select! {
         acquired = vms.acquire(plan.want(), &images, &*backend) => acquired?,
         reason = &mut stop => return Err(ExecError::Stopped(reason)),
     };
-    if let Some(cpu) = _slot.as_ref().and_then(Slot::cpu) {
+    if let Some(cpu) = cpu {
         acquire::pin(&*acquired.vm, cpu);
     }
-    run_on(acquired, plan, transcript, input, stop).await?;
+    let restored = acquired.start == StartKind::Snapshot;
+    match run_on(acquired, plan, transcript, &mut input, stop.as_mut()).await {
+        // A snapshot that passed its check and still did not restore (a
+        // checkpoint `runsc restore` refuses part-way): never a VM in a
+        // state it was not saved in; a fresh one instead, once.
+        Err(ExecError::Agent { error, console })
+            if restored && transcript.timeline.ready.is_none() =>
+        {
+            tracing::warn!(
+                trace_id = %plan.trace_id,
+                error = %crate::error_chain(&error),
+                console,
+                "the VM restored from the snapshot never became ready; booting one instead"
+            );
+            let acquired = tokio::select! {
+                acquired = vms.boot(plan.want(), &images, &*backend) => acquired?,
+                reason = &mut stop => return Err(ExecError::Stopped(reason)),
+            };
+            if let Some(cpu) = cpu {
+                acquire::pin(&*acquired.vm, cpu);
+            }
+            run_on(acquired, plan, transcript, &mut input, stop).await?;
+        }
+        outcome => outcome?,
+    }
     cached.keep(plan, transcript).await;
     Ok(())
 }
@@ -108,7 +133,7 @@ pub(crate) async fn run_on(
     acquired: Acquired,
     plan: &Plan,
     transcript: &mut Transcript,
-    mut input: Option<Input>,
+    input: &mut Option<Input>,
     mut stop: Stop<'_>,
 ) -> Result<(), ExecError> {
     let Acquired {
@@ -253,7 +278,15 @@ mod tests {
         let guest = tokio::spawn(script(peer));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut transcript = Transcript::new(Some(tx));
-        let outcome = run_on(acquired, plan, &mut transcript, input, std::pin::pin!(stop)).await;
+        let mut input = input;
+        let outcome = run_on(
+            acquired,
+            plan,
+            &mut transcript,
+            &mut input,
+            std::pin::pin!(stop),
+        )
+        .await;
         let collected = std::mem::take(&mut transcript.collected.files);
         let result = transcript.finish(plan, now, outcome);
         assert!(destroyed.load(Ordering::SeqCst), "the VM was destroyed");
