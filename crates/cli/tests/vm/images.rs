@@ -43,14 +43,8 @@ fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&doctor.stdout);
-    let line = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key:?} in {stdout}"))
-            .to_string()
-    };
-    let cpus = line("cpus           ");
+    let line = |key: &str| crate::common::doctor_line(&stdout, key);
+    let cpus = line("cpus");
     assert!(
         cpus.starts_with("executions on ") && cpus.contains("warm pools on 0 ("),
         "{cpus}"
@@ -66,12 +60,12 @@ fn doctor_reports_where_vms_run_and_the_hosts_numa_and_huge_pages() {
                 .count()
         })
         .unwrap_or(0);
-    let numa = line("numa           ");
+    let numa = line("numa");
     match nodes {
         0 => assert!(numa.starts_with("the kernel lists no nodes"), "{numa}"),
         n => assert!(numa.starts_with(&format!("{n} node")), "{numa}"),
     }
-    assert!(!line("huge pages     ").is_empty());
+    assert!(!line("huge pages").is_empty());
     let off = runner()
         .args([
             "doctor",

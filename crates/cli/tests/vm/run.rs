@@ -446,14 +446,7 @@ fn the_default_backend_is_kvm_then_gvisor_and_doctor_says_why() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&doctor.stdout);
-    let line = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key:?} in {stdout}"))
-            .trim()
-            .to_string()
-    };
+    let line = |key: &str| crate::common::doctor_line(&stdout, key);
     let runsc = std::process::Command::new("runsc")
         .arg("--version")
         .output()
@@ -467,8 +460,8 @@ fn the_default_backend_is_kvm_then_gvisor_and_doctor_says_why() {
         ),
         (false, false) => ("qemu", "tcg", "backend = \"auto\" would use gVisor"),
     };
-    assert_eq!(line("backend "), backend, "{stdout}");
-    assert!(line("acceleration ").starts_with(accel), "{stdout}");
+    assert_eq!(line("backend"), backend, "{stdout}");
+    assert!(line("acceleration").starts_with(accel), "{stdout}");
     // The reason may quote a failed KVM probe's console, lines of its own.
     assert!(stdout.contains(why), "{stdout}");
 }

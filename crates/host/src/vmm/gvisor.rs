@@ -688,8 +688,7 @@ impl Drop for GvisorVm {
             // thread collects them once `runsc` has ended.
             let runsc = self.child.id().and_then(|pid| {
                 self.held.take_under(pid);
-                rustix::process::Pid::from_raw(pid as i32)
-                    .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
+                pidfd(pid)
             });
             self.held.kill();
             let _ = self.child.start_kill();
@@ -731,9 +730,7 @@ impl Held {
             if pid == runsc || self.0.iter().any(|(held, _)| *held == pid) {
                 continue;
             }
-            let fd = rustix::process::Pid::from_raw(pid as i32)
-                .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
-            if let Some(fd) = fd {
+            if let Some(fd) = pidfd(pid) {
                 self.0.push((pid, fd));
             }
         }
@@ -756,31 +753,27 @@ impl Held {
     }
 }
 
+/// A pidfd of process `pid`, if it is there.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok()
+}
+
 /// Collects the runner's children that ended unheld: gVisor's processes
 /// (named `exe`: `runsc` runs itself again for each) that began after the
 /// last [`Held::take_under`]. The runner starts no other process of that
 /// name, and a process that has ended keeps its number until collected.
 fn reap_strays() {
-    let me = std::process::id();
-    let children = placement::threads(me).into_iter().flat_map(|tid| {
-        fs::read_to_string(format!("/proc/{me}/task/{tid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|pid| pid.parse::<u32>().ok())
-            .collect::<Vec<_>>()
-    });
-    for pid in children {
+    for pid in placement::children(std::process::id()) {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // `pid (comm) state ppid ...`
+        // `pid (comm) state ...`
         let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
         else {
             continue;
         };
-        let mut fields = rest.split(' ');
-        let (state, parent) = (fields.next(), fields.next());
-        if comm == "exe" && state == Some("Z") && parent == Some(me.to_string().as_str()) {
+        if comm == "exe" && rest.starts_with('Z') {
             let _ = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(pid as i32),
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),

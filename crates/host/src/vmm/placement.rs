@@ -160,10 +160,9 @@ pub fn descendants(root: u32) -> Vec<u32> {
     while i < tree.len() {
         let pid = tree[i];
         for tid in threads(pid) {
-            let list = format!("/proc/{pid}/task/{tid}/children");
-            match std::fs::read_to_string(&list) {
+            match thread_children(pid, tid) {
                 Ok(children) => {
-                    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    for child in children {
                         if !tree.contains(&child) {
                             tree.push(child);
                         }
@@ -181,6 +180,24 @@ pub fn descendants(root: u32) -> Vec<u32> {
         i += 1;
     }
     tree
+}
+
+/// Process `pid`'s children: those of each of its threads.
+pub fn children(pid: u32) -> Vec<u32> {
+    threads(pid)
+        .into_iter()
+        .flat_map(|tid| thread_children(pid, tid).unwrap_or_default())
+        .collect()
+}
+
+/// The children thread `tid` of process `pid` started, from its
+/// `children` list.
+fn thread_children(pid: u32, tid: libc::pid_t) -> std::io::Result<Vec<u32>> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))?;
+    Ok(list
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect())
 }
 
 /// [`descendants`] from every process's parent, in `/proc/<pid>/stat`.

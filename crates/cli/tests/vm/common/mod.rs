@@ -153,6 +153,17 @@ pub fn gvisor() -> bool {
     std::env::var("RUNNER_BACKEND").is_ok_and(|b| b == "gvisor")
 }
 
+/// What `runner doctor`'s output (`stdout`) says on the line of `key`
+/// (`"backend"`, `"huge pages"`), after the key.
+pub fn doctor_line(stdout: &str, key: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).filter(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {key:?} in {stdout}"))
+        .trim()
+        .to_string()
+}
+
 /// The path of a program under `programs/`.
 pub fn program(path: &str) -> String {
     format!("{}/../../programs/{path}", env!("CARGO_MANIFEST_DIR"))
